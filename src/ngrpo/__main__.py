@@ -1,0 +1,5 @@
+import sys
+
+from ngrpo.cli import main
+
+sys.exit(main())

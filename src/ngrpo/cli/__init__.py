@@ -1,0 +1,55 @@
+"""The `ngrpo` command line: one module per sub-command, each with `register(subparsers)`.
+
+Library code never prints; the modules here render results (rich tables, progress bars) and turn
+`NgrpoError` into a one-line message and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ngrpo import __version__
+from ngrpo.errors import NgrpoError
+
+# Order is the order shown by `ngrpo --help`.
+COMMANDS = ("build-base", "demo", "train", "eval", "grade", "bench", "neighbors", "probe")
+
+
+def _module_for(command: str):
+    import importlib
+
+    return importlib.import_module(f"ngrpo.cli.{command.replace('-', '_')}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ngrpo",
+        description="GRPO and N-GRPO (Semantic Neighbor Mixing) for reasoning language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"ngrpo {__version__}")
+    parser.add_argument("--log-level", default="WARNING", help="Python logging level")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        _module_for(command).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except NgrpoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

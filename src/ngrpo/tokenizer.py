@@ -1,0 +1,74 @@
+"""The embedded word-level tokenizer, built locally with the `tokenizers` library.
+
+One token per word and one per number 0-99, so the vocabulary stays at a couple of hundred tokens
+and an embedding's nearest neighbours are other words or numbers, not byte fragments. Saved as a
+Hugging Face tokenizer directory (loads with `AutoTokenizer.from_pretrained`) with bos / eos / pad /
+unk, `<think>` / `</think>` and a chat template.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ngrpo.tasks.arith import vocabulary_words
+
+BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
+USER, ASSISTANT = "<|user|>", "<|assistant|>"
+THINK_START, THINK_END = "<think>", "</think>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, USER, ASSISTANT)
+# Not "special": decoding with skip_special_tokens=True keeps them, as DeepSeek-R1's tokenizer does.
+THINK_TOKENS = (THINK_START, THINK_END)
+
+# A user turn, then the assistant's turn, which opens with the reasoning.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '<|user|> ' + message['content'] + ' ' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '<|assistant|> ' + message['content'] + ' ' + eos_token + ' ' }}"
+    "{% else %}{{ message['content'] + ' ' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def build_tokenizer(extra_words: list[str] | None = None):
+    """A `PreTrainedTokenizerFast` over the embedded task's words (deterministic ids)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = vocabulary_words() + list(extra_words or [])
+    vocab: dict[str, int] = {}
+    for token in list(SPECIAL_TOKENS) + list(THINK_TOKENS) + words:
+        vocab.setdefault(token, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        additional_special_tokens=[USER, ASSISTANT],
+        clean_up_tokenization_spaces=False,
+        padding_side="left",
+        model_max_length=512,
+    )
+    tokenizer.add_tokens(list(THINK_TOKENS))  # already in vocab: marks them as whole words
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def prompt_text(tokenizer, problem: str) -> str:
+    """The chat-formatted prompt for one problem, ending where the assistant starts writing."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def encode_prompt(tokenizer, problem: str) -> list[int]:
+    return tokenizer(prompt_text(tokenizer, problem), add_special_tokens=False)["input_ids"]
