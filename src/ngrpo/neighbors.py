@@ -1,0 +1,76 @@
+"""Nearest neighbours of tokens in a model's input-embedding table.
+
+Similarity metrics (larger is closer), as in DESIGN section 2:
+- `cosine`: cosine similarity (default);
+- `dot`: inner product;
+- `l1`: negative L1 distance;
+- `l2`: negative squared L2 distance.
+
+Tie policy: among equal scores the lower token id comes first (a stable descending sort), so the
+brute-force oracle and any faster index agree exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ngrpo.errors import NgrpoError
+
+
+def _cosine(table: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    table_n = torch.nn.functional.normalize(table, dim=-1)  # (V, d)
+    anchors_n = torch.nn.functional.normalize(anchors, dim=-1)  # (A, d)
+    return anchors_n @ table_n.T  # (A, V)
+
+
+def _dot(table: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    return anchors @ table.T  # (A, V)
+
+
+def _neg_l1(table: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    return -torch.cdist(anchors, table, p=1)  # (A, V)
+
+
+def _neg_sq_l2(table: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    # Explicit differences, not the |a|^2 + |b|^2 - 2ab expansion: exact ties stay ties.
+    return -((anchors[:, None, :] - table[None, :, :]) ** 2).sum(-1)  # (A, V)
+
+
+SIMILARITIES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cosine": _cosine,
+    "dot": _dot,
+    "l1": _neg_l1,
+    "l2": _neg_sq_l2,
+}
+
+
+def check_metric(metric: str) -> None:
+    if metric not in SIMILARITIES:
+        raise NgrpoError(f"unknown metric {metric!r}; choose one of {', '.join(SIMILARITIES)}")
+
+
+def similarity(table: torch.Tensor, anchor_ids: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
+    """Similarity of each anchor row to every row of `table`: (A,) ids -> (A, V) scores."""
+    check_metric(metric)
+    table = table.detach().float()
+    return SIMILARITIES[metric](table, table[anchor_ids])
+
+
+def bruteforce_neighbors(
+    table: torch.Tensor, anchor_ids: torch.Tensor, k: int, metric: str = "cosine"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `k` nearest tokens to each anchor, the anchor itself excluded.
+
+    Returns ids (A, k) and scores (A, k), closest first; ties broken by lower id. The oracle for
+    faster indexes: it recomputes a full (A, V) similarity on every call.
+    """
+    vocab = table.shape[0]
+    if not 0 <= k < vocab:
+        raise NgrpoError(f"k must be in [0, {vocab - 1}] for a vocabulary of {vocab}, got {k}")
+    anchor_ids = torch.as_tensor(anchor_ids, dtype=torch.long).reshape(-1)
+    scores = similarity(table, anchor_ids, metric)  # (A, V)
+    scores[torch.arange(len(anchor_ids)), anchor_ids] = float("-inf")  # never its own neighbour
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]  # (A, k)
+    return order, scores.gather(-1, order)
