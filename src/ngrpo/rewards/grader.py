@@ -91,7 +91,7 @@ def grade_batch(
         raise ValueError(f"{len(responses)} responses but {len(golds)} gold answers")
     grader = get_grader(kind)
     extracted = [grader.extract(response) for response in responses]
-    grades = [_quick_grade(kind, answer, gold) for answer, gold in zip(extracted, golds, strict=True)]
+    grades = [_quick_grade(kind, a, gold) for a, gold in zip(extracted, golds, strict=True)]
     undecided = [i for i, grade in enumerate(grades) if grade is None]
     if undecided:
         pairs = [(extracted[i], normalize_gold(golds[i]).text) for i in undecided]
