@@ -621,7 +621,12 @@ def missing_keys(cfg: TrainConfig) -> list[str]:
 
 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
-    """Check every value; raise `NgrpoError` naming the key and what is allowed. Returns `cfg`."""
+    """Check every value; raise `NgrpoError` naming the key and what is allowed. Returns `cfg`.
+
+    Checks that need the model (`exploration.mix_top_k` <= vocabulary size) or the file system
+    (paths exist) belong to the code that loads them: call `cfg.exploration.validate(vocab_size)`
+    once the model is loaded.
+    """
     missing = missing_keys(cfg)
     if missing:
         example = " ".join(f"{k}={_REQUIRED_EXAMPLES.get(k, '<value>')}" for k in missing)
