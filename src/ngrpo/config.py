@@ -205,7 +205,7 @@ class EvalConfig:
     limit: int | None = 100
     """Problems per evaluation set (null: all)."""
     best_metric: str | None = None
-    """Metric (higher is better) that selects `best/`, e.g. `eval/arith-id/mean@4`; null: no
+    """Metric (higher is better) that selects `best/`, e.g. `eval/arith-id/pass@1`; null: no
     `best/` checkpoint."""
 
 
