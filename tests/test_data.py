@@ -1,0 +1,140 @@
+"""Dataset loading: names and the bench-dir search order, task splits, JSONL / Parquet mapping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ngrpo.data import (
+    BENCH_DIR_ENV,
+    PACKAGE_BENCH_DIR,
+    Example,
+    bench_dir_candidates,
+    benchmark_names,
+    load_benchmark,
+)
+from ngrpo.errors import NgrpoError
+from ngrpo.tasks import generate
+
+SHIPPED = {
+    "aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "minervamath": 272,
+    "olympiadbench": 674, "gsm8k": 1319,
+}  # fmt: skip
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_env_bench_dir(monkeypatch):
+    monkeypatch.delenv(BENCH_DIR_ENV, raising=False)
+
+
+def test_shipped_benchmarks_load_with_their_sizes():
+    assert set(SHIPPED) <= set(benchmark_names())
+    for name, size in SHIPPED.items():
+        bench = load_benchmark(name)
+        assert len(bench.examples) == size and bench.skipped == 0
+        assert all(e.problem and e.answer for e in bench.examples)
+        assert len({e.id for e in bench.examples}) == size
+
+
+def test_gsm8k_gold_is_the_number_after_the_marker():
+    first = load_benchmark("gsm8k", limit=1).examples[0]
+    assert first.answer == "18"
+    assert first.problem.startswith("Janet")
+
+
+def test_task_splits_come_from_the_generator():
+    bench = load_benchmark("arith-ood", limit=4)
+    problems = generate("arith-ood", num=4)
+    assert [e.problem for e in bench.examples] == [p.problem for p in problems]
+    assert [e.answer for e in bench.examples] == [p.answer for p in problems]
+    assert bench.examples[0] == Example("arith-ood/0", problems[0].problem, problems[0].answer)
+
+
+def test_search_order(tmp_path, monkeypatch):
+    option_dir, env_dir = tmp_path / "option", tmp_path / "env"
+    option_dir.mkdir()
+    env_dir.mkdir()
+    write_jsonl(option_dir / "mine.jsonl", [{"problem": "p", "answer": "option"}])
+    write_jsonl(env_dir / "mine.jsonl", [{"problem": "p", "answer": "env"}])
+    write_jsonl(env_dir / "math500.jsonl", [{"problem": "p", "answer": "env copy"}])
+    monkeypatch.setenv(BENCH_DIR_ENV, str(env_dir))
+    assert bench_dir_candidates(option_dir)[:3] == [option_dir, env_dir, PACKAGE_BENCH_DIR]
+    assert load_benchmark("mine", bench_dir=option_dir).examples[0].answer == "option"
+    assert load_benchmark("mine").examples[0].answer == "env"
+    assert load_benchmark("math500").examples[0].answer == "env copy"
+    monkeypatch.delenv(BENCH_DIR_ENV)
+    assert load_benchmark("math500", limit=1).examples[0].answer.startswith("\\left( 3")
+
+
+def test_field_mapping_and_ids(tmp_path):
+    path = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"question": "q1", "answer": 7, "id": "a"},
+            {"prompt": "q2", "answer": "work\n#### 1,000"},
+            {"problem": "q3", "answer": ["1", "2"], "unique_id": "test/x.json"},
+            "",
+            {"problem": "q4", "answer": "x"},
+        ],
+    )
+    examples = load_benchmark(path).examples
+    assert examples == [
+        Example("a", "q1", "7"),
+        Example("mixed/2", "q2", "1,000"),
+        Example("test/x.json", "q3", "1, 2"),
+        Example("mixed/5", "q4", "x"),
+    ]
+    custom = write_jsonl(tmp_path / "custom.jsonl", [{"text": "q", "gold": "3", "answer": "9"}])
+    example = load_benchmark(custom, problem_field="text", answer_field="gold").examples[0]
+    assert (example.problem, example.answer) == ("q", "3")
+    assert len(load_benchmark(path, limit=2).examples) == 2
+
+
+def test_verl_parquet_layout(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {
+            "data_source": "deepscaler",
+            "prompt": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "1+1?"},
+            ],
+            "reward_model": {"style": "rule", "ground_truth": "2"},
+            "extra_info": {"index": 17, "split": "train"},
+        }
+    ]
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    assert load_benchmark(path).examples == [Example("17", "1+1?", "2")]
+
+
+def test_malformed_rows_raise_with_file_and_line_or_are_counted(tmp_path):
+    path = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [{"problem": "ok", "answer": "1"}, "{not json", {"problem": "no answer"}, "[1, 2]"],
+    )
+    with pytest.raises(NgrpoError, match=r"bad\.jsonl:2: invalid JSON"):
+        load_benchmark(path)
+    no_answer = write_jsonl(tmp_path / "noanswer.jsonl", [{"problem": "p"}])
+    with pytest.raises(NgrpoError, match=r"noanswer\.jsonl:1: no answer"):
+        load_benchmark(no_answer)
+    bench = load_benchmark(path, skip_malformed=True)
+    assert [e.problem for e in bench.examples] == ["ok"] and bench.skipped == 3
+
+
+def test_errors_name_the_problem(tmp_path):
+    with pytest.raises(NgrpoError, match="unknown benchmark 'nope'.*known: arith-id"):
+        load_benchmark("nope")
+    (tmp_path / "data.csv").write_text("problem,answer\n")
+    with pytest.raises(NgrpoError, match="unsupported file type"):
+        load_benchmark(tmp_path / "data.csv")
+    with pytest.raises(NgrpoError, match="limit"):
+        load_benchmark("math500", limit=-1)
