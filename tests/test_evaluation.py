@@ -1,0 +1,138 @@
+"""The evaluation API: a tiny random Qwen2 end to end, and scripted responses for exact metrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ngrpo.rollout
+from ngrpo.data import Example, load_benchmark
+from ngrpo.errors import NgrpoError
+from ngrpo.evaluation import SampleResult, build_prompts, eval_metrics, evaluate
+from ngrpo.metrics import pass_at_k
+from ngrpo.rewards import GradingPool
+from ngrpo.tokenizer import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with GradingPool(num_workers=1) as grading_pool:
+        yield grading_pool
+
+
+def test_tiny_model_end_to_end(tiny_model, tokenizer, pool):
+    examples = load_benchmark("arith-id", limit=3).examples
+    kwargs = dict(n=3, max_new_tokens=6, batch_size=4, temperature=1.0, top_p=1.0, pool=pool)
+    result = evaluate(tiny_model, tokenizer, examples, **kwargs)
+    assert [(s.problem_id, s.sample) for s in result.samples] == [
+        (e.id, j) for e in examples for j in range(3)
+    ]
+    assert all(isinstance(s.response, str) for s in result.samples)
+    summary = result.summary
+    assert (summary["num_problems"], summary["n"]) == (3, 3)
+    assert set(summary["pass@k"]) == {"1", "2"}
+    assert summary["pass@k"]["1"] == pytest.approx(summary["mean@n"])
+    again = evaluate(tiny_model, tokenizer, examples, **kwargs)
+    assert [s.response for s in again.samples] == [s.response for s in result.samples]
+
+
+class ScriptedRollouts:
+    """Stands in for `ngrpo.rollout.generate`: sample j of problem i is correct when j < c_i."""
+
+    def __init__(self, tokenizer, examples, correct_counts):
+        self.tokenizer = tokenizer
+        self.by_prompt = {
+            tuple(ids): (example, c)
+            for ids, example, c in zip(
+                build_prompts(tokenizer, [e.problem for e in examples]), examples, correct_counts,
+                strict=True,
+            )
+        }  # fmt: skip
+        self.prompts_seen: list[str] = []
+        self.calls: list[dict] = []
+
+    def __call__(self, model, prompts, sampling, **kwargs):
+        self.calls.append(kwargs)
+        rows = []
+        for ids in prompts:
+            example, c = self.by_prompt[tuple(ids)]
+            self.prompts_seen.append(example.id)
+            for j in range(sampling.n):
+                answer = int(example.answer) + (0 if j < c else 1)
+                text = f"<think> 1 + 1 = 2 . </think> The answer is \\boxed{{ {answer} }} ."
+                rows.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return type("Batch", (), {"responses": lambda self: rows})()
+
+
+def test_metrics_from_scripted_responses(monkeypatch, tokenizer, pool):
+    examples = load_benchmark("arith-id", limit=5).examples
+    counts = [0, 1, 2, 4, 4]
+    script = ScriptedRollouts(tokenizer, examples, counts)
+    monkeypatch.setattr(ngrpo.rollout, "generate", script)
+    result = evaluate(None, tokenizer, examples, n=4, batch_size=8, pool=pool)
+    assert [s.correct for s in result.samples] == [j < c for c in counts for j in range(4)]
+    assert all(s.extracted is not None for s in result.samples)
+    summary = result.summary
+    for k in ("1", "2", "4"):
+        expected = sum(pass_at_k(4, c, int(k)) for c in counts) / 5
+        assert summary["pass@k"][k] == pytest.approx(expected)
+    assert summary["mean@n"] == pytest.approx(11 / 20)
+    # majority: c=2 ties 2-2 and the first-seen (correct) answer wins
+    assert summary["maj@n"] == pytest.approx(3 / 5)
+    assert summary["unparsed"] == 0.0
+    # chunks of batch_size // n = 2 prompts, each with its own seed; evaluation never mixes
+    assert [call["seed"] for call in script.calls] == [0, 2, 4]
+    assert all(call["exploration"] is None and call["training"] is False for call in script.calls)
+
+
+def test_completed_problems_are_not_generated_again(monkeypatch, tokenizer, pool):
+    examples = load_benchmark("arith-id", limit=3).examples
+    script = ScriptedRollouts(tokenizer, examples, [2, 2, 2])
+    monkeypatch.setattr(ngrpo.rollout, "generate", script)
+    done = [SampleResult(examples[1].id, j, "old", "7", True) for j in range(2)]
+    chunks: list[list[SampleResult]] = []
+    result = evaluate(
+        None, tokenizer, examples, n=2, batch_size=2, pool=pool,
+        completed={examples[1].id: done}, on_chunk=chunks.append,
+    )  # fmt: skip
+    assert script.prompts_seen == [examples[0].id, examples[2].id]
+    assert result.samples[2:4] == done
+    assert [s.problem_id for chunk in chunks for s in chunk] == [examples[0].id] * 2 + [
+        examples[2].id
+    ] * 2
+
+
+def test_errors_and_metric_names(tokenizer):
+    with pytest.raises(NgrpoError, match="empty"):
+        evaluate(None, tokenizer, [], n=1)
+    twice = [Example("a", "p", "1"), Example("a", "q", "2")]
+    with pytest.raises(NgrpoError, match="unique"):
+        evaluate(None, tokenizer, twice, n=1)
+    with pytest.raises(NgrpoError, match="top_p"):
+        evaluate(None, tokenizer, [Example("a", "p", "1")], n=1, top_p=0.0)
+    summary = {"mean@n": 0.5, "maj@n": 1.0, "unparsed": 0.0, "pass@k": {"1": 0.5, "2": 0.75}}
+    assert eval_metrics("arith-id", summary) == {
+        "eval/arith-id/mean@n": 0.5,
+        "eval/arith-id/maj@n": 1.0,
+        "eval/arith-id/unparsed": 0.0,
+        "eval/arith-id/pass@1": 0.5,
+        "eval/arith-id/pass@2": 0.75,
+    }
