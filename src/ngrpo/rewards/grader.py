@@ -64,7 +64,7 @@ def _quick_grade(kind: str, extracted: str | None, gold: str) -> Grade | None:
     if extracted is None:
         return Grade(None, False, "no answer")
     if kind == "multiple_choice":
-        gold_letter = extract_choice(f"Answer: {gold.strip()}") or gold.strip().upper()
+        gold_letter = gold.strip().strip("().[] ").upper()  # "B", "(b)", "b." -> "B"
         same = extracted == gold_letter
         return Grade(extracted, same, "match" if same else "mismatch")
     gold_answer = normalize_gold(gold)
