@@ -33,23 +33,45 @@ class Grade:
     reason: str  # "no answer", "match", "mismatch", "math-verify", "timeout", or a screen reason
 
 
-@dataclass(frozen=True)
-class Grader:
-    """How one kind of answer is extracted and whether it may need math-verify."""
+def _verdict(extracted: str, same: bool) -> Grade:
+    return Grade(extracted, same, "match" if same else "mismatch")
 
-    extract: Callable[[str], str | None]
-    symbolic: bool
+
+def _decide_math(extracted: str, gold: str) -> Grade | None:
+    """Screen, then the quick check; None leaves the decision to math-verify."""
+    gold_answer = normalize_gold(gold)
+    unsafe = screen_answer(extracted, gold_answer)
+    if unsafe is not None:
+        return Grade(extracted, False, unsafe)
+    decided = quick_equal(extracted, gold_answer)
+    return None if decided is None else _verdict(extracted, decided)
+
+
+def _decide_choice(extracted: str, gold: str) -> Grade:
+    return _verdict(extracted, extracted == gold.strip().strip("().[] ").upper())  # "(b)" -> B
+
+
+def _decide_exact(extracted: str, gold: str) -> Grade:
+    return _verdict(extracted, normalize_text(extracted) == normalize_gold(gold).key)
 
 
 def _extract_lenient(response: str) -> str | None:
     return extract_answer(response, fallback_last_number=True)
 
 
+@dataclass(frozen=True)
+class Grader:
+    """How one kind of answer is extracted, and decided without math-verify where possible."""
+
+    extract: Callable[[str], str | None]
+    decide: Callable[[str, str], Grade | None]  # (extracted, gold); None: ask math-verify
+
+
 GRADERS: dict[str, Grader] = {
-    "math": Grader(extract=extract_answer, symbolic=True),
-    "math_lenient": Grader(extract=_extract_lenient, symbolic=True),
-    "multiple_choice": Grader(extract=extract_choice, symbolic=False),
-    "exact": Grader(extract=extract_answer, symbolic=False),
+    "math": Grader(extract=extract_answer, decide=_decide_math),
+    "math_lenient": Grader(extract=_extract_lenient, decide=_decide_math),
+    "multiple_choice": Grader(extract=extract_choice, decide=_decide_choice),
+    "exact": Grader(extract=extract_answer, decide=_decide_exact),
 }
 
 
@@ -57,27 +79,6 @@ def get_grader(kind: str) -> Grader:
     if kind not in GRADERS:
         raise NgrpoError(f"unknown grader {kind!r}; choose one of: {', '.join(GRADERS)}")
     return GRADERS[kind]
-
-
-def _quick_grade(kind: str, extracted: str | None, gold: str) -> Grade | None:
-    """The grade when decided without math-verify, else None."""
-    if extracted is None:
-        return Grade(None, False, "no answer")
-    if kind == "multiple_choice":
-        gold_letter = gold.strip().strip("().[] ").upper()  # "B", "(b)", "b." -> "B"
-        same = extracted == gold_letter
-        return Grade(extracted, same, "match" if same else "mismatch")
-    gold_answer = normalize_gold(gold)
-    if kind == "exact":
-        same = normalize_text(extracted) == gold_answer.key
-        return Grade(extracted, same, "match" if same else "mismatch")
-    unsafe = screen_answer(extracted, gold_answer)
-    if unsafe is not None:
-        return Grade(extracted, False, unsafe)
-    decided = quick_equal(extracted, gold_answer)
-    if decided is None:
-        return None
-    return Grade(extracted, decided, "match" if decided else "mismatch")
 
 
 def grade_batch(
@@ -91,7 +92,10 @@ def grade_batch(
         raise ValueError(f"{len(responses)} responses but {len(golds)} gold answers")
     grader = get_grader(kind)
     extracted = [grader.extract(response) for response in responses]
-    grades = [_quick_grade(kind, a, gold) for a, gold in zip(extracted, golds, strict=True)]
+    grades = [
+        Grade(None, False, "no answer") if answer is None else grader.decide(answer, gold)
+        for answer, gold in zip(extracted, golds, strict=True)
+    ]
     undecided = [i for i, grade in enumerate(grades) if grade is None]
     if undecided:
         pairs = [(extracted[i], normalize_gold(golds[i]).text) for i in undecided]
