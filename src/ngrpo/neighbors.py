@@ -74,3 +74,61 @@ def bruteforce_neighbors(
     scores[torch.arange(len(anchor_ids)), anchor_ids] = float("-inf")  # never its own neighbour
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]  # (A, k)
     return order, scores.gather(-1, order)
+
+
+class NeighborIndex:
+    """Exact nearest neighbours of anchor tokens, computed lazily per anchor id and cached.
+
+    The first lookup of an anchor runs the brute-force oracle on it (so the index equals the oracle,
+    ties included); later lookups are a gather from a (V, k) table kept on the embedding's device.
+    The cache is dropped when the embedding weights change: the index remembers the weight
+    tensor's identity, storage pointer and in-place version counter (`Tensor._version`, bumped by
+    every in-place update such as an optimizer step or `load_state_dict`), and checks them on each
+    lookup; `invalidate()` drops it explicitly. The authors' code instead recomputes a full V×d
+    similarity for every decoded token; the cache makes lookup cost independent of V after warm-up.
+    """
+
+    def __init__(
+        self, embedding: torch.nn.Module | torch.Tensor, k: int, metric: str = "cosine"
+    ) -> None:
+        check_metric(metric)
+        self.embedding, self.k, self.metric = embedding, k, metric
+        vocab = self._table().shape[0]
+        if not 0 <= k < vocab:
+            raise NgrpoError(f"k must be in [0, {vocab - 1}] for a vocabulary of {vocab}, got {k}")
+        self.fills = 0  # anchors computed by brute force since construction (a cache-miss count)
+        self.invalidate()
+
+    def _table(self) -> torch.Tensor:
+        table = self.embedding
+        return table if isinstance(table, torch.Tensor) else table.weight
+
+    def _fingerprint(self) -> tuple[int, int, int]:
+        table = self._table()
+        return id(table), table.data_ptr(), table._version
+
+    def invalidate(self) -> None:
+        """Forget every cached neighbour list (call after changing the embedding weights)."""
+        table = self._table()
+        self._neighbors = torch.zeros(table.shape[0], self.k, dtype=torch.long, device=table.device)
+        self._filled = torch.zeros(table.shape[0], dtype=torch.bool, device=table.device)
+        self._seen = self._fingerprint()
+
+    def lookup(self, anchor_ids: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Neighbour ids (..., k) of anchor ids (...), closest first, the anchor excluded.
+
+        `rows` (bool, same shape as `anchor_ids`) restricts which anchors need correct answers;
+        entries outside it are filled with whatever the cache holds (callers mask them out).
+        """
+        if self._fingerprint() != self._seen:
+            self.invalidate()
+        anchor_ids = anchor_ids.to(self._filled.device)
+        wanted = anchor_ids if rows is None else anchor_ids[rows.to(anchor_ids.device)]
+        missing = torch.unique(wanted[~self._filled[wanted]])  # (M,) one host sync per call
+        if missing.numel():
+            with torch.no_grad():
+                ids, _ = bruteforce_neighbors(self._table(), missing, self.k, self.metric)
+            self._neighbors[missing] = ids.to(self._neighbors.device)
+            self._filled[missing] = True
+            self.fills += missing.numel()
+        return self._neighbors[anchor_ids]  # (..., k)

@@ -1,0 +1,167 @@
+"""Benchmarks behind `ngrpo bench`: plain functions returning JSON-ready dicts (medians over repeats).
+
+Rollout throughput is measured at fixed length (no early stop at EOS, so every engine does exactly
+batch × new_tokens decoding steps' work) with mixing forced at `mix_rate`; `hf_generate` is
+`model.generate(do_sample=True)` with the same temperature and no top-k / top-p. The neighbour
+lookup is timed on a random table of DeepSeek-R1-Distill-Qwen-1.5B's embedding shape: brute force
+recomputes the full V×d similarity for every lookup (what the authors' code does per decoded
+token); the cached index is timed after warm-up on the same anchors (its steady state: during
+training the argmax anchors come from a small part of the vocabulary).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from ngrpo.exploration import ExplorationConfig
+from ngrpo.neighbors import NeighborIndex, bruteforce_neighbors
+from ngrpo.rollout import SamplingParams, generate, left_pad
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def rollout_tokens_per_s(
+    model,
+    prompts: list[list[int]],
+    *,
+    strategy: str,
+    new_tokens: int,
+    repeats: int,
+    pad_token_id: int,
+    answer_start_ids: list[int],
+    mix_rate: float = 0.1,
+    mix_top_k: int = 2,
+) -> float:
+    """Median tokens/s of the engine at fixed length, one warm-up call first."""
+    device = next(model.parameters()).device
+    sampling = SamplingParams(n=1, max_new_tokens=new_tokens)
+    exploration = ExplorationConfig(strategy=strategy, mix_top_k=mix_top_k, mix_rate=mix_rate)
+    index = None
+    if strategy == "neighbor":  # long-lived, as in training: the warm-up call fills it
+        index = NeighborIndex(model.get_input_embeddings(), mix_top_k - 1, exploration.metric)
+
+    def run(seed: int = 0):
+        return generate(
+            model, prompts, sampling, eos_token_id=[], pad_token_id=pad_token_id,
+            exploration=exploration, answer_start_ids=answer_start_ids, training=True,
+            seed=seed, neighbor_index=index,
+        )  # fmt: skip
+
+    run()
+    seconds = _median_seconds(run, repeats, device)
+    return len(prompts) * new_tokens / seconds
+
+
+def hf_generate_tokens_per_s(
+    model, prompts: list[list[int]], *, new_tokens: int, repeats: int, pad_token_id: int
+) -> float:
+    """Median tokens/s of `model.generate(do_sample=True)` at fixed length on the same batch."""
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_token_id, device)
+    config = GenerationConfig(
+        do_sample=True, temperature=1.0, top_k=None, top_p=None, max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens, eos_token_id=None, pad_token_id=pad_token_id,
+    )  # fmt: skip
+
+    def run():
+        with torch.no_grad():
+            return model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+
+    run()
+    seconds = _median_seconds(run, repeats, device)
+    return len(prompts) * new_tokens / seconds
+
+
+def neighbor_lookup(
+    vocab: int = 151_936,
+    dim: int = 1_536,
+    batch: int = 64,
+    repeats: int = 3,
+    k: int = 1,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Microseconds per looked-up token: brute force vs the warm cached index (cosine)."""
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.randn(vocab, dim, generator=gen).to(device)  # (V, d)
+    anchors = torch.randint(0, vocab, (batch,), generator=gen).to(device)  # (A,)
+    index = NeighborIndex(table, k, "cosine")
+    index.lookup(anchors)  # warm-up: fills the cache for these anchors
+    brute = _median_seconds(lambda: bruteforce_neighbors(table, anchors, k), repeats, device)
+    lookups = 200
+    cached = _median_seconds(
+        lambda: [index.lookup(anchors) for _ in range(lookups)], repeats, device
+    ) / lookups
+    return {
+        "vocab": vocab,
+        "dim": dim,
+        "batch": batch,
+        "cached_us_per_token": cached / batch * 1e6,
+        "bruteforce_us_per_token": brute / batch * 1e6,
+        "speedup": brute / cached,
+    }
+
+
+def rollout_report(
+    model,
+    prompts: list[list[int]],
+    *,
+    pad_token_id: int,
+    answer_start_ids: list[int],
+    new_tokens: int = 128,
+    repeats: int = 3,
+    mix_rate: float = 0.1,
+    lookup_shape: tuple[int, int] = (151_936, 1_536),
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """The `ngrpo bench rollout` JSON: engine tokens/s per strategy, HF generate, lookup timing."""
+    device = next(model.parameters()).device
+    say = progress or (lambda _: None)
+    tokens_per_s = {}
+    for strategy in ("none", "neighbor", "gaussian"):
+        say(f"rollout {strategy}")
+        tokens_per_s[strategy] = rollout_tokens_per_s(
+            model, prompts, strategy=strategy, new_tokens=new_tokens, repeats=repeats,
+            pad_token_id=pad_token_id, answer_start_ids=answer_start_ids, mix_rate=mix_rate,
+        )  # fmt: skip
+    say("hf generate")
+    tokens_per_s["hf_generate"] = hf_generate_tokens_per_s(
+        model, prompts, new_tokens=new_tokens, repeats=repeats, pad_token_id=pad_token_id
+    )
+    say("neighbour lookup")
+    lookup = neighbor_lookup(*lookup_shape, batch=len(prompts), repeats=repeats, device=device)
+    return {
+        "tokens_per_s": tokens_per_s,
+        "ratios": {
+            "neighbor_over_none": tokens_per_s["neighbor"] / tokens_per_s["none"],
+            "none_over_hf_generate": tokens_per_s["none"] / tokens_per_s["hf_generate"],
+            "lookup_speedup": lookup["speedup"],
+        },
+        "neighbor_lookup": lookup,
+        "batch": len(prompts),
+        "new_tokens": new_tokens,
+        "mix_rate": mix_rate,
+        "fixed_length": True,
+        "repeats": repeats,
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }

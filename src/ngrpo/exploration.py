@@ -1,0 +1,241 @@
+"""Exploration strategies: which soft input replaces `e(y_t)` at a mixed decoding step.
+
+DESIGN section 2. Each strategy is one small pure function in `STRATEGIES`, called for the whole
+batch at every step; the rollout engine keeps its answer only on the rows whose gate fired
+(`mixing_gate`) and records the mixture as a `SoftInputs` row. A strategy returns a `Mixture`:
+candidate ids (B, K), weights (B, K) and optional additive noise (B, d).
+
+- `none`: plain GRPO; the input is `e(y_t)`.
+- `neighbor` (N-GRPO): anchor `a_t = argmax p_t` (option `anchor="sampled"`: `y_t`), candidates
+  `{a_t} ∪` its `mix_top_k − 1` nearest tokens in the input-embedding table, weights `p_t`
+  renormalised over the candidates. `p_t` is the warped distribution (temperature, then top-k, then
+  top-p) the token is sampled from, so a neighbour that top-k/top-p truncation removed has
+  probability 0 and gets weight 0 (it stays in the record, contributing nothing). The anchor always
+  has positive probability (the argmax survives every truncation, a sampled token was possible), so
+  the weights are well defined.
+- `topk`: the top-`mix_top_k` tokens of the raw logits `z_t`, weights `softmax(z/mix_temperature)`
+  over them (the rollout temperature and truncation do not enter: this is the STHT recipe).
+- `topk_gumbel`: as `topk`, the k tokens chosen by `z/mix_temperature + Gumbel noise`.
+- `gaussian` (STHT): the `topk` mixture plus isotropic noise with standard deviation
+  `noise_scale × RMS(mixture)` (RMS over the d coordinates of each row).
+- `orthogonal`: our reading of the paper's one-line description (no reference code): the input is
+  `e(a) + Σ_j w_j · ξ_j · ‖e(c_j) − e(a)‖ · u_j` over the other top-k candidates `c_j`, where `u_j`
+  is the unit component of `e(c_j) − e(a)` orthogonal to `e(a)`, `w_j` its `topk` weight and
+  `ξ_j ~ N(0, 1)`. Recorded as ids = top-k, weights = (1, 0, ...), noise = the sum.
+
+Gate (all must hold): a training rollout, strategy != none, the sequence has not emitted the
+answer marker (including at this step) nor EOS, and a per-sequence per-step Bernoulli(mix_rate)
+draw succeeds, or, with `entropy_threshold` set, the entropy of `p_t` is at least the threshold.
+All random draws of exploration use their own generator, so turning mixing on never changes the
+random stream that samples tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ngrpo.errors import NgrpoError
+from ngrpo.neighbors import SIMILARITIES
+
+ANCHORS = ("greedy", "sampled")
+
+
+@dataclass
+class ExplorationConfig:
+    """Exploration at rollout time (DESIGN section 2). Defaults: the authors' N-GRPO 1.5B run."""
+
+    strategy: str = "none"  # none | neighbor | gaussian | topk | topk_gumbel | orthogonal
+    mix_top_k: int = 2  # candidates per mixed input, anchor included
+    mix_rate: float = 0.1  # per-sequence, per-step probability that a position is mixed
+    entropy_threshold: float | None = (
+        None  # if set: mix when entropy(p_t) >= this (replaces mix_rate)
+    )
+    metric: str = "cosine"  # neighbour metric: cosine | dot | l1 | l2
+    anchor: str = "greedy"  # neighbor anchor: greedy (argmax of p_t, authors' code) | sampled (y_t)
+    answer_start: str = "</think>"  # no mixing once a sequence has emitted this (tokenised) marker
+    mix_temperature: float = 1.0  # temperature of the softmax weighting in topk-style baselines
+    noise_scale: float = 0.33  # gaussian: noise std as a fraction of the mixture's RMS
+
+    @property
+    def enabled(self) -> bool:
+        return self.strategy != "none"
+
+    def validate(self, vocab_size: int | None = None) -> None:
+        """Raise `NgrpoError` naming the offending key and the allowed values."""
+        if self.strategy not in STRATEGIES:
+            raise NgrpoError(
+                f"exploration.strategy: unknown strategy {self.strategy!r}; "
+                f"choose one of {', '.join(STRATEGIES)}"
+            )
+        if self.metric not in SIMILARITIES:
+            raise NgrpoError(
+                f"exploration.metric: unknown metric {self.metric!r}; "
+                f"choose one of {', '.join(SIMILARITIES)}"
+            )
+        if self.anchor not in ANCHORS:
+            raise NgrpoError(
+                f"exploration.anchor: unknown anchor {self.anchor!r}; choose one of {', '.join(ANCHORS)}"
+            )
+        upper = "the vocabulary size" if vocab_size is None else str(vocab_size)
+        if (
+            not isinstance(self.mix_top_k, int)
+            or self.mix_top_k < 1
+            or (vocab_size is not None and self.mix_top_k > vocab_size)
+        ):
+            raise NgrpoError(
+                f"exploration.mix_top_k must be an integer in [1, {upper}], got {self.mix_top_k!r}"
+            )
+        if not 0.0 <= self.mix_rate <= 1.0:
+            raise NgrpoError(f"exploration.mix_rate must be in [0, 1], got {self.mix_rate!r}")
+        if self.entropy_threshold is not None and self.entropy_threshold < 0:
+            raise NgrpoError(
+                f"exploration.entropy_threshold must be >= 0 or null, got {self.entropy_threshold!r}"
+            )
+        if self.mix_temperature <= 0:
+            raise NgrpoError(
+                f"exploration.mix_temperature must be > 0, got {self.mix_temperature!r}"
+            )
+        if self.noise_scale < 0:
+            raise NgrpoError(f"exploration.noise_scale must be >= 0, got {self.noise_scale!r}")
+        if self.enabled and not self.answer_start.strip():
+            raise NgrpoError(
+                "exploration.answer_start must be a non-empty marker (e.g. '</think>')"
+            )
+
+
+def answer_start_ids(tokenizer, marker: str) -> list[int]:
+    """Token ids of the answer-start marker; an error if it tokenises to nothing."""
+    ids = tokenizer(marker, add_special_tokens=False)["input_ids"] if marker else []
+    if not ids:
+        raise NgrpoError(
+            f"exploration.answer_start {marker!r} tokenises to nothing; "
+            "give a marker the tokenizer knows (default '</think>')"
+        )
+    return list(ids)
+
+
+@dataclass
+class Mixture:
+    """What one strategy proposes for every row of a decoding step."""
+
+    ids: torch.LongTensor  # (B, K)
+    weights: torch.Tensor  # (B, K) fp32
+    noise: torch.Tensor | None = None  # (B, d)
+
+
+@dataclass
+class StepView:
+    """What a strategy may look at for one decoding step (tensors and callables, no config)."""
+
+    logits: torch.Tensor  # (B, V) raw logits z_t, fp32
+    probs: torch.Tensor  # (B, V) warped sampling distribution p_t
+    sampled: torch.LongTensor  # (B,) y_t
+    table: torch.Tensor  # (V, d) input-embedding weights (detached)
+    neighbors: Callable[[torch.LongTensor], torch.LongTensor] | None  # (B,) -> (B, >= k-1)
+    generator: torch.Generator  # exploration randomness
+
+
+def plain(ids: torch.LongTensor, k: int = 1) -> Mixture:
+    """The plain record ([y, y, ...], [1, 0, ...]) for each row."""
+    cand = ids.unsqueeze(-1).expand(-1, k).contiguous()  # (B, K)
+    weights = torch.zeros(cand.shape, dtype=torch.float32, device=ids.device)  # (B, K)
+    weights[:, 0] = 1.0
+    return Mixture(cand, weights)
+
+
+def _renormalised(probs: torch.Tensor, ids: torch.LongTensor) -> torch.Tensor:
+    p = probs.gather(-1, ids)  # (B, K)
+    return p / p.sum(-1, keepdim=True)
+
+
+def _topk_softmax(logits: torch.Tensor, ids: torch.LongTensor, temperature: float) -> torch.Tensor:
+    return torch.softmax(logits.gather(-1, ids) / temperature, dim=-1)  # (B, K)
+
+
+def _none(view: StepView, k: int, **_) -> Mixture:
+    return plain(view.sampled, k)
+
+
+def _neighbor(view: StepView, k: int, anchor: str = "greedy", **_) -> Mixture:
+    anchors = view.probs.argmax(-1) if anchor == "greedy" else view.sampled  # (B,)
+    ids = anchors.unsqueeze(-1)  # (B, 1)
+    if k > 1:
+        ids = torch.cat([ids, view.neighbors(anchors)[:, : k - 1]], dim=-1)  # (B, K)
+    return Mixture(ids, _renormalised(view.probs, ids))
+
+
+def _topk(view: StepView, k: int, mix_temperature: float = 1.0, **_) -> Mixture:
+    ids = view.logits.topk(k, dim=-1).indices  # (B, K)
+    return Mixture(ids, _topk_softmax(view.logits, ids, mix_temperature))
+
+
+def _topk_gumbel(view: StepView, k: int, mix_temperature: float = 1.0, **_) -> Mixture:
+    scaled = view.logits / mix_temperature  # (B, V)
+    exp_noise = torch.empty_like(scaled).exponential_(generator=view.generator)  # (B, V)
+    ids = (scaled - exp_noise.log()).topk(k, dim=-1).indices  # (B, K) Gumbel-top-k
+    return Mixture(ids, _topk_softmax(view.logits, ids, mix_temperature))
+
+
+def _gaussian(
+    view: StepView, k: int, mix_temperature: float = 1.0, noise_scale: float = 0.33, **_
+) -> Mixture:
+    mix = _topk(view, k, mix_temperature)
+    rows = view.table[mix.ids].float()  # (B, K, d)
+    mixture = (rows * mix.weights.unsqueeze(-1)).sum(-2)  # (B, d)
+    rms = mixture.pow(2).mean(-1, keepdim=True).sqrt()  # (B, 1)
+    gauss = torch.randn(mixture.shape, generator=view.generator, device=mixture.device)  # (B, d)
+    mix.noise = (noise_scale * rms * gauss).to(view.table.dtype)
+    return mix
+
+
+def _orthogonal(view: StepView, k: int, mix_temperature: float = 1.0, **_) -> Mixture:
+    mix = _topk(view, k, mix_temperature)
+    rows = view.table[mix.ids].float()  # (B, K, d)
+    anchor, others = rows[:, 0], rows[:, 1:]  # (B, d), (B, K-1, d)
+    unit_anchor = torch.nn.functional.normalize(anchor, dim=-1)  # (B, d)
+    diff = others - anchor.unsqueeze(1)  # (B, K-1, d)
+    orth = diff - (diff * unit_anchor.unsqueeze(1)).sum(-1, keepdim=True) * unit_anchor.unsqueeze(1)
+    unit_orth = torch.nn.functional.normalize(orth, dim=-1)  # (B, K-1, d)
+    xi = torch.randn(others.shape[:2], generator=view.generator, device=rows.device)  # (B, K-1)
+    scale = mix.weights[:, 1:] * xi * diff.norm(dim=-1)  # (B, K-1)
+    mix.noise = (scale.unsqueeze(-1) * unit_orth).sum(1).to(view.table.dtype)  # (B, d)
+    mix.weights = torch.zeros_like(mix.weights)
+    mix.weights[:, 0] = 1.0
+    return mix
+
+
+STRATEGIES: dict[str, Callable[..., Mixture]] = {
+    "none": _none,
+    "neighbor": _neighbor,
+    "gaussian": _gaussian,
+    "topk": _topk,
+    "topk_gumbel": _topk_gumbel,
+    "orthogonal": _orthogonal,
+}
+NOISE_STRATEGIES = frozenset({"gaussian", "orthogonal"})  # the ones whose records carry noise
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each row of a distribution (B, V); zero-probability entries add 0."""
+    return -(probs * probs.clamp_min(1e-30).log()).sum(-1)  # (B,)
+
+
+def mixing_gate(
+    eligible: torch.Tensor,
+    probs: torch.Tensor,
+    generator: torch.Generator,
+    mix_rate: float,
+    entropy_threshold: float | None = None,
+) -> torch.Tensor:
+    """Which rows mix at this step (B,) bool.
+
+    `eligible` already encodes training rollout, strategy, answer marker and EOS. One uniform
+    draw per row per step is always consumed (fixed shape), so the gate's random stream depends
+    only on the seed and the step, not on which rows are eligible.
+    """
+    draw = torch.rand(eligible.shape, generator=generator, device=eligible.device)  # (B,)
+    fired = draw < mix_rate if entropy_threshold is None else entropy(probs) >= entropy_threshold
+    return eligible & fired
