@@ -37,14 +37,19 @@ def test_bruteforce_matches_naive_loop_with_lower_id_tie_policy(metric):
     anchors = torch.tensor([3, 5, 0, 39])
     ids, _ = bruteforce_neighbors(table, anchors, 6, metric)
     for row, a in enumerate(anchors.tolist()):
-        scored = [(-_naive_score(table[a], table[v], metric), v) for v in range(len(table)) if v != a]
+        scored = [
+            (-_naive_score(table[a], table[v], metric), v) for v in range(len(table)) if v != a
+        ]
         expect = [v for _, v in sorted(scored)[:6]]  # best score first, then lower id
         assert ids[row].tolist() == expect
 
 
 @pytest.mark.parametrize("metric", METRICS)
 def test_index_equals_bruteforce_for_every_metric(metric):
-    for table in (_table_with_ties(), torch.randn(50, 8, generator=torch.Generator().manual_seed(1))):
+    for table in (
+        _table_with_ties(),
+        torch.randn(50, 8, generator=torch.Generator().manual_seed(1)),
+    ):
         index = NeighborIndex(table, 5, metric)
         gen = torch.Generator().manual_seed(2)
         for _ in range(4):  # lookups in different orders, with repeats, partly cached
@@ -52,7 +57,9 @@ def test_index_equals_bruteforce_for_every_metric(metric):
             expect, _ = bruteforce_neighbors(table, anchors, 5, metric)
             assert torch.equal(index.lookup(anchors), expect)
         everything = torch.arange(len(table))
-        assert torch.equal(index.lookup(everything), bruteforce_neighbors(table, everything, 5, metric)[0])
+        assert torch.equal(
+            index.lookup(everything), bruteforce_neighbors(table, everything, 5, metric)[0]
+        )
 
 
 def test_index_is_lazy_and_cached():

@@ -1,4 +1,4 @@
-"""Benchmarks behind `ngrpo bench`: plain functions returning JSON-ready dicts (medians over repeats).
+"""Benchmarks behind `ngrpo bench`: plain functions returning JSON-ready dicts (medians).
 
 Rollout throughput is measured at fixed length (no early stop at EOS, so every engine does exactly
 batch × new_tokens decoding steps' work) with mixing forced at `mix_rate`; `hf_generate` is
@@ -107,9 +107,10 @@ def neighbor_lookup(
     index.lookup(anchors)  # warm-up: fills the cache for these anchors
     brute = _median_seconds(lambda: bruteforce_neighbors(table, anchors, k), repeats, device)
     lookups = 200
-    cached = _median_seconds(
-        lambda: [index.lookup(anchors) for _ in range(lookups)], repeats, device
-    ) / lookups
+    cached = (
+        _median_seconds(lambda: [index.lookup(anchors) for _ in range(lookups)], repeats, device)
+        / lookups
+    )
     return {
         "vocab": vocab,
         "dim": dim,

@@ -77,7 +77,8 @@ class ExplorationConfig:
             )
         if self.anchor not in ANCHORS:
             raise NgrpoError(
-                f"exploration.anchor: unknown anchor {self.anchor!r}; choose one of {', '.join(ANCHORS)}"
+                f"exploration.anchor: unknown anchor {self.anchor!r}; "
+                f"choose one of {', '.join(ANCHORS)}"
             )
         upper = "the vocabulary size" if vocab_size is None else str(vocab_size)
         if (
@@ -92,7 +93,8 @@ class ExplorationConfig:
             raise NgrpoError(f"exploration.mix_rate must be in [0, 1], got {self.mix_rate!r}")
         if self.entropy_threshold is not None and self.entropy_threshold < 0:
             raise NgrpoError(
-                f"exploration.entropy_threshold must be >= 0 or null, got {self.entropy_threshold!r}"
+                "exploration.entropy_threshold must be >= 0 or null, "
+                f"got {self.entropy_threshold!r}"
             )
         if self.mix_temperature <= 0:
             raise NgrpoError(

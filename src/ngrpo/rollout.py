@@ -10,13 +10,14 @@ reproduces the rollout's log-probabilities (fp32: within 1e-4, tested).
 
 Sampling at step t: logits z_t (fp32) -> divide by temperature -> top-k (ties at the k-th value are
 kept) -> top-p (smallest prefix of the sorted distribution with mass >= top_p) -> softmax = p_t ->
-an exponential race (`argmax p / Exp(1)`) with the engine's generator. `temperature = 0` means greedy (argmax).
+an exponential race (`argmax p / Exp(1)`) with the engine's generator. `temperature = 0` means
+greedy (argmax).
 
-Recorded `logprobs`: log softmax(z_t / temperature) at the sampled token, i.e. the temperature-scaled
-policy *before* top-k/top-p truncation (temperature 0 records temperature 1). This is the
-distribution the learner differentiates (as in TRL and verl); with the training defaults
-(top_k = 0, top_p = 1) it is exactly the sampling distribution. Mixing weights, in contrast, use the
-truncated p_t (see `ngrpo.exploration`).
+Recorded `logprobs`: log softmax(z_t / temperature) at the sampled token, i.e. the
+temperature-scaled policy *before* top-k/top-p truncation (temperature 0 records temperature 1).
+This is the distribution the learner differentiates (as in TRL and verl); with the training
+defaults (top_k = 0, top_p = 1) it is exactly the sampling distribution. Mixing weights, in
+contrast, use the truncated p_t (see `ngrpo.exploration`).
 
 Deviations from the authors' code and from `model.generate`: mixing happens on the input of the next
 position (the text always contains the ordinarily sampled y_t), the mixed inputs are recorded for
@@ -100,7 +101,7 @@ class RolloutBatch:
     def responses(self) -> list[list[int]]:
         """Each row's response ids up to and including EOS."""
         lengths = self.response_mask.sum(-1).tolist()
-        return [row[:n] for row, n in zip(self.response_ids.tolist(), lengths)]
+        return [row[:n] for row, n in zip(self.response_ids.tolist(), lengths, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------- math
@@ -359,9 +360,10 @@ def generate(
 
     Mixing happens only when `training` is true and `exploration.strategy != "none"`; then
     `answer_start_ids` (see `ngrpo.exploration.answer_start_ids`) is required. `eos_token_id=[]`
-    disables early stopping (fixed-length generation, used by the benchmark). `batch_size` splits the
-    N = len(prompts) * n rows into sequential chunks (the generators carry over). Pass a long-lived
-    `neighbor_index` to keep its cache warm across calls (it refreshes itself after optimizer steps).
+    disables early stopping (fixed-length generation, used by the benchmark). `batch_size` splits
+    the N = len(prompts) * n rows into sequential chunks (the generators carry over). Pass a
+    long-lived `neighbor_index` to keep its cache warm across calls (it refreshes itself after
+    optimizer steps).
     """
     sampling.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -378,7 +380,8 @@ def generate(
         if not answer_start_ids:
             raise NgrpoError(
                 "mixing needs the tokenised answer marker: pass answer_start_ids="
-                "ngrpo.exploration.answer_start_ids(tokenizer, exploration.answer_start) (non-empty)"
+                "ngrpo.exploration.answer_start_ids(tokenizer, exploration.answer_start) "
+                "(non-empty)"
             )
         marker = torch.tensor(answer_start_ids, dtype=torch.long, device=device)
         k = explore.mix_top_k
