@@ -1,6 +1,7 @@
 """The rollout engine on tiny random Qwen2 and Llama models: the replay invariant, equality with
 plain sampling and with a naive loop without KV cache, gating, records, errors."""
 
+import json
 import math
 
 import pytest
@@ -303,3 +304,38 @@ def test_bad_input_errors(model):
         _run(model, SamplingParams(top_p=0.0))
     with pytest.raises(NgrpoError, match="empty prompt"):
         _run(model, prompts=[[5], []])
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def test_bench_rollout_cli_writes_the_json(tmp_path):
+    from ngrpo.cli import main
+    from ngrpo.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = _tiny("qwen2", vocab=len(tokenizer))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "bench.json"
+    argv = ["bench", "rollout", "--model", str(tmp_path / "model"), "--batch", "2",
+            "--new-tokens", "3", "--repeats", "1", "--lookup-vocab", "300", "--lookup-dim", "8",
+            "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert set(report["tokens_per_s"]) == {"none", "neighbor", "gaussian", "hf_generate"}
+    assert all(v > 0 for v in report["tokens_per_s"].values())
+    lookup = report["neighbor_lookup"]
+    assert (lookup["vocab"], lookup["dim"]) == (300, 8)
+    assert lookup["cached_us_per_token"] > 0 and lookup["bruteforce_us_per_token"] > 0
+    assert report["batch"] == 2 and report["new_tokens"] == 3
+    assert report["device"] == "cpu" and report["torch"] == torch.__version__
+
+
+def test_bench_learner_slot_and_bad_arguments(capsys):
+    from ngrpo.cli import main
+
+    assert main(["bench", "learner"]) == 2
+    assert "not available yet" in capsys.readouterr().err
+    assert main(["bench", "rollout", "--batch", "0"]) == 2
+    assert "--batch must be >= 1" in capsys.readouterr().err

@@ -1,10 +1,114 @@
-"""`ngrpo bench`: Benchmarks (rollout, learner) written as JSON."""
+"""`ngrpo bench`: benchmarks written as JSON, one sub-command per benchmark.
+
+Adding a benchmark is one `register_<name>(subparsers)` function listed in `BENCHMARKS`.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 from ngrpo.cli._common import not_available
+
+DEFAULT_MODEL = "base"  # the embedded base model, built on first use
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="Benchmarks (rollout, learner) written as JSON", description="Benchmarks (rollout, learner) written as JSON.")
-    parser.set_defaults(func=not_available("the rollouts issue"))
+    parser = subparsers.add_parser(
+        "bench",
+        help="Benchmarks (rollout, learner) written as JSON",
+        description="Benchmarks (rollout, learner) written as JSON. Medians over --repeats.",
+    )
+    benches = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    for register_bench in BENCHMARKS.values():
+        register_bench(benches)
+
+
+def register_rollout(benches) -> None:
+    parser = benches.add_parser(
+        "rollout",
+        help="Rollout tokens/s per strategy vs model.generate, and neighbour lookup cost",
+        description=(
+            "Tokens/s of the rollout engine (strategies none, neighbor, gaussian; mixing forced at "
+            "--mix-rate; fixed length) and of model.generate(do_sample=True) on the same batch, "
+            "plus the cached vs brute-force neighbour lookup on a random "
+            "--lookup-vocab x --lookup-dim table."
+        ),
+    )
+    parser.add_argument("--json", type=Path, help="write the result to this file")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model directory (default: base)")
+    parser.add_argument("--batch", type=int, default=64, help="sequences per rollout")
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per sequence")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median)")
+    parser.add_argument("--mix-rate", type=float, default=0.1, help="forced mixing rate")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--lookup-vocab", type=int, default=151_936, help="lookup table rows")
+    parser.add_argument("--lookup-dim", type=int, default=1_536, help="lookup table columns")
+    parser.set_defaults(func=run_rollout)
+
+
+def register_learner(benches) -> None:
+    parser = benches.add_parser("learner", help="Learner step throughput (not available yet)")
+    parser.add_argument("--json", type=Path, help="write the result to this file")
+    parser.set_defaults(func=not_available("the trainer issue"))
+
+
+BENCHMARKS = {"rollout": register_rollout, "learner": register_learner}
+
+
+def _prompts(tokenizer, batch: int) -> list[list[int]]:
+    from ngrpo.tasks import generate as generate_problems
+    from ngrpo.tokenizer import encode_prompt
+
+    problems = generate_problems("arith-train", num=batch, seed=0)
+    if tokenizer.chat_template:
+        return [encode_prompt(tokenizer, p.problem) for p in problems]
+    return [tokenizer(p.problem, add_special_tokens=False)["input_ids"] for p in problems]
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ngrpo.bench import rollout_report
+    from ngrpo.errors import NgrpoError
+    from ngrpo.exploration import answer_start_ids
+    from ngrpo.models import load_model_and_tokenizer
+
+    for name in ("batch", "new_tokens", "repeats", "lookup_vocab", "lookup_dim"):
+        if getattr(args, name) < 1:
+            raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    console = Console(stderr=True)
+    with console.status("loading model") as status:
+        model, tokenizer = load_model_and_tokenizer(args.model, device=args.device)
+        report = rollout_report(
+            model,
+            _prompts(tokenizer, args.batch),
+            pad_token_id=tokenizer.pad_token_id,
+            answer_start_ids=answer_start_ids(tokenizer, "</think>"),
+            new_tokens=args.new_tokens,
+            repeats=args.repeats,
+            mix_rate=args.mix_rate,
+            lookup_shape=(args.lookup_vocab, args.lookup_dim),
+            progress=lambda stage: status.update(f"timing {stage}"),
+        )
+    report["model"] = str(args.model)
+
+    table = Table(
+        title=f"rollout, {report['batch']} x {report['new_tokens']} tokens, {report['device']}"
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in report["tokens_per_s"].items():
+        table.add_row(f"tokens/s {name}", f"{value:,.0f}")
+    for name, value in report["ratios"].items():
+        table.add_row(name, f"{value:,.2f}")
+    lookup = report["neighbor_lookup"]
+    table.add_row("lookup cached µs/token", f"{lookup['cached_us_per_token']:.2f}")
+    table.add_row("lookup brute force µs/token", f"{lookup['bruteforce_us_per_token']:,.1f}")
+    Console().print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
