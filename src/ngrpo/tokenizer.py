@@ -34,7 +34,7 @@ CHAT_TEMPLATE = (
 
 def build_tokenizer(extra_words: list[str] | None = None):
     """A `PreTrainedTokenizerFast` over the embedded task's words (deterministic ids)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = vocabulary_words() + list(extra_words or [])
@@ -43,6 +43,8 @@ def build_tokenizer(extra_words: list[str] | None = None):
         vocab.setdefault(token, len(vocab))
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # Words are joined by single spaces (no token carries the "##" continuation prefix).
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token=BOS,

@@ -15,7 +15,9 @@ from ngrpo import __version__
 from ngrpo.errors import NgrpoError
 
 # Order is the order shown by `ngrpo --help`.
-COMMANDS = ("build-base", "demo", "train", "eval", "grade", "bench", "neighbors", "probe")
+COMMANDS = (
+    "build-base", "demo", "train", "eval", "grade", "bench", "neighbors", "probe", "task",
+)  # fmt: skip
 
 
 def _module_for(command: str):

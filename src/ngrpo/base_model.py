@@ -1,0 +1,270 @@
+"""The embedded base model: a small `Qwen2ForCausalLM` warm-started on the arithmetic task.
+
+DeepSeek-R1-Distill-Qwen is a Qwen2 model; this is the same architecture (RMSNorm, SwiGLU, GQA,
+rotary positions, untied input / output embeddings) at toy size, so everything that runs on it runs
+unchanged on the real checkpoints. Supervised warm-up on worked solutions is stopped early on
+purpose: the base policy must be right sometimes, not always, so that GRPO groups have reward
+variance. The build is deterministic for a seed (same machine and torch build), written to a
+temporary directory and renamed into place, and re-used when it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ngrpo.errors import NgrpoError
+
+log = logging.getLogger(__name__)
+
+BUILD_VERSION = 1  # bump when the recipe changes: old cached builds are then ignored
+BUILD_INFO = "build_info.json"
+
+
+@dataclass(frozen=True)
+class BaseModelRecipe:
+    """Architecture and supervised warm-up of the embedded base model."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    max_positions: int = 256
+    sft_steps: int = 420
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    warmup_steps: int = 60
+    weight_decay: float = 0.01
+    num_train_problems: int = 20_000
+
+
+def cache_root() -> Path:
+    """`$NGRPO_HOME`, else `~/.cache/ngrpo`."""
+    return Path(os.environ.get("NGRPO_HOME", Path.home() / ".cache" / "ngrpo")).expanduser()
+
+
+def default_base_dir(seed: int = 0) -> Path:
+    return cache_root() / f"base-v{BUILD_VERSION}-seed{seed}"
+
+
+def is_complete_build(model_dir: Path) -> bool:
+    info = model_dir / BUILD_INFO
+    if not info.is_file():
+        return False
+    try:
+        return json.loads(info.read_text()).get("build_version") == BUILD_VERSION
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def ensure_base_model(
+    out: str | Path | None = None,
+    seed: int = 0,
+    force: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    recipe: BaseModelRecipe | None = None,
+) -> Path:
+    """The directory of the embedded base model, built first if needed.
+
+    `progress(stage, done, total)` is called during the build (the CLI draws a bar from it).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise NgrpoError(f"seed must be a non-negative integer, got {seed!r}")
+    model_dir = Path(out).expanduser() if out is not None else default_base_dir(seed)
+    if is_complete_build(model_dir) and not force:
+        return model_dir
+    if model_dir.exists() and not force and any(model_dir.iterdir()):
+        raise NgrpoError(
+            f"{str(model_dir)!r} exists but holds no complete base-model build; "
+            "pass --force to overwrite it or choose another --out"
+        )
+    tmp_dir = model_dir.parent / f".{model_dir.name}.tmp-{os.getpid()}"
+    try:
+        model_dir.parent.mkdir(parents=True, exist_ok=True)
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir)
+        tmp_dir.mkdir()
+    except OSError as err:
+        raise NgrpoError(f"cannot write to {str(model_dir.parent)!r}: {err.strerror}") from err
+    try:
+        build_base_model(tmp_dir, seed=seed, recipe=recipe or BaseModelRecipe(), progress=progress)
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        tmp_dir.rename(model_dir)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    return model_dir
+
+
+def make_model(vocab_size: int, tokenizer, recipe: BaseModelRecipe):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_kv_heads,
+        max_position_embeddings=recipe.max_positions,
+        tie_word_embeddings=False,  # as DeepSeek-R1-Distill-Qwen-1.5B
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def _sft_examples(tokenizer, problems) -> list[tuple[list[int], int]]:
+    """(full token ids, number of prompt tokens) for each worked solution."""
+    from ngrpo.tokenizer import encode_prompt
+
+    examples = []
+    for p in problems:
+        prompt = encode_prompt(tokenizer, p.problem)
+        response = tokenizer(p.solution, add_special_tokens=False)["input_ids"]
+        examples.append((prompt + response + [tokenizer.eos_token_id], len(prompt)))
+    return examples
+
+
+def _collate(examples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask and labels (-100 on prompt and padding)."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full_like(input_ids, -100)  # (B, T)
+    attention = torch.zeros_like(input_ids)  # (B, T)
+    for row, (ids, prompt_len) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        labels[row, prompt_len : len(ids)] = input_ids[row, prompt_len : len(ids)]
+    return input_ids, attention, labels
+
+
+def supervised_warmup(model, examples, recipe: BaseModelRecipe, seed: int, progress=None) -> list:
+    """Next-token training on the responses of `examples`; returns the loss curve (every 50)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
+    )
+
+    def lr_factor(step: int) -> float:  # linear warm-up, cosine decay to 10 %
+        if step < recipe.warmup_steps:
+            return (step + 1) / recipe.warmup_steps
+        frac = (step - recipe.warmup_steps) / max(1, recipe.sft_steps - recipe.warmup_steps)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * frac))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    pad_id = model.config.pad_token_id
+    model.train()
+    losses = []
+    for step in range(recipe.sft_steps):
+        rows = torch.randint(len(examples), (recipe.batch_size,), generator=generator)
+        input_ids, attention, labels = _collate([examples[i] for i in rows.tolist()], pad_id)
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == recipe.sft_steps - 1:
+            losses.append((step, round(loss.item(), 4)))
+            log.info("sft step %d loss %.4f", step, loss.item())
+        if progress is not None:
+            progress("supervised warm-up", step + 1, recipe.sft_steps)
+    model.eval()
+    return losses
+
+
+_BOXED = re.compile(r"\\boxed\{\s*([^{}]*?)\s*\}")
+
+
+def boxed_exact_match(response: str, answer: str) -> bool:
+    """Exact match of the last `\\boxed{...}` after `</think>` (the build's own quick check)."""
+    tail = response.rsplit("</think>", 1)[-1]
+    found = _BOXED.findall(tail)
+    return bool(found) and found[-1].strip() == answer.strip()
+
+
+@torch.no_grad()
+def sample_accuracy(
+    model, tokenizer, problems, n: int = 8, temperature: float = 1.0, max_new_tokens: int = 96,
+    seed: int = 0, batch_prompts: int = 32,
+) -> dict[str, float]:
+    """pass@1 (mean accuracy over n samples) and pass@n (any correct) by exact boxed match."""
+    from ngrpo.tokenizer import encode_prompt
+
+    torch.manual_seed(seed)
+    per_problem = []
+    for start in range(0, len(problems), batch_prompts):
+        chunk = problems[start : start + batch_prompts]
+        encoded = tokenizer(
+            [tokenizer.decode(encode_prompt(tokenizer, p.problem)) for p in chunk],
+            add_special_tokens=False, padding=True, return_tensors="pt",
+        )
+        out = model.generate(
+            **encoded, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+            max_new_tokens=max_new_tokens, num_return_sequences=n,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        texts = tokenizer.batch_decode(
+            out[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        for i, p in enumerate(chunk):
+            per_problem.append([boxed_exact_match(t, p.answer) for t in texts[i * n : (i + 1) * n]])
+    return {
+        "pass@1": sum(sum(c) / n for c in per_problem) / len(per_problem),
+        f"pass@{n}": sum(any(c) for c in per_problem) / len(per_problem),
+    }
+
+
+def build_base_model(
+    out_dir: Path, seed: int, recipe: BaseModelRecipe, progress=None, eval_problems: int = 200
+) -> dict:
+    """Tokenizer + warm-started model + measured accuracy, saved into `out_dir`."""
+    from ngrpo.tasks import generate
+    from ngrpo.tokenizer import build_tokenizer
+
+    started = time.time()
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    model = make_model(len(tokenizer), tokenizer, recipe)
+    train = generate("arith-train", num=recipe.num_train_problems, seed=seed)
+    losses = supervised_warmup(model, _sft_examples(tokenizer, train), recipe, seed, progress)
+    if progress is not None:
+        progress("measuring accuracy", 0, 2)
+    accuracy = {}
+    for i, split in enumerate(("arith-id", "arith-ood")):
+        problems = generate(split, num=eval_problems, seed=seed)
+        accuracy[split] = sample_accuracy(model, tokenizer, problems, seed=seed)
+        if progress is not None:
+            progress("measuring accuracy", i + 1, 2)
+    model.generation_config.do_sample = True
+    model.generation_config.top_k = None
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    info = {
+        "build_version": BUILD_VERSION,
+        "seed": seed,
+        "recipe": asdict(recipe),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer),
+        "sft_loss": losses,
+        "accuracy_t1": accuracy,
+        "eval_problems": eval_problems,
+        "build_seconds": round(time.time() - started, 1),
+        "torch": torch.__version__,
+    }
+    (out_dir / BUILD_INFO).write_text(json.dumps(info, indent=2))  # written last: marks completion
+    return info

@@ -1,0 +1,78 @@
+"""Loading local Hugging Face causal language models, with errors a user can act on.
+
+Any local directory written by `save_pretrained` works (no remote code, no hub access). The
+special path `base` means the embedded base model (built on first use, see `ngrpo.base_model`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ngrpo.errors import NgrpoError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """`base` -> the embedded base model directory; otherwise a checked local directory."""
+    if str(path) == "base":
+        from ngrpo.base_model import ensure_base_model
+
+        return ensure_base_model()
+    model_dir = Path(path).expanduser()
+    if not model_dir.is_dir():
+        raise NgrpoError(f"model directory {str(model_dir)!r} does not exist")
+    if not (model_dir / "config.json").is_file():
+        raise NgrpoError(
+            f"{str(model_dir)!r} is not a model directory: no config.json "
+            "(expected a directory written by save_pretrained)"
+        )
+    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        raise NgrpoError(
+            f"{str(model_dir)!r} has no model weights (looked for {', '.join(WEIGHT_FILES)})"
+        )
+    return model_dir
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    model_dir = resolve_model_path(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as err:
+        raise NgrpoError(f"cannot load a tokenizer from {str(model_dir)!r}: {err}") from err
+    if tokenizer.pad_token_id is None:
+        # Padding is masked everywhere; reusing EOS keeps the vocabulary unchanged.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+):
+    """A causal LM from a local directory, in eval mode, on `device` with parameters in `dtype`."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = resolve_model_path(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=dtype, trust_remote_code=False
+        )
+    except (OSError, ValueError, KeyError) as err:
+        raise NgrpoError(f"cannot load a causal LM from {str(model_dir)!r}: {err}") from err
+    if model.get_input_embeddings() is None:
+        raise NgrpoError(f"model in {str(model_dir)!r} has no input embeddings")
+    return model.to(device).eval()
+
+
+def load_model_and_tokenizer(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+):
+    return load_model(path, device, dtype), load_tokenizer(path)

@@ -1,0 +1,94 @@
+"""The embedded base model: save / load, deterministic build, re-use, and an imperfect policy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ngrpo.base_model import (
+    BUILD_INFO,
+    BaseModelRecipe,
+    build_base_model,
+    ensure_base_model,
+    make_model,
+    sample_accuracy,
+)
+from ngrpo.errors import NgrpoError
+from ngrpo.models import load_model, load_model_and_tokenizer
+from ngrpo.tasks import generate
+
+TINY = BaseModelRecipe(
+    hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
+    sft_steps=4, batch_size=4, warmup_steps=2, num_train_problems=50,
+)  # fmt: skip
+
+
+def test_save_and_load_give_equal_logits(embedded_tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = make_model(len(embedded_tokenizer), embedded_tokenizer, TINY).eval()
+    model.save_pretrained(tmp_path)
+    embedded_tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded, tok = load_model_and_tokenizer(tmp_path)
+    assert type(loaded).__name__ == "Qwen2ForCausalLM"
+    ids = torch.tensor([tok("Tom has 3 apples . How many", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)
+
+
+def test_build_is_deterministic_for_a_seed(tmp_path):
+    infos = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        infos.append(build_base_model(tmp_path / name, seed=5, recipe=TINY, eval_problems=4))
+    a = load_file(tmp_path / "a" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert infos[0]["sft_loss"] == infos[1]["sft_loss"]
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (
+        tmp_path / "b" / "tokenizer.json"
+    ).read_bytes()
+
+
+def test_ensure_reuses_a_complete_build_and_refuses_foreign_directories(tmp_path):
+    out = tmp_path / "base"
+    built = ensure_base_model(out, seed=1, recipe=TINY)
+    stamp = (built / "model.safetensors").stat().st_mtime_ns
+    assert ensure_base_model(out, seed=1, recipe=TINY) == built
+    assert (built / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not list(tmp_path.glob(".base.tmp-*"))  # the temporary build directory is gone
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(NgrpoError, match="no complete base-model build.*--force"):
+        ensure_base_model(foreign, recipe=TINY)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(NgrpoError, match="cannot write"):
+        ensure_base_model(blocker / "sub" / "base", recipe=TINY)
+
+
+def test_loading_errors_name_the_problem(tmp_path):
+    with pytest.raises(NgrpoError, match="does not exist"):
+        load_model(tmp_path / "missing")
+    with pytest.raises(NgrpoError, match="no config.json"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(NgrpoError, match="no model weights"):
+        load_model(tmp_path)
+
+
+def test_base_policy_is_right_sometimes_not_always(base_model_dir):
+    """The RL starting point: pass@1 in [0.15, 0.60], pass@8 >= 1.5 x pass@1, 0.02 < OOD < ID."""
+    info = json.loads((base_model_dir / BUILD_INFO).read_text())
+    assert info["parameters"] > 100_000 and info["vocab_size"] >= 150
+    model, tok = load_model_and_tokenizer(base_model_dir)
+    # fresh problems and a different sampling seed than the build's own measurement
+    id_acc = sample_accuracy(model, tok, generate("arith-id", 100, seed=7), seed=7)
+    ood_acc = sample_accuracy(model, tok, generate("arith-ood", 100, seed=7), seed=7)
+    assert 0.15 <= id_acc["pass@1"] <= 0.60, id_acc
+    assert id_acc["pass@8"] >= 1.5 * id_acc["pass@1"], id_acc
+    assert 0.02 < ood_acc["pass@1"] < id_acc["pass@1"], (id_acc, ood_acc)
