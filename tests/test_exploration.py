@@ -8,6 +8,7 @@ import torch
 
 from ngrpo.errors import NgrpoError
 from ngrpo.exploration import (
+    NOISE_STRATEGIES,
     STRATEGIES,
     ExplorationConfig,
     StepView,
@@ -48,7 +49,7 @@ def test_every_strategy_gives_valid_records(strategy, k):
     else:
         anchors = view.sampled if strategy == "none" else view.logits.argmax(-1)
         assert torch.equal(mix.ids[:, 0], anchors)
-    if strategy in ("gaussian", "orthogonal"):
+    if strategy in NOISE_STRATEGIES:
         assert mix.noise.shape == (B, D)
     else:
         assert mix.noise is None

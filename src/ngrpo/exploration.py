@@ -22,6 +22,14 @@ candidate ids (B, K), weights (B, K) and optional additive noise (B, d).
   `e(a) + Σ_j w_j · ξ_j · ‖e(c_j) − e(a)‖ · u_j` over the other top-k candidates `c_j`, where `u_j`
   is the unit component of `e(c_j) − e(a)` orthogonal to `e(a)`, `w_j` its `topk` weight and
   `ξ_j ~ N(0, 1)`. Recorded as ids = top-k, weights = (1, 0, ...), noise = the sum.
+- `shift_gaussian`, `shift_neighbor`: the semantic-consistency probe's matched perturbations (not in
+  the paper's method; `ngrpo.probe`), both at an exact relative shift `s = noise_scale` from the
+  anchor `a` (option `anchor`, as for `neighbor`): `shift_gaussian` feeds `e(a) + s‖e(a)‖·u` with
+  `u` uniform on the unit sphere (recorded as noise); `shift_neighbor` feeds
+  `(1 − w)·e(a) + w·e(n)` for the cosine-nearest neighbour `n` of `a`, with
+  `w = min(1/2, s‖e(a)‖ / ‖e(n) − e(a)‖)` (recorded as ids (a, n), weights (1 − w, w)). The cap
+  keeps the input closer to `a` than to `n`; where it binds, the shift is below `s`. With
+  `mix_top_k = 1` there is no slot for `n` and `shift_neighbor` feeds `e(a)`.
 
 Gate (all must hold): a training rollout, strategy != none, the sequence has not emitted the
 answer marker (including at this step) nor EOS, and a per-sequence per-step Bernoulli(mix_rate)
@@ -38,7 +46,7 @@ from dataclasses import dataclass
 import torch
 
 from ngrpo.errors import NgrpoError
-from ngrpo.neighbors import SIMILARITIES
+from ngrpo.neighbors import SIMILARITIES, bruteforce_neighbors
 
 ANCHORS = ("greedy", "sampled")
 
@@ -47,7 +55,7 @@ ANCHORS = ("greedy", "sampled")
 class ExplorationConfig:
     """Exploration at rollout time (DESIGN section 2). Defaults: the authors' N-GRPO 1.5B run."""
 
-    strategy: str = "none"  # none | neighbor | gaussian | topk | topk_gumbel | orthogonal
+    strategy: str = "none"  # a key of STRATEGIES: none, neighbor, gaussian, topk, ...
     mix_top_k: int = 2  # candidates per mixed input, anchor included
     mix_rate: float = 0.1  # per-sequence, per-step probability that a position is mixed
     entropy_threshold: float | None = (
@@ -57,7 +65,9 @@ class ExplorationConfig:
     anchor: str = "greedy"  # neighbor anchor: greedy (argmax of p_t, authors' code) | sampled (y_t)
     answer_start: str = "</think>"  # no mixing once a sequence has emitted this (tokenised) marker
     mix_temperature: float = 1.0  # temperature of the softmax weighting in topk-style baselines
-    noise_scale: float = 0.33  # gaussian: noise std as a fraction of the mixture's RMS
+    # gaussian: noise std as a fraction of the mixture's RMS (so ‖noise‖ ≈ noise_scale·‖mixture‖);
+    # shift_gaussian / shift_neighbor: the exact relative shift ‖ẽ − e(a)‖ / ‖e(a)‖
+    noise_scale: float = 0.33
 
     @property
     def enabled(self) -> bool:
@@ -209,6 +219,46 @@ def _orthogonal(view: StepView, k: int, mix_temperature: float = 1.0, **_) -> Mi
     return mix
 
 
+MAX_SHIFT_WEIGHT = 0.5  # shift_neighbor: the neighbour never outweighs the anchor
+
+
+def _anchors(view: StepView, anchor: str) -> torch.LongTensor:
+    return view.probs.argmax(-1) if anchor == "greedy" else view.sampled  # (B,)
+
+
+def _shift_gaussian(view: StepView, k: int, anchor: str = "greedy", noise_scale: float = 0.33, **_):
+    anchors = _anchors(view, anchor)  # (B,)
+    mix = plain(anchors, k)
+    rows = view.table[anchors].float()  # (B, d)
+    gauss = torch.randn(rows.shape, generator=view.generator, device=rows.device)  # (B, d)
+    direction = torch.nn.functional.normalize(gauss, dim=-1)  # (B, d) uniform on the sphere
+    mix.noise = (noise_scale * rows.norm(dim=-1, keepdim=True) * direction).to(view.table.dtype)
+    return mix
+
+
+def shift_weight(anchor_rows: torch.Tensor, neighbor_rows: torch.Tensor, shift: float):
+    """Weight w of the neighbour so that ‖w·(e(n) − e(a))‖ = shift·‖e(a)‖, capped at 1/2.
+
+    anchor_rows, neighbor_rows (B, d) -> w (B,) fp32.
+    """
+    anchor_rows, neighbor_rows = anchor_rows.float(), neighbor_rows.float()
+    gap = (neighbor_rows - anchor_rows).norm(dim=-1).clamp_min(1e-12)  # (B,)
+    return (shift * anchor_rows.norm(dim=-1) / gap).clamp(max=MAX_SHIFT_WEIGHT)  # (B,)
+
+
+def _shift_neighbor(view: StepView, k: int, anchor: str = "greedy", noise_scale: float = 0.33, **_):
+    anchors = _anchors(view, anchor)  # (B,)
+    mix = plain(anchors, k)
+    if k == 1:
+        return mix
+    # Brute force on every call (a probe, not a training path): no index is built for it.
+    nearest = bruteforce_neighbors(view.table, anchors, 1, "cosine")[0][:, 0]  # (B,)
+    w = shift_weight(view.table[anchors], view.table[nearest], noise_scale)  # (B,)
+    mix.ids[:, 1] = nearest
+    mix.weights[:, 0], mix.weights[:, 1] = 1.0 - w, w
+    return mix
+
+
 STRATEGIES: dict[str, Callable[..., Mixture]] = {
     "none": _none,
     "neighbor": _neighbor,
@@ -216,8 +266,11 @@ STRATEGIES: dict[str, Callable[..., Mixture]] = {
     "topk": _topk,
     "topk_gumbel": _topk_gumbel,
     "orthogonal": _orthogonal,
+    "shift_gaussian": _shift_gaussian,
+    "shift_neighbor": _shift_neighbor,
 }
-NOISE_STRATEGIES = frozenset({"gaussian", "orthogonal"})  # the ones whose records carry noise
+# the ones whose records carry noise
+NOISE_STRATEGIES = frozenset({"gaussian", "orthogonal", "shift_gaussian"})
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
