@@ -1,0 +1,157 @@
+"""Rollout diversity diagnostics against naive reference implementations on hand-made groups."""
+
+import functools
+import random
+
+import pytest
+
+from ngrpo.diagnostics import (
+    distinct_answers,
+    distinct_n,
+    group_diversity,
+    levenshtein,
+    mean_pairwise_edit,
+    normalized_edit_distance,
+    reasoning_text,
+    rollout_diagnostics,
+    split_groups,
+)
+
+
+def naive_levenshtein(a, b) -> int:
+    """The textbook recursion, memoised."""
+
+    @functools.cache
+    def d(i: int, j: int) -> int:
+        if i == 0 or j == 0:
+            return i + j
+        return min(d(i - 1, j) + 1, d(i, j - 1) + 1, d(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
+
+    return d(len(a), len(b))
+
+
+def naive_distinct(sequences, n):
+    seen, total = [], 0
+    for tokens in sequences:
+        for i in range(len(tokens) - n + 1):
+            gram = tuple(tokens[i : i + n])
+            total += 1
+            if gram not in seen:
+                seen.append(gram)
+    return len(seen) / total if total else None
+
+
+def test_levenshtein_matches_the_recursion_on_random_sequences():
+    rng = random.Random(0)
+    for _ in range(300):
+        a = [rng.choice("abc") for _ in range(rng.randint(0, 9))]
+        b = [rng.choice("abc") for _ in range(rng.randint(0, 9))]
+        assert levenshtein(a, b) == naive_levenshtein(a, b) == levenshtein(b, a)
+
+
+def test_levenshtein_known_values_and_normalisation():
+    assert levenshtein("kitten", "sitting") == 3
+    assert levenshtein([], [1, 2, 3]) == 3
+    assert normalized_edit_distance("kitten", "sitting") == pytest.approx(3 / 7)
+    assert normalized_edit_distance([], []) == 0.0
+    assert normalized_edit_distance("ab", "cd") == 1.0
+    # token-level: one changed word is distance 1 however long the word is
+    assert levenshtein(["7", "+", "5", "=", "12"], ["7", "+", "5", "=", "13"]) == 1
+
+
+def test_distinct_n_matches_naive_counting():
+    rng = random.Random(1)
+    for _ in range(100):
+        seqs = [[rng.choice("xyz") for _ in range(rng.randint(0, 8))] for _ in range(3)]
+        for n in (1, 2, 3):
+            expected = naive_distinct(seqs, n)
+            got = distinct_n(seqs, n)
+            assert got == expected if expected is None else got == pytest.approx(expected)
+    assert distinct_n([["a", "b", "a", "b"]], 2) == pytest.approx(2 / 3)  # ab, ba, ab
+    with pytest.raises(ValueError):
+        distinct_n([["a"]], 0)
+
+
+def test_reasoning_text_is_inside_think():
+    assert reasoning_text("<think> 1 + 1 = 2 . </think> \\boxed{ 2 }").strip() == "1 + 1 = 2 ."
+    assert reasoning_text("1 + 1 = 2 . </think> x").strip() == "1 + 1 = 2 ."  # prompt opened it
+    assert reasoning_text("<think> still thinking").strip() == "still thinking"  # truncated
+    assert reasoning_text("no markers") == "no markers"
+
+
+def _response(steps: str, answer: str | None) -> str:
+    tail = "" if answer is None else f" The answer is \\boxed{{ {answer} }} ."
+    return f"<think> {steps} </think>{tail}"
+
+
+GROUPS = [
+    [  # two distinct parsed answers (12, 13) and one response without an answer
+        _response("7 + 5 = 12 .", "12"),
+        _response("7 + 5 = 13 .", "13"),
+        _response("7 + 5 = 12 .", "12"),
+        _response("7 + 6 = 13 . 13 * 2 = 26 .", None),
+    ],
+    [_response("3 * 2 = 6 .", "6")] * 4,  # identical responses
+]
+
+
+def test_group_diversity_against_naive_per_group_means():
+    got = group_diversity(GROUPS)
+    reasoning = [[reasoning_text(r).split() for r in g] for g in GROUPS]
+    whole = [[r.split() for r in g] for g in GROUPS]
+    expected_edit = [
+        sum(
+            naive_levenshtein(a, b) / max(len(a), len(b))
+            for i, a in enumerate(g)
+            for b in g[i + 1 :]
+        )
+        / 6
+        for g in whole
+    ]
+    assert got["diversity/distinct_answers"] == pytest.approx((2 + 1) / 2)
+    assert got["diversity/distinct_2"] == pytest.approx(
+        sum(naive_distinct(g, 2) for g in reasoning) / 2
+    )
+    assert got["diversity/distinct_3"] == pytest.approx(
+        sum(naive_distinct(g, 3) for g in reasoning) / 2
+    )
+    assert got["diversity/pairwise_edit"] == pytest.approx(sum(expected_edit) / 2)
+    assert expected_edit[1] == 0.0 and expected_edit[0] > 0
+
+
+def test_distinct_answers_normalises_and_ignores_unparsed():
+    assert distinct_answers([_response("", "12"), _response("", " 12 "), _response("", None)]) == 1
+    assert distinct_answers([_response("", None)] * 3) == 0
+
+
+def test_rollout_diagnostics_zero_advantage_and_pass_through():
+    rewards = [[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]]
+    stats = {"rollout/mixed_frac": 0.1, "rollout/embed_shift": 0.25, "rollout/tokens": 99.0}
+    got = rollout_diagnostics(GROUPS, rewards, stats)
+    assert got["diversity/zero_adv_frac"] == 0.5
+    assert got["rollout/mixed_frac"] == 0.1 and got["rollout/embed_shift"] == 0.25
+    assert "rollout/tokens" not in got  # only the mixing statistics are copied
+    assert set(rollout_diagnostics(GROUPS, rewards)) == {
+        "diversity/distinct_answers", "diversity/distinct_2", "diversity/distinct_3",
+        "diversity/pairwise_edit", "diversity/zero_adv_frac",
+    }  # fmt: skip
+    assert rollout_diagnostics(GROUPS, [[0.0] * 4, [0.5] * 4])["diversity/zero_adv_frac"] == 1.0
+
+
+def test_custom_tokenizer_and_single_response_groups():
+    chars = group_diversity([["<think> ab </think>"], ["<think> ab </think>"]], tokenize=list)
+    assert chars["diversity/pairwise_edit"] == 0.0  # no pairs: skipped, mean of nothing is 0
+    assert chars["diversity/distinct_2"] == pytest.approx(naive_distinct([list(" ab ")], 2))
+    assert mean_pairwise_edit([["a"]]) is None
+
+
+def test_shape_errors_and_split_groups():
+    with pytest.raises(ValueError, match="same shape"):
+        rollout_diagnostics(GROUPS, [[1.0] * 4])
+    with pytest.raises(ValueError, match="same shape"):
+        rollout_diagnostics(GROUPS, [[1.0] * 4, [1.0] * 3])
+    with pytest.raises(ValueError, match="no empty group"):
+        group_diversity([[]])
+    assert split_groups(list(range(6)), 3) == [[0, 1, 2], [3, 4, 5]]
+    with pytest.raises(ValueError, match="do not split"):
+        split_groups(list(range(5)), 2)
