@@ -91,10 +91,3 @@ def test_build_base_reuses_and_prints_the_directory_last(capsys, base_model_dir,
     assert code == 0
     assert out.strip().splitlines()[-1] == str(base_model_dir)
     assert "ID pass@1" in out
-
-
-@pytest.mark.parametrize("command", ["probe"])
-def test_commands_not_built_yet_fail_in_one_line(command, capsys):
-    code, out, err = run_cli(capsys, command)
-    assert out == ""
-    assert_one_line_error(code, err, "not available yet")

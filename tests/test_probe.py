@@ -1,0 +1,209 @@
+"""The semantic-consistency probe: matched-shift strategies against naive loops, the rollout's
+measured shift, the per-run summary, `run_probe` on a tiny random Qwen2, and `ngrpo probe`."""
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from ngrpo.cli import main
+from ngrpo.errors import NgrpoError
+from ngrpo.exploration import STRATEGIES, StepView
+from ngrpo.probe import mean_ci, perturbation_config, run_probe, summarize_run
+from ngrpo.rollout import SamplingParams, generate
+from ngrpo.tasks import generate as task_problems
+from ngrpo.tokenizer import build_tokenizer
+
+V, D, B = 40, 16, 32
+
+
+def _view(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, V, generator=gen)
+    probs = logits.softmax(-1)
+    return StepView(
+        logits=logits, probs=probs, sampled=torch.multinomial(probs, 1, generator=gen)[:, 0],
+        table=torch.randn(V, D, generator=gen), neighbors=None,
+        generator=torch.Generator().manual_seed(seed + 1),
+    )  # fmt: skip
+
+
+def _naive_nearest(table, a):
+    best, best_sim = None, -math.inf
+    for v in range(table.shape[0]):
+        if v == a:
+            continue
+        sim = float(table[a] @ table[v] / (table[a].norm() * table[v].norm()))
+        if sim > best_sim:
+            best, best_sim = v, sim
+    return best
+
+
+@pytest.mark.parametrize("shift", [0.05, 0.3, 2.0])
+def test_shift_gaussian_has_the_exact_relative_norm(shift):
+    view = _view()
+    mix = STRATEGIES["shift_gaussian"](view, k=2, anchor="sampled", noise_scale=shift)
+    assert torch.equal(mix.ids[:, 0], view.sampled)
+    assert mix.weights[:, 0].eq(1).all() and mix.weights[:, 1].eq(0).all()
+    rows = view.table[view.sampled]
+    torch.testing.assert_close(mix.noise.norm(dim=-1), shift * rows.norm(dim=-1))
+    other = STRATEGIES["shift_gaussian"](_view(), k=2, anchor="sampled", noise_scale=shift)
+    torch.testing.assert_close(mix.noise, other.noise)  # seeded by the exploration generator
+    assert (mix.noise.sum(0) / mix.noise.norm(dim=-1).sum()).abs().max() < 0.2  # no preferred axis
+
+
+@pytest.mark.parametrize("shift", [0.05, 0.3, 5.0])
+def test_shift_neighbor_weight_and_neighbour_match_a_naive_loop(shift):
+    view = _view(3)
+    mix = STRATEGIES["shift_neighbor"](view, k=3, anchor="greedy", noise_scale=shift)
+    assert mix.noise is None
+    table = view.table
+    for row in range(B):
+        a = int(view.probs[row].argmax())
+        n = _naive_nearest(table, a)
+        w = min(0.5, shift * float(table[a].norm()) / float((table[n] - table[a]).norm()))
+        assert mix.ids[row].tolist() == [a, n, a]
+        assert mix.weights[row].tolist() == pytest.approx([1 - w, w, 0.0], abs=1e-6)
+        mixed = (1 - w) * table[a] + w * table[n]
+        achieved = float((mixed - table[a]).norm() / table[a].norm())
+        assert achieved == pytest.approx(min(shift, 0.5 * float((table[n] - table[a]).norm())
+                                             / float(table[a].norm())), rel=1e-5)  # fmt: skip
+    if shift == 5.0:
+        assert torch.allclose(mix.weights[:, 1], torch.full((B,), 0.5))  # the cap binds
+    plain = STRATEGIES["shift_neighbor"](view, k=1, anchor="sampled", noise_scale=shift)
+    assert torch.equal(plain.ids[:, 0], view.sampled) and plain.weights.eq(1).all()
+
+
+def _tiny_model(vocab: int, seed: int = 0):
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return _tiny_model(len(tokenizer))
+
+
+def test_rollout_measures_the_target_shift_before_the_marker(model):
+    prompts = [[10, 11, 12], [13, 14]]
+    marker = [5]
+    for kind in ("gaussian", "neighbor"):
+        batch = generate(
+            model, prompts, SamplingParams(n=3, max_new_tokens=12), eos_token_id=[], pad_token_id=0,
+            exploration=perturbation_config(kind, 0.2), answer_start_ids=marker, training=True,
+        )  # fmt: skip
+        assert batch.stats["rollout/mixed_frac"] == 1.0  # every eligible position at mix rate 1
+        assert torch.equal(batch.mixed, batch.eligible)
+        if kind == "gaussian":
+            assert batch.stats["rollout/embed_shift"] == pytest.approx(0.2, rel=1e-4)
+        else:
+            assert 0 < batch.stats["rollout/embed_shift"] <= 0.2 + 1e-6
+
+
+def test_summarize_run_and_mean_ci():
+    texts = [
+        "<think> 1 + 1 = 2 . </think> \\boxed{ 2 }", "<think> 1 + 1 = 3 . </think> \\boxed{ 3 }",
+        "<think> 2 + 2 = 4 . </think> \\boxed{ 4 }", "<think> 2 + 2 = 4 . </think> no answer",
+    ]  # fmt: skip
+    answers, correct = ["2", "3", "4", None], [True, False, True, False]
+    row = summarize_run(texts, answers, correct, n=2, reference_answers=["2", "2", "4", None])
+    assert row["accuracy"] == 0.5 and row["accuracy_ci"] == [0.5, 0.5]  # both problems 1/2
+    assert row["answer_agreement"] == 0.75  # sample 1 changed its answer; None == None agrees
+    assert row["unparsed"] == 0.25 and row["distinct_answers"] == 1.5
+    assert summarize_run(texts, answers, correct, n=2)["answer_agreement"] == 1.0
+    with pytest.raises(ValueError):
+        summarize_run(texts, answers, correct, n=3)
+    with pytest.raises(ValueError):
+        summarize_run(texts, answers, correct, n=2, reference_answers=["2"])
+    mean, low, high = mean_ci([0.0, 1.0, 0.5, 0.5])
+    half = 1.96 * math.sqrt((0.25 + 0.25 + 0 + 0) / 3 / 4)
+    assert (mean, low, high) == pytest.approx((0.5, 0.5 - half, 0.5 + half))
+    assert mean_ci([0.3]) == (0.3, 0.3, 0.3)
+
+
+def test_run_probe_rows_reproducible_and_progress(model, tokenizer):
+    problems = task_problems("arith-id", 3, seed=0)
+    calls = []
+    kwargs = dict(shifts=(0.1, 0.4), n=2, max_new_tokens=8, seed=1)
+    result = run_probe(model, tokenizer, problems, progress=lambda *a: calls.append(a), **kwargs)
+    rows = result["rows"]
+    assert [(r["perturbation"], r["target_shift"]) for r in rows] == [
+        ("none", 0.0), ("gaussian", 0.1), ("gaussian", 0.4), ("neighbor", 0.1), ("neighbor", 0.4),
+    ]  # fmt: skip
+    assert rows[0]["achieved_shift"] == 0.0 and rows[0]["answer_agreement"] == 1.0
+    for row in rows[1:3]:
+        assert row["achieved_shift"] == pytest.approx(row["target_shift"], rel=1e-4)
+    for row in rows[3:]:
+        assert 0 < row["achieved_shift"] <= row["target_shift"] + 1e-6
+    assert calls[-1] == ("probe runs", 5, 5)
+    assert result["config"]["num_problems"] == 3 and result["config"]["shifts"] == [0.1, 0.4]
+    json.dumps(result)  # JSON-ready
+    again = run_probe(model, tokenizer, problems, **kwargs)
+    assert [{k: v for k, v in r.items()} for r in again["rows"]] == rows
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"shifts": ()}, "shifts"),
+        ({"shifts": (-0.1,)}, "shifts"),
+        ({"kinds": ("uniform",)}, "gaussian, neighbor"),
+        ({"n": 0}, "samples per problem"),
+        ({"mix_rate": 0.0}, "mix_rate"),
+    ],
+)
+def test_run_probe_errors(model, tokenizer, kwargs, message):
+    with pytest.raises(NgrpoError, match=message):
+        run_probe(model, tokenizer, task_problems("arith-id", 1), **kwargs)
+    with pytest.raises(NgrpoError, match="at least one problem"):
+        run_probe(model, tokenizer, [])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, model, tokenizer):
+    path = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+def test_cli_probe_writes_json_png_and_table(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: rich does not wrap the table
+    out = tmp_path / "probe"
+    code = main([
+        "probe", "--model", str(model_dir), "--problems", "2", "--n", "2", "--shifts", "0.1,0.3",
+        "--max-new-tokens", "6", "--out", str(out),
+    ])  # fmt: skip
+    stdout = capsys.readouterr().out
+    assert code == 0
+    result = json.loads((out / "probe.json").read_text())
+    assert len(result["rows"]) == 5 and result["config"]["model"] == str(model_dir)
+    assert (out / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "semantic-consistency probe" in stdout and "neighbor" in stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--shifts", "0.1,abc"], "--shifts must be comma-separated numbers"),
+        (["--perturbations", "uniform"], "unknown probe perturbation 'uniform'"),
+        (["--split", "arith-xx"], "unknown task split"),
+        (["--n", "0"], "must be >= 1"),
+    ],
+)
+def test_cli_probe_errors_in_one_line(model_dir, tmp_path, capsys, argv, fragment):
+    code = main(["probe", "--model", str(model_dir), "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
