@@ -22,55 +22,52 @@ from ngrpo.neighbors import NeighborIndex, bruteforce_neighbors
 from ngrpo.rollout import SamplingParams, generate, left_pad
 
 
+def _seconds(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_seconds(fn, device) for _ in range(repeats))
 
 
-def rollout_tokens_per_s(
+def engine_runner(
     model,
     prompts: list[list[int]],
     *,
     strategy: str,
     new_tokens: int,
-    repeats: int,
     pad_token_id: int,
     answer_start_ids: list[int],
     mix_rate: float = 0.1,
     mix_top_k: int = 2,
-) -> float:
-    """Median tokens/s of the engine at fixed length, one warm-up call first."""
-    device = next(model.parameters()).device
+) -> Callable[[], object]:
+    """A zero-argument call of the engine at fixed length with mixing forced at `mix_rate`."""
     sampling = SamplingParams(n=1, max_new_tokens=new_tokens)
     exploration = ExplorationConfig(strategy=strategy, mix_top_k=mix_top_k, mix_rate=mix_rate)
     index = None
     if strategy == "neighbor":  # long-lived, as in training: the warm-up call fills it
         index = NeighborIndex(model.get_input_embeddings(), mix_top_k - 1, exploration.metric)
 
-    def run(seed: int = 0):
+    def run():
         return generate(
             model, prompts, sampling, eos_token_id=[], pad_token_id=pad_token_id,
             exploration=exploration, answer_start_ids=answer_start_ids, training=True,
-            seed=seed, neighbor_index=index,
+            neighbor_index=index,
         )  # fmt: skip
 
-    run()
-    seconds = _median_seconds(run, repeats, device)
-    return len(prompts) * new_tokens / seconds
+    return run
 
 
-def hf_generate_tokens_per_s(
-    model, prompts: list[list[int]], *, new_tokens: int, repeats: int, pad_token_id: int
-) -> float:
-    """Median tokens/s of `model.generate(do_sample=True)` at fixed length on the same batch."""
+def hf_generate_runner(
+    model, prompts: list[list[int]], *, new_tokens: int, pad_token_id: int
+) -> Callable[[], object]:
+    """A zero-argument `model.generate(do_sample=True)` at fixed length on the same batch."""
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
@@ -84,9 +81,7 @@ def hf_generate_tokens_per_s(
         with torch.no_grad():
             return model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
 
-    run()
-    seconds = _median_seconds(run, repeats, device)
-    return len(prompts) * new_tokens / seconds
+    return run
 
 
 def neighbor_lookup(
@@ -136,17 +131,26 @@ def rollout_report(
     """The `ngrpo bench rollout` JSON: engine tokens/s per strategy, HF generate, lookup timing."""
     device = next(model.parameters()).device
     say = progress or (lambda _: None)
-    tokens_per_s = {}
-    for strategy in ("none", "neighbor", "gaussian"):
-        say(f"rollout {strategy}")
-        tokens_per_s[strategy] = rollout_tokens_per_s(
-            model, prompts, strategy=strategy, new_tokens=new_tokens, repeats=repeats,
-            pad_token_id=pad_token_id, answer_start_ids=answer_start_ids, mix_rate=mix_rate,
-        )  # fmt: skip
-    say("hf generate")
-    tokens_per_s["hf_generate"] = hf_generate_tokens_per_s(
-        model, prompts, new_tokens=new_tokens, repeats=repeats, pad_token_id=pad_token_id
+    runners = {
+        strategy: engine_runner(
+            model, prompts, strategy=strategy, new_tokens=new_tokens, pad_token_id=pad_token_id,
+            answer_start_ids=answer_start_ids, mix_rate=mix_rate,
+        )
+        for strategy in ("none", "neighbor", "gaussian")
+    }  # fmt: skip
+    runners["hf_generate"] = hf_generate_runner(
+        model, prompts, new_tokens=new_tokens, pad_token_id=pad_token_id
     )
+    for name, run in runners.items():  # warm-up (and fills the neighbour cache)
+        say(f"warm-up {name}")
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    for repeat in range(repeats):  # round-robin, so load changes hit every engine alike
+        for name, run in runners.items():
+            say(f"repeat {repeat + 1}/{repeats}: {name}")
+            seconds[name].append(_seconds(run, device))
+    tokens = len(prompts) * new_tokens
+    tokens_per_s = {name: tokens / statistics.median(ts) for name, ts in seconds.items()}
     say("neighbour lookup")
     lookup = neighbor_lookup(*lookup_shape, batch=len(prompts), repeats=repeats, device=device)
     return {

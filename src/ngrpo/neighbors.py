@@ -51,7 +51,9 @@ def check_metric(metric: str) -> None:
         raise NgrpoError(f"unknown metric {metric!r}; choose one of {', '.join(SIMILARITIES)}")
 
 
-def similarity(table: torch.Tensor, anchor_ids: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
+def similarity(
+    table: torch.Tensor, anchor_ids: torch.Tensor, metric: str = "cosine"
+) -> torch.Tensor:
     """Similarity of each anchor row to every row of `table`: (A,) ids -> (A, V) scores."""
     check_metric(metric)
     table = table.detach().float()
@@ -123,9 +125,11 @@ class NeighborIndex:
         if self._fingerprint() != self._seen:
             self.invalidate()
         anchor_ids = anchor_ids.to(self._filled.device)
-        wanted = anchor_ids if rows is None else anchor_ids[rows.to(anchor_ids.device)]
-        missing = torch.unique(wanted[~self._filled[wanted]])  # (M,) one host sync per call
-        if missing.numel():
+        need = ~self._filled[anchor_ids]  # (...)
+        if rows is not None:
+            need &= rows.to(need.device)
+        if bool(need.any()):  # the one host sync per call
+            missing = torch.unique(anchor_ids[need])  # (M,)
             with torch.no_grad():
                 ids, _ = bruteforce_neighbors(self._table(), missing, self.k, self.metric)
             self._neighbors[missing] = ids.to(self._neighbors.device)

@@ -228,118 +228,144 @@ class _Plan:
     index: NeighborIndex | None
     k: int  # record width
 
+    @property
+    def noisy(self) -> bool:
+        return self.exploration is not None and self.exploration.strategy in NOISE_STRATEGIES
+
+
+class _MarkerWatch:
+    """Per-row flag: has the response emitted the answer-start marker (a token sequence) yet."""
+
+    def __init__(self, marker: torch.LongTensor, rows: int) -> None:
+        self.marker = marker  # (M,)
+        self.tail = torch.full((rows, len(marker)), -1, dtype=torch.long, device=marker.device)
+        self.seen = torch.zeros(rows, dtype=torch.bool, device=marker.device)  # (b,)
+
+    def update(self, y: torch.LongTensor) -> torch.BoolTensor:
+        self.tail = torch.cat([self.tail[:, 1:], y.unsqueeze(-1)], dim=1)  # (b, M) last M tokens
+        self.seen |= (self.tail == self.marker).all(-1)
+        return self.seen
+
+
+def _mix_step(plan, logits, probs, y, can_mix, table, explore_gen):
+    """The input records of one step: gate (b,), ids (b, K), weights (b, K), noise (b, d)|None."""
+    cfg = plan.exploration
+    gate = mixing_gate(can_mix, probs, explore_gen, cfg.mix_rate, cfg.entropy_threshold)  # (b,)
+    neighbors = None if plan.index is None else (lambda anchors: plan.index.lookup(anchors, gate))
+    view = StepView(logits, probs, y, table, neighbors, explore_gen)
+    mix = STRATEGIES[cfg.strategy](
+        view, k=plan.k, anchor=cfg.anchor, mix_temperature=cfg.mix_temperature,
+        noise_scale=cfg.noise_scale,
+    )  # fmt: skip
+    keep = gate.unsqueeze(-1)  # (b, 1)
+    ids = torch.where(keep, mix.ids, y.unsqueeze(-1))  # (b, K) plain rows: [y, y, ...]
+    weights = torch.where(keep, mix.weights, plain(y[:1], plan.k).weights)  # (b, K) [1, 0, ...]
+    noise = None if mix.noise is None else mix.noise.masked_fill(~keep, 0.0)  # (b, d)
+    return gate, ids, weights, noise
+
 
 def _decode_chunk(model, embedding, prompt_ids, prompt_mask, plan, gen, explore_gen) -> dict:
     """Sample one chunk of rows; returns (b, max_new)-shaped buffers and the number of steps run."""
     sampling, k = plan.sampling, plan.k
     b, p = prompt_ids.shape
     device, max_new = prompt_ids.device, sampling.max_new_tokens
-    table = embedding_table(embedding).detach()
-    mixing = plan.exploration is not None
-    noisy = mixing and plan.exploration.strategy in NOISE_STRATEGIES
+    table = embedding_table(embedding).detach()  # (V, d)
 
     tokens = torch.full((b, max_new), plan.pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((b, max_new), device=device)
     alive = torch.zeros((b, max_new), dtype=torch.bool, device=device)
     rec_ids = tokens.unsqueeze(-1).repeat(1, 1, k)  # (b, T, K)
-    rec_w = torch.zeros((b, max_new, k), device=device)  # (b, T, K)
-    rec_w[..., 0] = 1.0
-    rec_noise = (
-        torch.zeros((b, max_new, table.shape[1]), dtype=table.dtype, device=device)
-        if noisy
-        else None
-    )
+    rec_w = plain(tokens.reshape(-1), k).weights.reshape(b, max_new, k)  # (b, T, K)
+    rec_noise = table.new_zeros(b, max_new, table.shape[1]) if plan.noisy else None  # (b, T, d)
     mixed = torch.zeros((b, max_new), dtype=torch.bool, device=device)
     eligible = torch.zeros((b, max_new), dtype=torch.bool, device=device)
-    shift_sum = torch.zeros((), device=device)
-
     finished = torch.zeros(b, dtype=torch.bool, device=device)
-    answered = torch.zeros(b, dtype=torch.bool, device=device)
-    marker_len = 0 if plan.marker is None else len(plan.marker)
-    tail = torch.full((b, max(marker_len, 1)), -1, dtype=torch.long, device=device)
+    watch = None if plan.exploration is None else _MarkerWatch(plan.marker, b)
+
     attention = torch.cat([prompt_mask, prompt_mask.new_ones(b, max_new)], dim=1)  # (b, P + T)
     next_pos = prompt_mask.sum(-1, keepdim=True)  # (b, 1) position of response token 0
-
     cache = _new_cache(model)
     prompt_embeds = embed(embedding, SoftInputs.from_token_ids(prompt_ids))  # (b, P, d)
-    logits = _forward(
-        model,
-        prompt_embeds,
-        prompt_mask,
-        position_ids_from_mask(prompt_mask),
-        cache,
-        last_only=True,
-    )[:, -1].float()  # (b, V)
+    positions = position_ids_from_mask(prompt_mask)  # (b, P)
+    logits = _forward(model, prompt_embeds, prompt_mask, positions, cache, last_only=True)
+    logits = logits[:, -1].float()  # (b, V)
 
     steps = 0
     for t in range(max_new):
         warped = warp_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
         y, probs = sample_tokens(warped, sampling.temperature, gen)  # (b,), (b, V)
         y = y.masked_fill(finished, plan.pad_token_id)
-        tokens[:, t] = y
-        alive[:, t] = ~finished
+        tokens[:, t], alive[:, t] = y, ~finished
         logprobs[:, t] = token_logprobs(logits, y, sampling.temperature).masked_fill(finished, 0.0)
         finished = finished | torch.isin(y, plan.eos_ids)
         steps = t + 1
 
-        if mixing:
-            tail = torch.cat([tail[:, 1:], y.unsqueeze(-1)], dim=1)  # (b, M) last M tokens
-            answered = answered | (tail == plan.marker).all(-1)
-            can_mix = ~finished & ~answered  # (b,) marker and EOS count at the step they appear
-            gate = mixing_gate(
-                can_mix,
-                probs,
-                explore_gen,
-                plan.exploration.mix_rate,
-                plan.exploration.entropy_threshold,
-            )  # (b,)
-            view = StepView(
-                logits=logits,
-                probs=probs,
-                sampled=y,
-                table=table,
-                neighbors=None
-                if plan.index is None
-                else (lambda a, g=gate: plan.index.lookup(a, g)),
-                generator=explore_gen,
-            )
-            mix = STRATEGIES[plan.exploration.strategy](
-                view,
-                k=k,
-                anchor=plan.exploration.anchor,
-                mix_temperature=plan.exploration.mix_temperature,
-                noise_scale=plan.exploration.noise_scale,
-            )
-            base = plain(y, k)
-            step_ids = torch.where(gate.unsqueeze(-1), mix.ids, base.ids)  # (b, K)
-            step_w = torch.where(gate.unsqueeze(-1), mix.weights, base.weights)  # (b, K)
-            rec_ids[:, t], rec_w[:, t] = step_ids, step_w
-            eligible[:, t], mixed[:, t] = can_mix, gate
-            step_noise = None
-            if noisy:
-                step_noise = mix.noise.masked_fill(~gate.unsqueeze(-1), 0.0).unsqueeze(
-                    1
-                )  # (b, 1, d)
-                rec_noise[:, t] = step_noise[:, 0]
-            x = embed(embedding, SoftInputs(step_ids.unsqueeze(1), step_w.unsqueeze(1), step_noise))
-            plain_x = embedding(y.unsqueeze(1))  # (b, 1, d)
-            shift = (x - plain_x).norm(dim=-1) / plain_x.norm(dim=-1).clamp_min(1e-12)  # (b, 1)
-            shift_sum += (shift.squeeze(1).float() * gate).sum()
-        else:
+        if watch is None:
             rec_ids[:, t] = y.unsqueeze(-1)
-            x = embed(embedding, SoftInputs.from_token_ids(y.unsqueeze(1)))  # (b, 1, d)
+            step = SoftInputs.from_token_ids(y.unsqueeze(1))  # (b, 1, 1)
+        else:
+            can_mix = ~finished & ~watch.update(y)  # (b,) EOS and marker count from their step on
+            gate, ids, weights, noise = _mix_step(
+                plan, logits, probs, y, can_mix, table, explore_gen
+            )
+            rec_ids[:, t], rec_w[:, t], eligible[:, t], mixed[:, t] = ids, weights, can_mix, gate
+            if noise is not None:
+                rec_noise[:, t] = noise
+                noise = noise.unsqueeze(1)  # (b, 1, d)
+            step = SoftInputs(ids.unsqueeze(1), weights.unsqueeze(1), noise)  # (b, 1, K)
 
         if t == max_new - 1 or bool(finished.all()):  # one host sync per step
             break
-        logits = _forward(model, x, attention[:, : p + t + 1], next_pos + t, cache)[
-            :, -1
-        ].float()  # (b, V)
+        x = embed(embedding, step)  # (b, 1, d) the input of response position t
+        logits = _forward(model, x, attention[:, : p + t + 1], next_pos + t, cache)
+        logits = logits[:, -1].float()  # (b, V)
 
+    shift_sum = _embed_shift_sum(embedding, tokens, rec_ids, rec_w, rec_noise, mixed)
     return {
         "tokens": tokens, "logprobs": logprobs, "alive": alive, "rec_ids": rec_ids,
         "rec_w": rec_w, "rec_noise": rec_noise, "mixed": mixed, "eligible": eligible,
         "shift_sum": shift_sum, "finished": finished, "steps": steps,
     }  # fmt: skip
+
+
+def _embed_shift_sum(embedding, tokens, rec_ids, rec_w, rec_noise, mixed) -> torch.Tensor:
+    """Σ over mixed positions of ‖ẽ − e(y)‖ / ‖e(y)‖ (computed once, after the loop)."""
+    noise = None if rec_noise is None else rec_noise[mixed].unsqueeze(0)
+    soft = embed(
+        embedding, SoftInputs(rec_ids[mixed].unsqueeze(0), rec_w[mixed].unsqueeze(0), noise)
+    )
+    hard = embedding(tokens[mixed].unsqueeze(0))  # (1, M, d)
+    return ((soft - hard).norm(dim=-1) / hard.norm(dim=-1).clamp_min(1e-12)).float().sum()
+
+
+def _make_plan(
+    sampling, embedding, eos_token_id, pad_token_id, explore, answer_start_ids, neighbor_index
+) -> _Plan:
+    """Check the exploration settings against the model and resolve marker, index, record width."""
+    table = embedding_table(embedding)
+    device = table.device
+    eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
+    if explore is None:
+        return _Plan(sampling, eos_ids, pad_token_id, None, None, None, 1)
+    explore.validate(vocab_size=table.shape[0])
+    if not answer_start_ids:
+        raise NgrpoError(
+            "mixing needs the tokenised answer marker: pass answer_start_ids="
+            "ngrpo.exploration.answer_start_ids(tokenizer, exploration.answer_start) (non-empty)"
+        )
+    marker = torch.tensor(answer_start_ids, dtype=torch.long, device=device)  # (M,)
+    k, index = explore.mix_top_k, None
+    if explore.strategy == "neighbor" and k > 1:
+        index = neighbor_index
+        if index is None:
+            index = NeighborIndex(embedding, k - 1, explore.metric)
+        if index.k < k - 1 or index.metric != explore.metric:
+            raise NgrpoError(
+                f"neighbor_index has k={index.k}, metric={index.metric!r}; the exploration "
+                f"config needs k>={k - 1}, metric={explore.metric!r}"
+            )
+    return _Plan(sampling, eos_ids, pad_token_id, explore, marker, index, k)
 
 
 def generate(
@@ -368,35 +394,14 @@ def generate(
     sampling.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise NgrpoError("generate needs at least one prompt and no empty prompt")
+    if batch_size is not None and batch_size < 1:
+        raise NgrpoError(f"batch_size must be >= 1 or None, got {batch_size}")
     embedding = input_embeddings(model)
-    table = embedding_table(embedding)
-    device, vocab = table.device, table.shape[0]
-    explore = (
-        exploration if (training and exploration is not None and exploration.enabled) else None
+    device = embedding_table(embedding).device
+    explore = exploration if training and exploration is not None and exploration.enabled else None
+    plan = _make_plan(
+        sampling, embedding, eos_token_id, pad_token_id, explore, answer_start_ids, neighbor_index
     )
-    marker, index, k = None, None, 1
-    if explore is not None:
-        explore.validate(vocab_size=vocab)
-        if not answer_start_ids:
-            raise NgrpoError(
-                "mixing needs the tokenised answer marker: pass answer_start_ids="
-                "ngrpo.exploration.answer_start_ids(tokenizer, exploration.answer_start) "
-                "(non-empty)"
-            )
-        marker = torch.tensor(answer_start_ids, dtype=torch.long, device=device)
-        k = explore.mix_top_k
-        if explore.strategy == "neighbor" and k > 1:
-            index = neighbor_index or NeighborIndex(embedding, k - 1, explore.metric)
-            if index.k < k - 1 or index.metric != explore.metric:
-                raise NgrpoError(
-                    f"neighbor_index has k={index.k}, metric={index.metric!r}; the exploration "
-                    f"config needs k>={k - 1}, metric={explore.metric!r}"
-                )
-    eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    plan = _Plan(
-        sampling, torch.tensor(eos, dtype=torch.long, device=device), pad_token_id, explore, marker,
-        index, k,
-    )  # fmt: skip
 
     rows = [p for p in prompts for _ in range(sampling.n)]
     prompt_ids, prompt_mask = left_pad(rows, pad_token_id, device)  # (N, P)
@@ -465,10 +470,13 @@ def _assemble(parts: list[dict], prompt_ids, prompt_mask, num_prompts: int, n: i
 # ---------------------------------------------------------------------------------------- replay
 
 
-def replay_logits(model, batch: RolloutBatch) -> torch.Tensor:
+def replay_logits(model, batch: RolloutBatch, embedding=None) -> torch.Tensor:
     """Full-sequence forward over the recorded soft inputs: logits (N, T, V) scoring each response
-    token (position P − 1 + t predicts response token t). Runs with gradients if enabled."""
-    embedding = input_embeddings(model)
+    token (position P − 1 + t predicts response token t). Runs with gradients if enabled.
+
+    `embedding`: the input-embedding module, when `model` is a data-parallel wrapper that does not
+    expose it (the learner passes the unwrapped model's)."""
+    embedding = input_embeddings(model) if embedding is None else embedding
     mask = batch.attention_mask  # (N, P + T)
     inputs = embed(embedding, batch.soft_inputs.to(mask.device))  # (N, P + T, d)
     logits = _forward(model, inputs, mask, position_ids_from_mask(mask))  # (N, P + T, V)
