@@ -202,8 +202,12 @@ def test_replay_with_temperature_top_k_and_chunks(model):
     assert batch.response_ids.shape[0] == 12
     with torch.no_grad():
         replayed = replay_logprobs(model, batch, temperature=0.8)
+        subset = batch.select([7, 2, 3])  # a learner mini-batch
+        replayed_subset = replay_logprobs(model, subset, temperature=0.8)
     mask = batch.response_mask.bool()
     assert (replayed - batch.logprobs)[mask].abs().max() < 1e-4
+    torch.testing.assert_close(replayed_subset, replayed[[7, 2, 3]], atol=1e-5, rtol=0)
+    assert torch.equal(subset.mixed, batch.mixed[[7, 2, 3]])
 
 
 def test_replay_backward_reaches_mixed_candidate_rows():

@@ -98,6 +98,20 @@ class RolloutBatch:
     def attention_mask(self) -> torch.LongTensor:
         return torch.cat([self.prompt_mask, self.response_mask], dim=1)  # (N, P + T)
 
+    def select(self, rows: torch.Tensor | slice | list[int]) -> RolloutBatch:
+        """A subset of rows (e.g. a learner mini-batch); `stats` are shared, not recomputed."""
+
+        def pick(x):
+            return None if x is None else x[rows]
+
+        return RolloutBatch(
+            prompt_ids=self.prompt_ids[rows], prompt_mask=self.prompt_mask[rows],
+            response_ids=self.response_ids[rows], response_mask=self.response_mask[rows],
+            logprobs=self.logprobs[rows], soft_inputs=self.soft_inputs.select(rows),
+            mixed=self.mixed[rows], stats=self.stats, prompt_index=self.prompt_index[rows],
+            truncated=pick(self.truncated), eligible=pick(self.eligible),
+        )  # fmt: skip
+
     def responses(self) -> list[list[int]]:
         """Each row's response ids up to and including EOS."""
         lengths = self.response_mask.sum(-1).tolist()

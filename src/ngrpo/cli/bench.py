@@ -43,6 +43,9 @@ def register_rollout(benches) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median)")
     parser.add_argument("--mix-rate", type=float, default=0.1, help="forced mixing rate")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
     parser.add_argument("--lookup-vocab", type=int, default=151_936, help="lookup table rows")
     parser.add_argument("--lookup-dim", type=int, default=1_536, help="lookup table columns")
     parser.set_defaults(func=run_rollout)
@@ -79,6 +82,12 @@ def run_rollout(args: argparse.Namespace) -> int:
     for name in ("batch", "new_tokens", "repeats", "lookup_vocab", "lookup_dim"):
         if getattr(args, name) < 1:
             raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise NgrpoError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     console = Console(stderr=True)
     with console.status("loading model") as status:
         model, tokenizer = load_model_and_tokenizer(args.model, device=args.device)
