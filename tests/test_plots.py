@@ -78,6 +78,7 @@ def test_probe_plot(tmp_path):
     rows = [_row("none", 0.0, 0.0, 0.5, ci=True)]
     rows += [_row("gaussian", s, s, 0.5 - s, ci=True) for s in (0.1, 0.3)]
     rows += [_row("neighbor", s, 0.9 * s, 0.5 - s / 3) for s in (0.1, 0.3)]
+    rows += [_row("n-grpo", None, 0.02, 0.49)]  # the uncontrolled reference: one point
     assert_png(plot_probe({"rows": rows}, tmp_path / "probe.png"))
     assert_png(plot_probe({"rows": rows[:1]}, tmp_path / "baseline_only.png"))
     with pytest.raises(ValueError):

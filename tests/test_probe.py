@@ -141,17 +141,19 @@ def test_run_probe_rows_reproducible_and_progress(model, tokenizer):
     rows = result["rows"]
     assert [(r["perturbation"], r["target_shift"]) for r in rows] == [
         ("none", 0.0), ("gaussian", 0.1), ("gaussian", 0.4), ("neighbor", 0.1), ("neighbor", 0.4),
+        ("n-grpo", None),
     ]  # fmt: skip
     assert rows[0]["achieved_shift"] == 0.0 and rows[0]["answer_agreement"] == 1.0
     for row in rows[1:3]:
         assert row["achieved_shift"] == pytest.approx(row["target_shift"], rel=1e-4)
-    for row in rows[3:]:
+    for row in rows[3:5]:
         assert 0 < row["achieved_shift"] <= row["target_shift"] + 1e-6
-    assert calls[-1] == ("probe runs", 5, 5)
+    assert rows[5]["mixed_frac"] == 1.0 and rows[5]["achieved_shift"] > 0
+    assert calls[-1] == ("probe runs", 6, 6)
     assert result["config"]["num_problems"] == 3 and result["config"]["shifts"] == [0.1, 0.4]
     json.dumps(result)  # JSON-ready
-    again = run_probe(model, tokenizer, problems, **kwargs)
-    assert [{k: v for k, v in r.items()} for r in again["rows"]] == rows
+    again = run_probe(model, tokenizer, problems, ngrpo_reference=False, **kwargs)
+    assert again["rows"] == rows[:5]  # seeded: the same rows again
 
 
 @pytest.mark.parametrize(
@@ -189,9 +191,13 @@ def test_cli_probe_writes_json_png_and_table(model_dir, tmp_path, capsys, monkey
     stdout = capsys.readouterr().out
     assert code == 0
     result = json.loads((out / "probe.json").read_text())
-    assert len(result["rows"]) == 5 and result["config"]["model"] == str(model_dir)
+    assert len(result["rows"]) == 6 and result["config"]["model"] == str(model_dir)
     assert (out / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "semantic-consistency probe" in stdout and "neighbor" in stdout
+    argv = ["probe", "--model", str(model_dir), "--problems", "1", "--n", "2", "--shifts", "0.2"]
+    assert main([*argv, "--max-new-tokens", "4", "--no-reference", "--out", str(out)]) == 0
+    rows = json.loads((out / "probe.json").read_text())["rows"]
+    assert [r["perturbation"] for r in rows] == ["none", "gaussian", "neighbor"]
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,10 @@ experiment in miniature on a fixed set of problems.
   positions) and the plot uses it as its x axis.
 These are the registered exploration strategies `shift_gaussian` / `shift_neighbor` with
 `anchor="sampled"` and `noise_scale = s`, run through the rollout engine's shared soft-input path.
-Each reasoning position is perturbed with probability `mix_rate` (default 1: all of them).
+Each reasoning position is perturbed with probability `mix_rate` (default 1: all of them). A last
+reference run uses N-GRPO's own mixing (strategy `neighbor`, top-2, weights = the policy's
+probabilities renormalised), whose shift is not controlled but measured: it shows where on the
+shift axis the trained method actually operates.
 
 **Protocol.** One unperturbed run and one run per (perturbation, shift), all with the same seed:
 token sampling has its own random stream, separate from the perturbation's, so the runs differ
@@ -42,7 +45,7 @@ from collections.abc import Callable, Sequence
 from ngrpo.diagnostics import group_diversity, split_groups
 from ngrpo.errors import NgrpoError
 from ngrpo.exploration import ExplorationConfig, answer_start_ids
-from ngrpo.rewards import grade_batch
+from ngrpo.rewards import GradingPool, grade_batch
 from ngrpo.rewards.equivalence import normalize_text
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,14 @@ def perturbation_config(kind: str, shift: float, mix_rate: float = 1.0) -> Explo
         strategy=PERTURBATIONS[kind], mix_top_k=2, mix_rate=mix_rate, anchor="sampled",
         noise_scale=shift, answer_start=ANSWER_START,
     )  # fmt: skip
+
+
+def ngrpo_config(mix_rate: float = 1.0, mix_top_k: int = 2) -> ExplorationConfig:
+    """N-GRPO's own mixing (strategy `neighbor`, the authors' 1.5B settings but `mix_rate`), the
+    probe's reference row: weights are the policy's probabilities, the shift is not controlled."""
+    return ExplorationConfig(
+        strategy="neighbor", mix_top_k=mix_top_k, mix_rate=mix_rate, answer_start=ANSWER_START
+    )
 
 
 def mean_ci(values: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
@@ -142,15 +153,20 @@ def run_probe(
     max_new_tokens: int = 64,
     seed: int = 0,
     batch_size: int | None = None,
+    ngrpo_reference: bool = True,
+    pool: GradingPool | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Run the probe; returns `{"config": {...}, "rows": [...], "seconds": float}` (JSON-ready).
 
     `problems` are objects with `.problem` and `.answer` (task `Problem`s or data `Example`s).
     One row per run: first the unperturbed run (`perturbation = "none"`, shift 0), then every
-    (kind, shift). Row keys: perturbation, target_shift, achieved_shift, mixed_frac, accuracy,
-    accuracy_ci, answer_agreement, unparsed, distinct_answers, distinct_2, distinct_3,
-    pairwise_edit, response_len. `progress(stage, done, total)` is called after each run.
+    (kind, shift), then (with `ngrpo_reference`) N-GRPO's own policy-weighted neighbour mixing
+    (`perturbation = "n-grpo"`, `target_shift = None`: its shift is whatever the policy's
+    probabilities make it). Answers that need math-verify are graded in `pool`. Row keys:
+    perturbation, target_shift, achieved_shift, mixed_frac, accuracy, accuracy_ci,
+    answer_agreement, unparsed, distinct_answers, distinct_2, distinct_3, pairwise_edit,
+    response_len. `progress(stage, done, total)` is called after each run.
     """
     from ngrpo.evaluation import build_prompts, eos_token_ids
     from ngrpo.rollout import SamplingParams, generate
@@ -165,17 +181,21 @@ def run_probe(
     sampling = SamplingParams(
         n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens
     )
-    runs = [("none", 0.0)] + [(kind, float(s)) for kind in kinds for s in shifts]
+    runs = [("none", 0.0, None)]
+    runs += [
+        (kind, float(s), perturbation_config(kind, s, mix_rate)) for kind in kinds for s in shifts
+    ]
+    if ngrpo_reference:
+        runs.append(("n-grpo", None, ngrpo_config(mix_rate)))
 
     rows, reference = [], None
-    for done, (kind, shift) in enumerate(runs):
-        explore = None if kind == "none" else perturbation_config(kind, shift, mix_rate)
+    for done, (kind, shift, explore) in enumerate(runs):
         batch = generate(
             model, prompts, sampling, eos_token_id=eos, pad_token_id=pad, exploration=explore,
             answer_start_ids=marker, training=True, seed=seed, batch_size=batch_size,
         )  # fmt: skip
         texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in batch.responses()]
-        grades = grade_batch(texts, golds, "math")
+        grades = grade_batch(texts, golds, "math", pool)
         answers = [None if g.extracted is None else normalize_text(g.extracted) for g in grades]
         summary = summarize_run(texts, answers, [g.correct for g in grades], n, reference)
         reference = answers if reference is None else reference
@@ -185,13 +205,13 @@ def run_probe(
             "mixed_frac": batch.stats["rollout/mixed_frac"], **summary,
             "response_len": batch.stats["rollout/response_len"],
         })  # fmt: skip
-        log.info("probe %s shift %.3f: %s", kind, shift, summary)
+        log.info("probe %s shift %s: %s", kind, shift, summary)
         if progress is not None:
             progress("probe runs", done + 1, len(runs))
     config = {
         "num_problems": len(problems), "n": n, "shifts": [float(s) for s in shifts],
         "perturbations": list(kinds), "mix_rate": mix_rate, "temperature": temperature,
         "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
-        "answer_start": ANSWER_START,
+        "answer_start": ANSWER_START, "ngrpo_reference": ngrpo_reference,
     }  # fmt: skip
     return {"config": config, "rows": rows, "seconds": time.perf_counter() - started}

@@ -45,6 +45,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--mix-rate", type=float, default=1.0, help="fraction of reasoning positions perturbed"
     )
+    parser.add_argument(
+        "--no-reference", action="store_true",
+        help="skip the reference run with N-GRPO's own (policy-weighted) neighbour mixing",
+    )  # fmt: skip
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -84,8 +88,9 @@ def _table(results: dict):
         )
     for row in results["rows"]:
         low, high = row["accuracy_ci"]
+        target = "—" if row["target_shift"] is None else f"{row['target_shift']:.2f}"
         table.add_row(
-            row["perturbation"], f"{row['target_shift']:.2f}", f"{row['achieved_shift']:.3f}",
+            row["perturbation"], target, f"{row['achieved_shift']:.3f}",
             f"{row['accuracy']:.3f} [{low:.3f}, {high:.3f}]", f"{row['answer_agreement']:.3f}",
             f"{row['distinct_answers']:.2f}", f"{row['pairwise_edit']:.3f}",
             f"{row['distinct_2']:.3f}", f"{row['unparsed']:.3f}",
@@ -100,6 +105,7 @@ def handler(args: argparse.Namespace) -> int:
     from ngrpo.models import load_model_and_tokenizer
     from ngrpo.plots import plot_probe
     from ngrpo.probe import check_settings, run_probe
+    from ngrpo.rewards import GradingPool
     from ngrpo.tasks import generate
 
     shifts = parse_floats(args.shifts, "--shifts")
@@ -114,12 +120,12 @@ def handler(args: argparse.Namespace) -> int:
     except OSError as err:
         raise NgrpoError(f"cannot write to {str(args.out)!r}: {err.strerror}") from err
     model, tokenizer = load_model_and_tokenizer(args.model, device, getattr(torch, args.dtype))
-    with progress_bar() as update:
+    with GradingPool() as pool, progress_bar() as update:
         results = run_probe(
             model, tokenizer, problems, shifts=shifts, kinds=kinds, n=args.n,
             mix_rate=args.mix_rate, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
-            progress=update,
+            ngrpo_reference=not args.no_reference, pool=pool, progress=update,
         )  # fmt: skip
     results["config"].update(model=str(args.model), split=args.split, device=device)
     (args.out / "probe.json").write_text(json.dumps(results, indent=2) + "\n")
