@@ -46,3 +46,22 @@ def test_saved_directory_loads_with_auto_tokenizer(embedded_tokenizer, tmp_path)
 def test_unknown_words_map_to_unk(embedded_tokenizer):
     ids = embedded_tokenizer("Tom has 1000 zebras", add_special_tokens=False)["input_ids"]
     assert ids.count(embedded_tokenizer.unk_token_id) == 2
+
+
+def test_model_directory_keeps_the_word_level_tokenizer(embedded_tokenizer, tmp_path):
+    """transformers 5 swaps Qwen2Tokenizer in for qwen2 model directories; our loader must not."""
+    import torch
+
+    from ngrpo.base_model import BaseModelRecipe, make_model
+    from ngrpo.models import load_tokenizer
+
+    torch.manual_seed(0)
+    make_model(len(embedded_tokenizer), embedded_tokenizer, BaseModelRecipe(
+        hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32
+    )).save_pretrained(tmp_path)
+    embedded_tokenizer.save_pretrained(tmp_path)
+    tok = load_tokenizer(tmp_path)
+    problem = generate("arith-id", 1)[0]
+    ids = tok(problem.problem, add_special_tokens=False)["input_ids"]
+    assert ids == embedded_tokenizer(problem.problem, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == problem.problem

@@ -10,6 +10,7 @@ temporary directory and renamed into place, and re-used when it exists.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -84,6 +85,21 @@ def ensure_base_model(
     model_dir = Path(out).expanduser() if out is not None else default_base_dir(seed)
     if is_complete_build(model_dir) and not force:
         return model_dir
+    try:
+        model_dir.parent.mkdir(parents=True, exist_ok=True)
+        lock = (model_dir.parent / f".{model_dir.name}.lock").open("w")
+    except OSError as err:
+        raise NgrpoError(f"cannot write to {str(model_dir.parent)!r}: {err.strerror}") from err
+    with lock:
+        # One builder at a time: a second process waits here, then finds the build complete.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_complete_build(model_dir) and not force:
+            return model_dir
+        _build_into(model_dir, seed, force, recipe or BaseModelRecipe(), progress)
+    return model_dir
+
+
+def _build_into(model_dir: Path, seed: int, force: bool, recipe: BaseModelRecipe, progress) -> None:
     if model_dir.exists() and not force and any(model_dir.iterdir()):
         raise NgrpoError(
             f"{str(model_dir)!r} exists but holds no complete base-model build; "
@@ -91,21 +107,19 @@ def ensure_base_model(
         )
     tmp_dir = model_dir.parent / f".{model_dir.name}.tmp-{os.getpid()}"
     try:
-        model_dir.parent.mkdir(parents=True, exist_ok=True)
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
         tmp_dir.mkdir()
     except OSError as err:
         raise NgrpoError(f"cannot write to {str(model_dir.parent)!r}: {err.strerror}") from err
     try:
-        build_base_model(tmp_dir, seed=seed, recipe=recipe or BaseModelRecipe(), progress=progress)
+        build_base_model(tmp_dir, seed=seed, recipe=recipe, progress=progress)
         if model_dir.exists():
             shutil.rmtree(model_dir)
         tmp_dir.rename(model_dir)
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
-    return model_dir
 
 
 def make_model(vocab_size: int, tokenizer, recipe: BaseModelRecipe):
@@ -203,24 +217,21 @@ def sample_accuracy(
     seed: int = 0, batch_prompts: int = 32,
 ) -> dict[str, float]:
     """pass@1 (mean accuracy over n samples) and pass@n (any correct) by exact boxed match."""
+    from ngrpo.rollout import left_pad
     from ngrpo.tokenizer import encode_prompt
 
     torch.manual_seed(seed)
     per_problem = []
     for start in range(0, len(problems), batch_prompts):
         chunk = problems[start : start + batch_prompts]
-        encoded = tokenizer(
-            [tokenizer.decode(encode_prompt(tokenizer, p.problem)) for p in chunk],
-            add_special_tokens=False, padding=True, return_tensors="pt",
-        )
+        ids, mask = left_pad([encode_prompt(tokenizer, p.problem) for p in chunk],
+                             tokenizer.pad_token_id)  # (B, P)
         out = model.generate(
-            **encoded, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-            max_new_tokens=max_new_tokens, num_return_sequences=n,
+            input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
+            top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=n,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
-        texts = tokenizer.batch_decode(
-            out[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True
-        )
+        texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         for i, p in enumerate(chunk):
             per_problem.append([boxed_exact_match(t, p.answer) for t in texts[i * n : (i + 1) * n]])
     return {

@@ -6,6 +6,7 @@ special path `base` means the embedded base model (built on first use, see `ngrp
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -39,12 +40,38 @@ def resolve_model_path(path: str | Path) -> Path:
     return model_dir
 
 
+# Tokenizer classes that mean "exactly what tokenizer.json says" (no model-specific rebuild).
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def declared_tokenizer_class(model_dir: Path) -> str | None:
+    config = model_dir / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
+    """The tokenizer saved in a model directory.
+
+    A directory whose tokenizer is the generic fast tokenizer (as the embedded one) is loaded
+    exactly as saved: transformers 5's `AutoTokenizer` swaps in `Qwen2Tokenizer` (byte-level BPE,
+    rebuilt from the vocabulary alone) for every `qwen2` model directory, which breaks a word-level
+    tokenizer. Other tokenizers go through `AutoTokenizer` as usual.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     model_dir = resolve_model_path(path)
+    loader = (
+        PreTrainedTokenizerFast
+        if declared_tokenizer_class(model_dir) in GENERIC_TOKENIZER_CLASSES
+        else AutoTokenizer
+    )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        tokenizer = loader.from_pretrained(str(model_dir))
     except (OSError, ValueError) as err:
         raise NgrpoError(f"cannot load a tokenizer from {str(model_dir)!r}: {err}") from err
     if tokenizer.pad_token_id is None:

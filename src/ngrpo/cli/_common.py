@@ -19,8 +19,8 @@ def not_available(issue: str):
 
 
 @contextmanager
-def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar on stderr, driven by `update(stage, done, total)` callbacks.
+def progress_bar() -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr, driven by `update(stage, done, total, info="")` callbacks.
 
     Each new stage name gets its own bar; stdout stays clean for the command's results.
     """
@@ -36,14 +36,15 @@ def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
 
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+        console=Console(stderr=True),
     )  # fmt: skip
     tasks: dict[str, int] = {}
 
-    def update(stage: str, done: int, total: int) -> None:
+    def update(stage: str, done: int, total: int, info: str = "") -> None:
         if stage not in tasks:
-            tasks[stage] = progress.add_task(stage, total=total)
-        progress.update(tasks[stage], completed=done, total=total)
+            tasks[stage] = progress.add_task(stage, total=total, info=info)
+        progress.update(tasks[stage], completed=done, total=total, info=info)
 
     with progress:
         yield update

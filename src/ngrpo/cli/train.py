@@ -1,12 +1,76 @@
-"""`ngrpo train`: train a policy with GRPO / N-GRPO from a YAML config."""
+"""`ngrpo train`: train a policy with GRPO / N-GRPO from a YAML config.
+
+    ngrpo train --config tiny_ngrpo train.steps=20 output_dir=runs/x
+    ngrpo train --resume runs/x [train.steps=40]
+    torchrun --nproc_per_node 2 -m ngrpo train --config tiny_ngrpo   # data parallel (see README)
+"""
 
 from __future__ import annotations
 
-from ngrpo.cli._common import not_available
+import argparse
+
+from ngrpo.errors import NgrpoError
 
 HELP = "Train a policy with GRPO / N-GRPO from a YAML config"
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help=HELP, description=HELP + ".")
-    parser.set_defaults(func=not_available("the trainer issue"))
+    parser = subparsers.add_parser(
+        "train", help=HELP, description=HELP + ". Overrides are key.sub=value pairs."
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="YAML file, or a shipped name (tiny_ngrpo, ...)")
+    source.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    parser.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ngrpo.cli._common import progress_bar
+    from ngrpo.config import derived_values, load_config
+    from ngrpo.trainer import load_run_config, train
+
+    if args.resume:
+        cfg = load_run_config(args.resume, args.overrides)
+        if str(cfg.output_dir) != str(args.resume):
+            cfg.output_dir = str(args.resume)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    console = Console(stderr=True)
+    derived = derived_values(cfg)
+    console.print(
+        f"[bold]{cfg.exploration.strategy}[/] on {cfg.data.train} · model {cfg.model.path} · "
+        f"{cfg.train.steps} steps × {derived['rollouts_per_step']} rollouts "
+        f"({cfg.train.prompts_per_step} prompts × {cfg.rollout.num_generations}) · "
+        f"{derived['optimizer_steps_per_step']} optimizer steps per step · "
+        f"up to {derived['max_tokens_per_step']:,} tokens per step → {cfg.output_dir}"
+    )
+    last_eval: dict = {}
+    with progress_bar() as update:
+
+        def progress(kind: str, step: int, total: int, metrics: dict) -> None:
+            if kind == "eval":
+                last_eval.update(metrics)
+                return
+            info = " ".join(
+                f"{key.split('/')[-1]} {metrics[key]:.3g}"
+                for key in ("reward/mean", "rollout/mixed_frac", "loss/kl")
+                if key in metrics
+            )
+            update("training", step, total, info)
+
+        if not cfg.train.steps:
+            raise NgrpoError("train.steps must be >= 1")
+        run_dir = train(cfg, resume=bool(args.resume), progress=progress)
+    if last_eval:
+        table = Table(title="last evaluation")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key in sorted(last_eval):
+            table.add_row(key, f"{last_eval[key]:.4f}")
+        Console().print(table)
+    print(run_dir)
+    return 0

@@ -1,0 +1,531 @@
+"""The training loop: prompts -> rollouts -> rewards -> advantages -> updates -> eval -> saves.
+
+`train(cfg)` runs a whole GRPO / N-GRPO run from a `TrainConfig` (see `ngrpo.config`); the step
+reads top to bottom in `_train_step`. Pieces it composes: `ngrpo.rollout.generate` (exploration on),
+`ngrpo.rewards.batch_rewards`, `ngrpo.losses.group_advantages`, `ngrpo.learner.update_policy`,
+`ngrpo.evaluation.evaluate` (exploration off), `ngrpo.diagnostics` (diversity of each step's
+groups).
+
+Run directory (`output_dir`):
+- `config.yaml`: the resolved configuration;
+- `metrics.jsonl`: one line per training step (`{"step": s, "type": "train", ...}`) and one per
+  evaluation (`"type": "eval"`), flat namespaced keys (`reward/mean`, `loss/pg`, `eval/arith-id/
+  pass@1`, ...);
+- `checkpoints/step-NNNNNN/`: Hugging Face model + tokenizer (safetensors) and `trainer_state.pt`
+  (optimizer, scheduler, RNG states, step, data position, best metric). Each is written to a
+  temporary directory and renamed into place, so a process killed while saving leaves the previous
+  checkpoint intact; only complete `step-*` directories are ever read back;
+- `best/`: the model with the best `eval.best_metric` so far (same atomic write).
+
+Resume (`resume=True`): continues from the newest complete checkpoint with the same data order,
+RNG streams and optimizer state, so 2 + 2 steps equal 4 straight steps (tested). Metrics lines of
+steps after that checkpoint (written before a crash) are dropped and redone.
+
+Several processes (`torchrun` / `accelerate launch`): each process rolls out full groups for its
+own slice of each step's prompts; gradients are averaged by data parallelism (accelerate), and
+metrics are averaged over processes. With token-mean aggregation the loss is a token mean per
+process, averaged over processes (not one global token mean): the usual DDP approximation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ngrpo.config import TrainConfig, derived_values, save_config
+from ngrpo.errors import NgrpoError
+from ngrpo.learner import LearnerParams, update_policy
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.pt"
+Progress = Callable[[str, int, int, dict], None]
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class PromptSampler:
+    """Deterministic prompt order: a fresh seeded permutation every epoch over the data."""
+
+    size: int
+    seed: int
+    shuffle: bool = True
+    epoch: int = 0
+    position: int = 0
+    _order: list[int] = field(default_factory=list, repr=False)
+
+    def _permutation(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.size, generator=gen).tolist()
+
+    def take(self, count: int) -> list[int]:
+        out = []
+        while len(out) < count:
+            if not self._order:
+                self._order = self._permutation()
+            out.append(self._order[self.position])
+            self.position += 1
+            if self.position == self.size:
+                self.epoch, self.position, self._order = self.epoch + 1, 0, []
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._order = state["epoch"], state["position"], []
+
+
+def encode_prompts(tokenizer, examples, cfg: TrainConfig) -> tuple[list, list[list[int]], int]:
+    """Chat-formatted prompt ids; prompts over `data.max_prompt_length` are dropped (counted) or
+    rejected, as `data.long_prompts` says. Returns (kept examples, their ids, dropped count)."""
+    from ngrpo.evaluation import build_prompts
+
+    texts = [example.problem + cfg.data.prompt_suffix for example in examples]
+    ids = build_prompts(tokenizer, texts)
+    limit = cfg.data.max_prompt_length
+    kept = [(e, p) for e, p in zip(examples, ids, strict=True) if len(p) <= limit]
+    dropped = len(examples) - len(kept)
+    if dropped and cfg.data.long_prompts == "reject":
+        raise NgrpoError(
+            f"{dropped} training prompts are longer than data.max_prompt_length="
+            f"{cfg.data.max_prompt_length}; raise it or set data.long_prompts=drop"
+        )
+    if not kept:
+        raise NgrpoError(
+            f"no training prompt fits data.max_prompt_length={cfg.data.max_prompt_length}"
+        )
+    return [e for e, _ in kept], [p for _, p in kept], dropped
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary directories are never listed)."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp_dir)`, then rename into `target` (replacing it): never a half-written target."""
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = target.parent / f".old-{target.name}-{os.getpid()}"
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep: int):
+    def write(tmp: Path) -> None:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        torch.save(trainer_state, tmp / STATE_FILE)  # written last: marks completeness
+
+    target = run_dir / CHECKPOINTS / f"step-{step:06d}"
+    _write_atomically(target, write)
+    for stale in checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(stale)
+    return target
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class Run:
+    """Everything a step needs, built once by `_setup`."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    accelerator: object
+    model: object  # possibly wrapped for data parallelism
+    policy: object  # the unwrapped model
+    ref_model: object | None
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    sampler: PromptSampler
+    examples: list
+    prompts: list[list[int]]
+    eval_sets: dict
+    answer_start_ids: list[int]
+    neighbor_index: object | None
+    params: LearnerParams
+    pool: object
+    step: int = 0
+    best: float | None = None
+    skipped_total: int = 0
+    dropped_prompts: int = 0
+
+
+def _lr_lambda(warmup_steps: int):
+    return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
+    from accelerate import Accelerator
+
+    from ngrpo.config import resolve_device_dtype
+    from ngrpo.data import load_benchmark
+    from ngrpo.exploration import answer_start_ids
+    from ngrpo.models import load_model, load_tokenizer, resolve_model_path
+    from ngrpo.neighbors import NeighborIndex
+    from ngrpo.rewards import GradingPool
+
+    device, dtype = resolve_device_dtype(
+        cfg.model.device, cfg.model.dtype, torch.cuda.is_available(),
+        torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )  # fmt: skip
+    mixed_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    base_path = resolve_model_path(cfg.model.path)
+    latest = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
+    if resume and latest is None:
+        log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
+    weights = latest if latest is not None else base_path
+    tokenizer = load_tokenizer(base_path)
+    # Master weights stay fp32; bf16 / fp16 compute comes from accelerate's autocast.
+    policy = load_model(weights, accelerator.device, torch.float32)
+    if cfg.model.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    policy.train()
+    vocab = policy.get_input_embeddings().weight.shape[0]
+    cfg.exploration.validate(vocab_size=vocab)
+    ref_model = None
+    if cfg.train.beta > 0:
+        ref_model = load_model(base_path, accelerator.device, dtype).requires_grad_(False)
+
+    optimizer = torch.optim.AdamW(
+        policy.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.train.warmup_steps))
+    model, optimizer = accelerator.prepare(policy, optimizer)
+
+    train_set = load_benchmark(
+        cfg.data.train, limit=cfg.data.train_limit, problem_field=cfg.data.problem_field,
+        answer_field=cfg.data.answer_field,
+    )  # fmt: skip
+    examples, prompts, dropped = encode_prompts(tokenizer, train_set.examples, cfg)
+    if dropped:
+        log.warning("dropped %d training prompts longer than %d tokens", dropped,
+                    cfg.data.max_prompt_length)
+    eval_sets = {
+        name: load_benchmark(name, limit=cfg.eval.limit).examples for name in cfg.data.eval_sets
+    }
+    index = None
+    if cfg.exploration.strategy == "neighbor" and cfg.exploration.mix_top_k > 1:
+        index = NeighborIndex(
+            policy.get_input_embeddings(), cfg.exploration.mix_top_k - 1, cfg.exploration.metric
+        )
+    world = accelerator.num_processes
+    if cfg.train.prompts_per_step % world or cfg.train.mini_batch_prompts % world:
+        raise NgrpoError(
+            f"train.prompts_per_step ({cfg.train.prompts_per_step}) and train.mini_batch_prompts "
+            f"({cfg.train.mini_batch_prompts}) must be divisible by the {world} processes"
+        )
+    params = LearnerParams(
+        group_size=cfg.rollout.num_generations,
+        mini_batch_groups=cfg.train.mini_batch_prompts // world,
+        micro_batch_size=cfg.train.micro_batch_size,
+        num_iterations=cfg.train.num_iterations,
+        temperature=cfg.rollout.temperature,
+        beta=cfg.train.beta,
+        kl_estimator=cfg.train.kl_estimator,
+        clip_low=cfg.train.epsilon,
+        clip_high=cfg.train.clip_high,
+        importance_sampling_level=cfg.train.importance_sampling_level,
+        loss_type=cfg.train.loss_type,
+        entropy_coef=cfg.train.entropy_coef,
+        max_grad_norm=cfg.train.max_grad_norm,
+        mask_truncated_completions=cfg.train.mask_truncated_completions,
+    )
+    run = Run(
+        cfg=cfg, run_dir=run_dir, accelerator=accelerator, model=model, policy=policy,
+        ref_model=ref_model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
+        sampler=PromptSampler(len(prompts), cfg.seed, cfg.data.shuffle), examples=examples,
+        prompts=prompts, eval_sets=eval_sets,
+        answer_start_ids=answer_start_ids(tokenizer, cfg.exploration.answer_start),
+        neighbor_index=index, params=params, pool=GradingPool(), dropped_prompts=dropped,
+    )  # fmt: skip
+    if latest is not None:
+        state = torch.load(latest / STATE_FILE, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        run.sampler.load_state_dict(state["sampler"])
+        _set_rng_state(state["rng"])
+        run.step, run.best, run.skipped_total = state["step"], state["best"], state["skipped"]
+        _truncate_metrics(run_dir / "metrics.jsonl", run.step)
+    return run
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines of steps after `step` (logged before an interruption; redone)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by the interruption
+        if row.get("step", 0) <= step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    path.write_text("".join(keep), encoding="utf-8")
+
+
+def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
+    """Mean of each metric over processes (identity in a single process)."""
+    if run.accelerator.num_processes == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], device=run.accelerator.device)
+    values = run.accelerator.reduce(values, reduction="mean")
+    return dict(zip(keys, values.tolist(), strict=True))
+
+
+# ------------------------------------------------------------------------------------ one step
+
+
+def _train_step(run: Run) -> dict[str, float]:
+    from ngrpo.diagnostics import rollout_diagnostics, split_groups
+    from ngrpo.losses import group_advantages
+    from ngrpo.rewards import batch_rewards
+    from ngrpo.rollout import SamplingParams, generate
+
+    cfg, acc = run.cfg, run.accelerator
+    world, rank = acc.num_processes, acc.process_index
+    # 1. this process's slice of the step's prompts (the same global order for every process)
+    indices = run.sampler.take(cfg.train.prompts_per_step)
+    local = cfg.train.prompts_per_step // world
+    indices = indices[rank * local : (rank + 1) * local]
+    # 2. rollouts with exploration on
+    started = time.perf_counter()
+    with acc.autocast():
+        batch = generate(
+            run.policy, [run.prompts[i] for i in indices],
+            SamplingParams(
+                n=cfg.rollout.num_generations, temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                max_new_tokens=cfg.rollout.max_completion_length,
+            ),
+            eos_token_id=run.tokenizer.eos_token_id, pad_token_id=run.tokenizer.pad_token_id,
+            exploration=cfg.exploration, answer_start_ids=run.answer_start_ids, training=True,
+            seed=(cfg.seed * 1_000_003 + run.step) * 1_009 + rank,
+            batch_size=cfg.rollout.generation_batch_size, neighbor_index=run.neighbor_index,
+        )  # fmt: skip
+    rollout_s = time.perf_counter() - started
+    # 3. rewards and group-normalised advantages
+    texts = [run.tokenizer.decode(r, skip_special_tokens=True) for r in batch.responses()]
+    golds = [run.examples[indices[int(i)]].answer for i in batch.prompt_index]
+    rewards = torch.tensor(batch_rewards(texts, golds, cfg.train.reward, run.pool))  # (N,)
+    groups = rewards.view(-1, cfg.rollout.num_generations)  # (P, G)
+    advantages = group_advantages(groups, scale=cfg.train.scale_rewards).reshape(-1)  # (N,)
+    # 4. policy update on the recorded inputs
+    started = time.perf_counter()
+    learner = update_policy(
+        run.model, run.optimizer, run.scheduler, batch, advantages.to(batch.logprobs.device),
+        run.params, ref_model=run.ref_model, accelerator=acc, neighbor_index=run.neighbor_index,
+        embedding=run.policy.get_input_embeddings(),
+    )  # fmt: skip
+    learner_s = time.perf_counter() - started
+    metrics = {
+        "reward/mean": float(rewards.mean()),
+        "reward/accuracy": float((rewards > 0).float().mean()),
+        "reward/std_in_group": float(groups.std(dim=1).mean()) if groups.shape[1] > 1 else 0.0,
+        **{k: v for k, v in batch.stats.items() if k != "rollout/seconds"},
+        **learner,
+        **rollout_diagnostics(
+            split_groups(texts, cfg.rollout.num_generations), groups.tolist(), batch.stats
+        ),
+        "time/rollout_s": rollout_s,
+        "time/learner_s": learner_s,
+        "learner/tokens_per_s": float(batch.response_mask.sum()) / max(learner_s, 1e-9),
+        "train/lr": run.scheduler.get_last_lr()[0],
+    }
+    return _reduce(run, metrics)
+
+
+def _evaluate(run: Run) -> dict[str, float]:
+    from ngrpo.evaluation import eval_metrics, evaluate
+
+    cfg, metrics = run.cfg, {}
+    with run.accelerator.autocast():
+        for name, examples in run.eval_sets.items():
+            result = evaluate(
+                run.policy, run.tokenizer, examples, n=cfg.eval.n,
+                temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+                max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed, pool=run.pool,
+            )  # fmt: skip
+            metrics.update(eval_metrics(name, result.summary))
+    return metrics
+
+
+def _trainer_state(run: Run) -> dict:
+    return {
+        "step": run.step, "best": run.best, "skipped": run.skipped_total,
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "sampler": run.sampler.state_dict(), "rng": _rng_state(),
+    }  # fmt: skip
+
+
+def _log(run: Run, row: dict, writer) -> None:
+    if not run.accelerator.is_main_process:
+        return
+    with (run.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+    if writer is not None:
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key != "step":
+                writer.add_scalar(key, value, row["step"])
+
+
+def _tensorboard(run: Run):
+    if not (run.cfg.logging.tensorboard and run.accelerator.is_main_process):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise NgrpoError(
+            "logging.tensorboard=true needs the tensorboard package: "
+            "pip install 'ngrpo[tensorboard]'"
+        ) from err
+    return SummaryWriter(str(run.run_dir / "tensorboard"))
+
+
+def _maybe_eval(run: Run, writer, progress: Progress | None) -> None:
+    cfg = run.cfg
+    due = (run.step == 0 and cfg.eval.at_start) or (
+        cfg.eval.every > 0 and run.step > 0
+        and (run.step % cfg.eval.every == 0 or run.step == cfg.train.steps)
+    )  # fmt: skip
+    if not due or not cfg.data.eval_sets:
+        return
+    if run.accelerator.is_main_process:
+        metrics = _evaluate(run)
+        _log(run, {"step": run.step, "type": "eval", **metrics}, writer)
+        if progress is not None:
+            progress("eval", run.step, cfg.train.steps, metrics)
+        value = metrics.get(cfg.eval.best_metric) if cfg.eval.best_metric else None
+        if cfg.eval.best_metric and value is None:
+            raise NgrpoError(
+                f"eval.best_metric {cfg.eval.best_metric!r} is not among the evaluation metrics: "
+                f"{', '.join(sorted(metrics))}"
+            )
+        if value is not None and (run.best is None or value > run.best):
+            run.best = value
+
+            def write(tmp: Path) -> None:
+                run.policy.save_pretrained(str(tmp), safe_serialization=True)
+                run.tokenizer.save_pretrained(str(tmp))
+                (tmp / "best.json").write_text(json.dumps({"step": run.step, "value": value}))
+
+            _write_atomically(run.run_dir / "best", write)
+    run.accelerator.wait_for_everyone()
+
+
+def train(
+    cfg: TrainConfig, resume: bool = False, progress: Progress | None = None
+) -> Path:
+    """Run (or resume) training; returns the run directory.
+
+    `progress(kind, step, total, metrics)` is called after every step (`kind="train"`) and every
+    evaluation (`kind="eval"`); the CLI draws its progress bar and tables from it.
+    """
+    run_dir = Path(cfg.output_dir).expanduser()
+    if not resume and (run_dir / "metrics.jsonl").exists():
+        raise NgrpoError(
+            f"{str(run_dir)!r} already holds a run; resume it with --resume {run_dir} or choose "
+            "another output_dir=..."
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NgrpoError(f"cannot create output_dir {str(run_dir)!r}: {err.strerror}") from err
+    run = _setup(cfg, run_dir, resume)
+    if run.accelerator.is_main_process:
+        save_config(cfg, run_dir / "config.yaml")
+        log.info("derived values: %s", derived_values(cfg))
+    writer = _tensorboard(run)
+    try:
+        if run.step == 0:
+            _maybe_eval(run, writer, progress)
+        while run.step < cfg.train.steps:
+            metrics = _train_step(run)
+            run.step += 1
+            run.skipped_total += int(metrics["train/skipped_updates"])
+            metrics["train/skipped_total"] = float(run.skipped_total)
+            metrics["train/dropped_prompts"] = float(run.dropped_prompts)
+            _log(run, {"step": run.step, "type": "train", **metrics}, writer)
+            if progress is not None:
+                progress("train", run.step, cfg.train.steps, metrics)
+            _maybe_eval(run, writer, progress)
+            save_every = cfg.logging.save_every
+            if run.step == cfg.train.steps or (save_every and run.step % save_every == 0):
+                if run.accelerator.is_main_process:
+                    save_checkpoint(
+                        run_dir, run.step, run.policy, run.tokenizer, _trainer_state(run),
+                        cfg.logging.keep_last,
+                    )  # fmt: skip
+                run.accelerator.wait_for_everyone()
+    finally:
+        run.pool.close()
+        if writer is not None:
+            writer.close()
+    return run_dir
+
+
+def load_run_config(run_dir: str | Path, overrides=()) -> TrainConfig:
+    """The resolved configuration saved in a run directory (for `--resume`)."""
+    from ngrpo.config import load_config
+
+    path = Path(run_dir).expanduser() / "config.yaml"
+    if not path.is_file():
+        raise NgrpoError(f"{str(run_dir)!r} is not a run directory: no config.yaml")
+    return load_config(path, overrides)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """All rows of a run's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
