@@ -22,18 +22,19 @@ from ngrpo.neighbors import NeighborIndex, bruteforce_neighbors
 from ngrpo.rollout import SamplingParams, generate, left_pad
 
 
-def _seconds(fn: Callable[[], object], device: torch.device) -> float:
+def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    return statistics.median(_seconds(fn, device) for _ in range(repeats))
+    return statistics.median(_timed(fn, device)[0] for _ in range(repeats))
 
 
 def engine_runner(
@@ -145,13 +146,19 @@ def rollout_report(
         say(f"warm-up {name}")
         run()
     seconds: dict[str, list[float]] = {name: [] for name in runners}
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in runners}
     for repeat in range(repeats):  # round-robin, so load changes hit every engine alike
         for name, run in runners.items():
             say(f"repeat {repeat + 1}/{repeats}: {name}")
-            seconds[name].append(_seconds(run, device))
+            wall, cpu = _timed(run, device)
+            seconds[name].append(wall)
+            cpu_seconds[name].append(cpu)
     tokens = len(prompts) * new_tokens
     tokens_per_s = {name: tokens / statistics.median(ts) for name, ts in seconds.items()}
-    best = {name: tokens / min(ts) for name, ts in seconds.items()}  # robust on a shared machine
+    best = {name: tokens / min(ts) for name, ts in seconds.items()}
+    # Tokens per second of this process's CPU time: on a shared CPU machine (other processes
+    # competing for the cores) this is the stable comparison; with --threads 1 it is compute time.
+    per_cpu_s = {name: tokens / statistics.median(ts) for name, ts in cpu_seconds.items()}
     say("neighbour lookup")
     lookup = neighbor_lookup(*lookup_shape, batch=len(prompts), repeats=repeats, device=device)
     return {
@@ -159,9 +166,12 @@ def rollout_report(
         "ratios": {
             "neighbor_over_none": tokens_per_s["neighbor"] / tokens_per_s["none"],
             "none_over_hf_generate": tokens_per_s["none"] / tokens_per_s["hf_generate"],
+            "neighbor_over_none_cpu": per_cpu_s["neighbor"] / per_cpu_s["none"],
+            "none_over_hf_generate_cpu": per_cpu_s["none"] / per_cpu_s["hf_generate"],
             "lookup_speedup": lookup["speedup"],
         },
         "tokens_per_s_best": best,
+        "tokens_per_cpu_s": per_cpu_s,
         "neighbor_lookup": lookup,
         "batch": len(prompts),
         "new_tokens": new_tokens,

@@ -261,7 +261,7 @@ class _MarkerWatch:
         return self.seen
 
 
-def _mix_step(plan, logits, probs, y, can_mix, table, explore_gen):
+def _mix_step(plan, logits, probs, y, can_mix, table, explore_gen, plain_w):
     """The input records of one step: gate (b,), ids (b, K), weights (b, K), noise (b, d)|None."""
     cfg = plan.exploration
     gate = mixing_gate(can_mix, probs, explore_gen, cfg.mix_rate, cfg.entropy_threshold)  # (b,)
@@ -273,7 +273,7 @@ def _mix_step(plan, logits, probs, y, can_mix, table, explore_gen):
     )  # fmt: skip
     keep = gate.unsqueeze(-1)  # (b, 1)
     ids = torch.where(keep, mix.ids, y.unsqueeze(-1))  # (b, K) plain rows: [y, y, ...]
-    weights = torch.where(keep, mix.weights, plain(y[:1], plan.k).weights)  # (b, K) [1, 0, ...]
+    weights = torch.where(keep, mix.weights, plain_w)  # (b, K) plain rows: [1, 0, ...]
     noise = None if mix.noise is None else mix.noise.masked_fill(~keep, 0.0)  # (b, d)
     return gate, ids, weights, noise
 
@@ -289,7 +289,8 @@ def _decode_chunk(model, embedding, prompt_ids, prompt_mask, plan, gen, explore_
     logprobs = torch.zeros((b, max_new), device=device)
     alive = torch.zeros((b, max_new), dtype=torch.bool, device=device)
     rec_ids = tokens.unsqueeze(-1).repeat(1, 1, k)  # (b, T, K)
-    rec_w = plain(tokens.reshape(-1), k).weights.reshape(b, max_new, k)  # (b, T, K)
+    plain_w = plain(tokens[:1, 0], k).weights  # (1, K) the plain weights [1, 0, ...]
+    rec_w = plain_w.expand(b, max_new, k).contiguous()  # (b, T, K)
     rec_noise = table.new_zeros(b, max_new, table.shape[1]) if plan.noisy else None  # (b, T, d)
     mixed = torch.zeros((b, max_new), dtype=torch.bool, device=device)
     eligible = torch.zeros((b, max_new), dtype=torch.bool, device=device)
@@ -320,7 +321,7 @@ def _decode_chunk(model, embedding, prompt_ids, prompt_mask, plan, gen, explore_
         else:
             can_mix = ~finished & ~watch.update(y)  # (b,) EOS and marker count from their step on
             gate, ids, weights, noise = _mix_step(
-                plan, logits, probs, y, can_mix, table, explore_gen
+                plan, logits, probs, y, can_mix, table, explore_gen, plain_w
             )
             rec_ids[:, t], rec_w[:, t], eligible[:, t], mixed[:, t] = ids, weights, can_mix, gate
             if noise is not None:
