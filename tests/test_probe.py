@@ -213,3 +213,17 @@ def test_cli_probe_errors_in_one_line(model_dir, tmp_path, capsys, argv, fragmen
     code = main(["probe", "--model", str(model_dir), "--out", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
+
+
+def test_probe_on_the_base_model_is_wired_end_to_end(base_model_dir):
+    from ngrpo.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(base_model_dir)
+    result = run_probe(
+        model, tokenizer, task_problems("arith-id", 16), shifts=(0.2,), n=4, max_new_tokens=48
+    )
+    base, gaussian, neighbor, reference = result["rows"]
+    assert base["accuracy"] > 0.1 and base["unparsed"] < 0.2  # prompts, EOS and grading line up
+    assert gaussian["achieved_shift"] == pytest.approx(0.2, rel=1e-4)
+    assert 0 < neighbor["achieved_shift"] <= 0.2 + 1e-6
+    assert reference["perturbation"] == "n-grpo" and reference["mixed_frac"] == 1.0

@@ -27,6 +27,13 @@ COLORS = {
     "gaussian": "#2ca02c",
     "stht": "#2ca02c",
 }
+# Probe perturbations: the matched-shift pair, and N-GRPO's own mixing as a reference point.
+PROBE_COLORS = {
+    "none": "#7f7f7f",
+    "gaussian": "#2ca02c",
+    "neighbor": "#ff7f0e",
+    "n-grpo": "#d62728",
+}
 # Probe panels: (row key, axis label).
 PROBE_PANELS = (
     ("accuracy", "accuracy (mean@n)"),
@@ -58,11 +65,12 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def _plot_series(ax, xs, values, label: str, color: str | None) -> None:
+def _plot_series(ax, xs, values, label: str, color: str | None, marker: str = "o") -> None:
     """One line with markers; a shaded band where intervals are given (error bars for 1 point)."""
     parts = [split_value(v) for v in values]
     ys = [p[0] for p in parts]
-    (line,) = ax.plot(xs, ys, marker="o", label=label, color=color)
+    (line,) = ax.plot(xs, ys, marker=marker, markersize=10 if marker == "*" else 6, label=label,
+                      color=color)  # fmt: skip
     with_ci = [(x, lo, hi) for x, (_, lo, hi) in zip(xs, parts, strict=True) if lo is not None]
     if not with_ci:
         return
@@ -159,8 +167,9 @@ def plot_probe(
 ) -> Path:
     """The probe's `{"rows": [...]}` (see `ngrpo.probe.run_probe`) -> 2×2 panels of accuracy,
     answer agreement, distinct answers and edit distance vs the measured shift, one line per
-    perturbation; the unperturbed row is drawn as each line's point at shift 0. A row key
-    `<metric>_ci = [low, high]` adds an interval."""
+    perturbation; the unperturbed row is drawn as each line's point at shift 0, and rows without a
+    target shift (the N-GRPO reference) as lone stars. A row key `<metric>_ci = [low, high]` adds
+    an interval."""
     rows = list(probe_results["rows"])
     if not rows:
         raise ValueError("no probe rows to plot")
@@ -170,11 +179,14 @@ def plot_probe(
     axes = fig.subplots(2, 2).ravel()
     for ax, (key, label) in zip(axes, PROBE_PANELS, strict=True):
         for kind in kinds or ["none"]:
-            series = baseline + [r for r in rows if r["perturbation"] == kind and kind != "none"]
+            own = [r for r in rows if r["perturbation"] == kind]
+            reference = all(r.get("target_shift") is None for r in own)
+            series = own if reference else baseline + [r for r in own if kind != "none"]
             series = sorted(series, key=lambda r: r["achieved_shift"])
             xs = [r["achieved_shift"] for r in series]
             values = [(r[key], *r[f"{key}_ci"]) if f"{key}_ci" in r else r[key] for r in series]
-            _plot_series(ax, xs, values, kind, _color(kind))
+            marker = "*" if reference else "o"
+            _plot_series(ax, xs, values, kind, PROBE_COLORS.get(kind), marker)
         ax.set(title=label, xlabel="measured relative shift ‖ẽ − e(y)‖ / ‖e(y)‖", ylabel=label)
         ax.grid(alpha=0.3)
         ax.legend(title="perturbation", fontsize="small")
