@@ -164,6 +164,7 @@ def test_run_probe_rows_reproducible_and_progress(model, tokenizer):
         ({"kinds": ("uniform",)}, "gaussian, neighbor"),
         ({"n": 0}, "samples per problem"),
         ({"mix_rate": 0.0}, "mix_rate"),
+        ({"grader": "fuzzy"}, "unknown grader 'fuzzy'"),
     ],
 )
 def test_run_probe_errors(model, tokenizer, kwargs, message):
@@ -220,8 +221,9 @@ def test_probe_on_the_base_model_is_wired_end_to_end(base_model_dir):
 
     model, tokenizer = load_model_and_tokenizer(base_model_dir)
     result = run_probe(
-        model, tokenizer, task_problems("arith-id", 16), shifts=(0.2,), n=4, max_new_tokens=48
-    )
+        model, tokenizer, task_problems("arith-id", 8), shifts=(0.2,), n=4, max_new_tokens=48,
+        grader="exact",  # the embedded task's answers are plain integers: no math-verify pool
+    )  # fmt: skip
     base, gaussian, neighbor, reference = result["rows"]
     assert base["accuracy"] > 0.1 and base["unparsed"] < 0.2  # prompts, EOS and grading line up
     assert gaussian["achieved_shift"] == pytest.approx(0.2, rel=1e-4)

@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from ngrpo.diagnostics import group_diversity, split_groups
 from ngrpo.errors import NgrpoError
 from ngrpo.exploration import ExplorationConfig, answer_start_ids
-from ngrpo.rewards import GradingPool, grade_batch
+from ngrpo.rewards import GradingPool, get_grader, grade_batch
 from ngrpo.rewards.equivalence import normalize_text
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ def run_probe(
     seed: int = 0,
     batch_size: int | None = None,
     ngrpo_reference: bool = True,
+    grader: str = "math",
     pool: GradingPool | None = None,
     progress: Progress | None = None,
 ) -> dict:
@@ -163,7 +164,9 @@ def run_probe(
     One row per run: first the unperturbed run (`perturbation = "none"`, shift 0), then every
     (kind, shift), then (with `ngrpo_reference`) N-GRPO's own policy-weighted neighbour mixing
     (`perturbation = "n-grpo"`, `target_shift = None`: its shift is whatever the policy's
-    probabilities make it). Answers that need math-verify are graded in `pool`. Row keys:
+    probabilities make it). Responses are graded with `grader` (a key of
+    `ngrpo.rewards.GRADERS`); answers that need math-verify go to `pool` (default: the process-wide
+    pool, started on first need). Row keys:
     perturbation, target_shift, achieved_shift, mixed_frac, accuracy, accuracy_ci,
     answer_agreement, unparsed, distinct_answers, distinct_2, distinct_3, pairwise_edit,
     response_len. `progress(stage, done, total)` is called after each run.
@@ -172,6 +175,7 @@ def run_probe(
     from ngrpo.rollout import SamplingParams, generate
 
     check_settings(problems, shifts, kinds, n, mix_rate)
+    get_grader(grader)
     started = time.perf_counter()
     prompts = build_prompts(tokenizer, [p.problem for p in problems])
     golds = [p.answer for p in problems for _ in range(n)]
@@ -195,7 +199,7 @@ def run_probe(
             answer_start_ids=marker, training=True, seed=seed, batch_size=batch_size,
         )  # fmt: skip
         texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in batch.responses()]
-        grades = grade_batch(texts, golds, "math", pool)
+        grades = grade_batch(texts, golds, grader, pool)
         answers = [None if g.extracted is None else normalize_text(g.extracted) for g in grades]
         summary = summarize_run(texts, answers, [g.correct for g in grades], n, reference)
         reference = answers if reference is None else reference
@@ -212,6 +216,6 @@ def run_probe(
         "num_problems": len(problems), "n": n, "shifts": [float(s) for s in shifts],
         "perturbations": list(kinds), "mix_rate": mix_rate, "temperature": temperature,
         "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
-        "answer_start": ANSWER_START, "ngrpo_reference": ngrpo_reference,
+        "answer_start": ANSWER_START, "ngrpo_reference": ngrpo_reference, "grader": grader,
     }  # fmt: skip
     return {"config": config, "rows": rows, "seconds": time.perf_counter() - started}

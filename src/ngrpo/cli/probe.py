@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ngrpo.cli._common import progress_bar
 from ngrpo.errors import NgrpoError
+from ngrpo.rewards import GRADERS
 
 HELP = "Semantic-consistency probe: Gaussian noise vs neighbour mixing"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -53,6 +54,7 @@ def register(subparsers) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=None, help="sequences decoded together")
+    parser.add_argument("--grader", default="math", choices=list(GRADERS))
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
@@ -105,7 +107,6 @@ def handler(args: argparse.Namespace) -> int:
     from ngrpo.models import load_model_and_tokenizer
     from ngrpo.plots import plot_probe
     from ngrpo.probe import check_settings, run_probe
-    from ngrpo.rewards import GradingPool
     from ngrpo.tasks import generate
 
     shifts = parse_floats(args.shifts, "--shifts")
@@ -120,12 +121,12 @@ def handler(args: argparse.Namespace) -> int:
     except OSError as err:
         raise NgrpoError(f"cannot write to {str(args.out)!r}: {err.strerror}") from err
     model, tokenizer = load_model_and_tokenizer(args.model, device, getattr(torch, args.dtype))
-    with GradingPool() as pool, progress_bar() as update:
+    with progress_bar() as update:
         results = run_probe(
             model, tokenizer, problems, shifts=shifts, kinds=kinds, n=args.n,
             mix_rate=args.mix_rate, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
-            ngrpo_reference=not args.no_reference, pool=pool, progress=update,
+            ngrpo_reference=not args.no_reference, grader=args.grader, progress=update,
         )  # fmt: skip
     results["config"].update(model=str(args.model), split=args.split, device=device)
     (args.out / "probe.json").write_text(json.dumps(results, indent=2) + "\n")
