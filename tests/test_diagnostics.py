@@ -49,6 +49,21 @@ def test_levenshtein_matches_the_recursion_on_random_sequences():
         assert levenshtein(a, b) == naive_levenshtein(a, b) == levenshtein(b, a)
 
 
+def test_levenshtein_matches_a_full_table_on_long_sequences():
+    rng = random.Random(2)
+    for _ in range(40):
+        a = [rng.choice("abcd") for _ in range(rng.randint(0, 150))]
+        b = [rng.choice("abcd") for _ in range(rng.randint(0, 150))]
+        table = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+        for i in range(1, len(a) + 1):
+            for j in range(1, len(b) + 1):
+                table[i][j] = min(
+                    table[i - 1][j] + 1, table[i][j - 1] + 1,
+                    table[i - 1][j - 1] + (a[i - 1] != b[j - 1]),
+                )  # fmt: skip
+        assert levenshtein(a, b) == table[-1][-1]
+
+
 def test_levenshtein_known_values_and_normalisation():
     assert levenshtein("kitten", "sitting") == 3
     assert levenshtein([], [1, 2, 3]) == 3
