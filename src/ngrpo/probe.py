@@ -31,8 +31,10 @@ agree), and within-group diversity from `ngrpo.diagnostics` (distinct answers, p
 distance, distinct-2/3 of the reasoning).
 
 Deviations from the paper: its pilot used a 1.5B model on math benchmarks and its exact
-perturbation recipe is not published; here the magnitudes are matched exactly per position and the
-neighbour is the single nearest token, which is the smallest on-manifold move available.
+perturbation recipe is not published; here the magnitudes are matched exactly per position, the
+neighbour is the single cosine-nearest token (N-GRPO's default metric) and its weight is set by
+the target shift, not by the policy's probabilities (that is what the `n-grpo` reference run
+shows).
 """
 
 from __future__ import annotations
