@@ -16,7 +16,8 @@ Choices worth knowing:
 - The mini-batch's loss normaliser (tokens or sequences) is computed once over the whole
   mini-batch and shared by its micro-batches, so accumulation equals one big batch exactly.
 - A non-finite loss or gradient skips that optimizer step (gradients dropped, counted in
-  `train/skipped_updates`, logged as a warning); training goes on.
+  `train/skipped_updates`, logged as a warning); training goes on. Every micro-batch still runs
+  its backward and the decision is all-reduced, so data-parallel processes skip together.
 - After every optimizer step the neighbour index is invalidated (embeddings changed).
 """
 
@@ -34,6 +35,8 @@ from ngrpo.losses import entropy_from_logits, grpo_loss, loss_normalizer
 from ngrpo.rollout import RolloutBatch, replay_logits, token_logprobs
 
 log = logging.getLogger(__name__)
+
+REPLAY_ERR = "actor/replay_logp_err"  # largest |recomputed − rollout| log-prob, first mini-batch
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,35 @@ def _grads_finite(parameters: Sequence[torch.nn.Parameter]) -> bool:
     return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in parameters)
 
 
+def _agreed(ok: bool, accelerator, device) -> bool:
+    """`ok` on every process (one all-reduce; identity in a single process). Every process must
+    take the same skip decision, or data-parallel ranks would fall out of step."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=device)
+    return float(accelerator.reduce(flag, reduction="sum")) == 0.0
+
+
+class _Averages:
+    """Running means of metric dicts; `actor/replay_logp_err` keeps its maximum instead."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if key == REPLAY_ERR:
+                self.totals[key] = max(self.totals.get(key, 0.0), float(value))
+                self.counts[key] = 1
+                continue
+            self.totals[key] = self.totals.get(key, 0.0) + float(value)
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def result(self) -> dict[str, float]:
+        return {key: self.totals[key] / self.counts[key] for key in self.totals}
+
+
 def update_policy(
     model,
     optimizer: torch.optim.Optimizer,
@@ -111,7 +143,8 @@ def update_policy(
 
     `advantages` is per row (N,). `model` may be wrapped for data parallelism (then pass the
     unwrapped model's input `embedding`); `accelerator` (Hugging Face accelerate) does backward,
-    clipping and gradient synchronisation when given.
+    clipping and gradient synchronisation when given. Metrics of skipped mini-batches are left
+    out of the averages; `actor/grad_norm` is the mean pre-clipping norm of the applied steps.
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
     device = batch.response_ids.device
@@ -122,23 +155,18 @@ def update_policy(
             ref_model, batch, params.temperature, params.micro_batch_size
         )  # (N, T)
     rows_per_mini = params.mini_batch_groups * params.group_size
-    totals: dict[str, float] = {}
-    counts: dict[str, int] = {}
-
-    def add(metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
-            counts[key] = counts.get(key, 0) + 1
-
+    averages = _Averages()
     skipped, grad_norms, first = 0, [], True
     for _ in range(params.num_iterations):
         for mini in torch.arange(len(batch.response_ids), device=device).split(rows_per_mini):
             normalizer = loss_normalizer(mask[mini], params.loss_type)
             optimizer.zero_grad(set_to_none=True)
-            finite = True
+            finite, mini_metrics = True, _Averages()
             micro_batches = mini.split(params.micro_batch_size)
             for i, micro in enumerate(micro_batches):
                 sub = batch.select(micro)
+                # Every micro-batch runs backward, even after a non-finite loss: data-parallel
+                # ranks synchronise on the last one, so none may leave the loop early.
                 sync = accelerator is None or i == len(micro_batches) - 1
                 context = contextlib.nullcontext() if sync else accelerator.no_sync(model)
                 with context:
@@ -156,36 +184,29 @@ def update_policy(
                     )  # fmt: skip
                     if first:
                         err = ((logp.detach() - sub.logprobs).abs() * mask[micro]).max()
-                        metrics["actor/replay_logp_err"] = float(err)
-                    if not torch.isfinite(loss):
-                        finite = False
-                        break
+                        averages.add({REPLAY_ERR: float(err)})  # kept even if skipped
+                    finite = finite and bool(torch.isfinite(loss))
                     if accelerator is not None:
                         accelerator.backward(loss)
                     else:
                         loss.backward()
-                add(metrics)
+                mini_metrics.add(metrics)
             first = False
-            if finite and not _grads_finite(parameters):
-                finite = False
-            if not finite:
+            finite = _agreed(finite and _grads_finite(parameters), accelerator, device)
+            grad_norm = _clip(parameters, params.max_grad_norm, accelerator) if finite else 0.0
+            if not (finite and math.isfinite(grad_norm)):
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
                 log.warning("non-finite loss or gradient: optimizer step skipped")
                 continue
-            grad_norm = _clip(parameters, params.max_grad_norm, accelerator)
-            if not math.isfinite(grad_norm):
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-                log.warning("non-finite gradient norm: optimizer step skipped")
-                continue
+            averages.add(mini_metrics.result())
             grad_norms.append(grad_norm)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             if neighbor_index is not None:
                 neighbor_index.invalidate()
-    result = {key: totals[key] / counts[key] for key in totals}
+    result = averages.result()
     result["actor/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
     result["train/skipped_updates"] = float(skipped)
     result["train/optimizer_steps"] = float(len(grad_norms))

@@ -139,6 +139,22 @@ def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(old)
 
 
+def _recover_interrupted_writes(run_dir: Path) -> None:
+    """Clean up after a process killed inside `_write_atomically`: a target renamed away but not
+    yet replaced gets its previous version back; unfinished temporary directories are deleted."""
+    for parent in (run_dir, run_dir / CHECKPOINTS):
+        if not parent.is_dir():
+            continue
+        for old in parent.glob(".old-*"):
+            target = parent / old.name.removeprefix(".old-").rsplit("-", 1)[0]
+            if target.exists():
+                shutil.rmtree(old)
+            else:
+                old.rename(target)
+        for tmp in parent.glob(".tmp-*"):
+            shutil.rmtree(tmp)
+
+
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep: int):
     def write(tmp: Path) -> None:
         model.save_pretrained(str(tmp), safe_serialization=True)
@@ -295,7 +311,11 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
         run.sampler.load_state_dict(state["sampler"])
         _set_rng_state(state["rng"])
         run.step, run.best, run.skipped_total = state["step"], state["best"], state["skipped"]
-        _truncate_metrics(run_dir / "metrics.jsonl", run.step)
+    if resume and accelerator.is_main_process:
+        _recover_interrupted_writes(run_dir)
+        # Lines logged after the checkpoint are redone; without one, everything is redone.
+        _truncate_metrics(run_dir / "metrics.jsonl", run.step if latest is not None else -1)
+    accelerator.wait_for_everyone()
     return run
 
 
@@ -314,14 +334,25 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(keep), encoding="utf-8")
 
 
+# Metrics summed over processes (totals and throughputs); every other metric is averaged.
+SUMMED_METRICS = (
+    "rollout/tokens", "rollout/mixed_tokens", "rollout/tokens_per_s", "learner/tokens_per_s",
+)  # fmt: skip
+
+
 def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
-    """Mean of each metric over processes (identity in a single process)."""
-    if run.accelerator.num_processes == 1:
+    """Metrics over all processes: sums for `SUMMED_METRICS`, means for the rest (identity in a
+    single process). Every process must hold the same keys (they do: same code, same config)."""
+    world = run.accelerator.num_processes
+    if world == 1:
         return metrics
     keys = sorted(metrics)
-    values = torch.tensor([metrics[k] for k in keys], device=run.accelerator.device)
-    values = run.accelerator.reduce(values, reduction="mean")
-    return dict(zip(keys, values.tolist(), strict=True))
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    values = run.accelerator.reduce(values.to(run.accelerator.device), reduction="sum").cpu()
+    return {
+        key: float(value) if key in SUMMED_METRICS else float(value) / world
+        for key, value in zip(keys, values, strict=True)
+    }
 
 
 # ------------------------------------------------------------------------------------ one step
@@ -369,6 +400,7 @@ def _train_step(run: Run) -> dict[str, float]:
         embedding=run.policy.get_input_embeddings(),
     )  # fmt: skip
     learner_s = time.perf_counter() - started
+    trained_tokens = float(batch.response_mask.sum()) * cfg.train.num_iterations  # × PPO epochs
     metrics = {
         "reward/mean": float(rewards.mean()),
         "reward/accuracy": float((rewards > 0).float().mean()),
@@ -380,10 +412,10 @@ def _train_step(run: Run) -> dict[str, float]:
         ),
         "time/rollout_s": rollout_s,
         "time/learner_s": learner_s,
-        "learner/tokens_per_s": float(batch.response_mask.sum()) / max(learner_s, 1e-9),
+        "learner/tokens_per_s": trained_tokens / max(learner_s, 1e-9),
         "train/lr": run.scheduler.get_last_lr()[0],
     }
-    return _reduce(run, metrics)
+    return {**_reduce(run, metrics), "train/world_size": float(world)}
 
 
 def _evaluate(run: Run) -> dict[str, float]:

@@ -3,13 +3,16 @@
     ngrpo train --config tiny_ngrpo train.steps=20 output_dir=runs/x
     ngrpo train --resume runs/x [train.steps=40]
     torchrun --nproc_per_node 2 -m ngrpo train --config tiny_ngrpo   # data parallel (see README)
+
+Under a launcher (torchrun, accelerate launch) only the process of rank 0 draws the progress bar
+and prints; the others train silently.
 """
 
 from __future__ import annotations
 
 import argparse
-
-from ngrpo.errors import NgrpoError
+import contextlib
+import os
 
 HELP = "Train a policy with GRPO / N-GRPO from a YAML config"
 
@@ -39,7 +42,8 @@ def handler(args: argparse.Namespace) -> int:
             cfg.output_dir = str(args.resume)
     else:
         cfg = load_config(args.config, args.overrides)
-    console = Console(stderr=True)
+    main_process = os.environ.get("RANK", "0") == "0"  # set by torchrun / accelerate launch
+    console = Console(stderr=True, quiet=not main_process)
     derived = derived_values(cfg)
     console.print(
         f"[bold]{cfg.exploration.strategy}[/] on {cfg.data.train} · model {cfg.model.path} · "
@@ -49,7 +53,8 @@ def handler(args: argparse.Namespace) -> int:
         f"up to {derived['max_tokens_per_step']:,} tokens per step → {cfg.output_dir}"
     )
     last_eval: dict = {}
-    with progress_bar() as update:
+    bar = progress_bar() if main_process else contextlib.nullcontext(lambda *_: None)
+    with bar as update:
 
         def progress(kind: str, step: int, total: int, metrics: dict) -> None:
             if kind == "eval":
@@ -62,9 +67,9 @@ def handler(args: argparse.Namespace) -> int:
             )
             update("training", step, total, info)
 
-        if not cfg.train.steps:
-            raise NgrpoError("train.steps must be >= 1")
         run_dir = train(cfg, resume=bool(args.resume), progress=progress)
+    if not main_process:
+        return 0
     if last_eval:
         table = Table(title="last evaluation")
         table.add_column("metric")
