@@ -9,8 +9,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ngrpo.cli._common import not_available
-
 DEFAULT_MODEL = "base"  # the embedded base model, built on first use
 
 
@@ -52,9 +50,27 @@ def register_rollout(benches) -> None:
 
 
 def register_learner(benches) -> None:
-    parser = benches.add_parser("learner", help="Learner step throughput (not available yet)")
+    parser = benches.add_parser(
+        "learner",
+        help="Learner forward + backward tokens/s: soft inputs vs token ids",
+        description=(
+            "Forward + backward tokens/s of the policy on --batch x --length tokens fed as token "
+            "ids and as soft-input records with --k candidates per position (a --mix-rate "
+            "fraction mixed with nearest neighbours, as N-GRPO records them)."
+        ),
+    )
     parser.add_argument("--json", type=Path, help="write the result to this file")
-    parser.set_defaults(func=not_available("the trainer issue"))
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model directory (default: base)")
+    parser.add_argument("--batch", type=int, default=32, help="sequences per forward")
+    parser.add_argument("--length", type=int, default=64, help="tokens per sequence")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median)")
+    parser.add_argument("--k", type=int, default=3, help="candidates per soft input (2-3)")
+    parser.add_argument("--mix-rate", type=float, default=0.1, help="fraction of mixed positions")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
+    parser.set_defaults(func=run_learner)
 
 
 BENCHMARKS = {"rollout": register_rollout, "learner": register_learner}
@@ -116,6 +132,55 @@ def run_rollout(args: argparse.Namespace) -> int:
     lookup = report["neighbor_lookup"]
     table.add_row("lookup cached µs/token", f"{lookup['cached_us_per_token']:.2f}")
     table.add_row("lookup brute force µs/token", f"{lookup['bruteforce_us_per_token']:,.1f}")
+    Console().print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def run_learner(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ngrpo.bench import learner_report
+    from ngrpo.errors import NgrpoError
+    from ngrpo.models import load_model
+
+    for name in ("batch", "repeats", "k"):
+        if getattr(args, name) < 1:
+            raise NgrpoError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.length < 2:
+        raise NgrpoError(f"--length must be >= 2, got {args.length}")
+    if not 0.0 <= args.mix_rate <= 1.0:
+        raise NgrpoError(f"--mix-rate must be in [0, 1], got {args.mix_rate}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise NgrpoError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    console = Console(stderr=True)
+    with console.status("loading model") as status:
+        model = load_model(args.model, device=args.device)
+        vocab = model.get_input_embeddings().weight.shape[0]
+        if args.k >= vocab:
+            raise NgrpoError(f"--k ({args.k}) must be below the vocabulary size ({vocab})")
+        report = learner_report(
+            model, batch=args.batch, length=args.length, repeats=args.repeats, k=args.k,
+            mix_rate=args.mix_rate, progress=lambda stage: status.update(f"timing {stage}"),
+        )  # fmt: skip
+    report["model"] = str(args.model)
+
+    table = Table(
+        title=f"learner forward + backward, {report['batch']} x {report['length']} tokens, "
+        f"{report['device']}"
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in report["tokens_per_s"].items():
+        table.add_row(f"tokens/s {name}", f"{value:,.0f}")
+    table.add_row("soft / token ids", f"{report['soft_over_token_ids']:.2f}")
     Console().print(table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
