@@ -346,7 +346,7 @@ def test_bench_rollout_cli_writes_the_json(tmp_path):
 def test_bench_learner_slot_and_bad_arguments(capsys):
     from ngrpo.cli import main
 
-    assert main(["bench", "learner"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert main(["bench", "learner", "--batch", "0"]) == 2
+    assert "--batch must be >= 1" in capsys.readouterr().err
     assert main(["bench", "rollout", "--batch", "0"]) == 2
     assert "--batch must be >= 1" in capsys.readouterr().err

@@ -1,0 +1,202 @@
+"""Learner tests on a tiny random Qwen2: the replay invariant through the learner's path, gradient
+reaching exactly the embedding rows that were fed, the direction of one update, gradient
+accumulation, and skipping non-finite steps."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+import ngrpo.learner
+from ngrpo.exploration import ExplorationConfig
+from ngrpo.learner import LearnerParams, sequence_logprobs, update_policy
+from ngrpo.rollout import SamplingParams, generate
+
+PAD, EOS, MARKER = 0, [1], [4]
+PROMPTS = [[10, 11, 12, 13], [20, 21], [30, 31, 32], [40, 41, 42, 43, 44]]
+G = 2  # responses per prompt
+
+
+def _tiny(seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        initializer_range=0.3, tie_word_embeddings=False,
+    )  # fmt: skip
+    return Qwen2ForCausalLM(config).train()
+
+
+def _rollouts(model, strategy: str, mix_rate: float = 1.0, temperature: float = 1.0, seed=0):
+    exploration = ExplorationConfig(strategy=strategy, mix_top_k=3, mix_rate=mix_rate)
+    return generate(
+        model, PROMPTS, SamplingParams(n=G, temperature=temperature, max_new_tokens=12),
+        eos_token_id=EOS, pad_token_id=PAD, exploration=exploration, answer_start_ids=MARKER,
+        training=True, seed=seed,
+    )  # fmt: skip
+
+
+def _params(**kw) -> LearnerParams:
+    defaults = dict(group_size=G, mini_batch_groups=len(PROMPTS), micro_batch_size=3)
+    return LearnerParams(**{**defaults, **kw})
+
+
+def _advantages(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed))  # (N,)
+
+
+@pytest.mark.parametrize("strategy", ["none", "neighbor", "gaussian"])
+def test_recomputed_logprobs_equal_rollout_before_the_first_update(strategy):
+    model = _tiny()
+    batch = _rollouts(model, strategy, mix_rate=1.0, temperature=0.8)
+    if strategy != "none":
+        assert batch.mixed.any()
+    mask = batch.response_mask.bool()
+    with torch.no_grad():
+        logp, _ = sequence_logprobs(model, batch, temperature=0.8)  # (N, T) train mode
+    assert (logp - batch.logprobs)[mask].abs().max() <= 1e-4
+
+    # The learner's own check on its first mini-batch: ratio 1, nothing clipped.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    params = _params(temperature=0.8)  # one mini-batch, three micro-batches
+    metrics = update_policy(model, optimizer, None, batch, _advantages(len(mask)), params)
+    assert metrics["actor/replay_logp_err"] <= 1e-4
+    assert abs(metrics["actor/ratio_min"] - 1) <= 1e-4
+    assert abs(metrics["actor/ratio_max"] - 1) <= 1e-4
+    assert metrics["actor/clip_frac"] == 0.0
+    assert metrics["train/optimizer_steps"] == 1.0
+
+
+def _fed_ids(batch) -> tuple[set[int], set[int]]:
+    """(ids fed with weight > 0 at positions whose input reaches a scored logit, of those the ids
+    that were only ever fed as a mixed neighbour: slot >= 1)."""
+    p = batch.prompt_ids.shape[1]
+    lengths = batch.response_mask.sum(-1)  # (N,)
+    attention = batch.attention_mask.bool()  # (N, P + T)
+    positions = torch.arange(attention.shape[1])
+    reaches = attention & (positions[None, :] <= p + lengths[:, None] - 2)  # (N, P + T)
+    soft = batch.soft_inputs
+    used = (soft.weights > 0) & reaches[..., None]  # (N, P + T, K)
+    fed = set(soft.ids[used].tolist())
+    as_token = set(soft.ids[..., 0][used[..., 0]].tolist())
+    return fed, fed - as_token
+
+
+def _embedding_grad_rows(model, batch) -> set[int]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    params = _params(max_grad_norm=None)
+    update_policy(model, optimizer, None, batch, _advantages(len(batch.response_ids)), params)
+    grad = model.get_input_embeddings().weight.grad  # (V, d)
+    return set(grad.abs().sum(-1).nonzero().flatten().tolist())
+
+
+def test_embedding_rows_of_neighbours_get_gradient_exactly_when_mixed():
+    model = _tiny()
+    mixed = _rollouts(model, "neighbor", mix_rate=1.0)
+    fed, only_neighbours = _fed_ids(mixed)
+    assert only_neighbours, "some candidate id should enter only as a mixed neighbour"
+    assert _embedding_grad_rows(model, mixed) == fed
+
+    plain = _rollouts(model, "neighbor", mix_rate=0.0)  # same gate machinery, mixing off
+    assert not plain.mixed.any()
+    fed_plain, none = _fed_ids(plain)
+    rows = _embedding_grad_rows(model, plain)
+    assert rows == fed_plain and not none
+    assert only_neighbours - fed_plain and not rows & (only_neighbours - fed_plain)
+
+
+@pytest.mark.parametrize("strategy", ["none", "neighbor"])
+def test_one_update_raises_positive_and_lowers_negative_advantage_responses(strategy):
+    model = _tiny(seed=3)
+    batch = _rollouts(model, strategy, mix_rate=0.5, seed=4)
+    mask = batch.response_mask.float()
+    advantages = torch.tensor([1.0, -1.0]).repeat(len(PROMPTS))  # (N,) ± within each group
+    with torch.no_grad():
+        before = (sequence_logprobs(model, batch, 1.0)[0] * mask).sum(-1)  # (N,)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    metrics = update_policy(model, optimizer, None, batch, advantages, _params())
+    assert metrics["train/optimizer_steps"] == 1.0 and metrics["actor/grad_norm"] > 0
+    with torch.no_grad():
+        after = (sequence_logprobs(model, batch, 1.0)[0] * mask).sum(-1)  # (N,)
+    change = after - before
+    assert change[advantages > 0].mean() > 0 > change[advantages < 0].mean()
+
+
+def test_micro_batches_accumulate_to_the_mini_batch_gradient():
+    model = _tiny()
+    batch = _rollouts(model, "neighbor", mix_rate=0.5)
+    advantages = _advantages(len(batch.response_ids))
+    grads = []
+    for micro in (1, 3, len(batch.response_ids)):
+        model.zero_grad()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        update_policy(model, optimizer, None, batch, advantages,
+                      _params(micro_batch_size=micro, max_grad_norm=None))  # fmt: skip
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[2], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[2], rtol=1e-4, atol=1e-6)
+
+
+def test_mini_batches_step_the_optimizer_and_scheduler_and_invalidate_neighbours():
+    model = _tiny()
+    batch = _rollouts(model, "neighbor", mix_rate=0.5)
+
+    class Counter:
+        calls = 0
+
+        def invalidate(self):
+            self.calls += 1
+
+    index, optimizer = Counter(), torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    params = _params(mini_batch_groups=1, num_iterations=2)  # 4 mini-batches x 2 epochs
+    metrics = update_policy(
+        model, optimizer, scheduler, batch, _advantages(len(batch.response_ids)), params,
+        neighbor_index=index,
+    )  # fmt: skip
+    assert metrics["train/optimizer_steps"] == 8.0 and index.calls == 8
+    assert scheduler.last_epoch == 8
+
+
+def test_non_finite_loss_or_gradient_skips_the_step_and_training_goes_on(monkeypatch, caplog):
+    model = _tiny()
+    batch = _rollouts(model, "neighbor", mix_rate=0.5)
+    advantages = _advantages(len(batch.response_ids))
+    real_loss, calls = ngrpo.learner.grpo_loss, []
+
+    def nan_once(*args, **kwargs):  # the first micro-batch's loss is NaN
+        loss, metrics = real_loss(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 1 else loss), metrics
+
+    monkeypatch.setattr(ngrpo.learner, "grpo_loss", nan_once)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    params = _params(mini_batch_groups=2, micro_batch_size=2)  # 2 mini-batches, 2 micro each
+    with caplog.at_level(logging.WARNING, logger="ngrpo.learner"):
+        metrics = update_policy(model, optimizer, None, batch, advantages, params)
+    assert "optimizer step skipped" in caplog.text
+    assert metrics["train/skipped_updates"] == 1.0 and metrics["train/optimizer_steps"] == 1.0
+    assert len(calls) == 4  # the skipped mini-batch still ran all its micro-batches
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    monkeypatch.undo()
+
+    # inf in a gradient (the loss itself finite): skipped as well
+    weight = model.get_input_embeddings().weight
+    fired = []
+
+    def inf_once(grad):
+        fired.append(1)
+        return grad * float("inf") if len(fired) == 1 else grad
+
+    handle = weight.register_hook(inf_once)
+    params = _params(mini_batch_groups=2, micro_batch_size=8)  # 2 mini-batches, 1 micro each
+    metrics = update_policy(model, optimizer, None, batch, advantages, params)
+    handle.remove()
+    assert metrics["train/skipped_updates"] == 1.0 and metrics["train/optimizer_steps"] == 1.0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
