@@ -19,12 +19,18 @@ Run directory (`output_dir`):
 
 Resume (`resume=True`): continues from the newest complete checkpoint with the same data order,
 RNG streams and optimizer state, so 2 + 2 steps equal 4 straight steps (tested). Metrics lines of
-steps after that checkpoint (written before a crash) are dropped and redone.
+steps after that checkpoint (written before a crash) are dropped and redone (all of them when there
+is no checkpoint yet); leftovers of an interrupted save are cleaned up, and a `best/` caught
+between its two renames gets its previous version back.
 
-Several processes (`torchrun` / `accelerate launch`): each process rolls out full groups for its
-own slice of each step's prompts; gradients are averaged by data parallelism (accelerate), and
-metrics are averaged over processes. With token-mean aggregation the loss is a token mean per
-process, averaged over processes (not one global token mean): the usual DDP approximation.
+Several processes (`torchrun --nproc_per_node N -m ngrpo train ...`; on CPU accelerate 1.15's
+`accelerate launch --cpu --num_processes N` starts one process, not a group): each process rolls
+out full groups for its own slice of each step's prompts; gradients are averaged by data
+parallelism (accelerate wraps the policy in DDP; the replay forward goes through the wrapper with
+the unwrapped model's input embedding); metrics are averaged over processes, totals and
+throughputs (`SUMMED_METRICS`) summed, and `train/world_size` is logged. Only rank 0 evaluates and
+writes files; the others wait at a barrier. With token-mean aggregation the loss is a token mean
+per process, averaged over processes (not one global token mean): the usual DDP approximation.
 """
 
 from __future__ import annotations
