@@ -200,3 +200,21 @@ def test_non_finite_loss_or_gradient_skips_the_step_and_training_goes_on(monkeyp
     handle.remove()
     assert metrics["train/skipped_updates"] == 1.0 and metrics["train/optimizer_steps"] == 1.0
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_disable_dropout_zeroes_modules_and_config():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ngrpo.learner import disable_dropout
+
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, attention_dropout=0.3,
+    ))  # fmt: skip
+    model.model.extra = torch.nn.Dropout(0.5)
+    disable_dropout(model)
+    assert model.config.attention_dropout == 0.0
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    model.train()
+    ids = torch.randint(0, 32, (2, 6))
+    assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -49,7 +49,7 @@ import torch
 
 from ngrpo.config import TrainConfig, derived_values, save_config
 from ngrpo.errors import NgrpoError
-from ngrpo.learner import LearnerParams, update_policy
+from ngrpo.learner import LearnerParams, disable_dropout, update_policy
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
     policy = load_model(weights, accelerator.device, torch.float32)
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
+    disable_dropout(policy)  # the learner must see exactly what the rollout saw (replay)
     policy.train()
     vocab = policy.get_input_embeddings().weight.shape[0]
     cfg.exploration.validate(vocab_size=vocab)
