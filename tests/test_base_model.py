@@ -22,7 +22,7 @@ from ngrpo.tasks import generate
 
 TINY = BaseModelRecipe(
     hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
-    sft_steps=4, batch_size=4, warmup_steps=2, num_train_problems=50,
+    sft_steps=4, batch_size=4, warmup_steps=2, num_train_problems=50, eval_problems=4,
 )  # fmt: skip
 
 
@@ -43,7 +43,7 @@ def test_build_is_deterministic_for_a_seed(tmp_path):
     infos = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        infos.append(build_base_model(tmp_path / name, seed=5, recipe=TINY, eval_problems=4))
+        infos.append(build_base_model(tmp_path / name, seed=5, recipe=TINY))
     a = load_file(tmp_path / "a" / "model.safetensors")
     b = load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -48,6 +48,7 @@ class BaseModelRecipe:
     warmup_steps: int = 60
     weight_decay: float = 0.01
     num_train_problems: int = 20_000
+    eval_problems: int = 200  # per split, for the accuracy recorded in build_info.json
 
 
 def cache_root() -> Path:
@@ -240,9 +241,7 @@ def sample_accuracy(
     }
 
 
-def build_base_model(
-    out_dir: Path, seed: int, recipe: BaseModelRecipe, progress=None, eval_problems: int = 200
-) -> dict:
+def build_base_model(out_dir: Path, seed: int, recipe: BaseModelRecipe, progress=None) -> dict:
     """Tokenizer + warm-started model + measured accuracy, saved into `out_dir`."""
     from ngrpo.tasks import generate
     from ngrpo.tokenizer import build_tokenizer
@@ -257,7 +256,7 @@ def build_base_model(
         progress("measuring accuracy", 0, 2)
     accuracy = {}
     for i, split in enumerate(("arith-id", "arith-ood")):
-        problems = generate(split, num=eval_problems, seed=seed)
+        problems = generate(split, num=recipe.eval_problems, seed=seed)
         accuracy[split] = sample_accuracy(model, tokenizer, problems, seed=seed)
         if progress is not None:
             progress("measuring accuracy", i + 1, 2)
@@ -273,7 +272,7 @@ def build_base_model(
         "vocab_size": len(tokenizer),
         "sft_loss": losses,
         "accuracy_t1": accuracy,
-        "eval_problems": eval_problems,
+        "eval_problems": recipe.eval_problems,
         "build_seconds": round(time.time() - started, 1),
         "torch": torch.__version__,
     }

@@ -350,11 +350,12 @@ def render_report(results: dict) -> str:
     for c in results["comparisons"]:
         verdict = "within noise" if c["within_noise"] else ("better" if c["difference"] > 0
                                                               else "worse")  # fmt: skip
+        interval = f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]"
         if len(seeds) < 2:
-            verdict = "one seed: no interval, cannot tell from noise"
+            verdict, interval = "one seed: cannot tell from noise (use --seeds 3)", "–"
         lines.append(
             f"| {c['a']} − {c['b']} | {c['split']} | {100 * c['difference']:+.1f} | "
-            f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}] | {verdict} |"
+            f"{interval} | {verdict} |"
         )
     lines += [
         "",
@@ -374,6 +375,13 @@ def render_report(results: dict) -> str:
         *(f"![{name}]({path})" for name, path in results["plots"].items()),
         "",
         "## Semantic-consistency probe (base model)",
+        "",
+        "Every reasoning position's input is perturbed at a matched relative shift: `gaussian` "
+        "adds isotropic noise of norm s‖e(y)‖, `neighbor` moves e(y) towards its nearest "
+        "neighbour by the same distance. `n-grpo` is N-GRPO's own mixing (greedy anchor, "
+        "policy-weighted neighbour) at the probe's mix rate; its shift is measured, not set, and "
+        "feeding the argmax anchor at every position raises accuracy and lowers diversity. "
+        "Answer agreement: the share of samples whose answer equals the unperturbed run's.",
         "",
         "| perturbation | target shift | achieved shift | accuracy | answer agreement | "
         "distinct answers |",

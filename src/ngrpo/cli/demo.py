@@ -50,6 +50,8 @@ def handler(args: argparse.Namespace) -> int:
     for c in results["comparisons"]:
         if c["split"] == "arith-id":
             note = "within noise" if c["within_noise"] else "outside noise"
+            if c["seeds"] < 2:
+                note = "one seed: cannot tell from noise"
             console.print(
                 f"{c['a']} − {c['b']} (ID mean@n): {100 * c['difference']:+.1f} points ({note})"
             )
