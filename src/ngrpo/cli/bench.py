@@ -34,16 +34,10 @@ def register_rollout(benches) -> None:
             "--lookup-vocab x --lookup-dim table."
         ),
     )
-    parser.add_argument("--json", type=Path, help="write the result to this file")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model directory (default: base)")
+    _common_options(parser)
     parser.add_argument("--batch", type=int, default=64, help="sequences per rollout")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per sequence")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median)")
     parser.add_argument("--mix-rate", type=float, default=0.1, help="forced mixing rate")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
-    )
     parser.add_argument("--lookup-vocab", type=int, default=151_936, help="lookup table rows")
     parser.add_argument("--lookup-dim", type=int, default=1_536, help="lookup table columns")
     parser.set_defaults(func=run_rollout)
@@ -59,21 +53,44 @@ def register_learner(benches) -> None:
             "fraction mixed with nearest neighbours, as N-GRPO records them)."
         ),
     )
-    parser.add_argument("--json", type=Path, help="write the result to this file")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model directory (default: base)")
+    _common_options(parser)
     parser.add_argument("--batch", type=int, default=32, help="sequences per forward")
     parser.add_argument("--length", type=int, default=64, help="tokens per sequence")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median)")
     parser.add_argument("--k", type=int, default=3, help="candidates per soft input (2-3)")
     parser.add_argument("--mix-rate", type=float, default=0.1, help="fraction of mixed positions")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
-    )
     parser.set_defaults(func=run_learner)
 
 
 BENCHMARKS = {"rollout": register_rollout, "learner": register_learner}
+
+
+def _common_options(parser) -> None:
+    """Options every benchmark takes."""
+    parser.add_argument("--json", type=Path, help="write the result to this file")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model directory (default: base)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
+
+
+def _set_threads(threads: int | None) -> None:
+    from ngrpo.errors import NgrpoError
+
+    if threads is None:
+        return
+    if threads < 1:
+        raise NgrpoError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _write_json(path: Path | None, report: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _prompts(tokenizer, batch: int) -> list[list[int]]:
@@ -98,12 +115,7 @@ def run_rollout(args: argparse.Namespace) -> int:
     for name in ("batch", "new_tokens", "repeats", "lookup_vocab", "lookup_dim"):
         if getattr(args, name) < 1:
             raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise NgrpoError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     console = Console(stderr=True)
     with console.status("loading model") as status:
         model, tokenizer = load_model_and_tokenizer(args.model, device=args.device)
@@ -133,9 +145,7 @@ def run_rollout(args: argparse.Namespace) -> int:
     table.add_row("lookup cached µs/token", f"{lookup['cached_us_per_token']:.2f}")
     table.add_row("lookup brute force µs/token", f"{lookup['bruteforce_us_per_token']:,.1f}")
     Console().print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    _write_json(args.json, report)
     return 0
 
 
@@ -154,12 +164,7 @@ def run_learner(args: argparse.Namespace) -> int:
         raise NgrpoError(f"--length must be >= 2, got {args.length}")
     if not 0.0 <= args.mix_rate <= 1.0:
         raise NgrpoError(f"--mix-rate must be in [0, 1], got {args.mix_rate}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise NgrpoError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     console = Console(stderr=True)
     with console.status("loading model") as status:
         model = load_model(args.model, device=args.device)
@@ -182,7 +187,5 @@ def run_learner(args: argparse.Namespace) -> int:
         table.add_row(f"tokens/s {name}", f"{value:,.0f}")
     table.add_row("soft / token ids", f"{report['soft_over_token_ids']:.2f}")
     Console().print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    _write_json(args.json, report)
     return 0
