@@ -6,6 +6,7 @@ import argparse
 import json
 
 import pytest
+from conftest import tiny_qwen2
 
 from ngrpo.cli import eval as eval_cli
 from ngrpo.cli import grade as grade_cli
@@ -63,20 +64,11 @@ def test_grade_usage_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from ngrpo.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
     path = tmp_path_factory.mktemp("tiny")
-    Qwen2ForCausalLM(config).save_pretrained(path)
+    tiny_qwen2(tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

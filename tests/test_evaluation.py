@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
+from conftest import tiny_qwen2
 
 import ngrpo.rollout
 from ngrpo.data import Example, load_benchmark
@@ -21,15 +21,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny_model(tokenizer):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    return Qwen2ForCausalLM(config).eval()
+    return tiny_qwen2(tokenizer)
 
 
 @pytest.fixture(scope="module")
