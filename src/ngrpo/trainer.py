@@ -161,10 +161,15 @@ def _recover_interrupted_writes(run_dir: Path) -> None:
             shutil.rmtree(tmp)
 
 
+def _save_model(directory: Path, model, tokenizer) -> None:
+    """A Hugging Face model directory (safetensors) that transformers and vLLM can load."""
+    model.save_pretrained(str(directory), safe_serialization=True)
+    tokenizer.save_pretrained(str(directory))
+
+
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep: int):
     def write(tmp: Path) -> None:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
+        _save_model(tmp, model, tokenizer)
         torch.save(trainer_state, tmp / STATE_FILE)  # written last: marks completeness
 
     target = run_dir / CHECKPOINTS / f"step-{step:06d}"
@@ -495,8 +500,7 @@ def _maybe_eval(run: Run, writer, progress: Progress | None) -> None:
             run.best = value
 
             def write(tmp: Path) -> None:
-                run.policy.save_pretrained(str(tmp), safe_serialization=True)
-                run.tokenizer.save_pretrained(str(tmp))
+                _save_model(tmp, run.policy, run.tokenizer)
                 (tmp / "best.json").write_text(json.dumps({"step": run.step, "value": value}))
 
             _write_atomically(run.run_dir / "best", write)
