@@ -170,3 +170,22 @@ def test_shape_errors_and_split_groups():
     assert split_groups(list(range(6)), 3) == [[0, 1, 2], [3, 4, 5]]
     with pytest.raises(ValueError, match="do not split"):
         split_groups(list(range(5)), 2)
+
+
+def test_neighbor_synonym_frac_on_a_hand_example(embedded_tokenizer):
+    import torch
+
+    from ngrpo.diagnostics import neighbor_synonym_frac
+    from ngrpo.tasks.arith import variant_classes
+
+    vocab = embedded_tokenizer.get_vocab()
+    classes = torch.tensor(variant_classes(vocab, len(embedded_tokenizer)))
+    pairs = [("7", "seven"), ("gets", "wins"), ("so", "then"), ("7", "5"), ("apples", "pens"),
+             ("twelve", "12"), ("3", "3")]  # fmt: skip
+    ids = torch.tensor([[[vocab[a], vocab[b]] for a, b in pairs]])  # (1, 7, 2)
+    mixed = torch.tensor([[True, True, True, True, True, False, True]])  # (1, 7)
+    # mixed: 3 synonym pairs of 6; ("twelve", "12") is not mixed; ("3", "3") is the same token
+    assert neighbor_synonym_frac(ids, mixed, classes) == 3 / 6
+    assert neighbor_synonym_frac(ids, torch.zeros_like(mixed), classes) == 0.0
+    assert neighbor_synonym_frac(ids[..., :1], mixed, classes) == 0.0
+    assert variant_classes({"7": 3, "seven": 1, "x": 0}, 4) == [0, 1, 2, 1]

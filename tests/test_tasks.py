@@ -1,4 +1,5 @@
-"""The embedded arithmetic task: determinism, independently recomputed answers, disjoint splits."""
+"""The embedded arithmetic task: determinism, independently recomputed answers, disjoint splits,
+surface forms and the imperfect teacher."""
 
 from __future__ import annotations
 
@@ -8,20 +9,34 @@ import pytest
 
 from ngrpo.errors import NgrpoError
 from ngrpo.tasks import generate
-from ngrpo.tasks.arith import MAX_VALUE, SPLITS
+from ngrpo.tasks.arith import MAX_VALUE, SPLITS, sloppy_solution, surface_variants
+
+# Written out by hand, not imported: the test's own reading of the number words.
+WORDS = {
+    w: i for i, w in enumerate([
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+        "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+        "nineteen", "twenty",
+    ])
+}  # fmt: skip
+NUM = r"(\d+|[a-z]+)"
+
+
+def number(text: str) -> int:
+    return int(text) if text.isdigit() else WORDS[text]
 
 
 def solve_from_text(problem: str) -> int:
     """An interpreter written from the problem text alone (not from the generator's code)."""
     sentences = [s.strip() for s in problem.split(" . ")]
-    value = int(re.fullmatch(r"\w+ has (\d+) \w+", sentences[0]).group(1))
+    value = number(re.fullmatch(rf"\w+ has {NUM} \w+", sentences[0]).group(1))
     for sentence in sentences[1:-1]:
-        if m := re.fullmatch(r"\w+ [a-z]+ (\d+) more", sentence):
-            value += int(m.group(1))
+        if m := re.fullmatch(rf"\w+ (finds|gets|receives|wins|buys) {NUM} more", sentence):
+            value += number(m.group(2))
         elif re.fullmatch(r"\w+ doubles the \w+", sentence):
             value *= 2
-        elif m := re.fullmatch(r"\w+ [a-z ]+ (\d+)", sentence):
-            value -= int(m.group(1))
+        elif m := re.fullmatch(rf"\w+ (loses|drops|uses|sells|spends) {NUM}", sentence):
+            value -= number(m.group(2))
         else:
             raise AssertionError(f"unparsed sentence {sentence!r}")
     assert re.fullmatch(r"How many \w+ does \w+ have now \?", sentences[-1])
@@ -45,13 +60,13 @@ def test_worked_solutions_are_correct_arithmetic(split):
     for problem in generate(split, 200, seed=2):
         think, after = problem.solution.split(" </think> ")
         assert think.startswith("<think> ")
-        steps = re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", think)
+        steps = re.findall(rf"{NUM} ([-+*]) {NUM} = {NUM} \.", think)
         assert steps, problem.solution
         for a, op, b, result in steps:
-            a, b, result = int(a), int(b), int(result)
+            a, b, result = number(a), number(b), number(result)
             assert result == {"+": a + b, "-": a - b, "*": a * b}[op]
             assert 0 <= result <= MAX_VALUE
-        assert int(steps[-1][3]) == int(problem.answer)
+        assert number(steps[-1][3]) == int(problem.answer)
         assert after == f"The answer is \\boxed{{ {problem.answer} }} ."
 
 
@@ -64,12 +79,59 @@ def test_splits_are_disjoint_and_train_excludes_evaluation_problems():
     assert not train_set & (id_set | ood_set)
 
 
-def test_ood_is_composed_differently():
-    def start(p):
-        return int(re.search(r"has (\d+)", p.problem).group(1))
+def test_train_excludes_paraphrases_of_evaluation_problems():
+    keys = {p.key for p in generate("arith-id")}
+    assert not keys & {p.key for p in generate("arith-train", 5000)}
+    assert len({p.key for p in generate("arith-id")}) == SPLITS["arith-id"].size
 
-    assert max(start(p) for p in generate("arith-id")) <= 20
-    assert min(start(p) for p in generate("arith-ood")) >= 21
+
+def test_ood_is_composed_differently():
+    def events(p):
+        return len(p.problem.split(" . ")) - 2
+
+    assert max(events(p) for p in generate("arith-id")) <= 4
+    assert min(events(p) for p in generate("arith-ood")) >= 5
+
+
+def test_surface_forms_vary_in_problems_and_solutions():
+    problems = generate("arith-train", 400, seed=0)
+    text = " ".join(p.problem + " " + p.solution for p in problems).split()
+    for group in (("7", "seven"), ("20", "twenty"), ("finds", "gets", "receives", "wins", "buys"),
+                  ("loses", "drops", "uses", "sells", "spends"), ("so", "thus", "then")):
+        counts = [text.count(word) for word in group]
+        assert min(counts) > 0.4 * max(counts), (group, counts)  # all forms, roughly evenly
+    boxed = [p.solution.split("\\boxed{ ")[1].split(" }")[0] for p in problems]
+    assert all(b.isdigit() for b in boxed)  # the answer is always in digits
+
+
+def test_surface_variants_table():
+    assert surface_variants("7") == {"7", "seven"} == surface_variants("seven")
+    assert surface_variants("20") == {"20", "twenty"}
+    assert surface_variants("21") == {"21"}  # no word form above twenty
+    assert surface_variants("gets") == {"finds", "gets", "receives", "wins", "buys"}
+    assert surface_variants("then") == {"so", "thus", "then"}
+    assert surface_variants("apples") == {"apples"}
+    # an equivalence relation: every member of a class has that same class
+    for word in ["0", "zero", "13", "loses", "so", "buys"]:
+        assert all(surface_variants(v) == surface_variants(word) for v in surface_variants(word))
+
+
+def test_sloppy_teacher_skips_events():
+    import random
+
+    problems = generate("arith-train", 300, seed=0)
+    rng = random.Random(0)
+    assert all(sloppy_solution(p, rng, 0.0).split()[-3] == p.answer for p in problems)
+    wrong = sum(sloppy_solution(p, rng, 0.3).split()[-3] != p.answer for p in problems)
+    # P(no event skipped) = 0.7^events with 2-4 events: roughly half the answers are wrong
+    assert 0.35 < wrong / len(problems) < 0.75
+    for p in problems[:50]:  # the skipped chain is still correct arithmetic, in fewer steps
+        sloppy = sloppy_solution(p, rng, 0.5)
+        steps = re.findall(rf"{NUM} ([-+*]) {NUM} = {NUM} \.", sloppy)
+        assert 1 <= len(steps) <= len(p.events)
+        for a, op, b, result in steps:
+            assert number(result) == {"+": number(a) + number(b), "-": number(a) - number(b),
+                                      "*": number(a) * number(b)}[op]  # fmt: skip
 
 
 def test_bad_split_and_seed_are_clear_errors():

@@ -2,9 +2,14 @@
 
 DeepSeek-R1-Distill-Qwen is a Qwen2 model; this is the same architecture (RMSNorm, SwiGLU, GQA,
 rotary positions, untied input / output embeddings) at toy size, so everything that runs on it runs
-unchanged on the real checkpoints. Supervised warm-up on worked solutions is stopped early on
-purpose: the base policy must be right sometimes, not always, so that GRPO groups have reward
-variance. The build is deterministic for a seed (same machine and torch build), written to a
+unchanged on the real checkpoints. The base policy must be right sometimes, not always, so that
+GRPO groups have reward variance, and its mistakes must be of a kind RL can fix across problems.
+So the warm-up data come from an imperfect teacher (`ngrpo.tasks.arith.sloppy_solution`): its
+arithmetic is always right, but it skips each event of the story with probability `skip_rate`.
+The model learns the arithmetic facts of the small task well and copies the teacher's habit of
+skipping steps, a behaviour shared by all problems that a reward for the right answer removes
+quickly (the issue-10 redesign; before it, errors were unlearnt facts and GRPO moved accuracy by
+a few points). The build is deterministic for a seed (same machine and torch build), written to a
 temporary directory and renamed into place, and re-used when it exists.
 """
 
@@ -28,7 +33,7 @@ from ngrpo.errors import NgrpoError
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = 1  # bump when the recipe changes: old cached builds are then ignored
+BUILD_VERSION = 2  # bump when the recipe changes: old cached builds are then ignored
 BUILD_INFO = "build_info.json"
 
 
@@ -48,6 +53,7 @@ class BaseModelRecipe:
     warmup_steps: int = 60
     weight_decay: float = 0.01
     num_train_problems: int = 20_000
+    skip_rate: float = 0.3  # the teacher skips each event with this probability
     eval_problems: int = 200  # per split, for the accuracy recorded in build_info.json
 
 
@@ -142,14 +148,19 @@ def make_model(vocab_size: int, tokenizer, recipe: BaseModelRecipe):
     return Qwen2ForCausalLM(config)
 
 
-def _sft_examples(tokenizer, problems) -> list[tuple[list[int], int]]:
-    """(full token ids, number of prompt tokens) for each worked solution."""
+def _sft_examples(tokenizer, problems, skip_rate: float, seed: int) -> list[tuple[list[int], int]]:
+    """(full token ids, number of prompt tokens) per teacher solution (see module docstring)."""
+    import random
+
+    from ngrpo.tasks.arith import sloppy_solution
     from ngrpo.tokenizer import encode_prompt
 
+    rng = random.Random(seed)
     examples = []
     for p in problems:
         prompt = encode_prompt(tokenizer, p.problem)
-        response = tokenizer(p.solution, add_special_tokens=False)["input_ids"]
+        solution = sloppy_solution(p, rng, skip_rate)
+        response = tokenizer(solution, add_special_tokens=False)["input_ids"]
         examples.append((prompt + response + [tokenizer.eos_token_id], len(prompt)))
     return examples
 
@@ -251,7 +262,8 @@ def build_base_model(out_dir: Path, seed: int, recipe: BaseModelRecipe, progress
     tokenizer = build_tokenizer()
     model = make_model(len(tokenizer), tokenizer, recipe)
     train = generate("arith-train", num=recipe.num_train_problems, seed=seed)
-    losses = supervised_warmup(model, _sft_examples(tokenizer, train), recipe, seed, progress)
+    examples = _sft_examples(tokenizer, train, recipe.skip_rate, seed)
+    losses = supervised_warmup(model, examples, recipe, seed, progress)
     if progress is not None:
         progress("measuring accuracy", 0, 2)
     accuracy = {}

@@ -21,6 +21,12 @@ namespaced scalars for `metrics.jsonl`:
   when given (the fraction of eligible positions that were mixed, and the mean relative shift
   ‖ẽ − e(y)‖ / ‖e(y)‖ over mixed positions).
 
+`neighbor_synonym_frac` (logged as `rollout/neighbor_synonym_frac` when training on the embedded
+task) reads the rollout's soft-input records instead of texts: the fraction of mixed positions whose
+second candidate (N-GRPO: the nearest neighbour; top-k strategies: the runner-up token) is a
+different token of the same surface-variant class as the first (the anchor), e.g. `seven` mixed
+into `7` (`ngrpo.tasks.arith.surface_variants`).
+
 "Tokens" are whitespace-separated words by default (`str.split`). The embedded tokenizer is
 word-level, so on the embedded task these are exactly its tokens; pass `tokenize=` (e.g. a
 tokenizer's `tokenize`) to measure sub-word tokens of a real model. Distinct-n and edit distance
@@ -33,9 +39,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from itertools import combinations
+from typing import TYPE_CHECKING
 
 from ngrpo.rewards.equivalence import normalize_text
 from ngrpo.rewards.extract import extract_answer
+
+if TYPE_CHECKING:
+    import torch
 
 THINK_START, THINK_END = "<think>", "</think>"
 PASS_THROUGH = ("rollout/mixed_frac", "rollout/embed_shift")
@@ -172,3 +182,19 @@ def split_groups(items: Sequence, group_size: int) -> list[list]:
     if group_size < 1 or len(items) % group_size:
         raise ValueError(f"{len(items)} rows do not split into groups of {group_size}")
     return [list(items[i : i + group_size]) for i in range(0, len(items), group_size)]
+
+
+def neighbor_synonym_frac(
+    ids: torch.Tensor, mixed: torch.Tensor, classes: torch.Tensor
+) -> float:
+    """Fraction of mixed positions whose candidate 1 is a surface variant of candidate 0.
+
+    ids (N, T, K) candidate ids of the recorded inputs, mixed (N, T) bool, classes (V,) a class id
+    per token (`ngrpo.tasks.arith.variant_classes`). 0.0 when nothing was mixed or K = 1.
+    """
+    if ids.shape[-1] < 2 or not bool(mixed.any()):
+        return 0.0
+    anchor, neighbour = ids[..., 0][mixed], ids[..., 1][mixed]  # (M,), (M,)
+    classes = classes.to(ids.device)
+    same = (classes[anchor] == classes[neighbour]) & (anchor != neighbour)  # (M,)
+    return float(same.float().mean())

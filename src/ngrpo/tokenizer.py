@@ -1,9 +1,10 @@
 """The embedded word-level tokenizer, built locally with the `tokenizers` library.
 
-One token per word and one per number 0-99, so the vocabulary stays at a couple of hundred tokens
-and an embedding's nearest neighbours are other words or numbers, not byte fragments. Saved as a
-Hugging Face tokenizer directory (loads with `AutoTokenizer.from_pretrained`) with bos / eos / pad /
-unk, `<think>` / `</think>` and a chat template.
+One token per word, one per number 0-50 and one per number word (`zero` .. `twenty`), so the
+vocabulary stays at about 140 tokens and an embedding's nearest neighbours are other words or
+numbers, not byte fragments (after warm-up, mostly the task's surface variants: `7` / `seven`).
+Saved as a Hugging Face tokenizer directory (loads with `AutoTokenizer.from_pretrained`) with
+bos / eos / pad / unk, `<think>` / `</think>` and a chat template.
 """
 
 from __future__ import annotations

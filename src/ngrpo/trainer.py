@@ -217,6 +217,7 @@ class Run:
     neighbor_index: object | None
     params: LearnerParams
     pool: object
+    variant_classes: torch.Tensor | None = None  # (V,) embedded task: surface-variant class ids
     step: int = 0
     best: float | None = None
     skipped_total: int = 0
@@ -225,6 +226,17 @@ class Run:
 
 def _lr_lambda(warmup_steps: int):
     return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def _variant_classes(cfg: TrainConfig, tokenizer) -> torch.Tensor | None:
+    """Surface-variant classes of the vocabulary when training on the embedded task with mixing
+    (for `rollout/neighbor_synonym_frac`); None otherwise (the table means nothing elsewhere)."""
+    from ngrpo.tasks import SPLITS
+    from ngrpo.tasks.arith import variant_classes
+
+    if str(cfg.data.train) not in SPLITS or not cfg.exploration.enabled:
+        return None
+    return torch.tensor(variant_classes(tokenizer.get_vocab(), len(tokenizer)))
 
 
 def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
@@ -315,6 +327,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
         prompts=prompts, eval_sets=eval_sets,
         answer_start_ids=answer_start_ids(tokenizer, cfg.exploration.answer_start),
         neighbor_index=index, params=params, pool=GradingPool(), dropped_prompts=dropped,
+        variant_classes=_variant_classes(cfg, tokenizer),
     )  # fmt: skip
     if latest is not None:
         state = torch.load(latest / STATE_FILE, weights_only=False)
@@ -371,7 +384,7 @@ def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _train_step(run: Run) -> dict[str, float]:
-    from ngrpo.diagnostics import rollout_diagnostics, split_groups
+    from ngrpo.diagnostics import neighbor_synonym_frac, rollout_diagnostics, split_groups
     from ngrpo.losses import group_advantages
     from ngrpo.rewards import batch_rewards
     from ngrpo.rollout import SamplingParams, generate
@@ -427,6 +440,11 @@ def _train_step(run: Run) -> dict[str, float]:
         "learner/tokens_per_s": trained_tokens / max(learner_s, 1e-9),
         "train/lr": run.scheduler.get_last_lr()[0],
     }
+    if run.variant_classes is not None:
+        response_ids = batch.soft_inputs.ids[:, batch.prompt_ids.shape[1] :]  # (N, T, K)
+        metrics["rollout/neighbor_synonym_frac"] = neighbor_synonym_frac(
+            response_ids, batch.mixed, run.variant_classes
+        )
     return {**_reduce(run, metrics), "train/world_size": float(world)}
 
 

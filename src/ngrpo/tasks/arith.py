@@ -2,53 +2,84 @@
 
 A problem tells a short story about one person and one kind of item, then asks for the final count:
 
-    Mia has 7 shells . Mia finds 5 more . Mia gives away 3 . Mia doubles the shells .
+    Mia has seven shells . Mia gets 5 more . Mia drops three . Mia doubles the shells .
     How many shells does Mia have now ?
 
 and its worked solution shows one line of arithmetic per event before the boxed answer:
 
-    <think> 7 + 5 = 12 . 12 - 3 = 9 . 9 * 2 = 18 . </think> The answer is \\boxed{ 18 } .
+    <think> 7 + five = 12 . so 12 - 3 = nine . then 9 * 2 = 18 . </think>
+    The answer is \\boxed{ 18 } .
+
+**Surface forms.** Equivalent words are interchangeable and drawn at random, independently at every
+place, in problems and in worked solutions alike: numbers 0-20 as digits or as words (`7` /
+`seven`), the verbs of one kind of event (`finds` / `gets` / `receives` / `wins` / `buys`, and
+`loses` / `drops` / `uses` / `sells` / `spends`), the connective that opens each step after the
+first (`so` / `thus` / `then`). A model trained on these texts spreads its probability over the
+forms and learns near-identical embeddings for them, so that an embedding's nearest neighbours are
+its synonyms, as in a real LLM vocabulary (` seven`, `seven`, `7`). `surface_variants` is the table.
+The boxed answer is always written in digits (the graders compare numbers; a word inside
+`\\boxed{}` would be graded wrong), so only the reasoning varies in form.
 
 Words and numbers are separated by single spaces so that the word-level tokenizer (one token per
-word, one token per number 0-99) round-trips the text exactly.
+word, one token per number 0-50 and per number word) round-trips the text exactly.
 
 Splits (all deterministic from a seed):
-- `arith-id`: 2 to 4 events after the start, start value 2-20, amounts 1-12.
-- `arith-ood`: 2 or 3 events starting from a larger value (21-45): the same kinds of events, but
-  the arithmetic happens where training data is thin, so the base model is much weaker there;
-  disjoint from `arith-id` by construction (start value).
+- `arith-id`: 2 to 4 events after the start, start value 2-20, amounts 1-10.
+- `arith-ood`: 5 or 6 events, otherwise the same: longer chains than any the base model was trained
+  on (its warm-up data stops at 4), so every skipped or miscounted event costs more; disjoint from
+  `arith-id` by construction (event count).
 - `arith-train`: the in-distribution generator with a different seed stream, minus any problem that
-  also appears in the evaluation splits; used for supervised warm-up and RL prompts.
+  is a paraphrase of one in the evaluation splits (same story up to surface forms); used for
+  supervised warm-up and RL prompts.
+
+`sloppy_solution` writes the imperfect teacher's solutions the base model is warmed up on (each
+event skipped with some probability): see `ngrpo.base_model`.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-MAX_VALUE = 99  # every intermediate value stays within 0..MAX_VALUE (one token per number)
+MAX_VALUE = 50  # every intermediate value stays within 0..MAX_VALUE (one token per number)
+WORD_MAX = 20  # numbers 0..WORD_MAX also have a word form
+NUMBER_WORDS = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "nineteen", "twenty",
+)  # fmt: skip
+WORD_PROB = 0.5  # probability that a number 0..WORD_MAX is written as a word
 
 NAMES = ("Tom", "Ann", "Sam", "Mia", "Ben", "Lily", "Max", "Zoe", "Leo", "Ivy", "Noah", "Emma")
 ITEMS = (
     "apples", "pens", "coins", "books", "cards", "stones",
     "shells", "stickers", "marbles", "cookies", "flowers", "shirts",
 )
-ADD_VERBS = ("buys", "finds", "gets", "wins", "receives")
-SUB_VERBS = ("gives away", "loses", "sells", "drops", "uses")
-# Vocabulary of the fixed words in templates (besides names, items and verbs).
+ADD_VERBS = ("finds", "gets", "receives", "wins", "buys")
+SUB_VERBS = ("loses", "drops", "uses", "sells", "spends")
+CONNECTIVES = ("so", "thus", "then")
+# Vocabulary of the fixed words in templates (besides names, items, verbs and connectives).
 TEMPLATE_WORDS = (
     "has", "more", "doubles", "the", "How", "many", "does", "have", "now", "?", ".",
     "The", "answer", "is", "\\boxed{", "}", "+", "-", "*", "=",
 )
 
+Event = tuple[str, int]  # ("add", amount) | ("sub", amount) | ("double", 2)
+
 
 @dataclass(frozen=True)
 class Problem:
-    """One task item, in the shape of the shipped benchmark files (plus a worked solution)."""
+    """One task item, in the shape of the shipped benchmark files (plus a worked solution).
+
+    `start` and `events` are the story behind the text (for `sloppy_solution` and paraphrase
+    checks); they are not exported."""
 
     problem: str
     answer: str
     solution: str
+    start: int = field(default=0, repr=False)
+    events: tuple[Event, ...] = field(default=(), repr=False)
+    key: tuple = field(default=(), repr=False, compare=False)  # the story up to surface forms
 
     def to_json(self) -> dict[str, str]:
         return {"problem": self.problem, "answer": self.answer, "solution": self.solution}
@@ -65,49 +96,126 @@ class SplitSpec:
 
 
 SPLITS: dict[str, SplitSpec] = {
-    "arith-id": SplitSpec(2, 4, (2, 20), (1, 12), seed_offset=1_000, size=500),
-    "arith-ood": SplitSpec(2, 3, (21, 45), (1, 12), seed_offset=2_000, size=500),
-    "arith-train": SplitSpec(2, 4, (2, 20), (1, 12), seed_offset=3_000, size=20_000),
+    "arith-id": SplitSpec(2, 4, (2, 20), (1, 10), seed_offset=1_000, size=500),
+    "arith-ood": SplitSpec(5, 6, (2, 20), (1, 10), seed_offset=2_000, size=500),
+    "arith-train": SplitSpec(2, 4, (2, 20), (1, 10), seed_offset=3_000, size=20_000),
 }
 EVAL_SPLITS = ("arith-id", "arith-ood")
 
+_VARIANT_GROUPS: tuple[tuple[str, ...], ...] = (
+    *((str(n), word) for n, word in enumerate(NUMBER_WORDS)), ADD_VERBS, SUB_VERBS, CONNECTIVES,
+)  # fmt: skip
+_VARIANTS: dict[str, frozenset[str]] = {
+    word: frozenset(group) for group in _VARIANT_GROUPS for word in group
+}
+
+
+def surface_variants(token: str) -> frozenset[str]:
+    """The words interchangeable with `token` in this task, `token` itself included (`"7"` ->
+    `{"7", "seven"}`, `"gets"` -> the five add verbs); `{token}` for a word without variants."""
+    return _VARIANTS.get(token, frozenset((token,)))
+
+
+def variant_classes(vocab: dict[str, int], size: int) -> list[int]:
+    """A class id per token id (0..size-1): the tokens of one `surface_variants` class share an id;
+    every other token has its own (its token id). `vocab` maps words to ids, as a tokenizer's."""
+    classes = list(range(size))
+    for group in _VARIANT_GROUPS:
+        ids = [vocab[w] for w in group if w in vocab and vocab[w] < size]
+        for token_id in ids:
+            classes[token_id] = min(ids)
+    return classes
+
+
+def number_text(value: int, rng: random.Random) -> str:
+    """`value` as digits, or (0..WORD_MAX, with probability WORD_PROB) as a word."""
+    if value <= WORD_MAX and rng.random() < WORD_PROB:
+        return NUMBER_WORDS[value]
+    return str(value)
+
+
+def apply_event(value: int, event: Event) -> int | None:
+    """The count after `event`, or None when it would leave 0..MAX_VALUE (or double nothing)."""
+    kind, amount = event
+    if kind == "add":
+        result = value + amount
+    elif kind == "sub":
+        result = value - amount
+    else:
+        result = 2 * value if value > 0 else -1
+    return result if 0 <= result <= MAX_VALUE else None
+
+
+def _draw_story(rng: random.Random, spec: SplitSpec) -> tuple[str, str, int, tuple[Event, ...]]:
+    """Name, item, start value and events; events are re-drawn until every value is in range."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    value = start = rng.randint(*spec.start_range)
+    events: list[Event] = []
+    num_events = rng.randint(spec.min_events, spec.max_events)
+    while len(events) < num_events:
+        kind = rng.choice(("add", "add", "sub", "sub", "double"))
+        event = (kind, 2 if kind == "double" else rng.randint(*spec.amount_range))
+        after = apply_event(value, event)
+        if after is not None:
+            events.append(event)
+            value = after
+    return name, item, start, tuple(events)
+
+
+def _problem_text(rng: random.Random, name: str, item: str, start: int, events) -> str:
+    sentences = [f"{name} has {number_text(start, rng)} {item} ."]
+    for kind, amount in events:
+        if kind == "double":
+            sentences.append(f"{name} doubles the {item} .")
+        elif kind == "add":
+            sentences.append(f"{name} {rng.choice(ADD_VERBS)} {number_text(amount, rng)} more .")
+        else:
+            sentences.append(f"{name} {rng.choice(SUB_VERBS)} {number_text(amount, rng)} .")
+    sentences.append(f"How many {item} does {name} have now ?")
+    return " ".join(sentences)
+
+
+_OPS = {"add": "+", "sub": "-", "double": "*"}
+
+
+def solution_text(rng: random.Random, start: int, events) -> tuple[str, int]:
+    """The worked solution of the chain `events` from `start` (random surface forms) and its result.
+
+    Every event must keep the value within 0..MAX_VALUE."""
+    value, steps = start, []
+    for i, event in enumerate(events):
+        after = apply_event(value, event)
+        assert after is not None, (value, event)
+        opener = "" if i == 0 else f"{rng.choice(CONNECTIVES)} "
+        a, b, c = (number_text(x, rng) for x in (value, event[1], after))
+        steps.append(f"{opener}{a} {_OPS[event[0]]} {b} = {c} .")
+        value = after
+    text = f"<think> {' '.join(steps)} </think> The answer is \\boxed{{ {value} }} ."
+    return text, value
+
 
 def _one_problem(rng: random.Random, spec: SplitSpec) -> Problem:
-    """Draw one problem; events are re-drawn until every intermediate value is in range."""
-    name = rng.choice(NAMES)
-    item = rng.choice(ITEMS)
-    value = rng.randint(*spec.start_range)
-    sentences = [f"{name} has {value} {item} ."]
-    steps: list[str] = []
-    num_events = rng.randint(spec.min_events, spec.max_events)
-    while len(steps) < num_events:
-        kind = rng.choice(("add", "add", "sub", "sub", "double"))
-        if kind == "double":
-            if 2 * value > MAX_VALUE or value == 0:
-                continue
-            sentences.append(f"{name} doubles the {item} .")
-            steps.append(f"{value} * 2 = {2 * value} .")
-            value *= 2
+    name, item, start, events = _draw_story(rng, spec)
+    problem = _problem_text(rng, name, item, start, events)
+    solution, value = solution_text(rng, start, events)
+    return Problem(problem, str(value), solution, start, events, (name, item, start, events))
+
+
+def sloppy_solution(problem: Problem, rng: random.Random, skip_rate: float) -> str:
+    """A worked solution by an imperfect teacher: each event is skipped with probability
+    `skip_rate` (the chain goes on from the previous value, so the boxed answer is wrong); an
+    event that the skips made impossible (a value out of range) is skipped too; at least one step
+    stays."""
+    value, kept = problem.start, []
+    for event in problem.events:
+        after = apply_event(value, event)
+        if after is None or rng.random() < skip_rate:
             continue
-        amount = rng.randint(*spec.amount_range)
-        if kind == "add":
-            if value + amount > MAX_VALUE:
-                continue
-            verb = rng.choice(ADD_VERBS)
-            sentences.append(f"{name} {verb} {amount} more .")
-            steps.append(f"{value} + {amount} = {value + amount} .")
-            value += amount
-        else:
-            if amount > value:
-                continue
-            verb = rng.choice(SUB_VERBS)
-            sentences.append(f"{name} {verb} {amount} .")
-            steps.append(f"{value} - {amount} = {value - amount} .")
-            value -= amount
-    sentences.append(f"How many {item} does {name} have now ?")
-    answer = str(value)
-    solution = f"<think> {' '.join(steps)} </think> The answer is \\boxed{{ {answer} }} ."
-    return Problem(problem=" ".join(sentences), answer=answer, solution=solution)
+        kept.append(event)
+        value = after
+    if not kept:
+        kept = [problem.events[0]]
+    return solution_text(rng, problem.start, kept)[0]
 
 
 def split_names() -> tuple[str, ...]:
@@ -117,7 +225,8 @@ def split_names() -> tuple[str, ...]:
 def generate(split: str, num: int | None = None, seed: int = 0) -> list[Problem]:
     """The first `num` distinct problems of `split` for `seed` (deterministic).
 
-    `arith-train` never contains a problem of the evaluation splits for the same seed.
+    Distinct means distinct stories (name, item, start, events), whatever the surface forms;
+    `arith-train` never contains a paraphrase of a problem of the evaluation splits for `seed`.
     """
     from ngrpo.errors import NgrpoError
 
@@ -129,27 +238,25 @@ def generate(split: str, num: int | None = None, seed: int = 0) -> list[Problem]
     num = spec.size if num is None else num
     if num < 0:
         raise NgrpoError(f"number of problems must be >= 0, got {num}")
-    excluded: set[str] = set()
+    excluded: set[tuple] = set()
     if split == "arith-train":
         for name in EVAL_SPLITS:
-            excluded.update(p.problem for p in generate(name, seed=seed))
+            excluded.update(p.key for p in generate(name, seed=seed))
     rng = random.Random(seed * 1_000_003 + spec.seed_offset)
-    seen: set[str] = set()
+    seen: set[tuple] = set()
     problems: list[Problem] = []
     while len(problems) < num:
         problem = _one_problem(rng, spec)
-        if problem.problem in seen or problem.problem in excluded:
+        if problem.key in seen or problem.key in excluded:
             continue
-        seen.add(problem.problem)
+        seen.add(problem.key)
         problems.append(problem)
     return problems
 
 
 def vocabulary_words() -> list[str]:
     """Every word the generator can write, numbers included (for building the tokenizer)."""
-    words: list[str] = [str(n) for n in range(MAX_VALUE + 1)]
-    words += list(NAMES) + list(ITEMS)
-    for verb in ADD_VERBS + SUB_VERBS:
-        words += verb.split()
+    words: list[str] = [str(n) for n in range(MAX_VALUE + 1)] + list(NUMBER_WORDS)
+    words += list(NAMES) + list(ITEMS) + list(ADD_VERBS) + list(SUB_VERBS) + list(CONNECTIVES)
     words += list(TEMPLATE_WORDS)
     return list(dict.fromkeys(words))
