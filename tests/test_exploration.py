@@ -124,8 +124,12 @@ def test_mixing_gate():
     assert abs(frac - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 500)
     peaked = torch.tensor([[1.0, 0, 0, 0]]).expand(1000, 4)
     both = torch.cat([probs[:500], peaked[:500]])
-    gate = mixing_gate(torch.ones(1000, dtype=torch.bool), both, gen, 0.0, entropy_threshold=1.0)
-    assert gate[:500].all() and not gate[500:].any()
+    gate = mixing_gate(torch.ones(1000, dtype=torch.bool), both, gen, 1.0, entropy_threshold=1.0)
+    assert gate[:500].all() and not gate[500:].any()  # entropy ln 4 >= 1 > 0
+    # with a rate: about that share of the uncertain positions, none of the certain ones
+    gate = mixing_gate(torch.ones(1000, dtype=torch.bool), both, gen, 0.3, entropy_threshold=1.0)
+    assert abs(gate[:500].float().mean() - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 500)
+    assert not gate[500:].any()
 
 
 def test_entropy_matches_naive():

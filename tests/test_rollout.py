@@ -286,11 +286,13 @@ def test_observed_mixed_fraction_matches_mix_rate(model):
     assert not (batch.mixed & ~batch.eligible).any()
 
 
-def test_entropy_gate_replaces_mix_rate(model):
-    always = _run(model, exploration=_explore("topk", mix_rate=0.0, entropy_threshold=0.0))
+def test_entropy_gate_combines_with_mix_rate(model):
+    always = _run(model, exploration=_explore("topk", mix_rate=1.0, entropy_threshold=0.0))
     assert torch.equal(always.mixed, always.eligible) and always.mixed.any()
     never = _run(model, exploration=_explore("topk", mix_rate=1.0, entropy_threshold=1e9))
     assert not never.mixed.any()
+    zero_rate = _explore("topk", mix_rate=0.0, entropy_threshold=0.0)
+    assert not _run(model, exploration=zero_rate).mixed.any()
 
 
 # ------------------------------------------------------------------------ errors

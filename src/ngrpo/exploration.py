@@ -33,7 +33,9 @@ candidate ids (B, K), weights (B, K) and optional additive noise (B, d).
 
 Gate (all must hold): a training rollout, strategy != none, the sequence has not emitted the
 answer marker (including at this step) nor EOS, and a per-sequence per-step Bernoulli(mix_rate)
-draw succeeds, or, with `entropy_threshold` set, the entropy of `p_t` is at least the threshold.
+draw succeeds, and, with `entropy_threshold` set, the entropy of `p_t` is at least the threshold
+(`mix_rate = 1` makes that a pure entropy gate). The combination mixes a chosen share of the
+positions where the policy hesitates (on the embedded task: mostly between surface forms).
 All random draws of exploration use their own generator, so turning mixing on never changes the
 random stream that samples tokens.
 """
@@ -58,9 +60,9 @@ class ExplorationConfig:
     strategy: str = "none"  # a key of STRATEGIES: none, neighbor, gaussian, topk, ...
     mix_top_k: int = 2  # candidates per mixed input, anchor included
     mix_rate: float = 0.1  # per-sequence, per-step probability that a position is mixed
-    entropy_threshold: float | None = (
-        None  # if set: mix when entropy(p_t) >= this (replaces mix_rate)
-    )
+    # if set: only positions with entropy(p_t) >= this can mix, each with probability mix_rate
+    # (mix_rate = 1: every such position, a pure entropy gate)
+    entropy_threshold: float | None = None
     metric: str = "cosine"  # neighbour metric: cosine | dot | l1 | l2
     anchor: str = "greedy"  # neighbor anchor: greedy (argmax of p_t, authors' code) | sampled (y_t)
     answer_start: str = "</think>"  # no mixing once a sequence has emitted this (tokenised) marker
@@ -292,5 +294,7 @@ def mixing_gate(
     only on the seed and the step, not on which rows are eligible.
     """
     draw = torch.rand(eligible.shape, generator=generator, device=eligible.device)  # (B,)
-    fired = draw < mix_rate if entropy_threshold is None else entropy(probs) >= entropy_threshold
+    fired = draw < mix_rate  # (B,)
+    if entropy_threshold is not None:
+        fired = fired & (entropy(probs) >= entropy_threshold)
     return eligible & fired
