@@ -47,14 +47,14 @@ class BaseModelRecipe:
     num_kv_heads: int = 2
     intermediate_size: int = 384
     max_positions: int = 256
-    sft_steps: int = 420
+    sft_steps: int = 800
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 60
     weight_decay: float = 0.01
     num_train_problems: int = 20_000
-    skip_rate: float = 0.3  # the teacher skips each event with this probability
-    eval_problems: int = 200  # per split, for the accuracy recorded in build_info.json
+    skip_rate: float = 0.15  # the teacher skips each event with this probability
+    eval_problems: int = 100  # per split, for the accuracy recorded in build_info.json
 
 
 def cache_root() -> Path:
