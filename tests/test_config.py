@@ -267,7 +267,7 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path):
     ("train.loss_type=dr_grpo", ["train.loss_type", "seq-mean-token-sum"]),
     ("train.importance_sampling_level=sentence", ["importance_sampling_level", "sequence"]),
     ("train.reward=nope", ["train.reward", "math"]),
-    ("train.mini_batch_prompts=3", ["train.mini_batch_prompts (3)", "prompts_per_step (8)"]),
+    ("train.mini_batch_prompts=3", ["train.mini_batch_prompts (3)", "prompts_per_step (16)"]),
     ("rollout.num_generations=1", ["rollout.num_generations", ">= 2"]),
     ("rollout.top_p=0", ["rollout.top_p", "(0.0, 1.0]"]),
     ("train.epsilon=1.0", ["train.epsilon", "[0.0, 1.0)"]),
@@ -318,7 +318,7 @@ def test_derived_values_for_the_paper_setting():
     assert derived["max_response_tokens_per_step"] == 256 * 8192
     assert derived["max_tokens_per_step"] == 256 * (4096 + 8192)
     tiny = derived_values(load_config("tiny_grpo", ["train.num_iterations=2"]))
-    assert (tiny["rollouts_per_step"], tiny["optimizer_steps_per_step"]) == (64, 4)
+    assert (tiny["rollouts_per_step"], tiny["optimizer_steps_per_step"]) == (128, 4)
 
 
 @pytest.mark.parametrize(("device", "dtype", "cuda", "bf16", "expected"), [
