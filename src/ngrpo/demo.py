@@ -49,20 +49,20 @@ class DemoSettings:
 
     out: Path = Path("ngrpo-demo")
     seeds: int = 1
-    steps: int = 60
-    eval_every: int = 15
+    steps: int = 20  # the tiny configs' own length
+    eval_every: int = 10
     curve_limit: int = 100  # ID problems evaluated during training (n = 4)
-    final_limit: int = 200  # problems per split in the final evaluation
+    final_limit: int = 100  # problems per split in the final evaluation
     final_n: int = 16
-    probe_problems: int = 48
+    probe_problems: int = 32
     probe_n: int = 8
     base_seed: int = 0
 
     @classmethod
     def quick(cls, out: Path, seeds: int = 1) -> DemoSettings:
         return cls(
-            out=out, seeds=seeds, steps=12, eval_every=6, curve_limit=40, final_limit=50,
-            final_n=8, probe_problems=16, probe_n=4,
+            out=out, seeds=seeds, steps=4, eval_every=2, curve_limit=20, final_limit=20,
+            final_n=4, probe_problems=8, probe_n=2,
         )  # fmt: skip
 
 
