@@ -3,13 +3,14 @@ rewards vary, and concatenate the rollouts of several rounds into one training b
 
 A group whose G rewards are all equal has zero advantage everywhere and contributes no policy
 gradient; dropping it and drawing more prompts keeps the effective batch size up. The trainer
-calls `varied_groups` on each round's rewards and `cat_batches` on the kept rows; `merge_stats`
-combines the rounds' `rollout/*` metrics so they describe every rollout generated in the step.
+calls `collect`, which runs `varied_groups` on each round's rewards and `cat_batches` on the kept
+rows; `merge_stats` combines the rounds' `rollout/*` metrics so they describe every rollout
+generated in the step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -44,8 +45,6 @@ def cat_batches(batches: Sequence[RolloutBatch], pad_token_id: int) -> RolloutBa
     """Rows of several rollout batches in one (prompts left-padded, responses right-padded to the
     longest; padding records are plain pad tokens, masked out). `prompt_index` is renumbered
     0..P−1 in order; `stats` are `merge_stats` of the batches' stats."""
-    if len(batches) == 1:
-        return batches[0]
     p = max(b.prompt_ids.shape[1] for b in batches)
     t = max(b.response_ids.shape[1] for b in batches)
     k = max(b.soft_inputs.shape[2] for b in batches)
@@ -117,3 +116,49 @@ def merge_stats(stats: Sequence[dict[str, float]], rows: Sequence[int]) -> dict[
         if merged.get("rollout/seconds"):
             merged["rollout/tokens_per_s"] = merged["rollout/tokens"] / merged["rollout/seconds"]
     return merged
+
+
+def collect(
+    draw: Callable[[int], list[int]],
+    rollout: Callable[[list[int], int], tuple[RolloutBatch, list[str], torch.Tensor]],
+    *,
+    need: int,
+    group_size: int,
+    max_rounds: int,
+    pad_token_id: int,
+) -> tuple[RolloutBatch, list[str], torch.Tensor, dict[str, float]]:
+    """Rounds of `need` fresh prompts (`draw(need)` -> indices; `rollout(indices, round)` ->
+    (batch, texts, rewards (N,))), keeping the groups whose rewards vary, until `need` are kept
+    (the excess of the last round is dropped, as verl does) or `max_rounds` rounds ran; then the
+    step trains on what it has, or on the last round as drawn if no group varied at all.
+
+    Returns the merged batch, its texts, its rewards (N,) and `rollout/dynamic_sampling_rounds`,
+    `rollout/groups_dropped` (all-equal groups seen), `rollout/groups_kept`. The caller's sampler
+    advances by every round, so a checkpointed position keeps resume exact."""
+    kept, texts_kept, rewards_kept, stats, rows = [], [], [], [], []
+    have = dropped = rounds = 0
+    while have < need and rounds < max_rounds:
+        batch, texts, rewards = rollout(draw(need), rounds)
+        rounds += 1
+        stats.append(batch.stats)
+        rows.append(len(rewards))
+        keep = varied_groups(rewards.view(-1, group_size))  # (P,)
+        dropped += int((~keep).sum())
+        groups = keep.nonzero().flatten()[: need - have].tolist()
+        have += len(groups)
+        if not groups:
+            continue
+        picked = [i * group_size + j for i in groups for j in range(group_size)]
+        kept.append(batch.select(torch.tensor(picked, device=batch.prompt_ids.device)))
+        texts_kept += [texts[i] for i in picked]
+        rewards_kept.append(rewards[picked])
+    if not kept:
+        kept, texts_kept, rewards_kept = [batch], texts, [rewards]
+    merged = cat_batches(kept, pad_token_id)
+    merged.stats = merge_stats(stats, rows)
+    metrics = {
+        "rollout/dynamic_sampling_rounds": float(rounds),
+        "rollout/groups_dropped": float(dropped),
+        "rollout/groups_kept": float(have),
+    }
+    return merged, texts_kept, torch.cat(rewards_kept), metrics

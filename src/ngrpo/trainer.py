@@ -409,42 +409,16 @@ def _rollout_round(run: Run, indices: list[int], round_: int):
 
 
 def _dynamic_rollouts(run: Run):
-    """DAPO dynamic sampling (single process): rounds of `prompts_per_step` fresh prompts, keeping
-    the groups whose rewards vary, until `prompts_per_step` are kept (the excess of the last round
-    is dropped, as verl does) or `max_sampling_rounds` rounds ran; then it trains on what it has
-    (if no group varied at all, on the last round as drawn). The sampler advances by every round,
-    and its position is checkpointed, so a resumed run draws exactly what a straight one does."""
-    from ngrpo.dynamic_sampling import cat_batches, merge_stats, varied_groups
+    """DAPO dynamic sampling (single process): `ngrpo.dynamic_sampling.collect` with this run's
+    sampler and rollouts."""
+    from ngrpo.dynamic_sampling import collect
 
     cfg = run.cfg
-    g, need = cfg.rollout.num_generations, cfg.train.prompts_per_step
-    kept, kept_texts, kept_rewards, stats, rows = [], [], [], [], []
-    have = dropped = rounds = 0
-    while have < need and rounds < cfg.train.max_sampling_rounds:
-        batch, texts, rewards = _rollout_round(run, run.sampler.take(need), rounds)
-        rounds += 1
-        stats.append(batch.stats)
-        rows.append(len(rewards))
-        keep = varied_groups(rewards.view(-1, g))  # (P,)
-        dropped += int((~keep).sum())
-        groups = keep.nonzero().flatten()[: need - have].tolist()
-        have += len(groups)
-        if not groups:
-            continue
-        picked = [i * g + j for i in groups for j in range(g)]
-        kept.append(batch.select(torch.tensor(picked, device=batch.prompt_ids.device)))
-        kept_texts += [texts[i] for i in picked]
-        kept_rewards.append(rewards[picked])
-    if not kept:
-        kept, kept_texts, kept_rewards = [batch], texts, [rewards]
-    merged = cat_batches(kept, run.tokenizer.pad_token_id)
-    merged.stats = merge_stats(stats, rows)
-    metrics = {
-        "rollout/dynamic_sampling_rounds": float(rounds),
-        "rollout/groups_dropped": float(dropped),
-        "rollout/groups_kept": float(have),
-    }
-    return merged, kept_texts, torch.cat(kept_rewards), metrics
+    return collect(
+        run.sampler.take, lambda indices, round_: _rollout_round(run, indices, round_),
+        need=cfg.train.prompts_per_step, group_size=cfg.rollout.num_generations,
+        max_rounds=cfg.train.max_sampling_rounds, pad_token_id=run.tokenizer.pad_token_id,
+    )  # fmt: skip
 
 
 def _train_step(run: Run) -> dict[str, float]:
