@@ -4,7 +4,8 @@
 reads top to bottom in `_train_step`. Pieces it composes: `ngrpo.rollout.generate` (exploration on),
 `ngrpo.rewards.batch_rewards`, `ngrpo.losses.group_advantages`, `ngrpo.learner.update_policy`,
 `ngrpo.evaluation.evaluate` (exploration off), `ngrpo.diagnostics` (diversity of each step's
-groups).
+groups), and with `train.dynamic_sampling` `ngrpo.dynamic_sampling.collect` (several rounds of
+prompts per step, only groups whose rewards vary are trained on; single process only).
 
 Run directory (`output_dir`):
 - `config.yaml`: the resolved configuration;
