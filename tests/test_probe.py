@@ -161,8 +161,9 @@ def test_run_probe_rows_reproducible_and_progress(model, tokenizer):
     for row in rows[3:5]:
         assert 0 < row["achieved_shift"] <= row["target_shift"] + 1e-6
     assert release["mixed_frac"] == paper["mixed_frac"] == 1.0
-    # the released weights give the neighbour far more weight than the renormalised policy does
-    assert release["achieved_shift"] > paper["achieved_shift"] >= 0
+    # the released weights give the neighbour more weight than the renormalised policy does
+    assert 0.5 >= release["neighbor_weight"] > paper["neighbor_weight"] > 0
+    assert rows[0]["neighbor_weight"] is None and rows[3]["neighbor_weight"] is None
     assert calls[-1] == ("probe runs", 9, 9)
     assert result["config"]["num_problems"] == 3 and result["config"]["shifts"] == [0.1, 0.4]
     assert result["config"]["weightings"] == ["release", "policy"]
@@ -187,6 +188,7 @@ def _probe_result(seed, accuracy, matched_shift):
             "achieved_shift": achieved, "mixed_frac": 1.0, "accuracy": acc,
             "accuracy_ci": [acc - 0.1, acc + 0.1], "answer_agreement": 1.0 - achieved,
             "distinct_answers": 2, "response_len": 20.0,
+            "neighbor_weight": 0.3 if kind.startswith("n-grpo") else None,
         }  # fmt: skip
 
     rows = [
@@ -217,6 +219,8 @@ def test_aggregate_probe_over_seeds_by_hand():
     assert matched["answer_agreement"] == pytest.approx(0.8)
     assert matched["distinct_answers"] == 2 and matched["distinct_answers_ci"] == [2.0, 2.0]
     assert "mixed_frac_ci" in matched and "perturbation_ci" not in matched
+    assert matched["neighbor_weight"] is None and "neighbor_weight_ci" not in matched
+    assert reference["neighbor_weight"] == pytest.approx(0.3)
     single = aggregate_probe(results[:1])
     assert single["rows"][0]["accuracy_ci"] == pytest.approx([0.3, 0.5])  # one seed: over problems
     assert single["config"]["seeds"] == [0] and single["rows"][0]["seeds"] == 1
@@ -315,3 +319,5 @@ def test_probe_on_the_base_model_is_wired_end_to_end(base_model_dir):
     assert 0 < neighbor["achieved_shift"] <= 0.2 + 1e-6
     assert release["perturbation"] == "n-grpo (release)" and release["mixed_frac"] == 1.0
     assert paper["perturbation"] == "n-grpo (paper text)"
+    # a confident model: the paper text's weights leave the anchor almost alone, the release's don't
+    assert release["neighbor_weight"] > 0.2 > paper["neighbor_weight"]

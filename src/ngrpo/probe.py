@@ -197,7 +197,8 @@ def run_probe(
     `gaussian` run at the shift it achieved (`matched_to` = the reference's name; None on every
     other row). Responses are graded with `grader` (a key of `ngrpo.rewards.GRADERS`); answers
     that need math-verify go to `pool` (default: the process-wide pool, started on first need).
-    Row keys: perturbation, target_shift, matched_to, achieved_shift, mixed_frac, accuracy,
+    Row keys: perturbation, target_shift, matched_to, achieved_shift, mixed_frac,
+    neighbor_weight (N-GRPO rows: mean non-anchor weight on mixed steps; else None), accuracy,
     accuracy_ci, answer_agreement, unparsed, distinct_answers, distinct_2, distinct_3,
     pairwise_edit, response_len. `progress(stage, done, total)` is called after each run.
     """
@@ -234,7 +235,8 @@ def run_probe(
         row = {
             "perturbation": kind, "target_shift": shift, "matched_to": matched_to,
             "achieved_shift": batch.stats["rollout/embed_shift"],
-            "mixed_frac": batch.stats["rollout/mixed_frac"], **summary,
+            "mixed_frac": batch.stats["rollout/mixed_frac"],
+            "neighbor_weight": batch.stats.get("rollout/neighbor_weight"), **summary,
             "response_len": batch.stats["rollout/response_len"],
         }  # fmt: skip
         rows.append(row)
@@ -299,6 +301,8 @@ def aggregate_probe(results: Sequence[dict]) -> dict:
             else first["target_shift"]
         )  # fmt: skip
         for key, value in first.items():
+            if value is None:
+                row.setdefault(key, None)
             if key in row or not isinstance(value, int | float) or isinstance(value, bool):
                 continue
             mean, low, high = seed_ci([float(g[key]) for g in group])
