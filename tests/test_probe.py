@@ -288,6 +288,12 @@ def test_cli_probe_writes_json_png_and_table(model_dir, tmp_path, capsys, monkey
     assert main([*argv, "--max-new-tokens", "4", "--no-reference", "--out", str(out)]) == 0
     rows = json.loads((out / "probe.json").read_text())["rows"]
     assert [r["perturbation"] for r in rows] == ["none", "gaussian", "neighbor"]
+    seeded = [*argv, "--max-new-tokens", "4", "--seeds", "3,5", "--weightings", "policy"]
+    assert main([*seeded, "--out", str(out)]) == 0
+    result = json.loads((out / "probe.json").read_text())
+    assert result["config"]["seeds"] == [3, 5] and len(result["per_seed"]) == 2
+    assert [r["perturbation"] for r in result["rows"]][-2:] == ["n-grpo (paper text)", "gaussian"]
+    assert all(r["seeds"] == 2 and "accuracy_ci" in r for r in result["rows"])
 
 
 @pytest.mark.parametrize(
@@ -297,6 +303,8 @@ def test_cli_probe_writes_json_png_and_table(model_dir, tmp_path, capsys, monkey
         (["--perturbations", "uniform"], "unknown probe perturbation 'uniform'"),
         (["--split", "arith-xx"], "unknown task split"),
         (["--n", "0"], "must be >= 1"),
+        (["--weightings", "paper"], "unknown N-GRPO weighting 'paper'"),
+        (["--seeds", "1,1"], "seed 1 is listed twice"),
     ],
 )
 def test_cli_probe_errors_in_one_line(model_dir, tmp_path, capsys, argv, fragment):

@@ -84,6 +84,7 @@ class DemoSettings:
     final_n: int = 16
     probe_problems: int = 48
     probe_n: int = 8
+    probe_shifts: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)  # matched-shift grid of the probe
     base_seed: int = 0
     full: bool = False  # also N-GRPO with the paper text's weights; >= 5 seeds
     preset: str = "default"  # "quick" for the smoke run (the reproduce command says --quick)
@@ -272,7 +273,8 @@ def run_demo(settings: DemoSettings, progress: Progress | None = None) -> dict:
                     "diversity": _diversity(run_dir), "run_dir": str(run_dir),
                 })  # fmt: skip
             probes.append(run_probe(
-                model, tokenizer, problems, n=settings.probe_n, seed=seed, pool=pool,
+                model, tokenizer, problems, shifts=settings.probe_shifts, n=settings.probe_n,
+                seed=seed, pool=pool,
                 progress=None if progress is None
                 else (lambda s, d, t, seed=seed: progress(f"probe (seed {seed})", d, t, s)),
             ))  # fmt: skip
