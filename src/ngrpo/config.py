@@ -179,6 +179,17 @@ class GRPOConfig:
     """Exclude responses cut at `max_completion_length` from the loss (DAPO overlong filtering)."""
     reward: str = "math"
     """Reward function, by name in `ngrpo.rewards.REWARD_FUNCTIONS` (math, exact, ...)."""
+    clip_ratio_c: float | None = None
+    """verl's dual clip for negative advantages (> 1; null: off; 3.0 in the N-GRPO release)."""
+    soft_input_grad: str = "all"
+    """all | none: whether the candidate embedding rows of mixed positions receive gradient
+    (none: as the release, whose soft embeddings are built without gradient write-back)."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal and draw more prompts until
+    `prompts_per_step` groups are kept or `max_sampling_rounds` is reached."""
+    max_sampling_rounds: int = 4
+    """Cap on rollout rounds per step with dynamic sampling (each draws `prompts_per_step`
+    prompts); at the cap the step trains on the groups it has."""
 
     @property
     def clip_high(self) -> float:
@@ -238,6 +249,8 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+SOFT_INPUT_GRAD = ("all", "none")
+
 # Other names for keys (see the module docstring). Value: the canonical dotted key.
 _TRL_SHORTCUTS = {
     "num_generations": "rollout.num_generations",
@@ -272,6 +285,9 @@ _VERL_KEYS = {
     "actor_rollout_ref.actor.clip_ratio_low": "train.epsilon",
     "actor_rollout_ref.actor.clip_ratio_high": "train.epsilon_high",
     "actor_rollout_ref.actor.loss_agg_mode": "train.loss_type",
+    "actor_rollout_ref.actor.clip_ratio_c": "train.clip_ratio_c",
+    "algorithm.filter_groups.enable": "train.dynamic_sampling",
+    "algorithm.filter_groups.max_num_gen_batches": "train.max_sampling_rounds",
     "actor_rollout_ref.actor.entropy_coeff": "train.entropy_coef",
     "actor_rollout_ref.actor.ppo_epochs": "train.num_iterations",
     "actor_rollout_ref.actor.ppo_mini_batch_size": "train.mini_batch_prompts",
@@ -688,6 +704,13 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _check_choice("train.importance_sampling_level", t.importance_sampling_level,
                   list(IMPORTANCE_LEVELS))
     _check_choice("train.reward", t.reward, list(REWARD_FUNCTIONS))
+    if t.clip_ratio_c is not None:
+        _require(isinstance(t.clip_ratio_c, (int, float)) and not isinstance(t.clip_ratio_c, bool)
+                 and t.clip_ratio_c > 1, f"train.clip_ratio_c must be > 1 or null (off), "
+                 f"got {t.clip_ratio_c!r}")
+    _check_choice("train.soft_input_grad", t.soft_input_grad, list(SOFT_INPUT_GRAD))
+    _check_choice("train.dynamic_sampling", t.dynamic_sampling, [True, False])
+    _check_int("train.max_sampling_rounds", t.max_sampling_rounds, 1)
 
     e = cfg.eval
     _check_int("eval.every", e.every, 0)

@@ -7,14 +7,21 @@ candidate ids (B, K), weights (B, K) and optional additive noise (B, d).
 
 - `none`: plain GRPO; the input is `e(y_t)`.
 - `neighbor` (N-GRPO): anchor `a_t = argmax p_t` (option `anchor="sampled"`: `y_t`), candidates
-  `{a_t} ∪` its `mix_top_k − 1` nearest tokens in the input-embedding table, weights `p_t`
-  renormalised over the candidates. `p_t` is the warped distribution (temperature, then top-k, then
+  `C_t = {a_t} ∪` its `mix_top_k − 1` nearest tokens in the searched table (`neighbor_table`:
+  the input embedding, or the output projection as in the release; the mixture is always built
+  from input-embedding rows). Weights (`neighbor_weights`, see `candidate_weights`):
+  `policy` (the paper's text): `p_t` renormalised over `C_t`; `release` (the authors' code):
+  `w_v ∝ exp(q_t(v)/τ)` on `C_t`. `p_t` is the warped distribution (temperature, then top-k, then
   top-p) the token is sampled from, so a neighbour that top-k/top-p truncation removed has
-  probability 0 and gets weight 0 (it stays in the record, contributing nothing). The anchor always
-  has positive probability (the argmax survives every truncation, a sampled token was possible), so
-  the weights are well defined.
+  probability 0 and gets weight 0 under both readings (it stays in the record, contributing
+  nothing). The anchor always has positive probability (the argmax survives every truncation, a
+  sampled token was possible), so the weights are well defined.
 - `topk`: the top-`mix_top_k` tokens of the raw logits `z_t`, weights `softmax(z/mix_temperature)`
-  over them (the rollout temperature and truncation do not enter: this is the STHT recipe).
+  over them (the rollout temperature and truncation do not enter: this is the STHT recipe). With
+  `neighbor_weights: release` (applies to `topk`, `topk_gumbel` and `gaussian`, as the released
+  sampler computes all three from the same probabilities): `w_v ∝ exp(q_t(v)/(τ·mix_temperature))`
+  over the k tokens, truncated ones weighted 0. `orthogonal` and the probe's `shift_*` strategies
+  ignore `neighbor_weights`.
 - `topk_gumbel`: as `topk`, the k tokens chosen by `z/mix_temperature + Gumbel noise`.
 - `gaussian` (STHT): the `topk` mixture plus isotropic noise with standard deviation
   `noise_scale × RMS(mixture)` (RMS over the d coordinates of each row).
@@ -49,6 +56,8 @@ from ngrpo.errors import NgrpoError
 from ngrpo.neighbors import SIMILARITIES, bruteforce_neighbors
 
 ANCHORS = ("greedy", "sampled")
+NEIGHBOR_WEIGHTS = ("policy", "release")
+NEIGHBOR_TABLES = ("input", "output")
 
 
 @dataclass
@@ -68,6 +77,12 @@ class ExplorationConfig:
     # gaussian: noise std as a fraction of the mixture's RMS (so ‖noise‖ ≈ noise_scale·‖mixture‖);
     # shift_gaussian / shift_neighbor: the exact relative shift ‖ẽ − e(a)‖ / ‖e(a)‖
     noise_scale: float = 0.33
+    # policy: p_t renormalised over the candidates (paper text) | release: softmax of the warped
+    # probabilities over the candidates (authors' code); see `candidate_weights`
+    neighbor_weights: str = "policy"
+    # table searched for neighbours: input (embedding) | output (lm_head, as the authors' code);
+    # the mixture is always built from input-embedding rows
+    neighbor_table: str = "input"
 
     @property
     def enabled(self) -> bool:
@@ -89,6 +104,16 @@ class ExplorationConfig:
             raise NgrpoError(
                 f"exploration.anchor: unknown anchor {self.anchor!r}; "
                 f"choose one of {', '.join(ANCHORS)}"
+            )
+        if self.neighbor_weights not in NEIGHBOR_WEIGHTS:
+            raise NgrpoError(
+                f"exploration.neighbor_weights: unknown value {self.neighbor_weights!r}; "
+                f"choose one of {', '.join(NEIGHBOR_WEIGHTS)}"
+            )
+        if self.neighbor_table not in NEIGHBOR_TABLES:
+            raise NgrpoError(
+                f"exploration.neighbor_table: unknown value {self.neighbor_table!r}; "
+                f"choose one of {', '.join(NEIGHBOR_TABLES)}"
             )
         upper = "the vocabulary size" if vocab_size is None else str(vocab_size)
         if (
@@ -145,7 +170,7 @@ class StepView:
     logits: torch.Tensor  # (B, V) raw logits z_t, fp32
     probs: torch.Tensor  # (B, V) warped sampling distribution p_t
     sampled: torch.LongTensor  # (B,) y_t
-    table: torch.Tensor  # (V, d) input-embedding weights (detached)
+    table: torch.Tensor  # (V, d) input-embedding weights (detached): the mixture's rows
     neighbors: Callable[[torch.LongTensor], torch.LongTensor] | None  # (B,) -> (B, >= k-1)
     generator: torch.Generator  # exploration randomness
 
@@ -163,6 +188,58 @@ def _renormalised(probs: torch.Tensor, ids: torch.LongTensor) -> torch.Tensor:
     return p / p.sum(-1, keepdim=True)
 
 
+def release_weights(
+    logits: torch.Tensor,
+    probs: torch.Tensor,
+    ids: torch.LongTensor,
+    temperature: float,
+    mix_temperature: float = 1.0,
+) -> torch.Tensor:
+    """The authors' released candidate weights: `w_v ∝ exp(q(v) / (τ·mix_temperature))` on the
+    candidates `ids` (B, K), 0 for candidates that top-k/top-p truncation removed.
+
+    logits (B, V) raw z_t; probs (B, V) the warped sampling distribution p_t (only its zeros are
+    used: they mark truncated tokens); `q = softmax(z/τ)` over the whole vocabulary, before
+    truncation; τ = `temperature` (0, greedy, counts as 1). Returns (B, K) fp32 summing to 1.
+
+    What the release does (ZJUSCL/N-GRPO, patched sglang `Sampler.forward`): the logits tensor is
+    overwritten in place with `q = softmax(z/τ)`; the mixing block reads that tensor back as
+    "logits", divides by τ again, masks tokens outside top-k / top-p with −inf, and takes a second
+    softmax over the vocabulary; the candidates' entries are then renormalised. So truncated
+    candidates are masked (exp(−inf) = 0, not exp(0) = 1), τ enters twice (once inside q, once
+    dividing q), and the neighbour strategy has no mix_temperature (pass 1) while its top-k
+    strategies divide once more by mix_temperature. One deviation: the release's top-p mask is
+    computed on the second softmax (nearly flat, so it removes almost nothing), here truncation is
+    the sampler's own (`p_t = 0`); with top_p = 1 and top_k = 0 (the released settings) the two
+    agree exactly. Example (τ = 1): q = [0.998, 0.002, 0, ...] on candidates (0, 1) gives
+    `[e^0.998, e^0.002] / (e^0.998 + e^0.002)` ≈ [0.730, 0.270].
+    """
+    tau = temperature if temperature > 0 else 1.0
+    q = torch.softmax(logits.float() / tau, dim=-1).gather(-1, ids)  # (B, K)
+    scores = (q / (tau * mix_temperature)).masked_fill(probs.gather(-1, ids) <= 0, float("-inf"))
+    return torch.softmax(scores, dim=-1)  # (B, K)
+
+
+def candidate_weights(
+    view: StepView,
+    ids: torch.LongTensor,
+    mode: str,
+    temperature: float,
+    mix_temperature: float | None = None,
+) -> torch.Tensor:
+    """Weights (B, K) of the candidates `ids` (B, K) under `neighbor_weights` = `mode`.
+
+    `policy`: for the neighbour strategy (`mix_temperature` None) p_t renormalised over the
+    candidates; for the top-k family `softmax(z/mix_temperature)` over them. `release`:
+    `release_weights` (mix_temperature 1 for the neighbour strategy)."""
+    if mode == "release":
+        mt = 1.0 if mix_temperature is None else mix_temperature
+        return release_weights(view.logits, view.probs, ids, temperature, mt)
+    if mix_temperature is None:
+        return _renormalised(view.probs, ids)
+    return _topk_softmax(view.logits, ids, mix_temperature)
+
+
 def _topk_softmax(logits: torch.Tensor, ids: torch.LongTensor, temperature: float) -> torch.Tensor:
     return torch.softmax(logits.gather(-1, ids) / temperature, dim=-1)  # (B, K)
 
@@ -171,30 +248,40 @@ def _none(view: StepView, k: int, **_) -> Mixture:
     return plain(view.sampled, k)
 
 
-def _neighbor(view: StepView, k: int, anchor: str = "greedy", **_) -> Mixture:
+def _neighbor(
+    view: StepView, k: int, anchor: str = "greedy", weights: str = "policy",
+    temperature: float = 1.0, **_,
+) -> Mixture:  # fmt: skip
     anchors = view.probs.argmax(-1) if anchor == "greedy" else view.sampled  # (B,)
     ids = anchors.unsqueeze(-1)  # (B, 1)
     if k > 1:
         ids = torch.cat([ids, view.neighbors(anchors)[:, : k - 1]], dim=-1)  # (B, K)
-    return Mixture(ids, _renormalised(view.probs, ids))
+    return Mixture(ids, candidate_weights(view, ids, weights, temperature))
 
 
-def _topk(view: StepView, k: int, mix_temperature: float = 1.0, **_) -> Mixture:
+def _topk(
+    view: StepView, k: int, mix_temperature: float = 1.0, weights: str = "policy",
+    temperature: float = 1.0, **_,
+) -> Mixture:  # fmt: skip
     ids = view.logits.topk(k, dim=-1).indices  # (B, K)
-    return Mixture(ids, _topk_softmax(view.logits, ids, mix_temperature))
+    return Mixture(ids, candidate_weights(view, ids, weights, temperature, mix_temperature))
 
 
-def _topk_gumbel(view: StepView, k: int, mix_temperature: float = 1.0, **_) -> Mixture:
+def _topk_gumbel(
+    view: StepView, k: int, mix_temperature: float = 1.0, weights: str = "policy",
+    temperature: float = 1.0, **_,
+) -> Mixture:  # fmt: skip
     scaled = view.logits / mix_temperature  # (B, V)
     exp_noise = torch.empty_like(scaled).exponential_(generator=view.generator)  # (B, V)
     ids = (scaled - exp_noise.log()).topk(k, dim=-1).indices  # (B, K) Gumbel-top-k
-    return Mixture(ids, _topk_softmax(view.logits, ids, mix_temperature))
+    return Mixture(ids, candidate_weights(view, ids, weights, temperature, mix_temperature))
 
 
 def _gaussian(
-    view: StepView, k: int, mix_temperature: float = 1.0, noise_scale: float = 0.33, **_
-) -> Mixture:
-    mix = _topk(view, k, mix_temperature)
+    view: StepView, k: int, mix_temperature: float = 1.0, noise_scale: float = 0.33,
+    weights: str = "policy", temperature: float = 1.0, **_,
+) -> Mixture:  # fmt: skip
+    mix = _topk(view, k, mix_temperature, weights, temperature)
     rows = view.table[mix.ids].float()  # (B, K, d)
     mixture = (rows * mix.weights.unsqueeze(-1)).sum(-2)  # (B, d)
     rms = mixture.pow(2).mean(-1, keepdim=True).sqrt()  # (B, 1)

@@ -6,7 +6,12 @@ micro-batches (gradient accumulation). Log-probabilities are recomputed by one f
 forward over the *recorded* inputs (`ngrpo.rollout.replay_logits`, which calls the shared
 `ngrpo.soft_inputs.embed`), so the policy is trained on exactly the perturbed inputs the rollout
 fed it; mixing weights and noise are constants and the gradient flows into the embedding rows of
-every candidate. The loss is `ngrpo.losses.grpo_loss`.
+every candidate (`soft_input_grad: all`, the paper's text). With `soft_input_grad: none` (our
+reading of the release, which builds the soft embeddings under FSDP's parameter gather without
+writing gradients back) the candidate rows of *mixed* positions are detached: those positions give
+no embedding gradient at all, while plain positions train their token's row as usual. The forward
+values are identical either way, so the replay invariant holds for both. The loss is
+`ngrpo.losses.grpo_loss`.
 
 Choices worth knowing:
 - π_old is the rollout's own log-probabilities (`RolloutBatch.logprobs`). Before the first update
@@ -57,6 +62,8 @@ class LearnerParams:
     entropy_coef: float = 0.0
     max_grad_norm: float | None = 1.0
     mask_truncated_completions: bool = False
+    clip_ratio_c: float | None = None  # verl's dual clip for A < 0 (None: off)
+    soft_input_grad: str = "all"  # all | none: embedding gradient through mixed positions
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -77,11 +84,15 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 
 def sequence_logprobs(
-    model, batch: RolloutBatch, temperature: float, with_entropy: bool = False, embedding=None
+    model, batch: RolloutBatch, temperature: float, with_entropy: bool = False, embedding=None,
+    soft_input_grad: str = "all",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, T) of the sampled tokens from the recorded inputs, and optionally the
-    entropy (N, T) of the temperature-scaled policy. Gradients flow when enabled."""
-    logits = replay_logits(model, batch, embedding=embedding)  # (N, T, V)
+    entropy (N, T) of the temperature-scaled policy. Gradients flow when enabled; with
+    `soft_input_grad="none"` not into the candidate rows of mixed positions."""
+    logits = replay_logits(
+        model, batch, embedding=embedding, detach_mixed=soft_input_grad == "none"
+    )  # (N, T, V)
     logp = token_logprobs(logits, batch.response_ids, temperature)  # (N, T)
     entropy = None
     if with_entropy:
@@ -188,7 +199,8 @@ def update_policy(
                 context = contextlib.nullcontext() if sync else accelerator.no_sync(model)
                 with context:
                     logp, entropy = sequence_logprobs(
-                        model, sub, params.temperature, with_entropy=True, embedding=embedding
+                        model, sub, params.temperature, with_entropy=True, embedding=embedding,
+                        soft_input_grad=params.soft_input_grad,
                     )  # (n, T)
                     loss, metrics = grpo_loss(
                         logp, sub.logprobs, advantages[micro], mask[micro],
@@ -196,6 +208,7 @@ def update_policy(
                         entropy=entropy.detach() if params.entropy_coef == 0 else entropy,
                         beta=params.beta, kl_estimator=params.kl_estimator,
                         clip_low=params.clip_low, clip_high=params.clip_high,
+                        clip_ratio_c=params.clip_ratio_c,
                         level=params.importance_sampling_level, loss_type=params.loss_type,
                         entropy_coef=params.entropy_coef, normalizer=normalizer,
                     )  # fmt: skip

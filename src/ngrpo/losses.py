@@ -15,6 +15,9 @@ Clipped surrogate (PPO, Schulman et al. 2017; asymmetric clip from DAPO, Yu et a
     ρ_t = exp(log π_θ(y_t) − log π_old(y_t))
     ℓ_t = −min(ρ_t A, clip(ρ_t, 1 − ε_low, 1 + ε_high) A)
 `ε_high > ε_low` ("clip-higher") lets low-probability tokens with positive advantage grow faster.
+Dual clip (Ye et al. 2020; verl `compute_policy_loss`, `clip_ratio_c`, 3.0 in the N-GRPO release),
+for A < 0 only: ℓ_t = min(max(−ρA, −clip(ρ)A), −c·A), which bounds the loss of a token whose ratio
+has grown far above 1 while its advantage is negative; A ≥ 0 is unchanged. Off by default.
 
 Sequence-level ratio (GSPO, Zheng et al. 2025, "Group Sequence Policy Optimization", eq. 7 and the
 GSPO-token form eq. 13):
@@ -182,6 +185,7 @@ def policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     level: str = "token",
+    clip_ratio_c: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate per token.
 
@@ -191,6 +195,9 @@ def policy_loss(
     Returns the per-token loss (N, T) (not masked, not aggregated) and metrics over masked tokens:
     `actor/clip_frac` (the clipped branch is active), `actor/clip_frac_low` (ρ < 1 − ε_low with
     A < 0), `actor/clip_frac_high` (ρ > 1 + ε_high with A > 0), `actor/ratio_mean|min|max`.
+    `clip_ratio_c` (> 1, or None = off): verl's dual clip for A < 0; adds
+    `loss/pg_clipfrac_lower`, the fraction of tokens where it binds (A < 0 and the clipped loss
+    exceeds −c·A), as verl logs it.
     """
     _check_choice("importance sampling level", level, IMPORTANCE_LEVELS)
     if advantages.dim() == 1:
@@ -200,6 +207,13 @@ def policy_loss(
     unclipped = -advantages * ratio  # (N, T)
     clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # (N, T)
     loss = torch.maximum(unclipped, clipped)  # (N, T)
+    dual_binds = None
+    if clip_ratio_c is not None:
+        if not clip_ratio_c > 1.0:
+            raise NgrpoError(f"train.clip_ratio_c must be > 1 or null, got {clip_ratio_c!r}")
+        capped = -advantages * clip_ratio_c  # (N, 1) or (N, T)
+        dual_binds = (advantages < 0) & (loss > capped)  # (N, T)
+        loss = torch.where(advantages < 0, torch.minimum(loss, capped), loss)  # (N, T)
 
     with torch.no_grad():
         valid = mask.bool()
@@ -216,6 +230,8 @@ def policy_loss(
             "actor/ratio_min": r.min().item() if r.numel() else 1.0,
             "actor/ratio_max": r.max().item() if r.numel() else 1.0,
         }
+        if dual_binds is not None:
+            metrics["loss/pg_clipfrac_lower"] = masked_mean(dual_binds.float(), mask).item()
     return loss, metrics
 
 
@@ -327,6 +343,7 @@ def grpo_loss(
     kl_estimator: str = "k3",
     clip_low: float = 0.2,
     clip_high: float = 0.2,
+    clip_ratio_c: float | None = None,
     level: str = "token",
     loss_type: str = "token-mean",
     entropy_coef: float = 0.0,
@@ -348,7 +365,9 @@ def grpo_loss(
         raise ValueError("entropy_coef != 0 needs the per-token entropy")
     mode = resolve_aggregation(loss_type)
 
-    pg_tokens, metrics = policy_loss(logp, old_logp, advantages, mask, clip_low, clip_high, level)
+    pg_tokens, metrics = policy_loss(
+        logp, old_logp, advantages, mask, clip_low, clip_high, level, clip_ratio_c
+    )
     terms = [(1.0, pg_tokens, "loss/pg")]  # (coefficient, per-token value (N, T), metric name)
     if ref_logp is not None:
         terms.append((beta, kl_penalty(logp, ref_logp, kl_estimator), "loss/kl"))

@@ -1,4 +1,5 @@
-"""Nearest neighbours of tokens in a model's input-embedding table.
+"""Nearest neighbours of tokens in a model's embedding table (the input embedding, or the output
+projection with `exploration.neighbor_table: output`; see `ngrpo.rollout.neighbor_search_table`).
 
 Similarity metrics (larger is closer), as in DESIGN section 2:
 - `cosine`: cosine similarity (default);
@@ -83,7 +84,8 @@ class NeighborIndex:
 
     The first lookup of an anchor runs the brute-force oracle on it (so the index equals the oracle,
     ties included); later lookups are a gather from a (V, k) table kept on the embedding's device.
-    The cache is dropped when the embedding weights change: the index remembers the weight
+    It searches whatever table it is given (the input embedding or the output projection); the
+    cache is dropped when that table's weights change: the index remembers the weight
     tensor's identity, storage pointer and in-place version counter (`Tensor._version`, bumped by
     every in-place update such as an optimizer step or `load_state_dict`), and checks them on each
     lookup; `invalidate()` drops it explicitly. The authors' code instead recomputes a full V×d
@@ -101,9 +103,12 @@ class NeighborIndex:
         self.fills = 0  # anchors computed by brute force since construction (a cache-miss count)
         self.invalidate()
 
-    def _table(self) -> torch.Tensor:
+    def table(self) -> torch.Tensor:
+        """The (V, d) weight searched (whichever table the index was built on)."""
         table = self.embedding
         return table if isinstance(table, torch.Tensor) else table.weight
+
+    _table = table
 
     def _fingerprint(self) -> tuple[int, int, int]:
         table = self._table()

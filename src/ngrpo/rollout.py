@@ -269,7 +269,8 @@ def _mix_step(plan, logits, probs, y, can_mix, table, explore_gen, plain_w):
     view = StepView(logits, probs, y, table, neighbors, explore_gen)
     mix = STRATEGIES[cfg.strategy](
         view, k=plan.k, anchor=cfg.anchor, mix_temperature=cfg.mix_temperature,
-        noise_scale=cfg.noise_scale,
+        noise_scale=cfg.noise_scale, weights=cfg.neighbor_weights,
+        temperature=plan.sampling.temperature,
     )  # fmt: skip
     keep = gate.unsqueeze(-1)  # (b, 1)
     ids = torch.where(keep, mix.ids, y.unsqueeze(-1))  # (b, K) plain rows: [y, y, ...]
@@ -336,10 +337,13 @@ def _decode_chunk(model, embedding, prompt_ids, prompt_mask, plan, gen, explore_
         logits = logits[:, -1].float()  # (b, V)
 
     shift_sum = _embed_shift_sum(embedding, tokens, rec_ids, rec_w, rec_noise, mixed)
+    neighbor_w = None  # Σ over mixed positions of the non-anchor candidates' total weight
+    if plan.exploration is not None and plan.exploration.strategy == "neighbor":
+        neighbor_w = (1.0 - rec_w[..., 0])[mixed].sum()
     return {
         "tokens": tokens, "logprobs": logprobs, "alive": alive, "rec_ids": rec_ids,
         "rec_w": rec_w, "rec_noise": rec_noise, "mixed": mixed, "eligible": eligible,
-        "shift_sum": shift_sum, "finished": finished, "steps": steps,
+        "shift_sum": shift_sum, "neighbor_w": neighbor_w, "finished": finished, "steps": steps,
     }  # fmt: skip
 
 
@@ -353,8 +357,34 @@ def _embed_shift_sum(embedding, tokens, rec_ids, rec_w, rec_noise, mixed) -> tor
     return ((soft - hard).norm(dim=-1) / hard.norm(dim=-1).clamp_min(1e-12)).float().sum()
 
 
+def neighbor_search_table(model, which: str) -> torch.nn.Module:
+    """The module whose weight (V, d) neighbours are searched in: `input` = the input embedding,
+    `output` = the output projection (`get_output_embeddings()`, the authors' release). The
+    mixture is always built from input-embedding rows, so the output table must have one row per
+    input-embedding row."""
+    embedding = input_embeddings(model)
+    if which == "input":
+        return embedding
+    getter = getattr(model, "get_output_embeddings", None)
+    output = getter() if callable(getter) else None
+    if output is None or getattr(output, "weight", None) is None:
+        raise NgrpoError(
+            "exploration.neighbor_table=output: the model has no output embeddings "
+            "(get_output_embeddings() is None); use neighbor_table=input"
+        )
+    rows_in, rows_out = embedding_table(embedding).shape[0], output.weight.shape[0]
+    if rows_in != rows_out:
+        raise NgrpoError(
+            f"exploration.neighbor_table=output: the output projection has {rows_out} rows but "
+            f"the input embedding has {rows_in}; neighbours must index the same vocabulary "
+            "(use neighbor_table=input)"
+        )
+    return output
+
+
 def _make_plan(
-    sampling, embedding, eos_token_id, pad_token_id, explore, answer_start_ids, neighbor_index
+    sampling, embedding, eos_token_id, pad_token_id, explore, answer_start_ids, neighbor_index,
+    search=None,
 ) -> _Plan:
     """Check the exploration settings against the model and resolve marker, index, record width."""
     table = embedding_table(embedding)
@@ -372,13 +402,19 @@ def _make_plan(
     marker = torch.tensor(answer_start_ids, dtype=torch.long, device=device)  # (M,)
     k, index = explore.mix_top_k, None
     if explore.strategy == "neighbor" and k > 1:
+        search = embedding if search is None else search
         index = neighbor_index
         if index is None:
-            index = NeighborIndex(embedding, k - 1, explore.metric)
+            index = NeighborIndex(search, k - 1, explore.metric)
         if index.k < k - 1 or index.metric != explore.metric:
             raise NgrpoError(
                 f"neighbor_index has k={index.k}, metric={index.metric!r}; the exploration "
                 f"config needs k>={k - 1}, metric={explore.metric!r}"
+            )
+        if index.table().data_ptr() != embedding_table(search).data_ptr():
+            raise NgrpoError(
+                "neighbor_index searches a different table than exploration.neighbor_table="
+                f"{explore.neighbor_table!r}; build it on ngrpo.rollout.neighbor_search_table"
             )
     return _Plan(sampling, eos_ids, pad_token_id, explore, marker, index, k)
 
@@ -414,8 +450,12 @@ def generate(
     embedding = input_embeddings(model)
     device = embedding_table(embedding).device
     explore = exploration if training and exploration is not None and exploration.enabled else None
+    search = None
+    if explore is not None and explore.strategy == "neighbor":
+        search = neighbor_search_table(model, explore.neighbor_table)
     plan = _make_plan(
-        sampling, embedding, eos_token_id, pad_token_id, explore, answer_start_ids, neighbor_index
+        sampling, embedding, eos_token_id, pad_token_id, explore, answer_start_ids, neighbor_index,
+        search,
     )
 
     rows = [p for p in prompts for _ in range(sampling.n)]
@@ -467,6 +507,9 @@ def _assemble(parts: list[dict], prompt_ids, prompt_mask, num_prompts: int, n: i
         "rollout/mixed_frac": n_mixed / n_eligible if n_eligible else 0.0,
         "rollout/embed_shift": shift / n_mixed if n_mixed else 0.0,
     }
+    if parts[0]["neighbor_w"] is not None:  # strategy neighbor only
+        weight = float(sum(part["neighbor_w"] for part in parts))
+        stats["rollout/neighbor_weight"] = weight / n_mixed if n_mixed else 0.0
     return RolloutBatch(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
@@ -485,15 +528,22 @@ def _assemble(parts: list[dict], prompt_ids, prompt_mask, num_prompts: int, n: i
 # ---------------------------------------------------------------------------------------- replay
 
 
-def replay_logits(model, batch: RolloutBatch, embedding=None) -> torch.Tensor:
+def replay_logits(
+    model, batch: RolloutBatch, embedding=None, detach_mixed: bool = False
+) -> torch.Tensor:
     """Full-sequence forward over the recorded soft inputs: logits (N, T, V) scoring each response
     token (position P − 1 + t predicts response token t). Runs with gradients if enabled.
 
     `embedding`: the input-embedding module, when `model` is a data-parallel wrapper that does not
-    expose it (the learner passes the unwrapped model's)."""
+    expose it (the learner passes the unwrapped model's). `detach_mixed`: the candidate rows of
+    mixed positions (`batch.mixed`) get no gradient (`train.soft_input_grad: none`)."""
     embedding = input_embeddings(model) if embedding is None else embedding
     mask = batch.attention_mask  # (N, P + T)
-    inputs = embed(embedding, batch.soft_inputs.to(mask.device))  # (N, P + T, d)
+    detach = None
+    if detach_mixed and batch.mixed is not None:
+        prompt = torch.zeros_like(batch.prompt_ids, dtype=torch.bool)  # (N, P)
+        detach = torch.cat([prompt, batch.mixed.to(prompt.device)], dim=1)  # (N, P + T)
+    inputs = embed(embedding, batch.soft_inputs.to(mask.device), detach)  # (N, P + T, d)
     logits = _forward(model, inputs, mask, position_ids_from_mask(mask))  # (N, P + T, V)
     p, t = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
     return logits[:, p - 1 : p + t - 1]  # (N, T, V)

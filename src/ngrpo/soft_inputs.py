@@ -99,18 +99,27 @@ def embedding_table(embedding: torch.nn.Module | torch.Tensor) -> torch.Tensor:
     return embedding if isinstance(embedding, torch.Tensor) else embedding.weight
 
 
-def embed(embedding: torch.nn.Module | torch.Tensor, soft: SoftInputs) -> torch.Tensor:
+def embed(
+    embedding: torch.nn.Module | torch.Tensor,
+    soft: SoftInputs,
+    detach: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Input embeddings (B, T, d) for a batch of soft-input records.
 
     `embedding` is the model's input-embedding module (called on the candidate ids, so a module
     that scales its output, as Gemma's does, is honoured; mixing is linear so scale and mixture
     commute) or a bare (V, d) table. Gradients flow into the embedding rows of every candidate in
-    proportion to its weight; weights and noise are constants.
+    proportion to its weight; weights and noise are constants. `detach` (B, T) bool: positions
+    whose candidate rows get no gradient (`train.soft_input_grad: none` passes the mixed
+    positions); the values are unchanged, only the gradient path is cut.
     """
     if isinstance(embedding, torch.Tensor):
         rows = torch.nn.functional.embedding(soft.ids, embedding)  # (B, T, K, d)
     else:
         rows = embedding(soft.ids)  # (B, T, K, d)
+    if detach is not None:
+        cut = detach.to(device=rows.device, dtype=torch.bool)[..., None, None]  # (B, T, 1, 1)
+        rows = torch.where(cut, rows.detach(), rows)  # (B, T, K, d)
     weights = soft.weights.to(device=rows.device, dtype=rows.dtype).detach()  # (B, T, K)
     mixed = (rows * weights.unsqueeze(-1)).sum(dim=-2)  # (B, T, d)
     if soft.noise is not None:

@@ -4,7 +4,8 @@
 reads top to bottom in `_train_step`. Pieces it composes: `ngrpo.rollout.generate` (exploration on),
 `ngrpo.rewards.batch_rewards`, `ngrpo.losses.group_advantages`, `ngrpo.learner.update_policy`,
 `ngrpo.evaluation.evaluate` (exploration off), `ngrpo.diagnostics` (diversity of each step's
-groups).
+groups), and with `train.dynamic_sampling` `ngrpo.dynamic_sampling.collect` (several rounds of
+prompts per step, only groups whose rewards vary are trained on; single process only).
 
 Run directory (`output_dir`):
 - `config.yaml`: the resolved configuration;
@@ -236,6 +237,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
     from ngrpo.models import load_model, load_tokenizer, resolve_model_path
     from ngrpo.neighbors import NeighborIndex
     from ngrpo.rewards import GradingPool
+    from ngrpo.rollout import neighbor_search_table
 
     device, dtype = resolve_device_dtype(
         cfg.model.device, cfg.model.dtype, torch.cuda.is_available(),
@@ -284,13 +286,19 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
     index = None
     if cfg.exploration.strategy == "neighbor" and cfg.exploration.mix_top_k > 1:
         index = NeighborIndex(
-            policy.get_input_embeddings(), cfg.exploration.mix_top_k - 1, cfg.exploration.metric
-        )
+            neighbor_search_table(policy, cfg.exploration.neighbor_table),
+            cfg.exploration.mix_top_k - 1, cfg.exploration.metric,
+        )  # fmt: skip
     world = accelerator.num_processes
     if cfg.train.prompts_per_step % world or cfg.train.mini_batch_prompts % world:
         raise NgrpoError(
             f"train.prompts_per_step ({cfg.train.prompts_per_step}) and train.mini_batch_prompts "
             f"({cfg.train.mini_batch_prompts}) must be divisible by the {world} processes"
+        )
+    if cfg.train.dynamic_sampling and world > 1:
+        raise NgrpoError(
+            "train.dynamic_sampling runs in a single process for now (kept groups would differ "
+            "between processes); set train.dynamic_sampling=false or run one process"
         )
     params = LearnerParams(
         group_size=cfg.rollout.num_generations,
@@ -305,6 +313,8 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
         importance_sampling_level=cfg.train.importance_sampling_level,
         loss_type=cfg.train.loss_type,
         entropy_coef=cfg.train.entropy_coef,
+        clip_ratio_c=cfg.train.clip_ratio_c,
+        soft_input_grad=cfg.train.soft_input_grad,
         max_grad_norm=cfg.train.max_grad_norm,
         mask_truncated_completions=cfg.train.mask_truncated_completions,
     )
@@ -370,20 +380,16 @@ def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------ one step
 
 
-def _train_step(run: Run) -> dict[str, float]:
-    from ngrpo.diagnostics import rollout_diagnostics, split_groups
-    from ngrpo.losses import group_advantages
+def _rollout_round(run: Run, indices: list[int], round_: int):
+    """Rollouts with exploration on for this process's prompt `indices`, and their rewards.
+
+    Returns (batch, texts, rewards (N,)). Round 0 keeps the seed a step always had; dynamic
+    sampling's later rounds offset it."""
     from ngrpo.rewards import batch_rewards
     from ngrpo.rollout import SamplingParams, generate
 
     cfg, acc = run.cfg, run.accelerator
-    world, rank = acc.num_processes, acc.process_index
-    # 1. this process's slice of the step's prompts (the same global order for every process)
-    indices = run.sampler.take(cfg.train.prompts_per_step)
-    local = cfg.train.prompts_per_step // world
-    indices = indices[rank * local : (rank + 1) * local]
-    # 2. rollouts with exploration on
-    started = time.perf_counter()
+    seed = (cfg.seed * 1_000_003 + run.step) * 1_009 + acc.process_index + round_ * 104_729
     with acc.autocast():
         batch = generate(
             run.policy, [run.prompts[i] for i in indices],
@@ -394,14 +400,48 @@ def _train_step(run: Run) -> dict[str, float]:
             ),
             eos_token_id=run.tokenizer.eos_token_id, pad_token_id=run.tokenizer.pad_token_id,
             exploration=cfg.exploration, answer_start_ids=run.answer_start_ids, training=True,
-            seed=(cfg.seed * 1_000_003 + run.step) * 1_009 + rank,
-            batch_size=cfg.rollout.generation_batch_size, neighbor_index=run.neighbor_index,
+            seed=seed, batch_size=cfg.rollout.generation_batch_size,
+            neighbor_index=run.neighbor_index,
         )  # fmt: skip
-    rollout_s = time.perf_counter() - started
-    # 3. rewards and group-normalised advantages
     texts = [run.tokenizer.decode(r, skip_special_tokens=True) for r in batch.responses()]
     golds = [run.examples[indices[int(i)]].answer for i in batch.prompt_index]
     rewards = torch.tensor(batch_rewards(texts, golds, cfg.train.reward, run.pool))  # (N,)
+    return batch, texts, rewards
+
+
+def _dynamic_rollouts(run: Run):
+    """DAPO dynamic sampling (single process): `ngrpo.dynamic_sampling.collect` with this run's
+    sampler and rollouts."""
+    from ngrpo.dynamic_sampling import collect
+
+    cfg = run.cfg
+    return collect(
+        run.sampler.take, lambda indices, round_: _rollout_round(run, indices, round_),
+        need=cfg.train.prompts_per_step, group_size=cfg.rollout.num_generations,
+        max_rounds=cfg.train.max_sampling_rounds, pad_token_id=run.tokenizer.pad_token_id,
+    )  # fmt: skip
+
+
+def _train_step(run: Run) -> dict[str, float]:
+    from ngrpo.diagnostics import rollout_diagnostics, split_groups
+    from ngrpo.losses import group_advantages
+
+    cfg, acc = run.cfg, run.accelerator
+    world, rank = acc.num_processes, acc.process_index
+    # 1-2. this process's slice of the step's prompts (the same global order for every process),
+    # rollouts with exploration on and their rewards (dynamic sampling: several rounds)
+    started = time.perf_counter()
+    if cfg.train.dynamic_sampling:
+        batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run)
+    else:
+        indices = run.sampler.take(cfg.train.prompts_per_step)
+        local = cfg.train.prompts_per_step // world
+        batch, texts, rewards = _rollout_round(
+            run, indices[rank * local : (rank + 1) * local], 0
+        )
+        sampling_metrics = {}
+    rollout_s = time.perf_counter() - started
+    # 3. group-normalised advantages
     groups = rewards.view(-1, cfg.rollout.num_generations)  # (P, G)
     advantages = group_advantages(groups, scale=cfg.train.scale_rewards).reshape(-1)  # (N,)
     # 4. policy update on the recorded inputs
@@ -418,6 +458,7 @@ def _train_step(run: Run) -> dict[str, float]:
         "reward/accuracy": float((rewards > 0).float().mean()),
         "reward/std_in_group": float(groups.std(dim=1).mean()) if groups.shape[1] > 1 else 0.0,
         **{k: v for k, v in batch.stats.items() if k != "rollout/seconds"},
+        **sampling_metrics,
         **learner,
         **rollout_diagnostics(
             split_groups(texts, cfg.rollout.num_generations), groups.tolist(), batch.stats
