@@ -11,7 +11,14 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from ngrpo.cli import main
 from ngrpo.errors import NgrpoError
 from ngrpo.exploration import STRATEGIES, StepView
-from ngrpo.probe import mean_ci, perturbation_config, run_probe, summarize_run
+from ngrpo.probe import (
+    aggregate_probe,
+    mean_ci,
+    ngrpo_config,
+    perturbation_config,
+    run_probe,
+    summarize_run,
+)
 from ngrpo.rollout import SamplingParams, generate
 from ngrpo.tasks import generate as task_problems
 from ngrpo.tokenizer import build_tokenizer
@@ -139,21 +146,102 @@ def test_run_probe_rows_reproducible_and_progress(model, tokenizer):
     kwargs = dict(shifts=(0.1, 0.4), n=2, max_new_tokens=8, seed=1)
     result = run_probe(model, tokenizer, problems, progress=lambda *a: calls.append(a), **kwargs)
     rows = result["rows"]
-    assert [(r["perturbation"], r["target_shift"]) for r in rows] == [
-        ("none", 0.0), ("gaussian", 0.1), ("gaussian", 0.4), ("neighbor", 0.1), ("neighbor", 0.4),
-        ("n-grpo", None),
+    release, paper = rows[5], rows[7]
+    assert [(r["perturbation"], r["target_shift"], r["matched_to"]) for r in rows] == [
+        ("none", 0.0, None), ("gaussian", 0.1, None), ("gaussian", 0.4, None),
+        ("neighbor", 0.1, None), ("neighbor", 0.4, None),
+        ("n-grpo (release)", None, None),
+        ("gaussian", release["achieved_shift"], "n-grpo (release)"),
+        ("n-grpo (paper text)", None, None),
+        ("gaussian", paper["achieved_shift"], "n-grpo (paper text)"),
     ]  # fmt: skip
     assert rows[0]["achieved_shift"] == 0.0 and rows[0]["answer_agreement"] == 1.0
-    for row in rows[1:3]:
-        assert row["achieved_shift"] == pytest.approx(row["target_shift"], rel=1e-4)
+    for row in [*rows[1:3], rows[6], rows[8]]:  # gaussian: the exact shift, matched ones too
+        assert row["achieved_shift"] == pytest.approx(row["target_shift"], rel=1e-4, abs=1e-7)
     for row in rows[3:5]:
         assert 0 < row["achieved_shift"] <= row["target_shift"] + 1e-6
-    assert rows[5]["mixed_frac"] == 1.0 and rows[5]["achieved_shift"] > 0
-    assert calls[-1] == ("probe runs", 6, 6)
+    assert release["mixed_frac"] == paper["mixed_frac"] == 1.0
+    # the released weights give the neighbour more weight than the renormalised policy does
+    assert 0.5 >= release["neighbor_weight"] > paper["neighbor_weight"] > 0
+    assert rows[0]["neighbor_weight"] is None and rows[3]["neighbor_weight"] is None
+    assert calls[-1] == ("probe runs", 9, 9)
     assert result["config"]["num_problems"] == 3 and result["config"]["shifts"] == [0.1, 0.4]
+    assert result["config"]["weightings"] == ["release", "policy"]
     json.dumps(result)  # JSON-ready
     again = run_probe(model, tokenizer, problems, ngrpo_reference=False, **kwargs)
     assert again["rows"] == rows[:5]  # seeded: the same rows again
+    one = run_probe(model, tokenizer, problems, weightings=("policy",), matched_gaussian=False,
+                    **kwargs)  # fmt: skip
+    assert one["rows"][5:] == [paper]
+
+
+def test_ngrpo_reference_configs_name_their_weighting():
+    assert ngrpo_config().neighbor_weights == "release"
+    assert ngrpo_config(weights="policy").neighbor_weights == "policy"
+    assert ngrpo_config().strategy == "neighbor" and ngrpo_config().mix_top_k == 2
+
+
+def _probe_result(seed, accuracy, matched_shift):
+    def row(kind, target, achieved, acc, matched_to=None):
+        return {
+            "perturbation": kind, "target_shift": target, "matched_to": matched_to,
+            "achieved_shift": achieved, "mixed_frac": 1.0, "accuracy": acc,
+            "accuracy_ci": [acc - 0.1, acc + 0.1], "answer_agreement": 1.0 - achieved,
+            "distinct_answers": 2, "response_len": 20.0,
+            "neighbor_weight": 0.3 if kind.startswith("n-grpo") else None,
+        }  # fmt: skip
+
+    rows = [
+        row("none", 0.0, 0.0, accuracy),
+        row("gaussian", 0.2, 0.2, accuracy - 0.1),
+        row("n-grpo (release)", None, matched_shift, accuracy - 0.05),
+        row("gaussian", matched_shift, matched_shift, accuracy - 0.2, "n-grpo (release)"),
+    ]
+    return {"config": {"seed": seed, "n": 4}, "rows": rows, "seconds": 10.0}
+
+
+def test_aggregate_probe_over_seeds_by_hand():
+    results = [_probe_result(0, 0.4, 0.10), _probe_result(1, 0.5, 0.20),
+               _probe_result(2, 0.6, 0.30)]  # fmt: skip
+    combined = aggregate_probe(results)
+    assert combined["config"]["seeds"] == [0, 1, 2] and combined["seconds"] == 30.0
+    assert combined["per_seed"] == results
+    half = 4.303 * 0.1 / math.sqrt(3)  # values x, x + 0.1, x + 0.2: sd 0.1, t(0.975, 2)
+    base, gaussian, reference, matched = combined["rows"]
+    assert base["accuracy"] == pytest.approx(0.5) and base["seeds"] == 3
+    assert base["accuracy_ci"] == pytest.approx([0.5 - half, 0.5 + half])  # over seeds now
+    assert base["target_shift"] == 0.0 and base["achieved_shift_ci"] == [0.0, 0.0]
+    assert gaussian["accuracy"] == pytest.approx(0.4) and gaussian["target_shift"] == 0.2
+    assert reference["target_shift"] is None
+    assert reference["achieved_shift_ci"] == pytest.approx([0.2 - half, 0.2 + half])
+    assert matched["matched_to"] == "n-grpo (release)"
+    assert matched["target_shift"] == pytest.approx(0.2)  # the mean matched shift
+    assert matched["answer_agreement"] == pytest.approx(0.8)
+    assert matched["distinct_answers"] == 2 and matched["distinct_answers_ci"] == [2.0, 2.0]
+    assert "mixed_frac_ci" in matched and "perturbation_ci" not in matched
+    assert matched["neighbor_weight"] is None and "neighbor_weight_ci" not in matched
+    assert reference["neighbor_weight"] == pytest.approx(0.3)
+    single = aggregate_probe(results[:1])
+    assert single["rows"][0]["accuracy_ci"] == pytest.approx([0.3, 0.5])  # one seed: over problems
+    assert single["config"]["seeds"] == [0] and single["rows"][0]["seeds"] == 1
+    with pytest.raises(ValueError, match="distinct seeds"):
+        aggregate_probe([results[0], results[0]])
+    other = _probe_result(3, 0.5, 0.1)
+    other["rows"] = other["rows"][:3]
+    with pytest.raises(ValueError, match="same rows"):
+        aggregate_probe([results[0], other])
+    with pytest.raises(ValueError):
+        aggregate_probe([])
+
+
+def test_probe_plot_over_seeds(tmp_path):
+    from ngrpo.plots import plot_probe
+
+    combined = aggregate_probe([_probe_result(0, 0.4, 0.1), _probe_result(1, 0.5, 0.2)])
+    for row in combined["rows"]:
+        row["pairwise_edit"] = 0.1  # the fourth panel's column
+    path = plot_probe(combined, tmp_path / "probe.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(
@@ -165,6 +253,7 @@ def test_run_probe_rows_reproducible_and_progress(model, tokenizer):
         ({"n": 0}, "samples per problem"),
         ({"mix_rate": 0.0}, "mix_rate"),
         ({"grader": "fuzzy"}, "unknown grader 'fuzzy'"),
+        ({"weightings": ("paper",)}, "unknown N-GRPO weighting 'paper'"),
     ],
 )
 def test_run_probe_errors(model, tokenizer, kwargs, message):
@@ -192,13 +281,19 @@ def test_cli_probe_writes_json_png_and_table(model_dir, tmp_path, capsys, monkey
     stdout = capsys.readouterr().out
     assert code == 0
     result = json.loads((out / "probe.json").read_text())
-    assert len(result["rows"]) == 6 and result["config"]["model"] == str(model_dir)
+    assert len(result["rows"]) == 9 and result["config"]["model"] == str(model_dir)
     assert (out / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "semantic-consistency probe" in stdout and "neighbor" in stdout
     argv = ["probe", "--model", str(model_dir), "--problems", "1", "--n", "2", "--shifts", "0.2"]
     assert main([*argv, "--max-new-tokens", "4", "--no-reference", "--out", str(out)]) == 0
     rows = json.loads((out / "probe.json").read_text())["rows"]
     assert [r["perturbation"] for r in rows] == ["none", "gaussian", "neighbor"]
+    seeded = [*argv, "--max-new-tokens", "4", "--seeds", "3,5", "--weightings", "policy"]
+    assert main([*seeded, "--out", str(out)]) == 0
+    result = json.loads((out / "probe.json").read_text())
+    assert result["config"]["seeds"] == [3, 5] and len(result["per_seed"]) == 2
+    assert [r["perturbation"] for r in result["rows"]][-2:] == ["n-grpo (paper text)", "gaussian"]
+    assert all(r["seeds"] == 2 and "accuracy_ci" in r for r in result["rows"])
 
 
 @pytest.mark.parametrize(
@@ -208,6 +303,8 @@ def test_cli_probe_writes_json_png_and_table(model_dir, tmp_path, capsys, monkey
         (["--perturbations", "uniform"], "unknown probe perturbation 'uniform'"),
         (["--split", "arith-xx"], "unknown task split"),
         (["--n", "0"], "must be >= 1"),
+        (["--weightings", "paper"], "unknown N-GRPO weighting 'paper'"),
+        (["--seeds", "1,1"], "seed 1 is listed twice"),
     ],
 )
 def test_cli_probe_errors_in_one_line(model_dir, tmp_path, capsys, argv, fragment):
@@ -224,8 +321,11 @@ def test_probe_on_the_base_model_is_wired_end_to_end(base_model_dir):
         model, tokenizer, task_problems("arith-id", 8), shifts=(0.2,), n=4, max_new_tokens=48,
         grader="exact",  # the embedded task's answers are plain integers: no math-verify pool
     )  # fmt: skip
-    base, gaussian, neighbor, reference = result["rows"]
+    base, gaussian, neighbor, release, _, paper, _ = result["rows"]
     assert base["accuracy"] > 0.1 and base["unparsed"] < 0.2  # prompts, EOS and grading line up
     assert gaussian["achieved_shift"] == pytest.approx(0.2, rel=1e-4)
     assert 0 < neighbor["achieved_shift"] <= 0.2 + 1e-6
-    assert reference["perturbation"] == "n-grpo" and reference["mixed_frac"] == 1.0
+    assert release["perturbation"] == "n-grpo (release)" and release["mixed_frac"] == 1.0
+    assert paper["perturbation"] == "n-grpo (paper text)"
+    # a confident model: the paper text's weights leave the anchor almost alone, the release's don't
+    assert release["neighbor_weight"] > 0.2 > paper["neighbor_weight"]

@@ -1,15 +1,27 @@
 """The main job: GRPO vs N-GRPO vs STHT-style noise on the embedded task, in miniature.
 
-`run_demo(settings)` builds (or re-uses) the base model, then for every seed trains the three
-methods with identical budgets and seeds (the shipped `tiny_grpo`, `tiny_ngrpo`, `tiny_stht`
-configs, which differ only in their `exploration` section), evaluates the base model and every
-trained policy on `arith-id` and `arith-ood` with mixing off (mean@n and pass@k up to n), runs the
-semantic-consistency probe on the base model, and writes `report.md`, `results.json` and PNG plots.
+`run_demo(settings)` builds (or re-uses) the base model, then for every seed trains each method of
+`settings.methods` with identical budgets and seeds (the shipped `tiny_*` configs plus the
+overrides in `METHODS`, which differ only in their `exploration` section), evaluates every trained
+policy on `arith-id` and `arith-ood` with mixing off (mean@n and pass@k up to n), runs the
+semantic-consistency probe on the base model once per seed (the seed changes its sampling), and
+writes `report.md`, `results.json` and PNG plots (`ngrpo.demo_report`).
 
-Statistics: with several seeds every number is a mean over seeds with a 95% confidence interval
-(Student t, seeds as the unit). A difference between two methods is called "within noise" when
-the 95% interval of the per-seed paired difference contains 0 (one seed: always, there is no
-spread to judge it by).
+Methods: the default run compares GRPO, N-GRPO with the authors' released weighting
+(`exploration.neighbor_weights=release`) and the STHT-style Gaussian baseline; `full` adds N-GRPO
+with the paper text's weighting (`policy`). Adding a method is one line of `METHODS` /
+`FULL_METHODS`.
+
+Shared work (it does not change what is compared): the base model does not depend on the training
+seed and its evaluation is deterministic given the sampling seed, so it is evaluated once (final
+evaluation and the step-0 point of the training curves, sampling seed `base_seed`) instead of once
+per seed and method. The base's own sampling error is then a constant across seeds, so the
+"vs base" intervals add it in quadrature (`ngrpo.stats.paired_difference`). Each trained policy is
+evaluated with its training seed as sampling seed.
+
+Statistics (`ngrpo.stats`): every number over seeds is a mean with a 95% Student-t interval, seeds
+as the unit; a difference between two methods is paired by seed and called "within noise" when
+its 95% interval contains 0 (one seed: nothing can be told from noise).
 """
 
 from __future__ import annotations
@@ -24,22 +36,38 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ngrpo.errors import NgrpoError
+from ngrpo.stats import sampling_se
 
 log = logging.getLogger(__name__)
 
-# name shown -> (shipped config, exploration strategy)
-METHODS: dict[str, tuple[str, str]] = {
-    "grpo": ("tiny_grpo", "none"),
-    "n-grpo": ("tiny_ngrpo", "neighbor"),
-    "stht": ("tiny_stht", "gaussian"),
+
+@dataclass(frozen=True)
+class Method:
+    """One compared method: a shipped config and the `key.sub=value` overrides applied to it."""
+
+    label: str  # shown in tables and plots
+    config: str
+    overrides: tuple[str, ...] = ()
+
+
+# key (run directories, results.json) -> method
+METHODS: dict[str, Method] = {
+    "grpo": Method("GRPO", "tiny_grpo"),
+    "n-grpo": Method("N-GRPO (release)", "tiny_ngrpo", ("exploration.neighbor_weights=release",)),
+    "stht": Method("STHT-style", "tiny_stht"),
 }
+FULL_METHODS: dict[str, Method] = {
+    **METHODS,
+    "n-grpo-paper": Method(
+        "N-GRPO (paper text)", "tiny_ngrpo", ("exploration.neighbor_weights=policy",)
+    ),
+}
+BASELINES = ("grpo", "stht")  # every other method is compared with each of these, paired by seed
 EVAL_SPLITS = ("arith-id", "arith-ood")
-# Two-sided 95% Student t critical values by degrees of freedom (1..30; normal beyond).
-T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-    2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-    2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
+# Sampling of every evaluation (final and training curves), as in the paper: mixing off.
+EVAL_TEMPERATURE, EVAL_TOP_P, EVAL_MAX_NEW_TOKENS = 0.6, 0.95, 64
+CURVE_N = 4  # samples per problem of the evaluations during training
+DEFAULT_SEEDS, FULL_MIN_SEEDS = 3, 5  # seeds of `ngrpo demo` and `ngrpo demo --full`
 Progress = Callable[[str, int, int, str], None]
 
 
@@ -48,7 +76,7 @@ class DemoSettings:
     """Budget of a demo run (`quick` shrinks everything to a smoke run of a few minutes)."""
 
     out: Path = Path("ngrpo-demo")
-    seeds: int = 1
+    seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 20  # the tiny configs' own length
     eval_every: int = 10
     curve_limit: int = 100  # ID problems evaluated during training (n = 4)
@@ -56,44 +84,67 @@ class DemoSettings:
     final_n: int = 16
     probe_problems: int = 32
     probe_n: int = 8
+    probe_shifts: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)  # matched-shift grid of the probe
     base_seed: int = 0
+    full: bool = False  # also N-GRPO with the paper text's weights; >= 5 seeds
+    preset: str = "default"  # "quick" for the smoke run (the reproduce command says --quick)
 
     @classmethod
-    def quick(cls, out: Path, seeds: int = 1) -> DemoSettings:
+    def quick(
+        cls, out: Path, seeds: tuple[int, ...] | None = None, full: bool = False
+    ) -> DemoSettings:
         return cls(
-            out=out, seeds=seeds, steps=4, eval_every=2, curve_limit=20, final_limit=20,
-            final_n=4, probe_problems=8, probe_n=2,
+            out=out, seeds=seeds or (0,), steps=4, eval_every=2, curve_limit=20, final_limit=20,
+            final_n=4, probe_problems=8, probe_n=2, full=full, preset="quick",
         )  # fmt: skip
 
+    @classmethod
+    def default(
+        cls, out: Path, seeds: tuple[int, ...] | None = None, full: bool = False
+    ) -> DemoSettings:
+        """The default run (3 seeds), or with `full` the paper-text method too and 5 seeds."""
+        count = FULL_MIN_SEEDS if full else DEFAULT_SEEDS
+        return cls(out=out, seeds=seeds or tuple(range(count)), full=full)
 
-def mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% Student-t interval over seeds (zero width for a single value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, mean, mean
-    df = len(values) - 1
-    t = T_975[df - 1] if df <= len(T_975) else 1.96
-    half = t * statistics.stdev(values) / len(values) ** 0.5
-    return mean, mean - half, mean + half
+    @property
+    def methods(self) -> dict[str, Method]:
+        return FULL_METHODS if self.full else METHODS
+
+    def validate(self) -> None:
+        """Raise `NgrpoError` naming the bad setting."""
+        if not self.seeds:
+            raise NgrpoError("--seeds: at least one seed is needed")
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise NgrpoError(f"--seeds must be distinct non-negative integers, got {self.seeds}")
+        if self.full and self.preset != "quick" and len(self.seeds) < FULL_MIN_SEEDS:
+            raise NgrpoError(
+                f"--full compares >= {FULL_MIN_SEEDS} seeds, got {len(self.seeds)} "
+                "(--quick lifts this for smoke runs)"
+            )
+        if self.final_n < 2:
+            raise NgrpoError(f"final_n must be >= 2 (for the sampling error), got {self.final_n}")
 
 
-def _train_one(method: str, seed: int, settings: DemoSettings, progress: Progress | None) -> Path:
+def _train_one(key: str, seed: int, settings: DemoSettings, progress: Progress | None) -> Path:
     from ngrpo.config import load_config
     from ngrpo.trainer import train
 
-    config_name, _ = METHODS[method]
-    run_dir = settings.out / "runs" / f"{method}-seed{seed}"
+    method = settings.methods[key]
+    run_dir = settings.out / "runs" / f"{key}-seed{seed}"
     overrides = [
+        *method.overrides,
         f"seed={seed}", f"output_dir={run_dir}", f"train.steps={settings.steps}",
-        f"eval.every={settings.eval_every}", "eval.at_start=true",
-        f"eval.limit={settings.curve_limit}", "data.eval_sets=arith-id", "eval.n=4",
+        f"eval.every={settings.eval_every}", "eval.at_start=false",  # step 0: the shared base eval
+        f"eval.limit={settings.curve_limit}", "data.eval_sets=arith-id", f"eval.n={CURVE_N}",
+        f"eval.temperature={EVAL_TEMPERATURE}", f"eval.top_p={EVAL_TOP_P}",
+        f"eval.max_new_tokens={EVAL_MAX_NEW_TOKENS}",
         "eval.best_metric=null", f"logging.save_every={settings.steps}", "logging.keep_last=1",
     ]  # fmt: skip
-    cfg = load_config(config_name, overrides)
+    cfg = load_config(method.config, overrides)
 
     def on_step(kind: str, step: int, total: int, metrics: dict) -> None:
         if progress is not None and kind == "train":
-            progress(f"train {method} (seed {seed})", step, total,
+            progress(f"train {key} (seed {seed})", step, total,
                      f"reward {metrics.get('reward/mean', 0):.2f}")  # fmt: skip
 
     if (run_dir / "metrics.jsonl").exists():
@@ -103,45 +154,64 @@ def _train_one(method: str, seed: int, settings: DemoSettings, progress: Progres
     return train(cfg, progress=on_step)
 
 
-def _final_eval(model_dir: Path, settings: DemoSettings, seed: int, pool) -> dict:
+def _evaluate(model, tokenizer, split: str, limit: int, n: int, seed: int, pool) -> dict:
+    """One split's summary (see `ngrpo.metrics.summarize_problem_set`) plus `mean@n_se`, the
+    sampling standard error of mean@n on these problems (`ngrpo.stats.sampling_se`)."""
     from ngrpo.data import load_benchmark
     from ngrpo.evaluation import evaluate
-    from ngrpo.models import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(model_dir)
-    out = {}
-    for split in EVAL_SPLITS:
-        examples = load_benchmark(split, limit=settings.final_limit).examples
-        result = evaluate(
-            model, tokenizer, examples, n=settings.final_n, temperature=0.6, top_p=0.95,
-            max_new_tokens=64, seed=seed, pool=pool,
-        )  # fmt: skip
-        out[split] = result.summary
-    return out
+    examples = load_benchmark(split, limit=limit).examples
+    result = evaluate(
+        model, tokenizer, examples, n=n, temperature=EVAL_TEMPERATURE, top_p=EVAL_TOP_P,
+        max_new_tokens=EVAL_MAX_NEW_TOKENS, seed=seed, pool=pool,
+    )  # fmt: skip
+    by_problem: dict[str, list[bool]] = {}
+    for sample in result.samples:
+        by_problem.setdefault(sample.problem_id, []).append(sample.correct)
+    return {**result.summary, "mean@n_se": sampling_se(list(by_problem.values()))}
 
 
-def _curve(run_dir: Path) -> list[tuple[int, float]]:
+def _final_eval(model, tokenizer, settings: DemoSettings, seed: int, pool) -> dict:
+    limit, n = settings.final_limit, settings.final_n
+    return {s: _evaluate(model, tokenizer, s, limit, n, seed, pool) for s in EVAL_SPLITS}
+
+
+def _curve(run_dir: Path, start: float) -> list[tuple[int, float]]:
+    """ID accuracy during training; step 0 is the shared base evaluation `start`."""
     from ngrpo.trainer import read_metrics
 
-    return [
+    return [(0, start)] + [
         (row["step"], row["eval/arith-id/mean@n"])
         for row in read_metrics(run_dir)
-        if row.get("type") == "eval"
+        if row.get("type") == "eval" and row["step"] > 0
     ]
 
 
 DIVERSITY_KEYS = (
     "diversity/distinct_answers", "diversity/distinct_2", "diversity/pairwise_edit",
     "diversity/zero_adv_frac", "rollout/mixed_frac", "rollout/embed_shift",
+    "rollout/neighbor_weight", "rollout/neighbor_synonym_frac",
 )  # fmt: skip
 
 
 def _diversity(run_dir: Path) -> dict[str, float]:
-    """Mean over training steps of each rollout diagnostic."""
+    """Mean over training steps of each rollout diagnostic the run logged."""
     from ngrpo.trainer import read_metrics
 
     rows = [r for r in read_metrics(run_dir) if r.get("type") == "train"]
     return {k: statistics.fmean(r[k] for r in rows) for k in DIVERSITY_KEYS if k in rows[0]}
+
+
+class _Timer:
+    """Wall seconds per stage, summed over seeds (`results["timings"]`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, stage: str, since: float) -> float:
+        now = time.time()
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + now - since, 1)
+        return now
 
 
 def run_demo(settings: DemoSettings, progress: Progress | None = None) -> dict:
@@ -149,114 +219,85 @@ def run_demo(settings: DemoSettings, progress: Progress | None = None) -> dict:
     import torch
 
     from ngrpo.base_model import ensure_base_model
+    from ngrpo.demo_report import compare, render_report, summarize, write_plots
     from ngrpo.models import load_model_and_tokenizer
-    from ngrpo.probe import run_probe
+    from ngrpo.probe import aggregate_probe, run_probe
     from ngrpo.rewards import GradingPool
     from ngrpo.tasks import generate
     from ngrpo.trainer import checkpoint_dirs
 
-    if settings.seeds < 1:
-        raise NgrpoError(f"--seeds must be >= 1, got {settings.seeds}")
+    settings.validate()
     try:
         settings.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NgrpoError(f"cannot create {str(settings.out)!r}: {err.strerror}") from err
-    started = time.time()
+    started = timer = time.time()
+    timings = _Timer()
+
+    def note(stage: str, info: str) -> None:
+        if progress is not None:
+            progress(stage, 0, 1, info)
 
     def build_progress(stage: str, done: int, total: int) -> None:
         if progress is not None:
             progress(stage, done, total, "")
 
     base_dir = ensure_base_model(seed=settings.base_seed, progress=build_progress)
-    seeds = list(range(settings.seeds))
-    per_seed: dict[str, list[dict]] = {name: [] for name in ["base", *METHODS]}
+    timer = timings.add("base model", timer)
+    methods = settings.methods
+    per_seed: dict[str, list[dict]] = {key: [] for key in methods}
+    probes = []
     with GradingPool() as pool:
-        for seed in seeds:
-            if progress is not None:
-                progress("final evaluation", 0, 1, f"base (seed {seed})")
-            per_seed["base"].append({"final": _final_eval(base_dir, settings, seed, pool)})
-            for method in METHODS:
-                run_dir = _train_one(method, seed, settings, progress)
-                if progress is not None:
-                    progress("final evaluation", 0, 1, f"{method} (seed {seed})")
-                final = _final_eval(checkpoint_dirs(run_dir)[-1], settings, seed, pool)
-                per_seed[method].append({
-                    "final": final, "curve": _curve(run_dir), "diversity": _diversity(run_dir),
-                    "run_dir": str(run_dir),
-                })  # fmt: skip
+        note("final evaluation", f"base (sampling seed {settings.base_seed})")
         model, tokenizer = load_model_and_tokenizer(base_dir)
-        probe = run_probe(
-            model, tokenizer, generate("arith-id", settings.probe_problems, seed=1),
-            n=settings.probe_n, seed=0, pool=pool,
-            progress=None if progress is None else (lambda s, d, t: progress("probe", d, t, s)),
-        )  # fmt: skip
+        base = {
+            "final": _final_eval(model, tokenizer, settings, settings.base_seed, pool),
+            "curve_start": _evaluate(
+                model, tokenizer, "arith-id", settings.curve_limit, CURVE_N, settings.base_seed,
+                pool,
+            )["mean@n"],
+            "eval_seed": settings.base_seed,
+        }  # fmt: skip
+        timer = timings.add("evaluation", timer)
+        problems = generate("arith-id", settings.probe_problems, seed=1)
+        for seed in settings.seeds:
+            for key in methods:
+                run_dir = _train_one(key, seed, settings, progress)
+                timer = timings.add("training", timer)
+                note("final evaluation", f"{key} (seed {seed})")
+                trained = load_model_and_tokenizer(checkpoint_dirs(run_dir)[-1])
+                final = _final_eval(*trained, settings, seed, pool)
+                timer = timings.add("evaluation", timer)
+                per_seed[key].append({
+                    "final": final, "curve": _curve(run_dir, base["curve_start"]),
+                    "diversity": _diversity(run_dir), "run_dir": str(run_dir),
+                })  # fmt: skip
+            probes.append(run_probe(
+                model, tokenizer, problems, shifts=settings.probe_shifts, n=settings.probe_n,
+                seed=seed, pool=pool,
+                progress=None if progress is None
+                else (lambda s, d, t, seed=seed: progress(f"probe (seed {seed})", d, t, s)),
+            ))  # fmt: skip
+            timer = timings.add("probe", timer)
     results = {
         "settings": {**asdict(settings), "out": str(settings.out)},
-        "seeds": seeds,
-        "methods": {name: cfg for name, (cfg, _) in METHODS.items()},
+        "seeds": list(settings.seeds),
+        "methods": {key: asdict(method) for key, method in methods.items()},
+        "base": base,
         "per_seed": per_seed,
-        "summary": summarize(per_seed),
-        "probe": probe,
+        "probe": aggregate_probe(probes),
         "environment": environment(),
+        "timings": timings.seconds,
         "wall_seconds": round(time.time() - started, 1),
         "base_model": str(base_dir),
     }
-    results["comparisons"] = compare(per_seed)
+    results["summary"] = summarize(base, per_seed)
+    results["comparisons"] = compare(base, per_seed, settings.final_n)
     (settings.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     results["plots"] = write_plots(results, settings.out)
     (settings.out / "report.md").write_text(render_report(results))
     log.info("demo finished in %.0f s (torch %s)", results["wall_seconds"], torch.__version__)
     return results
-
-
-def _metric(entry: dict, split: str, key: str, k: str | None = None) -> float:
-    summary = entry["final"][split]
-    return summary["pass@k"][k] if key == "pass@k" else summary[key]
-
-
-def summarize(per_seed: dict[str, list[dict]]) -> dict:
-    """Per method: mean and 95% CI over seeds of mean@n, pass@k (each k) and diversity."""
-    out = {}
-    for method, entries in per_seed.items():
-        row: dict = {}
-        for split in EVAL_SPLITS:
-            ks = list(entries[0]["final"][split]["pass@k"])
-            row[split] = {
-                "mean@n": mean_ci([_metric(e, split, "mean@n") for e in entries]),
-                "pass@k": {k: mean_ci([_metric(e, split, "pass@k", k) for e in entries])
-                           for k in ks},
-            }  # fmt: skip
-        if "diversity" in entries[0]:
-            row["diversity"] = {
-                key: mean_ci([e["diversity"][key] for e in entries])
-                for key in entries[0]["diversity"]
-            }
-            steps = [s for s, _ in entries[0]["curve"]]
-            row["curve"] = [
-                (step, *mean_ci([e["curve"][i][1] for e in entries]))
-                for i, step in enumerate(steps)
-            ]
-        out[method] = row
-    return out
-
-
-def compare(per_seed: dict[str, list[dict]]) -> list[dict]:
-    """Paired (per-seed) differences of ID / OOD mean@n: each method vs base, N-GRPO vs others."""
-    pairs = [(m, "base") for m in METHODS] + [("n-grpo", "grpo"), ("n-grpo", "stht")]
-    rows = []
-    for a, b in pairs:
-        for split in EVAL_SPLITS:
-            diffs = [
-                _metric(x, split, "mean@n") - _metric(y, split, "mean@n")
-                for x, y in zip(per_seed[a], per_seed[b], strict=True)
-            ]
-            mean, low, high = mean_ci(diffs)
-            rows.append({
-                "a": a, "b": b, "split": split, "metric": "mean@n", "difference": mean,
-                "ci": [low, high], "seeds": len(diffs),
-                "within_noise": len(diffs) < 2 or low <= 0.0 <= high,
-            })  # fmt: skip
-    return rows
 
 
 def environment() -> dict:
@@ -271,134 +312,3 @@ def environment() -> dict:
         "accelerate": accelerate.__version__, "cuda": torch.cuda.is_available(),
         "platform": platform.platform(),
     }  # fmt: skip
-
-
-def write_plots(results: dict, out: Path) -> dict[str, str]:
-    from ngrpo.plots import plot_accuracy_over_steps, plot_diversity, plot_pass_at_k, plot_probe
-
-    summary = results["summary"]
-    methods = list(METHODS)
-    paths = {
-        "accuracy": plot_accuracy_over_steps(
-            {m: summary[m]["curve"] for m in methods}, out / "accuracy_over_steps.png",
-            title="ID accuracy during training (mean@4, mixing off)", ylabel="arith-id mean@4",
-        ),
-        "diversity": plot_diversity(
-            {m: summary[m]["diversity"] for m in methods}, out / "diversity.png",
-            title="Rollout diversity during training (mean over steps)",
-        ),
-        "probe": plot_probe(results["probe"], out / "probe.png"),
-    }  # fmt: skip
-    for split in EVAL_SPLITS:
-        paths[f"pass_at_k_{split}"] = plot_pass_at_k(
-            {m: {int(k): v for k, v in summary[m][split]["pass@k"].items()}
-             for m in ["base", *methods]},
-            out / f"pass_at_k_{split}.png", title=f"pass@k on {split} (after training)",
-        )  # fmt: skip
-    return {name: str(Path(p).name) for name, p in paths.items()}
-
-
-def _fmt(value: tuple[float, float, float], seeds: int) -> str:
-    mean, low, high = value
-    if seeds < 2:
-        return f"{100 * mean:.1f}"
-    return f"{100 * mean:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
-
-
-def main_table(results: dict) -> list[list[str]]:
-    """Header + one row per method: ID / OOD mean@n and pass@n (percent, CI with seeds > 1)."""
-    summary, seeds = results["summary"], len(results["seeds"])
-    n = str(results["settings"]["final_n"])
-    header = ["method", "ID mean@n", f"ID pass@{n}", "OOD mean@n", f"OOD pass@{n}"]
-    rows = [header]
-    for method in ["base", *METHODS]:
-        s = summary[method]
-        rows.append([
-            method,
-            _fmt(s["arith-id"]["mean@n"], seeds), _fmt(s["arith-id"]["pass@k"][n], seeds),
-            _fmt(s["arith-ood"]["mean@n"], seeds), _fmt(s["arith-ood"]["pass@k"][n], seeds),
-        ])  # fmt: skip
-    return rows
-
-
-def render_report(results: dict) -> str:
-    settings, env, seeds = results["settings"], results["environment"], results["seeds"]
-    table = main_table(results)
-    lines = [
-        "# ngrpo demo: GRPO vs N-GRPO vs STHT-style noise on the embedded task",
-        "",
-        f"Seeds {seeds} · {settings['steps']} training steps per run (8 prompts × 8 responses) · "
-        f"final evaluation: {settings['final_limit']} problems per split, n = "
-        f"{settings['final_n']}, τ = 0.6, top-p = 0.95, mixing off · wall time "
-        f"{results['wall_seconds']:.0f} s.",
-        "",
-        f"Machine: {env['platform']} ({env['cpus']} CPUs, CUDA {env['cuda']}); Python "
-        f"{env['python']}, torch {env['torch']}, transformers {env['transformers']}, accelerate "
-        f"{env['accelerate']}.",
-        "",
-        "## Main table (percent" + ("; mean [95% CI] over seeds)" if len(seeds) > 1 else ")"),
-        "",
-        "| " + " | ".join(table[0]) + " |",
-        "|" + "---|" * len(table[0]),
-        *("| " + " | ".join(row) + " |" for row in table[1:]),
-        "",
-        "## Differences (mean@n, paired by seed)",
-        "",
-        "| comparison | split | difference (points) | 95% CI | reading |",
-        "|---|---|---|---|---|",
-    ]
-    for c in results["comparisons"]:
-        verdict = "within noise" if c["within_noise"] else ("better" if c["difference"] > 0
-                                                              else "worse")  # fmt: skip
-        interval = f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]"
-        if len(seeds) < 2:
-            verdict, interval = "one seed: cannot tell from noise (use --seeds 3)", "–"
-        lines.append(
-            f"| {c['a']} − {c['b']} | {c['split']} | {100 * c['difference']:+.1f} | "
-            f"{interval} | {verdict} |"
-        )
-    lines += [
-        "",
-        "## Rollout diversity during training (mean over steps)",
-        "",
-        "| method | " + " | ".join(k.split("/")[-1] for k in DIVERSITY_KEYS) + " |",
-        "|---|" + "---|" * len(DIVERSITY_KEYS),
-    ]
-    for method in METHODS:
-        div = results["summary"][method]["diversity"]
-        lines.append(f"| {method} | " + " | ".join(
-            f"{div[k][0]:.3f}" if k in div else "–" for k in DIVERSITY_KEYS) + " |")  # fmt: skip
-    lines += [
-        "",
-        "## Plots",
-        "",
-        *(f"![{name}]({path})" for name, path in results["plots"].items()),
-        "",
-        "## Semantic-consistency probe (base model)",
-        "",
-        "Every reasoning position's input is perturbed at a matched relative shift: `gaussian` "
-        "adds isotropic noise of norm s‖e(y)‖, `neighbor` moves e(y) towards its nearest "
-        "neighbour by the same distance. `n-grpo` is N-GRPO's own mixing (greedy anchor, "
-        "policy-weighted neighbour) at the probe's mix rate; its shift is measured, not set, and "
-        "feeding the argmax anchor at every position raises accuracy and lowers diversity. "
-        "Answer agreement: the share of samples whose answer equals the unperturbed run's.",
-        "",
-        "| perturbation | target shift | achieved shift | accuracy | answer agreement | "
-        "distinct answers |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in results["probe"]["rows"]:
-        target = "–" if row.get("target_shift") is None else f"{row['target_shift']:.2f}"
-        lines.append(
-            f"| {row['perturbation']} | {target} | {row['achieved_shift']:.3f} | "
-            f"{row['accuracy']:.3f} | {row['answer_agreement']:.3f} | "
-            f"{row['distinct_answers']:.2f} |"
-        )
-    lines += [
-        "",
-        "Reproduce: `ngrpo demo"
-        + (" --quick" if settings["steps"] < DemoSettings().steps else "")
-        + f" --seeds {len(seeds)}`; every number above follows from the seeds.",
-        "",
-    ]
-    return "\n".join(lines)

@@ -26,6 +26,9 @@ COLORS = {
     "n-grpo": "#d62728",
     "gaussian": "#2ca02c",
     "stht": "#2ca02c",
+    "stht-style": "#2ca02c",
+    "n-grpo (release)": "#d62728",
+    "n-grpo (paper text)": "#9467bd",
 }
 # Probe perturbations: the matched-shift pair, and N-GRPO's own mixing as a reference point.
 PROBE_COLORS = {
@@ -33,6 +36,8 @@ PROBE_COLORS = {
     "gaussian": "#2ca02c",
     "neighbor": "#ff7f0e",
     "n-grpo": "#d62728",
+    "n-grpo (release)": "#d62728",
+    "n-grpo (paper text)": "#9467bd",
 }
 # Probe panels: (row key, axis label).
 PROBE_PANELS = (

@@ -17,10 +17,19 @@ experiment in miniature on a fixed set of problems.
   positions) and the plot uses it as its x axis.
 These are the registered exploration strategies `shift_gaussian` / `shift_neighbor` with
 `anchor="sampled"` and `noise_scale = s`, run through the rollout engine's shared soft-input path.
-Each reasoning position is perturbed with probability `mix_rate` (default 1: all of them). A last
-reference run uses N-GRPO's own mixing (strategy `neighbor`, top-2, weights = the policy's
-probabilities renormalised), whose shift is not controlled but measured: it shows where on the
-shift axis the trained method actually operates.
+Each reasoning position is perturbed with probability `mix_rate` (default 1: all of them).
+
+**N-GRPO's own mixing** (reference rows): strategy `neighbor`, top-2, greedy anchor, once per
+weighting of `weightings` — `release` (the authors' code: softmax over the candidates of the
+warped probabilities; row `n-grpo (release)`) and `policy` (the paper's text: the probabilities
+renormalised; row `n-grpo (paper text)`). Their shift is not controlled but measured: it shows
+where on the shift axis the trained method actually operates. With `matched_gaussian` each
+reference row is followed by a `gaussian` run at exactly the shift that reference achieved
+(`matched_to` names it), so each weighting has an off-manifold twin at a matched mean shift.
+
+**Over seeds.** `aggregate_probe` combines runs of the same probe with different sampling seeds
+(same problems): every numeric column becomes the mean over seeds with `<column>_ci`, its 95%
+Student-t interval (`ngrpo.stats.mean_ci`), which the probe plot draws.
 
 **Protocol.** One unperturbed run and one run per (perturbation, shift), all with the same seed:
 token sampling has its own random stream, separate from the perturbation's, so the runs differ
@@ -49,12 +58,15 @@ from ngrpo.errors import NgrpoError
 from ngrpo.exploration import ExplorationConfig, answer_start_ids
 from ngrpo.rewards import GradingPool, get_grader, grade_batch
 from ngrpo.rewards.equivalence import normalize_text
+from ngrpo.stats import mean_ci as seed_ci
 
 log = logging.getLogger(__name__)
 
 # Probe perturbation -> the exploration strategy that implements it.
 PERTURBATIONS: dict[str, str] = {"gaussian": "shift_gaussian", "neighbor": "shift_neighbor"}
 DEFAULT_SHIFTS = (0.05, 0.1, 0.2, 0.3, 0.5)
+# N-GRPO reference weighting (`exploration.neighbor_weights`) -> its row's name suffix.
+WEIGHTINGS: dict[str, str] = {"release": "release", "policy": "paper text"}
 ANSWER_START = "</think>"
 
 Progress = Callable[[str, int, int], None]
@@ -72,12 +84,15 @@ def perturbation_config(kind: str, shift: float, mix_rate: float = 1.0) -> Explo
     )  # fmt: skip
 
 
-def ngrpo_config(mix_rate: float = 1.0, mix_top_k: int = 2) -> ExplorationConfig:
-    """N-GRPO's own mixing (strategy `neighbor`, the authors' 1.5B settings but `mix_rate`), the
-    probe's reference row: weights are the policy's probabilities, the shift is not controlled."""
+def ngrpo_config(
+    mix_rate: float = 1.0, mix_top_k: int = 2, weights: str = "release"
+) -> ExplorationConfig:
+    """N-GRPO's own mixing (strategy `neighbor`, the authors' 1.5B settings but `mix_rate`), a
+    probe reference row: weights as `exploration.neighbor_weights`, the shift is not controlled."""
     return ExplorationConfig(
-        strategy="neighbor", mix_top_k=mix_top_k, mix_rate=mix_rate, answer_start=ANSWER_START
-    )
+        strategy="neighbor", mix_top_k=mix_top_k, mix_rate=mix_rate, answer_start=ANSWER_START,
+        neighbor_weights=weights,
+    )  # fmt: skip
 
 
 def mean_ci(values: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
@@ -126,9 +141,19 @@ def summarize_run(
 
 
 def check_settings(
-    problems: Sequence, shifts: Sequence[float], kinds: Sequence[str], n: int, mix_rate: float
+    problems: Sequence,
+    shifts: Sequence[float],
+    kinds: Sequence[str],
+    n: int,
+    mix_rate: float,
+    weightings: Sequence[str] = tuple(WEIGHTINGS),
 ) -> None:
     """Raise `NgrpoError` naming the bad setting of a probe run (called by `run_probe`)."""
+    unknown = [w for w in weightings if w not in WEIGHTINGS]
+    if unknown:
+        raise NgrpoError(
+            f"unknown N-GRPO weighting {unknown[0]!r}; choose from {', '.join(WEIGHTINGS)}"
+        )
     if not problems:
         raise NgrpoError("the probe needs at least one problem")
     if n < 1:
@@ -156,6 +181,8 @@ def run_probe(
     seed: int = 0,
     batch_size: int | None = None,
     ngrpo_reference: bool = True,
+    weightings: Sequence[str] = tuple(WEIGHTINGS),
+    matched_gaussian: bool = True,
     grader: str = "math",
     pool: GradingPool | None = None,
     progress: Progress | None = None,
@@ -164,19 +191,22 @@ def run_probe(
 
     `problems` are objects with `.problem` and `.answer` (task `Problem`s or data `Example`s).
     One row per run: first the unperturbed run (`perturbation = "none"`, shift 0), then every
-    (kind, shift), then (with `ngrpo_reference`) N-GRPO's own policy-weighted neighbour mixing
-    (`perturbation = "n-grpo"`, `target_shift = None`: its shift is whatever the policy's
-    probabilities make it). Responses are graded with `grader` (a key of
-    `ngrpo.rewards.GRADERS`); answers that need math-verify go to `pool` (default: the process-wide
-    pool, started on first need). Row keys:
-    perturbation, target_shift, achieved_shift, mixed_frac, accuracy, accuracy_ci,
-    answer_agreement, unparsed, distinct_answers, distinct_2, distinct_3, pairwise_edit,
-    response_len. `progress(stage, done, total)` is called after each run.
+    (kind, shift), then (with `ngrpo_reference`) for each of `weightings` N-GRPO's own neighbour
+    mixing (`perturbation = "n-grpo (release)"` / `"n-grpo (paper text)"`, `target_shift = None`:
+    its shift is whatever the weights make it), each followed (with `matched_gaussian`) by a
+    `gaussian` run at the shift it achieved (`matched_to` = the reference's name; None on every
+    other row). Responses are graded with `grader` (a key of `ngrpo.rewards.GRADERS`); answers
+    that need math-verify go to `pool` (default: the process-wide pool, started on first need).
+    Row keys: perturbation, target_shift, matched_to, achieved_shift, mixed_frac,
+    neighbor_weight (N-GRPO rows: mean non-anchor weight on mixed steps; else None), accuracy,
+    accuracy_ci, answer_agreement, unparsed, distinct_answers, distinct_2, distinct_3,
+    pairwise_edit, response_len. `progress(stage, done, total)` is called after each run.
     """
     from ngrpo.evaluation import build_prompts, eos_token_ids
     from ngrpo.rollout import SamplingParams, generate
 
-    check_settings(problems, shifts, kinds, n, mix_rate)
+    weightings = list(weightings) if ngrpo_reference else []
+    check_settings(problems, shifts, kinds, n, mix_rate, weightings)
     get_grader(grader)
     started = time.perf_counter()
     prompts = build_prompts(tokenizer, [p.problem for p in problems])
@@ -187,15 +217,12 @@ def run_probe(
     sampling = SamplingParams(
         n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens
     )
-    runs = [("none", 0.0, None)]
-    runs += [
-        (kind, float(s), perturbation_config(kind, s, mix_rate)) for kind in kinds for s in shifts
-    ]
-    if ngrpo_reference:
-        runs.append(("n-grpo", None, ngrpo_config(mix_rate)))
+    total = 1 + len(kinds) * len(shifts) + len(weightings) * (2 if matched_gaussian else 1)
+    rows: list[dict] = []
+    reference: list[str | None] | None = None
 
-    rows, reference = [], None
-    for done, (kind, shift, explore) in enumerate(runs):
+    def run(kind: str, shift: float | None, explore, matched_to: str | None = None) -> dict:
+        nonlocal reference
         batch = generate(
             model, prompts, sampling, eos_token_id=eos, pad_token_id=pad, exploration=explore,
             answer_start_ids=marker, training=True, seed=seed, batch_size=batch_size,
@@ -205,19 +232,82 @@ def run_probe(
         answers = [None if g.extracted is None else normalize_text(g.extracted) for g in grades]
         summary = summarize_run(texts, answers, [g.correct for g in grades], n, reference)
         reference = answers if reference is None else reference
-        rows.append({
-            "perturbation": kind, "target_shift": shift,
+        row = {
+            "perturbation": kind, "target_shift": shift, "matched_to": matched_to,
             "achieved_shift": batch.stats["rollout/embed_shift"],
-            "mixed_frac": batch.stats["rollout/mixed_frac"], **summary,
+            "mixed_frac": batch.stats["rollout/mixed_frac"],
+            "neighbor_weight": batch.stats.get("rollout/neighbor_weight"), **summary,
             "response_len": batch.stats["rollout/response_len"],
-        })  # fmt: skip
+        }  # fmt: skip
+        rows.append(row)
         log.info("probe %s shift %s: %s", kind, shift, summary)
         if progress is not None:
-            progress("probe runs", done + 1, len(runs))
+            progress("probe runs", len(rows), total)
+        return row
+
+    run("none", 0.0, None)
+    for kind in kinds:
+        for s in shifts:
+            run(kind, float(s), perturbation_config(kind, s, mix_rate))
+    for weights in weightings:
+        name = f"n-grpo ({WEIGHTINGS[weights]})"
+        achieved = run(name, None, ngrpo_config(mix_rate, weights=weights))["achieved_shift"]
+        if matched_gaussian:
+            run("gaussian", achieved, perturbation_config("gaussian", achieved, mix_rate), name)
     config = {
         "num_problems": len(problems), "n": n, "shifts": [float(s) for s in shifts],
         "perturbations": list(kinds), "mix_rate": mix_rate, "temperature": temperature,
         "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
-        "answer_start": ANSWER_START, "ngrpo_reference": ngrpo_reference, "grader": grader,
+        "answer_start": ANSWER_START, "ngrpo_reference": ngrpo_reference,
+        "weightings": weightings, "matched_gaussian": matched_gaussian, "grader": grader,
     }  # fmt: skip
     return {"config": config, "rows": rows, "seconds": time.perf_counter() - started}
+
+
+def _row_key(row: dict) -> tuple:
+    """What identifies a probe row across seeds (a matched shift differs from seed to seed)."""
+    shift = None if row.get("matched_to") else row["target_shift"]
+    return row["perturbation"], row.get("matched_to"), shift
+
+
+def aggregate_probe(results: Sequence[dict]) -> dict:
+    """Combine `run_probe` results of several sampling seeds (same problems and settings).
+
+    Rows keep their order; every numeric column becomes its mean over seeds and gains
+    `<column>_ci` (95% Student-t interval over seeds; this replaces the single run's interval
+    over problems in `accuracy_ci`); `target_shift` of a matched row is the mean matched shift;
+    `seeds` counts the runs. One result is returned as it is (plus `seeds`), its `accuracy_ci`
+    still over problems. `config.seeds` lists the seeds, `per_seed` keeps the inputs.
+    """
+    if not results:
+        raise ValueError("no probe results to aggregate")
+    keys = [_row_key(r) for r in results[0]["rows"]]
+    for other in results[1:]:
+        if [_row_key(r) for r in other["rows"]] != keys:
+            raise ValueError("probe results to aggregate must have the same rows")
+    seeds = [r["config"]["seed"] for r in results]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"probe results to aggregate need distinct seeds, got {seeds}")
+    config = {**results[0]["config"], "seeds": seeds}
+    if len(results) == 1:
+        rows = [{**row, "seeds": 1} for row in results[0]["rows"]]
+        return {"config": config, "rows": rows, "seconds": results[0]["seconds"]}
+    rows = []
+    for i, first in enumerate(results[0]["rows"]):
+        group = [r["rows"][i] for r in results]
+        row: dict = {"perturbation": first["perturbation"], "matched_to": first.get("matched_to")}
+        row["target_shift"] = (
+            seed_ci([g["target_shift"] for g in group])[0] if row["matched_to"]
+            else first["target_shift"]
+        )  # fmt: skip
+        for key, value in first.items():
+            if value is None:
+                row.setdefault(key, None)
+            if key in row or not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            mean, low, high = seed_ci([float(g[key]) for g in group])
+            row[key], row[f"{key}_ci"] = mean, [low, high]
+        row["seeds"] = len(group)
+        rows.append(row)
+    seconds = sum(r["seconds"] for r in results)
+    return {"config": config, "rows": rows, "seconds": seconds, "per_seed": list(results)}

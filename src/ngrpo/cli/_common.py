@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ngrpo.errors import NotAvailableError
+from ngrpo.errors import NgrpoError, NotAvailableError
 
 
 def not_available(issue: str):
@@ -48,3 +48,29 @@ def progress_bar() -> Iterator[Callable[..., None]]:
 
     with progress:
         yield update
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """`--seeds`: a count N (seeds 0..N-1) or a comma-separated list of distinct seeds.
+
+    `"3"` -> (0, 1, 2); `"7,8,9"` -> (7, 8, 9); a single seed of one's own is `"7,"`.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) > 1 and parts[-1] == "":
+        parts = parts[:-1]  # "7," is the list (7,)
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        raise NgrpoError(
+            f"--seeds takes a count (3) or a comma-separated list of integers (7,8,9), got {text!r}"
+        ) from None
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise NgrpoError(f"--seeds: the number of seeds must be >= 1, got {values[0]}")
+        return tuple(range(values[0]))
+    if any(v < 0 for v in values):
+        raise NgrpoError(f"--seeds: seeds must be non-negative, got {text!r}")
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise NgrpoError(f"--seeds: seed {duplicates[0]} is listed twice in {text!r}")
+    return tuple(values)

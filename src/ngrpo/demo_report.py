@@ -1,0 +1,323 @@
+"""The demo's statistics and report: pure functions from per-seed results to tables and markdown.
+
+Inputs are the plain dicts `ngrpo.demo.run_demo` collects: `base` (one evaluation, shared by every
+seed) and `per_seed[method]` (one entry per seed, in seed order). Each evaluation is
+`{"final": {split: summary}}` where a summary has `mean@n`, `mean@n_se` (sampling standard error)
+and `pass@k` (`{"1": ..., "2": ..., str(n): ...}`).
+
+- `summarize`: per method, mean and 95% Student-t interval over seeds of every metric; the base
+  row's mean@n interval is its sampling interval `± 1.96 · mean@n_se` (one evaluation, no seeds).
+- `compare`: effect sizes, paired by seed: every method vs the base (mean@n; the base's sampling
+  error added in quadrature), every other method vs each of `BASELINES` (GRPO, STHT-style) and the
+  two N-GRPO weightings against each other (mean@n and pass@n), with a verdict each
+  (`ngrpo.stats.verdict`).
+- `render_report`: `report.md`; `write_plots`: the PNGs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ngrpo.demo import BASELINES, DIVERSITY_KEYS, EVAL_SPLITS, DemoSettings
+from ngrpo.stats import Z_975, mean_ci, paired_difference, verdict
+
+EXTRA_PAIRS = (("n-grpo-paper", "n-grpo"),)  # compared when both ran
+SPLIT_NAMES = {"arith-id": "ID", "arith-ood": "OOD"}
+
+
+def _metric(evaluation: dict, split: str, metric: str) -> float:
+    """`mean@n`, or `pass@K` for any K evaluated."""
+    summary = evaluation["final"][split]
+    if metric == "mean@n":
+        return summary["mean@n"]
+    return summary["pass@k"][metric.removeprefix("pass@")]
+
+
+def summarize(base: dict, per_seed: dict[str, list[dict]]) -> dict:
+    """Per method (and `base`): mean and 95% interval of mean@n, pass@k (each k), diversity and
+    the training curve. Values are `(mean, low, high)` triples."""
+    out: dict = {"base": {}}
+    for split in EVAL_SPLITS:
+        summary = base["final"][split]
+        mean, half = summary["mean@n"], Z_975 * summary["mean@n_se"]
+        out["base"][split] = {
+            "mean@n": (mean, mean - half, mean + half),
+            "pass@k": {k: (v, v, v) for k, v in summary["pass@k"].items()},
+        }
+    for method, entries in per_seed.items():
+        row: dict = {}
+        for split in EVAL_SPLITS:
+            ks = list(entries[0]["final"][split]["pass@k"])
+            row[split] = {
+                "mean@n": mean_ci([_metric(e, split, "mean@n") for e in entries]),
+                "pass@k": {k: mean_ci([_metric(e, split, f"pass@{k}") for e in entries])
+                           for k in ks},
+            }  # fmt: skip
+        row["diversity"] = {
+            key: mean_ci([e["diversity"][key] for e in entries]) for key in entries[0]["diversity"]
+        }
+        steps = [s for s, _ in entries[0]["curve"]]
+        row["curve"] = [
+            (step, *mean_ci([e["curve"][i][1] for e in entries])) for i, step in enumerate(steps)
+        ]
+        out[method] = row
+    return out
+
+
+def comparison_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
+    """(a, b) pairs reported as `a − b`: each method vs base, others vs each baseline, extras."""
+    pairs = [(m, "base") for m in methods]
+    for b in BASELINES:
+        if b in methods:
+            pairs += [(m, b) for m in methods if m != b and (b, m) not in pairs]
+    pairs += [(a, b) for a, b in EXTRA_PAIRS if a in methods and b in methods]
+    return pairs
+
+
+def compare(base: dict, per_seed: dict[str, list[dict]], n: int) -> list[dict]:
+    """Paired per-seed differences (see the module docstring), one row per (pair, split, metric).
+
+    Against the base only mean@n is compared: its sampling error is known (`mean@n_se`), pass@n's
+    is not, and a single base evaluation has no seeds to estimate it from.
+    """
+    rows = []
+    seeds = len(next(iter(per_seed.values())))
+    for a, b in comparison_pairs(list(per_seed)):
+        metrics = ["mean@n"] if b == "base" else ["mean@n", f"pass@{n}"]
+        for metric in metrics:
+            for split in EVAL_SPLITS:
+                values_a = [_metric(e, split, metric) for e in per_seed[a]]
+                if b == "base":
+                    values_b = [_metric(base, split, metric)] * seeds
+                    extra_se = base["final"][split]["mean@n_se"]
+                else:
+                    values_b, extra_se = [_metric(e, split, metric) for e in per_seed[b]], 0.0
+                mean, low, high = paired_difference(values_a, values_b, extra_se)
+                rows.append({
+                    "a": a, "b": b, "split": split, "metric": metric, "difference": mean,
+                    "ci": [low, high], "seeds": seeds, "verdict": verdict(low, high, seeds),
+                    "within_noise": seeds < 2 or low <= 0.0 <= high,
+                })  # fmt: skip
+    return rows
+
+
+def _labels(results: dict) -> dict[str, str]:
+    return {"base": "base", **{k: m["label"] for k, m in results["methods"].items()}}
+
+
+def write_plots(results: dict, out: Path) -> dict[str, str]:
+    from ngrpo.plots import plot_accuracy_over_steps, plot_diversity, plot_pass_at_k, plot_probe
+
+    summary, labels = results["summary"], _labels(results)
+    methods = list(results["methods"])
+    paths = {
+        "accuracy": plot_accuracy_over_steps(
+            {labels[m]: summary[m]["curve"] for m in methods}, out / "accuracy_over_steps.png",
+            title="ID accuracy during training (mean@4, mixing off)", ylabel="arith-id mean@4",
+        ),
+        "diversity": plot_diversity(
+            {labels[m]: summary[m]["diversity"] for m in methods}, out / "diversity.png",
+            title="Rollout diversity during training (mean over steps)",
+        ),
+        "probe": plot_probe(results["probe"], out / "probe.png"),
+    }  # fmt: skip
+    for split in EVAL_SPLITS:
+        paths[f"pass_at_k_{split}"] = plot_pass_at_k(
+            {labels[m]: {int(k): v for k, v in summary[m][split]["pass@k"].items()}
+             for m in ["base", *methods]},
+            out / f"pass_at_k_{split}.png", title=f"pass@k on {split} (after training)",
+        )  # fmt: skip
+    return {name: str(Path(p).name) for name, p in paths.items()}
+
+
+def _fmt(value: Sequence[float]) -> str:
+    """A (mean, low, high) fraction as percent, with its interval when it has width."""
+    mean, low, high = value
+    if low == high:
+        return f"{100 * mean:.1f}"
+    return f"{100 * mean:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def main_table(results: dict) -> list[list[str]]:
+    """Header + one row per method: ID / OOD mean@n and pass@n (percent, 95% interval)."""
+    summary, labels = results["summary"], _labels(results)
+    n = str(results["settings"]["final_n"])
+    header = ["method", f"ID mean@{n}", f"ID pass@{n}", f"OOD mean@{n}", f"OOD pass@{n}"]
+    rows = [header]
+    for method in ["base", *results["methods"]]:
+        s = summary[method]
+        rows.append([
+            labels[method],
+            _fmt(s["arith-id"]["mean@n"]), _fmt(s["arith-id"]["pass@k"][n]),
+            _fmt(s["arith-ood"]["mean@n"]), _fmt(s["arith-ood"]["pass@k"][n]),
+        ])  # fmt: skip
+    return rows
+
+
+def _points(row: dict) -> str:
+    low, high = row["ci"]
+    if row["seeds"] < 2:
+        return f"{100 * row['difference']:+.1f}"
+    return f"{100 * row['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def effect_table(results: dict) -> list[list[str]]:
+    """Header + one row per compared pair: the paired difference (points, 95% CI) per column."""
+    labels, n = _labels(results), results["settings"]["final_n"]
+    columns = [(s, m) for m in ("mean@n", f"pass@{n}") for s in EVAL_SPLITS]
+    cells: dict[tuple[str, str], dict] = {}
+    for row in results["comparisons"]:
+        cells.setdefault((row["a"], row["b"]), {})[(row["split"], row["metric"])] = row
+    header = ["comparison"] + [
+        f"{SPLIT_NAMES[s]} {m.replace('@n', f'@{n}')}" for s, m in columns
+    ]
+    table = [header]
+    for (a, b), by_column in cells.items():
+        table.append([f"{labels[a]} − {labels[b]}"] + [
+            _points(by_column[c]) if c in by_column else "–" for c in columns
+        ])  # fmt: skip
+    return table
+
+
+def verdict_lines(results: dict) -> list[str]:
+    """One plain-language line per compared pair (every metric it was compared on)."""
+    labels, n = _labels(results), results["settings"]["final_n"]
+    by_pair: dict[tuple[str, str], list[str]] = {}
+    for row in results["comparisons"]:
+        name = f"{SPLIT_NAMES[row['split']]} {row['metric'].replace('@n', f'@{n}')}"
+        low, high = row["ci"]
+        interval = (
+            "" if row["seeds"] < 2 else f" (95% CI {100 * low:+.1f} to {100 * high:+.1f})"
+        )
+        by_pair.setdefault((row["a"], row["b"]), []).append(
+            f"{name} {100 * row['difference']:+.1f} points{interval}: {row['verdict']}"
+        )
+    return [f"- **{labels[a]} vs {labels[b]}**: " + "; ".join(parts) + "."
+            for (a, b), parts in by_pair.items()]  # fmt: skip
+
+
+def reproduce_command(settings: dict) -> str:
+    """The `ngrpo demo` command line that reruns these settings."""
+    seeds = list(settings["seeds"])
+    if seeds == list(range(len(seeds))):
+        seeds_arg = str(len(seeds))
+    else:
+        seeds_arg = ",".join(map(str, seeds)) + ("," if len(seeds) == 1 else "")
+    parts = ["ngrpo demo"]
+    parts += ["--quick"] if settings.get("preset") == "quick" else []
+    parts += ["--full"] if settings.get("full") else []
+    parts += ["--seeds", seeds_arg]
+    if settings["out"] != str(DemoSettings().out):
+        parts += ["--out", settings["out"]]
+    return " ".join(parts)
+
+
+def _markdown(table: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(table[0]) + " |",
+        "|" + "---|" * len(table[0]),
+        *("| " + " | ".join(row) + " |" for row in table[1:]),
+    ]
+
+
+def _probe_cell(row: dict, key: str, digits: int) -> str:
+    value = f"{row[key]:.{digits}f}"
+    if f"{key}_ci" in row and row.get("seeds", 1) > 1:
+        low, high = row[f"{key}_ci"]
+        value += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return value
+
+
+def _probe_lines(probe: dict) -> list[str]:
+    seeds = probe["config"].get("seeds", [probe["config"]["seed"]])
+    lines = [
+        "## Semantic-consistency probe (base model)",
+        "",
+        "Every reasoning position's input is perturbed at a matched relative shift: `gaussian` "
+        "adds isotropic noise of norm s‖e(y)‖, `neighbor` moves e(y) towards its nearest "
+        "neighbour by the same distance. The `n-grpo` rows are N-GRPO's own mixing (greedy "
+        "anchor, top-2) with the released weights (`release`: softmax over the candidates' "
+        "probabilities) and the paper text's (`policy`: the probabilities renormalised); their "
+        "shift is measured, not set, and each is followed by a `gaussian` run at its measured "
+        "shift (`matched_to`). Answer agreement: the share of samples whose answer equals the "
+        "unperturbed run's. "
+        + (f"Mean [95% CI] over the {len(seeds)} probe seeds {seeds} (the seed changes the "
+           "sampling; the problems are fixed)." if len(seeds) > 1 else f"One seed ({seeds[0]}).")
+        ,
+        "",
+        "| perturbation | target shift | achieved shift | accuracy | answer agreement | "
+        "distinct answers |",
+        "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for row in probe["rows"]:
+        name = row["perturbation"]
+        if row.get("matched_to"):
+            name += f" (matched to {row['matched_to']})"
+        target = "–" if row.get("target_shift") is None else f"{row['target_shift']:.3f}"
+        lines.append(
+            f"| {name} | {target} | {_probe_cell(row, 'achieved_shift', 3)} | "
+            f"{_probe_cell(row, 'accuracy', 3)} | {_probe_cell(row, 'answer_agreement', 3)} | "
+            f"{_probe_cell(row, 'distinct_answers', 2)} |"
+        )
+    return lines
+
+
+def render_report(results: dict) -> str:
+    settings, env, seeds = results["settings"], results["environment"], results["seeds"]
+    labels = _labels(results)
+    timings = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in results["timings"].items())
+    lines = [
+        "# ngrpo demo: " + " vs ".join(labels[m] for m in results["methods"])
+        + " on the embedded task",
+        "",
+        f"Seeds {seeds} · {settings['steps']} training steps per run · final evaluation: "
+        f"{settings['final_limit']} problems per split, n = {settings['final_n']}, τ = 0.6, "
+        f"top-p = 0.95, mixing off; the base model is evaluated once (sampling seed "
+        f"{results['base']['eval_seed']}), each trained policy with its training seed.",
+        "",
+        f"Wall time {results['wall_seconds']:.0f} s ({timings}).",
+        "",
+        f"Reproduce: `{reproduce_command(settings)}`; every number below follows from the seeds.",
+        "",
+        f"Machine: {env['platform']} ({env['cpus']} CPUs, CUDA {env['cuda']}); Python "
+        f"{env['python']}, torch {env['torch']}, transformers {env['transformers']}, accelerate "
+        f"{env['accelerate']}.",
+        "",
+        "Methods: "
+        + "; ".join(
+            f"{m['label']} = `{m['config']}`" + "".join(f" `{o}`" for o in m["overrides"])
+            for m in results["methods"].values()
+        )
+        + ".",
+        "",
+        "## Main table (percent; mean [95% CI] over seeds, the base's interval is its sampling "
+        "error)",
+        "",
+        *_markdown(main_table(results)),
+        "",
+        "## Effect sizes (points; paired per-seed difference, mean [95% CI])",
+        "",
+        *_markdown(effect_table(results)),
+        "",
+        *verdict_lines(results),
+        "",
+        "## Rollout diversity during training (mean over steps)",
+        "",
+        "| method | " + " | ".join(k.split("/")[-1] for k in DIVERSITY_KEYS) + " |",
+        "|---|" + "---|" * len(DIVERSITY_KEYS),
+    ]
+    for method in results["methods"]:
+        div = results["summary"][method]["diversity"]
+        lines.append(f"| {labels[method]} | " + " | ".join(
+            f"{div[k][0]:.3f}" if k in div else "–" for k in DIVERSITY_KEYS) + " |")  # fmt: skip
+    lines += [
+        "",
+        "## Plots",
+        "",
+        *(f"![{name}]({path})" for name, path in results["plots"].items()),
+        "",
+        *_probe_lines(results["probe"]),
+        "",
+    ]
+    return "\n".join(lines)
