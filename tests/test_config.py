@@ -341,3 +341,12 @@ def test_resolve_device_dtype_errors_never_substitute():
         resolve_device_dtype("auto", "fp8", cuda_available=True)
     with pytest.raises(NgrpoError, match="does not support it"):
         resolve_device_dtype("cuda", "bfloat16", cuda_available=True, bf16_supported=False)
+
+
+def test_max_tokens_per_micro_batch_is_optional_and_validated():
+    assert _load("tiny_ngrpo").train.max_tokens_per_micro_batch is None
+    cfg = _load("tiny_ngrpo", ["train.max_tokens_per_micro_batch=4096"])
+    assert cfg.train.max_tokens_per_micro_batch == 4096
+    for bad in ("0", "-3", "1.5"):
+        with pytest.raises(NgrpoError, match="train.max_tokens_per_micro_batch must be an integer"):
+            _load("tiny_ngrpo", [f"train.max_tokens_per_micro_batch={bad}"])

@@ -148,6 +148,11 @@ class GRPOConfig:
     """Prompts per optimizer step; must divide `prompts_per_step` (verl `ppo_mini_batch_size`)."""
     micro_batch_size: int = 16
     """Sequences per forward/backward pass; gradients accumulate over a mini-batch."""
+    max_tokens_per_micro_batch: int | None = None
+    """Token budget of a forward/backward pass (null: `micro_batch_size` rows). Rows are sorted by
+    length and packed while rows × (longest prompt + longest response) fits; a longer row goes
+    alone. Replaces `micro_batch_size` in the learner (verl `ppo_max_token_len_per_gpu` with
+    `use_dynamic_bsz`)."""
     num_iterations: int = 1
     """PPO epochs over each step's rollouts (TRL `num_iterations`, verl `ppo_epochs`)."""
     learning_rate: float = 3e-5
@@ -673,6 +678,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
              f"train.mini_batch_prompts ({t.mini_batch_prompts}) must divide "
              f"train.prompts_per_step ({t.prompts_per_step})")
     _check_int("train.micro_batch_size", t.micro_batch_size, 1)
+    if t.max_tokens_per_micro_batch is not None:
+        _check_int("train.max_tokens_per_micro_batch", t.max_tokens_per_micro_batch, 1)
     _check_int("train.num_iterations", t.num_iterations, 1)
     _require(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate!r}")
     _check_int("train.warmup_steps", t.warmup_steps, 0)
