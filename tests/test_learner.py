@@ -240,12 +240,12 @@ def test_token_budget_micro_batches_give_the_one_micro_batch_update(loss_type):
     lengths = batch.prompt_mask.sum(-1) + batch.response_mask.sum(-1)  # (N,)
     assert lengths.min() < lengths.max()  # rows of different lengths to pack
     packed = ngrpo.learner.micro_batches(
-        batch.prompt_mask.sum(-1), batch.response_mask.sum(-1), n, int(lengths.max()) + 5
+        batch.prompt_mask.sum(-1), batch.response_mask.sum(-1), n, 3 * int(lengths.max())
     )
     assert 1 < len(packed) < n and any(len(p) > 1 for p in packed)  # really packs
     advantages = _advantages(n)
     weights = []
-    for kw in ({"micro_batch_size": n}, {"max_tokens_per_micro_batch": int(lengths.max()) + 5},
+    for kw in ({"micro_batch_size": n}, {"max_tokens_per_micro_batch": 3 * int(lengths.max())},
                {"max_tokens_per_micro_batch": 1}):  # fmt: skip
         model = _tiny()
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)

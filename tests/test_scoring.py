@@ -116,7 +116,8 @@ def test_trimming_padding_changes_no_score():
     rows = torch.tensor([1, 2])  # short prompts (2 and 4 tokens of 5): left padding to cut
     sub = batch.select(rows)
     trimmed, width = trim_padding(sub)
-    assert trimmed.prompt_ids.shape[1] == int(sub.prompt_mask.sum(-1).max()) < sub.prompt_ids.shape[1]
+    longest_prompt = int(sub.prompt_mask.sum(-1).max())
+    assert trimmed.prompt_ids.shape[1] == longest_prompt < sub.prompt_ids.shape[1]
     assert width == int(sub.response_mask.sum(-1).max())
     assert trimmed.soft_inputs.ids.shape[1] == trimmed.prompt_ids.shape[1] + width
     with torch.no_grad():
