@@ -98,9 +98,10 @@ def chunked_scores(
     logps, entropies = [], []
     for h, y in zip(hidden.split(rows), labels.split(rows), strict=True):
         if torch.is_grad_enabled():
-            logp, entropy = checkpoint(
-                _chunk_scores, h, head.weight, head.bias, y, temperature, use_reentrant=False
-            )
+            logp, entropy = checkpoint(  # deterministic: no RNG state to stash per chunk
+                _chunk_scores, h, head.weight, head.bias, y, temperature, use_reentrant=False,
+                preserve_rng_state=False,
+            )  # fmt: skip
         else:
             logp, entropy = _chunk_scores(h, head.weight, head.bias, y, temperature)
         logps.append(logp)
