@@ -34,6 +34,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -149,14 +150,14 @@ def trim_padding(batch: RolloutBatch) -> tuple[RolloutBatch, int]:
         return None if x is None else x[:, :width]
 
     soft = batch.soft_inputs
-    trimmed = RolloutBatch(
+    trimmed = dataclasses.replace(
+        batch,
         prompt_ids=batch.prompt_ids[:, start:], prompt_mask=batch.prompt_mask[:, start:],
         response_ids=batch.response_ids[:, :width], response_mask=batch.response_mask[:, :width],
         logprobs=batch.logprobs[:, :width],
         soft_inputs=SoftInputs(soft.ids[:, cols], soft.weights[:, cols],
                                None if soft.noise is None else soft.noise[:, cols]),
-        mixed=batch.mixed[:, :width], stats=batch.stats, prompt_index=batch.prompt_index,
-        truncated=batch.truncated, eligible=pick(batch.eligible),
+        mixed=batch.mixed[:, :width], eligible=pick(batch.eligible),
     )  # fmt: skip
     return trimmed, width
 
