@@ -31,7 +31,8 @@ def _varied(batch):
 
 def _scores_and_grads(model, batch, chunk):
     model.zero_grad(set_to_none=True)
-    logp, entropy = score_tokens(model, batch, 0.8, chunk_elements=chunk)
+    logp, entropy = score_tokens(model, batch, 0.8, chunk_elements=chunk,
+                                 full_logits=chunk is None)  # fmt: skip
     mask = batch.response_mask.float()
     weights = torch.linspace(-1, 1, logp.numel(), device=logp.device).view_as(logp)
     (((weights * logp + 0.3 * entropy) * mask).sum() / mask.sum()).backward()
@@ -68,8 +69,9 @@ def main() -> int:
                {"max_tokens_per_micro_batch": 1}):  # fmt: skip
         fresh = vocab_model(5_000, device, torch.float32).train()
         optimizer = torch.optim.SGD(fresh.parameters(), lr=1.0)
-        params = LearnerParams(group_size=6, mini_batch_groups=1, micro_batch_size=1,
-                               max_grad_norm=None, entropy_coef=0.01, **kw)  # fmt: skip
+        fields = {"micro_batch_size": 1, **kw}
+        params = LearnerParams(group_size=6, mini_batch_groups=1, max_grad_norm=None,
+                               entropy_coef=0.01, **fields)  # fmt: skip
         update_policy(fresh, optimizer, None, batch, advantages, params)
         states.append(torch.cat([p.detach().flatten() for p in fresh.parameters()]))
     start = torch.cat([p.detach().flatten() for p in vocab_model(5_000, device).parameters()])

@@ -38,7 +38,7 @@ import torch
 from ngrpo.errors import NgrpoError
 from ngrpo.learner import LearnerParams, update_policy
 from ngrpo.rollout import RolloutBatch
-from ngrpo.scoring import CHUNK_ELEMENTS
+from ngrpo.scoring import default_chunk_elements
 
 VOCAB_SHAPE = dict(
     hidden_size=512, intermediate_size=1_536, num_hidden_layers=2, num_attention_heads=8,
@@ -227,7 +227,7 @@ def learner_scale_report(
     repeats: int = 2,
     k: int = 3,
     mix_rate: float = 0.1,
-    chunk_elements: int = CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
     progress: Callable[[str], None] | None = None,
     checkpoint: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -236,6 +236,7 @@ def learner_scale_report(
     say = progress or (lambda _: None)
     variants = variants or [parse_variant("chunked+mb1")]
     device = next(model.parameters()).device
+    chunk_elements = chunk_elements or default_chunk_elements(device)
     model.train()
     vocab = model.get_input_embeddings().weight.shape[0]
     batch = synthetic_rollouts(model, rows, prompt_tokens, length, k=k, mix_rate=mix_rate)
@@ -263,10 +264,11 @@ def learner_scale_report(
     }  # fmt: skip
     checkpointing = False  # a fresh model: off
     for variant in variants:
-        chunk = (variant.chunk_elements or chunk_elements) if variant.chunked else None
         params = LearnerParams(
             group_size=rows, mini_batch_groups=1, micro_batch_size=variant.micro_batch_size,
-            max_tokens_per_micro_batch=variant.max_tokens, chunk_elements=chunk,
+            max_tokens_per_micro_batch=variant.max_tokens,
+            chunk_elements=variant.chunk_elements or chunk_elements,
+            full_logits=not variant.chunked,
         )  # fmt: skip
         checkpointing = _set_checkpointing(model, variant.checkpointing, checkpointing)
         try:

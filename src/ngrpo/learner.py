@@ -20,8 +20,8 @@ Choices worth knowing:
   its backward and the decision is all-reduced, so data-parallel processes skip together.
 - After every optimizer step the neighbour index is invalidated (embeddings changed).
 - Log-probabilities and entropy never go through full logits: `ngrpo.scoring.score_tokens` runs the
-  body once and the head over chunks of the scored positions, checkpointed (`chunk_elements=None`
-  restores the full-logits path, for comparisons).
+  body once and the head over chunks of the scored positions, recomputed in the backward
+  (`full_logits=True` restores the full-logits path, for comparisons).
 - Micro-batches: `micro_batch_size` rows in order, or, with `max_tokens_per_micro_batch`, rows
   sorted by length and packed greedily so that rows × (longest prompt + longest response) stays
   within the budget (a row longer than the budget goes alone). Each micro-batch is cut to its
@@ -44,7 +44,7 @@ import torch
 
 from ngrpo.losses import grpo_loss, loss_normalizer
 from ngrpo.rollout import RolloutBatch
-from ngrpo.scoring import CHUNK_ELEMENTS, output_head, score_tokens
+from ngrpo.scoring import output_head, score_tokens
 from ngrpo.soft_inputs import SoftInputs
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ class LearnerParams:
     max_grad_norm: float | None = 1.0
     mask_truncated_completions: bool = False
     max_tokens_per_micro_batch: int | None = None  # None: `micro_batch_size` rows per micro-batch
-    chunk_elements: int | None = CHUNK_ELEMENTS  # logits per head chunk; None: full logits
+    chunk_elements: int | None = None  # logits elements per head chunk (None: the device default)
+    full_logits: bool = False  # score through full logits (the old path, for comparisons)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -98,14 +99,16 @@ def sequence_logprobs(
     with_entropy: bool = False,
     embedding=None,
     head=None,
-    chunk_elements: int | None = CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
+    full_logits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, T) of the sampled tokens from the recorded inputs, and optionally the
     entropy (N, T) of the temperature-scaled policy; 0 outside `response_mask`. Gradients flow
     when enabled. See `ngrpo.scoring.score_tokens`."""
     logp, entropy = score_tokens(
-        model, batch, temperature, embedding=embedding, head=head, chunk_elements=chunk_elements
-    )  # (N, T), (N, T)
+        model, batch, temperature, embedding=embedding, head=head,
+        chunk_elements=chunk_elements, full_logits=full_logits,
+    )  # fmt: skip
     return logp, entropy if with_entropy else None
 
 
@@ -184,7 +187,8 @@ def reference_logprobs(
     out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=rows.device)  # (N, T)
     for micro, sub, width in _micro_batches(batch, rows, params):
         logp, _ = sequence_logprobs(ref_model, sub, temperature,
-                                    chunk_elements=params.chunk_elements)  # fmt: skip
+                                    chunk_elements=params.chunk_elements,
+                                    full_logits=params.full_logits)  # fmt: skip
         out[micro, :width] = logp
     return out
 
@@ -277,6 +281,7 @@ def update_policy(
                     logp, entropy = sequence_logprobs(
                         model, sub, params.temperature, with_entropy=True, embedding=embedding,
                         head=head, chunk_elements=params.chunk_elements,
+                        full_logits=params.full_logits,
                     )  # (n, T')
                     loss, metrics = grpo_loss(
                         logp, sub.logprobs, advantages[micro], sub_mask,

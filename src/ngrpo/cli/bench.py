@@ -73,7 +73,7 @@ def register_learner(benches) -> None:
         "(token budget), optionally +ckpt (gradient checkpointing); e.g. full+mb1,chunked+mb1",
     )  # fmt: skip
     scale.add_argument("--chunk-elements", type=int, default=None,
-                       help="logits elements per head chunk (default: ngrpo.scoring's)")
+                       help="logits elements per head chunk (default: 2^26 on cuda, 2^24 on cpu)")
     scale.add_argument("--dtype", help="bfloat16 | float32 (default: bfloat16 on cuda, else fp32)")
     parser.set_defaults(func=run_learner_entry)
 
@@ -224,7 +224,6 @@ def run_learner_scale(args: argparse.Namespace) -> int:
     from ngrpo.bench_learner import learner_scale_report, parse_variant, vocab_model
     from ngrpo.errors import NgrpoError
     from ngrpo.presets import PRESETS, preset_model
-    from ngrpo.scoring import CHUNK_ELEMENTS
 
     if args.preset is not None and args.preset not in PRESETS:
         raise NgrpoError(f"--preset: unknown preset {args.preset!r}; choose one of "
@@ -260,7 +259,7 @@ def run_learner_scale(args: argparse.Namespace) -> int:
     report = learner_scale_report(
         model, rows=args.rows, prompt_tokens=args.prompt_tokens, length=args.length,
         variants=variants, repeats=args.repeats, k=args.k, mix_rate=args.mix_rate,
-        chunk_elements=args.chunk_elements or CHUNK_ELEMENTS, progress=say,
+        chunk_elements=args.chunk_elements, progress=say,
         checkpoint=lambda partial: _write_json(args.json, {**partial, **label}),
     )  # fmt: skip
     report.update(label)
