@@ -56,3 +56,28 @@ def test_bench_learner_vocab_writes_the_memory_and_variant_keys(tmp_path, capsys
 def test_bench_learner_scale_bad_options(argv, message, capsys):
     assert main(["bench", "learner", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_variant_out_of_memory_is_recorded_and_the_rest_still_run(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import ngrpo.bench_learner
+
+    real = ngrpo.bench_learner._time_variant
+
+    def full_runs_out(model, optimizer, batch, advantages, params, *rest):
+        if params.full_logits:
+            raise torch.OutOfMemoryError("simulated")
+        return real(model, optimizer, batch, advantages, params, *rest)
+
+    monkeypatch.setattr(ngrpo.bench_learner, "_time_variant", full_runs_out)
+    out = tmp_path / "learner.json"
+    argv = ["bench", "learner", "--vocab", "300", "--length", "8", "--prompt-tokens", "4",
+            "--rows", "2", "--repeats", "1", "--variants", "full+mb1,chunked+mb1",
+            "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["variants"]["full+mb1"] == {"error": "out of memory"}
+    assert report["variants"]["chunked+mb1"]["tokens_per_s"] > 0
+    assert report["memory"]["peak_bytes"] is None  # the first variant has no numbers
+    assert "out of memory" in capsys.readouterr().out

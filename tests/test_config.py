@@ -313,6 +313,9 @@ def test_derived_values_for_the_paper_setting():
     assert derived["mini_batches_per_step"] == 4
     assert derived["sequences_per_mini_batch"] == 64
     assert derived["micro_batches_per_mini_batch"] == 16
+    budget = ["train.steps=10", "train.max_tokens_per_micro_batch=30000"]  # 2 full rows of 12,288
+    derived_budget = derived_values(_load("r1_distill_qwen_1.5b_ngrpo", budget))
+    assert derived_budget["micro_batches_per_mini_batch"] == 32  # at most: 64 rows, 2 at a time
     assert derived["optimizer_steps_per_step"] == 4
     assert derived["total_optimizer_steps"] == 40
     assert derived["max_response_tokens_per_step"] == 256 * 8192

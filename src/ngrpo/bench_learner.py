@@ -26,6 +26,7 @@ the learner's memory target is stated in.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -271,10 +272,11 @@ def learner_scale_report(
             full_logits=not variant.chunked,
         )  # fmt: skip
         checkpointing = _set_checkpointing(model, variant.checkpointing, checkpointing)
-        try:
+        entry = None
+        with contextlib.suppress(torch.OutOfMemoryError):  # recorded; the next variants run
             entry = _time_variant(model, optimizer, batch, advantages, params, memory, repeats,
                                   lambda i, name=variant.name: say(f"{name}: update {i}"))
-        except torch.OutOfMemoryError:  # recorded; the next variants still run
+        if entry is None:  # out of memory; the traceback (holding tensors) is gone here
             optimizer.zero_grad()
             if device.type == "cuda":
                 torch.cuda.empty_cache()

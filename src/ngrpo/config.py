@@ -729,11 +729,15 @@ def derived_values(cfg: TrainConfig) -> dict[str, int]:
     mini_batches = t.prompts_per_step // t.mini_batch_prompts
     mini_batch_sequences = t.mini_batch_prompts * r.num_generations
     optimizer_steps = mini_batches * t.num_iterations
+    rows_per_micro_batch = t.micro_batch_size
+    if t.max_tokens_per_micro_batch is not None:  # at full length: the most micro-batches
+        full_row = cfg.data.max_prompt_length + r.max_completion_length
+        rows_per_micro_batch = max(1, t.max_tokens_per_micro_batch // full_row)
     return {
         "rollouts_per_step": rollouts,
         "mini_batches_per_step": mini_batches,
         "sequences_per_mini_batch": mini_batch_sequences,
-        "micro_batches_per_mini_batch": math.ceil(mini_batch_sequences / t.micro_batch_size),
+        "micro_batches_per_mini_batch": math.ceil(mini_batch_sequences / rows_per_micro_batch),
         "optimizer_steps_per_step": optimizer_steps,
         "total_optimizer_steps": optimizer_steps * t.steps,
         "total_rollouts": rollouts * t.steps,
