@@ -145,7 +145,8 @@ def trim_padding(batch: RolloutBatch) -> tuple[RolloutBatch, int]:
     """The rows cut to their longest prompt (left padding dropped) and longest response (right
     padding dropped), and the kept response width T' (responses keep columns 0..T'-1)."""
     p = batch.prompt_mask.shape[1]
-    start = p - int(batch.prompt_mask.sum(-1).max())  # first prompt column any row uses
+    # first prompt column any row uses (at least one column: position P − 1 scores token 0)
+    start = min(p - int(batch.prompt_mask.sum(-1).max()), p - 1)
     width = int(batch.response_mask.sum(-1).max())  # response columns any row uses
     cols = slice(start, p + width)
 
