@@ -83,17 +83,19 @@ def _bypassed(head: torch.nn.Module, seen: list[torch.Tensor]) -> Iterator[None]
 def _chunk_scores(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     labels: torch.Tensor, temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Log-prob, entropy and full log-softmax of M positions: hidden (M, d), labels (M,) ->
-    (M,), (M,), (M, V). The same arithmetic as the full path (`token_logprobs`,
-    `entropy_from_logits`: fp32 logits divided by the temperature), on one chunk."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Log-prob, entropy, log-softmax and softmax of M positions: hidden (M, d), labels (M,) ->
+    (M,), (M,), (M, V), (M, V). The full path's arithmetic (`token_logprobs`,
+    `entropy_from_logits`: fp32 logits divided by the temperature) with at most two (M, V)
+    tensors alive: the division is in place and the entropy's sum is a batched dot product."""
     scale = temperature if temperature > 0 else 1.0
-    logits = F.linear(hidden, weight, bias)  # (M, V) in the model dtype, as the head computes it
-    logp_all = F.log_softmax(logits.float() / scale, dim=-1)  # (M, V)
+    logits = F.linear(hidden, weight, bias).float()  # (M, V) fp32, a fresh tensor either way
+    logp_all = F.log_softmax(logits.div_(scale), dim=-1)  # (M, V)
     del logits
     logp = logp_all.gather(-1, labels[:, None]).squeeze(-1)  # (M,)
-    entropy = -(logp_all.exp() * logp_all).sum(dim=-1)  # (M,)
-    return logp, entropy, logp_all
+    probs = logp_all.exp()  # (M, V)
+    entropy = -torch.bmm(probs[:, None, :], logp_all[:, :, None]).view(-1)  # (M,) Σ p log p
+    return logp, entropy, logp_all, probs
 
 
 class _ChunkedHead(torch.autograd.Function):
@@ -115,7 +117,7 @@ class _ChunkedHead(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         logps, entropies = [], []
         for h, y in zip(hidden.split(rows), labels.split(rows), strict=True):
-            logp, entropy, _ = _chunk_scores(h, weight, bias, y, temperature)
+            logp, entropy, _, _ = _chunk_scores(h, weight, bias, y, temperature)
             logps.append(logp)
             entropies.append(entropy)
         return torch.cat(logps), torch.cat(entropies)  # (M,), (M,)
@@ -136,8 +138,7 @@ class _ChunkedHead(torch.autograd.Function):
         for start in range(0, hidden.shape[0], ctx.rows):
             rows = slice(start, start + ctx.rows)
             h, y = hidden[rows], labels[rows]  # (c, d), (c,)
-            _, entropy, logp_all = _chunk_scores(h, weight, bias, y, ctx.temperature)
-            p = logp_all.exp()  # (c, V)
+            _, entropy, logp_all, p = _chunk_scores(h, weight, bias, y, ctx.temperature)
             a = grad_logp[rows, None] if grad_logp is not None else None  # (c, 1)
             if grad_entropy is not None:  # −p ⊙ (a + b · (log p + H)), built in place of log p
                 coef = logp_all.add_(entropy[:, None]).mul_(grad_entropy[rows, None])  # (c, V)
