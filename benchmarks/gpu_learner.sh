@@ -20,12 +20,12 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/gpu.txt"
 
 echo "== (a) correctness on $DEVICE, fp32, toy size"
-timeout 60 "$PY" benchmarks/gpu_learner_check.py --device "$DEVICE" --json "$OUT/learner_check_${DEVICE}.json"
+timeout "${CHECK_TIMEOUT:-60}" "$PY" benchmarks/gpu_learner_check.py --device "$DEVICE" --json "$OUT/learner_check_${DEVICE}.json"
 echo "(a) exit $?"
 
 echo "== (b) learner update, $PRESET shape, 4 x (256 + $LENGTH) tokens (bf16 on cuda)"
 # 16,896 tokens = 2 rows per micro-batch; 33,792 = all 4 rows in one micro-batch.
-timeout 150 "$PY" -m ngrpo.cli bench learner --preset "$PRESET" --device "$DEVICE" \
+timeout "${BENCH_TIMEOUT:-150}" "$PY" -m ngrpo.cli bench learner --preset "$PRESET" --device "$DEVICE" \
   --length "$LENGTH" --prompt-tokens 256 --rows 4 --repeats 2 \
   --variants "chunked+mb1,full+mb1,chunked+tok16896,chunked+mb1+ckpt,chunked+tok33792+ckpt,chunked+mb1+ce67108864" \
   --json "$OUT/learner_${PRESET}_${DEVICE}.json"
