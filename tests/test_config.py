@@ -313,6 +313,9 @@ def test_derived_values_for_the_paper_setting():
     assert derived["mini_batches_per_step"] == 4
     assert derived["sequences_per_mini_batch"] == 64
     assert derived["micro_batches_per_mini_batch"] == 16
+    budget = ["train.steps=10", "train.max_tokens_per_micro_batch=30000"]  # 2 full rows of 12,288
+    derived_budget = derived_values(_load("r1_distill_qwen_1.5b_ngrpo", budget))
+    assert derived_budget["micro_batches_per_mini_batch"] == 32  # at most: 64 rows, 2 at a time
     assert derived["optimizer_steps_per_step"] == 4
     assert derived["total_optimizer_steps"] == 40
     assert derived["max_response_tokens_per_step"] == 256 * 8192
@@ -341,3 +344,12 @@ def test_resolve_device_dtype_errors_never_substitute():
         resolve_device_dtype("auto", "fp8", cuda_available=True)
     with pytest.raises(NgrpoError, match="does not support it"):
         resolve_device_dtype("cuda", "bfloat16", cuda_available=True, bf16_supported=False)
+
+
+def test_max_tokens_per_micro_batch_is_optional_and_validated():
+    assert _load("tiny_ngrpo").train.max_tokens_per_micro_batch is None
+    cfg = _load("tiny_ngrpo", ["train.max_tokens_per_micro_batch=4096"])
+    assert cfg.train.max_tokens_per_micro_batch == 4096
+    for bad in ("0", "-3", "1.5"):
+        with pytest.raises(NgrpoError, match="train.max_tokens_per_micro_batch must be an integer"):
+            _load("tiny_ngrpo", [f"train.max_tokens_per_micro_batch={bad}"])

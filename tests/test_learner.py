@@ -218,3 +218,41 @@ def test_disable_dropout_zeroes_modules_and_config():
     model.train()
     ids = torch.randint(0, 32, (2, 6))
     assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_micro_batches_by_token_budget_pack_longest_first():
+    prompts = torch.tensor([3, 5, 2, 4, 5])  # (n,)
+    responses = torch.tensor([10, 2, 7, 1, 30])  # (n,) totals 13, 7, 9, 5, 35
+    # Longest first: 4 (35 > budget: alone), then 0 (13), 2 (2 × (3 + 10) = 26 fits),
+    # 1 (3 × (5 + 10) = 45 does not), then 1 (7) with 3: 2 × (5 + 2) = 14.
+    parts = ngrpo.learner.micro_batches(prompts, responses, micro_batch_size=2, max_tokens=30)
+    assert [p.tolist() for p in parts] == [[4], [0, 2], [1, 3]]
+    parts = ngrpo.learner.micro_batches(prompts, responses, micro_batch_size=2, max_tokens=None)
+    assert [p.tolist() for p in parts] == [[0, 1], [2, 3], [4]]  # today's: consecutive rows
+    parts = ngrpo.learner.micro_batches(prompts, responses, micro_batch_size=2, max_tokens=10**6)
+    assert [p.tolist() for p in parts] == [[4, 0, 2, 1, 3]]
+
+
+@pytest.mark.parametrize("loss_type", ["token-mean", "seq-mean-token-mean"])
+def test_token_budget_micro_batches_give_the_one_micro_batch_update(loss_type):
+    batch = _rollouts(_tiny(), "neighbor", mix_rate=0.5)
+    n = len(batch.response_ids)
+    lengths = batch.prompt_mask.sum(-1) + batch.response_mask.sum(-1)  # (N,)
+    assert lengths.min() < lengths.max()  # rows of different lengths to pack
+    packed = ngrpo.learner.micro_batches(
+        batch.prompt_mask.sum(-1), batch.response_mask.sum(-1), n, 3 * int(lengths.max())
+    )
+    assert 1 < len(packed) < n and any(len(p) > 1 for p in packed)  # really packs
+    advantages = _advantages(n)
+    weights = []
+    for kw in ({"micro_batch_size": n}, {"max_tokens_per_micro_batch": 3 * int(lengths.max())},
+               {"max_tokens_per_micro_batch": 1}):  # fmt: skip
+        model = _tiny()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        params = _params(loss_type=loss_type, max_grad_norm=None, entropy_coef=0.01, **kw)
+        update_policy(model, optimizer, None, batch, advantages, params)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    moved = (weights[0] - torch.cat([p.flatten() for p in _tiny().parameters()])).abs().max()
+    assert moved > 1e-3  # the update is not vacuous
+    torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(weights[2], weights[0], rtol=0, atol=1e-5)

@@ -148,6 +148,11 @@ class GRPOConfig:
     """Prompts per optimizer step; must divide `prompts_per_step` (verl `ppo_mini_batch_size`)."""
     micro_batch_size: int = 16
     """Sequences per forward/backward pass; gradients accumulate over a mini-batch."""
+    max_tokens_per_micro_batch: int | None = None
+    """Token budget of a forward/backward pass (null: `micro_batch_size` rows). Rows are sorted by
+    length and packed while rows × (longest prompt + longest response) fits; a longer row goes
+    alone. Replaces `micro_batch_size` in the learner (verl `ppo_max_token_len_per_gpu` with
+    `use_dynamic_bsz`)."""
     num_iterations: int = 1
     """PPO epochs over each step's rollouts (TRL `num_iterations`, verl `ppo_epochs`)."""
     learning_rate: float = 3e-5
@@ -689,6 +694,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
              f"train.mini_batch_prompts ({t.mini_batch_prompts}) must divide "
              f"train.prompts_per_step ({t.prompts_per_step})")
     _check_int("train.micro_batch_size", t.micro_batch_size, 1)
+    if t.max_tokens_per_micro_batch is not None:
+        _check_int("train.max_tokens_per_micro_batch", t.max_tokens_per_micro_batch, 1)
     _check_int("train.num_iterations", t.num_iterations, 1)
     _require(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate!r}")
     _check_int("train.warmup_steps", t.warmup_steps, 0)
@@ -745,11 +752,15 @@ def derived_values(cfg: TrainConfig) -> dict[str, int]:
     mini_batches = t.prompts_per_step // t.mini_batch_prompts
     mini_batch_sequences = t.mini_batch_prompts * r.num_generations
     optimizer_steps = mini_batches * t.num_iterations
+    rows_per_micro_batch = t.micro_batch_size
+    if t.max_tokens_per_micro_batch is not None:  # at full length: the most micro-batches
+        full_row = cfg.data.max_prompt_length + r.max_completion_length
+        rows_per_micro_batch = max(1, t.max_tokens_per_micro_batch // full_row)
     return {
         "rollouts_per_step": rollouts,
         "mini_batches_per_step": mini_batches,
         "sequences_per_mini_batch": mini_batch_sequences,
-        "micro_batches_per_mini_batch": math.ceil(mini_batch_sequences / t.micro_batch_size),
+        "micro_batches_per_mini_batch": math.ceil(mini_batch_sequences / rows_per_micro_batch),
         "optimizer_steps_per_step": optimizer_steps,
         "total_optimizer_steps": optimizer_steps * t.steps,
         "total_rollouts": rollouts * t.steps,

@@ -24,11 +24,22 @@ Choices worth knowing:
   `train/skipped_updates`, logged as a warning); training goes on. Every micro-batch still runs
   its backward and the decision is all-reduced, so data-parallel processes skip together.
 - After every optimizer step the neighbour index is invalidated (embeddings changed).
+- Log-probabilities and entropy never go through full logits: `ngrpo.scoring.score_tokens` runs the
+  body once and the head over chunks of the scored positions, recomputed in the backward
+  (`full_logits=True` restores the full-logits path, for comparisons).
+- Micro-batches: `micro_batch_size` rows in order, or, with `max_tokens_per_micro_batch`, rows
+  sorted by length and packed greedily so that rows × (longest prompt + longest response) stays
+  within the budget (a row longer than the budget goes alone). Each micro-batch is cut to its
+  longest prompt and response (left prompt padding, right response padding), which changes no
+  score: positions come from the mask and padded keys are masked out. Under data parallelism the
+  processes may then run different numbers of micro-batches; each still runs exactly one
+  synchronising backward (its last) per mini-batch, so the gradient all-reduces pair up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -36,8 +47,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ngrpo.losses import entropy_from_logits, grpo_loss, loss_normalizer
-from ngrpo.rollout import RolloutBatch, replay_logits, token_logprobs
+from ngrpo.losses import grpo_loss, loss_normalizer
+from ngrpo.rollout import RolloutBatch
+from ngrpo.scoring import output_head, score_tokens
+from ngrpo.soft_inputs import SoftInputs
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +77,9 @@ class LearnerParams:
     mask_truncated_completions: bool = False
     clip_ratio_c: float | None = None  # verl's dual clip for A < 0 (None: off)
     soft_input_grad: str = "all"  # all | none: embedding gradient through mixed positions
+    max_tokens_per_micro_batch: int | None = None  # None: `micro_batch_size` rows per micro-batch
+    chunk_elements: int | None = None  # logits elements per head chunk (None: the device default)
+    full_logits: bool = False  # score through full logits (the old path, for comparisons)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -84,33 +100,108 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 
 def sequence_logprobs(
-    model, batch: RolloutBatch, temperature: float, with_entropy: bool = False, embedding=None,
+    model,
+    batch: RolloutBatch,
+    temperature: float,
+    with_entropy: bool = False,
+    embedding=None,
+    head=None,
+    chunk_elements: int | None = None,
+    full_logits: bool = False,
     soft_input_grad: str = "all",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, T) of the sampled tokens from the recorded inputs, and optionally the
-    entropy (N, T) of the temperature-scaled policy. Gradients flow when enabled; with
-    `soft_input_grad="none"` not into the candidate rows of mixed positions."""
-    logits = replay_logits(
-        model, batch, embedding=embedding, detach_mixed=soft_input_grad == "none"
-    )  # (N, T, V)
-    logp = token_logprobs(logits, batch.response_ids, temperature)  # (N, T)
-    entropy = None
-    if with_entropy:
-        scale = temperature if temperature > 0 else 1.0
-        entropy = entropy_from_logits(logits.float() / scale)  # (N, T)
-    return logp, entropy
+    entropy (N, T) of the temperature-scaled policy; 0 outside `response_mask`. Gradients flow
+    when enabled; with `soft_input_grad="none"` not into the candidate rows of mixed positions.
+    See `ngrpo.scoring.score_tokens`."""
+    logp, entropy = score_tokens(
+        model, batch, temperature, embedding=embedding, head=head,
+        chunk_elements=chunk_elements, full_logits=full_logits,
+        detach_mixed=soft_input_grad == "none",
+    )  # fmt: skip
+    return logp, entropy if with_entropy else None
+
+
+def micro_batches(
+    prompt_lengths: torch.Tensor,
+    response_lengths: torch.Tensor,
+    micro_batch_size: int,
+    max_tokens: int | None = None,
+) -> list[torch.Tensor]:
+    """Split rows 0..n-1 (lengths (n,) each) into micro-batches of row indices.
+
+    `max_tokens=None`: `micro_batch_size` consecutive rows each. Otherwise rows are taken longest
+    first and a micro-batch grows while rows × (longest prompt + longest response) ≤ `max_tokens`;
+    a row over the budget on its own gets a micro-batch alone."""
+    n = len(prompt_lengths)
+    if max_tokens is None:
+        return list(torch.arange(n).split(micro_batch_size))
+    order = torch.argsort(prompt_lengths + response_lengths, descending=True, stable=True)
+    prompts, responses = prompt_lengths.tolist(), response_lengths.tolist()
+    groups: list[list[int]] = []
+    width_p = width_t = 0
+    for row in order.tolist():
+        p, t = max(width_p, prompts[row]), max(width_t, responses[row])
+        if groups and (len(groups[-1]) + 1) * (p + t) <= max_tokens:
+            groups[-1].append(row)
+            width_p, width_t = p, t
+        else:
+            groups.append([row])
+            width_p, width_t = prompts[row], responses[row]
+    return [torch.tensor(rows, dtype=torch.long) for rows in groups]
+
+
+def trim_padding(batch: RolloutBatch) -> tuple[RolloutBatch, int]:
+    """The rows cut to their longest prompt (left padding dropped) and longest response (right
+    padding dropped), and the kept response width T' (responses keep columns 0..T'-1)."""
+    p = batch.prompt_mask.shape[1]
+    # first prompt column any row uses (at least one column: position P − 1 scores token 0)
+    start = min(p - int(batch.prompt_mask.sum(-1).max()), p - 1)
+    width = int(batch.response_mask.sum(-1).max())  # response columns any row uses
+    cols = slice(start, p + width)
+
+    def pick(x):
+        return None if x is None else x[:, :width]
+
+    soft = batch.soft_inputs
+    trimmed = dataclasses.replace(
+        batch,
+        prompt_ids=batch.prompt_ids[:, start:], prompt_mask=batch.prompt_mask[:, start:],
+        response_ids=batch.response_ids[:, :width], response_mask=batch.response_mask[:, :width],
+        logprobs=batch.logprobs[:, :width],
+        soft_inputs=SoftInputs(soft.ids[:, cols], soft.weights[:, cols],
+                               None if soft.noise is None else soft.noise[:, cols]),
+        mixed=batch.mixed[:, :width], eligible=pick(batch.eligible),
+    )  # fmt: skip
+    return trimmed, width
+
+
+def _micro_batches(batch: RolloutBatch, rows: torch.Tensor, params: LearnerParams):
+    """(row indices, trimmed sub-batch, kept response width) of each micro-batch of `rows`."""
+    prompt_lengths = batch.prompt_mask[rows].sum(-1).cpu()  # (n,)
+    response_lengths = batch.response_mask[rows].sum(-1).cpu()  # (n,)
+    parts = micro_batches(prompt_lengths, response_lengths, params.micro_batch_size,
+                          params.max_tokens_per_micro_batch)  # fmt: skip
+    for part in parts:
+        micro = rows[part.to(rows.device)]
+        sub, width = trim_padding(batch.select(micro))
+        yield micro, sub, width
 
 
 @torch.no_grad()
 def reference_logprobs(
-    ref_model, batch: RolloutBatch, temperature: float, micro_batch_size: int
+    ref_model, batch: RolloutBatch, temperature: float, params: LearnerParams
 ) -> torch.Tensor:
-    """Log-probs (N, T) of the sampled tokens under the frozen reference, on the same inputs."""
-    chunks = []
-    for rows in torch.arange(len(batch.response_ids)).split(micro_batch_size):
-        logp, _ = sequence_logprobs(ref_model, batch.select(rows), temperature)
-        chunks.append(logp)
-    return torch.cat(chunks)
+    """Log-probs (N, T) of the sampled tokens under the frozen reference, on the same inputs and
+    micro-batches as the learner; 0 outside `response_mask`."""
+    rows = torch.arange(len(batch.response_ids), device=batch.response_ids.device)
+    out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=rows.device)  # (N, T)
+    for micro, sub, width in _micro_batches(batch, rows, params):
+        logp, _ = sequence_logprobs(ref_model, sub, temperature,
+                                    chunk_elements=params.chunk_elements,
+                                    full_logits=params.full_logits)  # fmt: skip
+        out[micro, :width] = logp
+    return out
 
 
 def loss_mask(batch: RolloutBatch, mask_truncated: bool) -> torch.Tensor:
@@ -175,13 +266,13 @@ def update_policy(
     out of the averages; `actor/grad_norm` is the mean pre-clipping norm of the applied steps.
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
+    unwrapped = model if accelerator is None else accelerator.unwrap_model(model)
+    head = output_head(unwrapped)
     device = batch.response_ids.device
     mask = loss_mask(batch, params.mask_truncated_completions)  # (N, T)
     ref_logp = None
     if params.beta > 0:
-        ref_logp = reference_logprobs(
-            ref_model, batch, params.temperature, params.micro_batch_size
-        )  # (N, T)
+        ref_logp = reference_logprobs(ref_model, batch, params.temperature, params)  # (N, T)
     rows_per_mini = params.mini_batch_groups * params.group_size
     averages = _Averages()
     skipped, grad_norms, first = 0, [], True
@@ -190,21 +281,22 @@ def update_policy(
             normalizer = loss_normalizer(mask[mini], params.loss_type)
             optimizer.zero_grad(set_to_none=True)
             finite, mini_metrics = True, _Averages()
-            micro_batches = mini.split(params.micro_batch_size)
-            for i, micro in enumerate(micro_batches):
-                sub = batch.select(micro)
+            parts = list(_micro_batches(batch, mini, params))
+            for i, (micro, sub, width) in enumerate(parts):
                 # Every micro-batch runs backward, even after a non-finite loss: data-parallel
                 # ranks synchronise on the last one, so none may leave the loop early.
-                sync = accelerator is None or i == len(micro_batches) - 1
+                sync = accelerator is None or i == len(parts) - 1
                 context = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+                sub_mask = mask[micro, :width]  # (n, T')
                 with context:
                     logp, entropy = sequence_logprobs(
                         model, sub, params.temperature, with_entropy=True, embedding=embedding,
-                        soft_input_grad=params.soft_input_grad,
-                    )  # (n, T)
+                        head=head, chunk_elements=params.chunk_elements,
+                        full_logits=params.full_logits, soft_input_grad=params.soft_input_grad,
+                    )  # (n, T')
                     loss, metrics = grpo_loss(
-                        logp, sub.logprobs, advantages[micro], mask[micro],
-                        ref_logp=None if ref_logp is None else ref_logp[micro],
+                        logp, sub.logprobs, advantages[micro], sub_mask,
+                        ref_logp=None if ref_logp is None else ref_logp[micro, :width],
                         entropy=entropy.detach() if params.entropy_coef == 0 else entropy,
                         beta=params.beta, kl_estimator=params.kl_estimator,
                         clip_low=params.clip_low, clip_high=params.clip_high,
@@ -213,7 +305,7 @@ def update_policy(
                         entropy_coef=params.entropy_coef, normalizer=normalizer,
                     )  # fmt: skip
                     if first:
-                        err = ((logp.detach() - sub.logprobs).abs() * mask[micro]).max()
+                        err = ((logp.detach() - sub.logprobs).abs() * sub_mask).max()
                         averages.add({REPLAY_ERR: float(err)})  # kept even if skipped
                     finite = finite and bool(torch.isfinite(loss))
                     if accelerator is not None:

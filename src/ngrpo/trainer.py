@@ -316,6 +316,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
         group_size=cfg.rollout.num_generations,
         mini_batch_groups=cfg.train.mini_batch_prompts // world,
         micro_batch_size=cfg.train.micro_batch_size,
+        max_tokens_per_micro_batch=cfg.train.max_tokens_per_micro_batch,
         num_iterations=cfg.train.num_iterations,
         temperature=cfg.rollout.temperature,
         beta=cfg.train.beta,

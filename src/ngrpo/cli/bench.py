@@ -58,7 +58,24 @@ def register_learner(benches) -> None:
     parser.add_argument("--length", type=int, default=64, help="tokens per sequence")
     parser.add_argument("--k", type=int, default=3, help="candidates per soft input (2-3)")
     parser.add_argument("--mix-rate", type=float, default=0.1, help="fraction of mixed positions")
-    parser.set_defaults(func=run_learner)
+    scale = parser.add_argument_group(
+        "one learner update at a model's shape, random weights, no hub (--preset or --vocab; "
+        "--length is then the response length, --batch and --model are unused; plain-text output)"
+    )
+    shape = scale.add_mutually_exclusive_group()
+    shape.add_argument("--preset", help="r1-distill-1.5b or tiny")
+    shape.add_argument("--vocab", type=int, help="a d-512, 2-layer Qwen2 with this vocabulary")
+    scale.add_argument("--rows", type=int, default=4, help="rows per update (one mini-batch)")
+    scale.add_argument("--prompt-tokens", type=int, default=256, help="prompt tokens per row")
+    scale.add_argument(
+        "--variants", default="chunked+mb1",
+        help="comma-separated: full|chunked, then +mb<N> (rows per micro-batch) or +tok<N> "
+        "(token budget), optionally +ckpt (gradient checkpointing); e.g. full+mb1,chunked+mb1",
+    )  # fmt: skip
+    scale.add_argument("--chunk-elements", type=int, default=None,
+                       help="logits elements per head chunk (default: 2^26 on cuda, 2^24 on cpu)")
+    scale.add_argument("--dtype", help="bfloat16 | float32 (default: bfloat16 on cuda, else fp32)")
+    parser.set_defaults(func=run_learner_entry)
 
 
 BENCHMARKS = {"rollout": register_rollout, "learner": register_learner}
@@ -188,4 +205,77 @@ def run_learner(args: argparse.Namespace) -> int:
     table.add_row("soft / token ids", f"{report['soft_over_token_ids']:.2f}")
     Console().print(table)
     _write_json(args.json, report)
+    return 0
+
+
+def run_learner_entry(args: argparse.Namespace) -> int:
+    """`--preset` / `--vocab`: the update at scale; otherwise soft inputs vs token ids."""
+    if args.preset is not None or args.vocab is not None:
+        return run_learner_scale(args)
+    return run_learner(args)
+
+
+def run_learner_scale(args: argparse.Namespace) -> int:
+    """Plain-text output (no rich), so it runs where only torch + transformers are installed."""
+    import sys
+
+    import torch
+
+    from ngrpo.bench_learner import learner_scale_report, parse_variant, vocab_model
+    from ngrpo.errors import NgrpoError
+    from ngrpo.presets import PRESETS, preset_model
+
+    if args.preset is not None and args.preset not in PRESETS:
+        raise NgrpoError(f"--preset: unknown preset {args.preset!r}; choose one of "
+                         f"{', '.join(PRESETS)}")  # fmt: skip
+    for name in ("rows", "prompt_tokens", "repeats", "length", "k"):
+        if getattr(args, name) < 1:
+            raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.vocab is not None and args.vocab <= args.k:
+        raise NgrpoError(f"--vocab must be above --k ({args.k}), got {args.vocab}")
+    if args.chunk_elements is not None and args.chunk_elements < 1:
+        raise NgrpoError(f"--chunk-elements must be >= 1, got {args.chunk_elements}")
+    if not 0.0 <= args.mix_rate <= 1.0:
+        raise NgrpoError(f"--mix-rate must be in [0, 1], got {args.mix_rate}")
+    variants = [parse_variant(v) for v in args.variants.split(",") if v.strip()]
+    if not variants:
+        raise NgrpoError("--variants: give at least one, e.g. chunked+mb1")
+    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+    dtype_name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if dtype_name not in dtypes:
+        raise NgrpoError(f"--dtype must be one of {', '.join(dtypes)}, got {dtype_name!r}")
+    _set_threads(args.threads)
+
+    def say(stage: str) -> None:
+        print(f"bench learner: {stage}", file=sys.stderr, flush=True)
+
+    shape = args.preset or f"vocab {args.vocab}"
+    say(f"building {shape} ({dtype_name}) on {args.device}")
+    if args.preset is not None:
+        model = preset_model(args.preset, args.device, dtypes[dtype_name])
+    else:
+        model = vocab_model(args.vocab, args.device, dtypes[dtype_name])
+    label = {"preset": args.preset} if args.preset is not None else {"vocab_model": args.vocab}
+    report = learner_scale_report(
+        model, rows=args.rows, prompt_tokens=args.prompt_tokens, length=args.length,
+        variants=variants, repeats=args.repeats, k=args.k, mix_rate=args.mix_rate,
+        chunk_elements=args.chunk_elements, progress=say,
+        checkpoint=lambda partial: _write_json(args.json, {**partial, **label}),
+    )  # fmt: skip
+    report.update(label)
+    _write_json(args.json, report)
+    memory = report["memory"]
+    print(f"learner update, {shape}, {report['rows']} rows x ({report['prompt_tokens']} + "
+          f"{report['length']}) tokens, {report['device']} ({report['dtype']}); one fp32 (T, V) "
+          f"logits tensor = {memory['logits_fp32_bytes'] / 2**30:.2f} GiB")  # fmt: skip
+    for name, row in report["variants"].items():
+        if "error" in row:
+            print(f"  {name:<24} {row['error']}")
+            continue
+        flops = (f", {row['bf16_peak_fraction']:.0%} of bf16 peak"
+                 if "bf16_peak_fraction" in row else "")  # fmt: skip
+        print(f"  {name:<24} {row['seconds_per_update']:8.3f} s/update "
+              f"{row['tokens_per_s']:10,.0f} tokens/s{flops}; peak {row['peak_bytes'] / 2**30:.2f} "
+              f"GiB, extra {row['peak_extra_bytes'] / 2**30:.2f} GiB "
+              f"({row['peak_extra_over_logits']:.2f} x logits)")  # fmt: skip
     return 0

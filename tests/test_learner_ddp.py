@@ -1,0 +1,21 @@
+"""Token-budget micro-batches under data parallelism: processes with different numbers of
+micro-batches still synchronise exactly once per mini-batch (checked in
+tests/ddp_learner_check.py, two CPU processes over gloo)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_processes_with_different_micro_batch_counts_stay_in_step():
+    script = Path(__file__).with_name("ddp_learner_check.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", str(script)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0: ok, 1 micro-batches" in done.stdout
+    assert "rank 1: ok, 2 micro-batches" in done.stdout
