@@ -374,7 +374,7 @@ def _train_step(run: Run) -> dict[str, float]:
     from ngrpo.diagnostics import rollout_diagnostics, split_groups
     from ngrpo.losses import group_advantages
     from ngrpo.rewards import batch_rewards
-    from ngrpo.rollout import SamplingParams, generate
+    from ngrpo.rollout import EngineOptions, SamplingParams, generate
 
     cfg, acc = run.cfg, run.accelerator
     world, rank = acc.num_processes, acc.process_index
@@ -396,6 +396,7 @@ def _train_step(run: Run) -> dict[str, float]:
             exploration=cfg.exploration, answer_start_ids=run.answer_start_ids, training=True,
             seed=(cfg.seed * 1_000_003 + run.step) * 1_009 + rank,
             batch_size=cfg.rollout.generation_batch_size, neighbor_index=run.neighbor_index,
+            engine=EngineOptions(cfg.rollout.kv_cache, cfg.rollout.cuda_graphs),
         )  # fmt: skip
     rollout_s = time.perf_counter() - started
     # 3. rewards and group-normalised advantages
