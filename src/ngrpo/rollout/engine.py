@@ -206,7 +206,7 @@ def _decode_chunk(
     logits = decoder.prefill(prompt_embeds, prompt_mask[first], positions, expand)  # (N, V)
     slot_rows = None  # (b,) the row each decoder slot holds; None: slot i holds row i
     logits_buf = None  # (N + 1, V) logits by row once the batch is compacted (row N: padding)
-    graphs = getattr(decoder, "cuda_graphs", False)
+    graphs = decoder.cuda_graphs
     row_steps = 0
 
     steps = 0
@@ -256,6 +256,7 @@ def _decode_chunk(
         "tokens": tokens, "logprobs": logprobs, "alive": alive, "rec_ids": rec_ids,
         "rec_w": rec_w, "rec_noise": rec_noise, "mixed": mixed, "eligible": eligible,
         "shift_sum": shift_sum, "finished": finished, "steps": steps, "row_steps": row_steps,
+        "capture_s": decoder.capture_seconds, "graphs": len(decoder.graphs),
     }  # fmt: skip
 
 
@@ -390,6 +391,8 @@ def _assemble(parts: list[dict], prompt_ids, prompt_mask, num_prompts: int, n: i
         "rollout/embed_shift": shift / n_mixed if n_mixed else 0.0,
         # rows the model ran per decoding step (compaction lowers it below the batch size)
         "rollout/decoded_rows": row_steps / max(1, decode_calls),
+        "rollout/graph_capture_s": sum(part["capture_s"] for part in parts),
+        "rollout/graphs": float(sum(part["graphs"] for part in parts)),
     }
     return RolloutBatch(
         prompt_ids=prompt_ids,

@@ -63,6 +63,9 @@ class DynamicDecoder:
     compaction (`can_compact = False`): finished rows keep being fed padding."""
 
     can_compact = False
+    cuda_graphs = False
+    capture_seconds = 0.0
+    graphs: dict = {}
 
     def __init__(self, model) -> None:
         self.model = model

@@ -26,6 +26,8 @@ logits equal the model's forward to ~1e-6, which the replay-invariant tests chec
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -104,6 +106,7 @@ class StaticDecoder:
         self.length_quantum = 256 if device.type == "cuda" else 1
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
+        self.capture_seconds = 0.0  # wall time spent warming up and capturing graphs
 
     # ------------------------------------------------------------------------ model arithmetic
 
@@ -174,13 +177,15 @@ class StaticDecoder:
     # ------------------------------------------------------------------------ the step, graphed
 
     def _step(self, b: int, length: int) -> torch.Tensor:
-        mask = self.valid[:b, None, None, :length]  # (b, 1, 1, L)
+        mask = self.valid[:b, :length].contiguous()[:, None, None]  # (b, 1, 1, L) aligned rows
         hidden = self._forward(self.x[:b], self.pos[:b], self.slot, mask, length)  # (b, 1, d)
         return self.lm_head(hidden[:, 0]).float()  # (b, V)
 
     def _replay(self, b: int, length: int) -> torch.Tensor:
         entry = self.graphs.get((b, length))
         if entry is None:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
             # warm-up off the capture (cuBLAS workspaces, lazy init); it computes this very step,
             # so writing its keys and values now is harmless: the replay writes the same ones
             stream = torch.cuda.Stream()
@@ -192,6 +197,8 @@ class StaticDecoder:
             with torch.cuda.graph(graph, pool=self.pool):
                 out = self._step(b, length)
             entry = self.graphs[(b, length)] = (graph, out)
+            torch.cuda.synchronize()
+            self.capture_seconds += time.perf_counter() - start
         graph, out = entry
         graph.replay()
         return out  # (b, V), overwritten by the next replay of this graph
