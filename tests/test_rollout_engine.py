@@ -124,3 +124,53 @@ def test_other_architectures_use_the_dynamic_cache_and_bad_options_fail():
         _run(mistral, EngineOptions(kv_cache="paged"), n=1, max_new=4)
     with pytest.raises(NgrpoError, match="rollout.cuda_graphs must be one of auto, on, off"):
         _run(mistral, EngineOptions(cuda_graphs="yes"), n=1, max_new=4)
+
+
+def test_bench_rollout_tiny_preset_writes_the_documented_json(tmp_path, capsys):
+    import json
+
+    from ngrpo.cli import main
+
+    out = tmp_path / "scale.json"
+    argv = ["bench", "rollout", "--preset", "tiny", "--rows", "4", "--prompt-tokens", "8",
+            "--lengths", "8,16", "--strategies", "none,neighbor", "--eos-rate", "0.05",
+            "--repeats", "1", "--threads", "1", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["preset"] == "tiny" and report["device"] == "cpu" and report["dtype"] == "float32"
+    assert report["rows"] == 4 and report["prompt_tokens"] == 8
+    assert report["copy_bandwidth_gb_s"] > 0
+    assert set(report["lengths"]) == {"8", "16"}
+    for entry in report["lengths"].values():
+        assert set(entry) == {"none", "neighbor", "hf_generate_static",
+                              "none_over_hf_generate_static"}  # fmt: skip
+        for strategy in ("none", "neighbor"):
+            row = entry[strategy]
+            assert row["ms_per_step"] > 0 and row["tokens_per_s"] > 0
+            assert row["roofline_ms_per_step"] > 0 and row["roofline_fraction"] > 0
+            assert row["graph_capture_s"] == 0.0  # CPU: eager, nothing captured
+        assert entry["none_over_hf_generate_static"] == pytest.approx(
+            entry["none"]["tokens_per_s"] / entry["hf_generate_static"]["tokens_per_s"]
+        )
+    # the roofline counts the weights without the input-embedding table, and the KV bytes grow
+    # with the context (prompt 8 + (L - 1) / 2 positions on average)
+    kv8, kv16 = (report["lengths"][k]["none"]["kv_read_gb_per_step"] for k in ("8", "16"))
+    assert kv16 / kv8 == pytest.approx((8 + 7.5) / (8 + 3.5))
+    weights = report["lengths"]["8"]["none"]["weights_gb"] * 1e9
+    assert weights == report["params"] * 4 - 1000 * 64 * 4
+    varied = report["varied_lengths"]
+    assert varied["compact"]["response_tokens"] == varied["no_compact"]["response_tokens"]
+    assert varied["compact"]["decoded_rows_per_step"] <= 4
+    assert varied["no_compact"]["decoded_rows_per_step"] == 4
+    assert "ms/step" in capsys.readouterr().out
+
+
+def test_bench_rollout_preset_bad_arguments(capsys):
+    from ngrpo.cli import main
+
+    assert main(["bench", "rollout", "--preset", "huge"]) == 2
+    assert "unknown preset 'huge'; choose one of r1-distill-1.5b, tiny" in capsys.readouterr().err
+    assert main(["bench", "rollout", "--preset", "tiny", "--lengths", "8,x"]) == 2
+    assert "--lengths must be positive integers" in capsys.readouterr().err
+    assert main(["bench", "rollout", "--preset", "tiny", "--strategies", "none,fast"]) == 2
+    assert "--strategies: unknown ['fast']" in capsys.readouterr().err

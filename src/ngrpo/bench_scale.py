@@ -41,7 +41,7 @@ def _sync(device: torch.device) -> None:
 
 def copy_bandwidth(device: torch.device, nbytes: int | None = None, repeats: int = 5) -> float:
     """Bytes per second of a large device-to-device copy (read + write), median of `repeats`."""
-    nbytes = nbytes or (1 << 30 if device.type == "cuda" else 1 << 27)
+    nbytes = nbytes or (1 << 30 if device.type == "cuda" else 1 << 25)
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
     dst.copy_(src)  # warm-up
