@@ -15,7 +15,9 @@ reports the median over `repeats` of:
 With `eos_rate` > 0 a second section runs a batch with very different response lengths: a fraction
 `eos_rate` of the vocabulary counts as EOS, so under the near-uniform random policy responses stop
 with hazard ≈ `eos_rate` per step (geometric lengths, capped at the longest L), once with finished
-rows compacted out of the batch and once without; both sample the same tokens.
+rows compacted out of the batch and once without; both sample the same tokens. With CUDA graphs
+the compacted run captures more graphs (one per batch size reached): `speedup` includes that
+capture time, `speedup_without_capture` does not.
 
 On CPU, `hf_generate_static` (transformers `generate` with a static cache, not compiled) runs on the
 same batch at every length, as the reference the engine is compared with.
@@ -145,10 +147,13 @@ def _varied_lengths(model, prompts, length, eos_rate, device) -> dict:
             device,
         )
         lengths = batch.response_mask.sum(-1).float()  # (N,)
+        capture = batch.stats["rollout/graph_capture_s"]
         out[name] = {
             "seconds": seconds,
+            "graph_capture_s": capture,
             "response_tokens": int(lengths.sum()),
             "tokens_per_s": float(lengths.sum()) / seconds,
+            "tokens_per_s_without_capture": float(lengths.sum()) / (seconds - capture),
             "decoded_rows_per_step": batch.stats["rollout/decoded_rows"],
             "steps": batch.response_ids.shape[1],
             "peak_gb": peak,
@@ -159,6 +164,10 @@ def _varied_lengths(model, prompts, length, eos_rate, device) -> dict:
         }  # fmt: skip
     out["eos_rate"] = eos_rate
     out["speedup"] = out["no_compact"]["seconds"] / out["compact"]["seconds"]
+    out["speedup_without_capture"] = (
+        out["compact"]["tokens_per_s_without_capture"]
+        / out["no_compact"]["tokens_per_s_without_capture"]
+    )
     return out
 
 

@@ -44,6 +44,9 @@ def static_unsupported(model) -> str | None:
         return f"model_type {kind!r} (static decoder: {', '.join(SUPPORTED_MODEL_TYPES)})"
     if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
         return "sliding-window attention layers"
+    rope_type = getattr(model.get_decoder().rotary_emb, "rope_type", "default")
+    if "dynamic" in rope_type or rope_type == "longrope":  # frequencies change with the length
+        return f"rope type {rope_type!r}"
     return None
 
 
