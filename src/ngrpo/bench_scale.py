@@ -98,11 +98,13 @@ def _timed_batch(run: Callable[[], object], device: torch.device):
     return time.perf_counter() - start, batch, peak
 
 
-def _fixed_length(model, prompts, strategy, length, repeats, mix_rate, bandwidth, device) -> dict:
+def _fixed_length(
+    model, prompts, strategy, length, repeats, mix_rate, bandwidth, device, engine=None
+) -> dict:
     runs = []
     for _ in range(repeats):
         seconds, batch, peak = _timed_batch(
-            lambda: _engine_run(model, prompts, strategy, length, mix_rate, []), device
+            lambda: _engine_run(model, prompts, strategy, length, mix_rate, [], engine), device
         )
         runs.append((seconds, batch.stats["rollout/graph_capture_s"], peak))
     seconds = statistics.median(r[0] for r in runs)
@@ -134,13 +136,13 @@ def _hf_static(model, prompts, length, repeats, device) -> dict:
     return {"ms_per_step": 1000 * seconds / length, "tokens_per_s": len(prompts) * length / seconds}
 
 
-def _varied_lengths(model, prompts, length, eos_rate, device) -> dict:
+def _varied_lengths(model, prompts, length, eos_rate, device, cuda_graphs="auto") -> dict:
     """The same batch with and without compaction; responses stop with hazard ≈ eos_rate."""
     vocab = model.get_input_embeddings().weight.shape[0]
     eos = list(range(2, 2 + max(1, round(eos_rate * vocab))))
     out = {}
     for name, compact in (("compact", True), ("no_compact", False)):
-        engine = EngineOptions(compact=compact)
+        engine = EngineOptions(cuda_graphs=cuda_graphs, compact=compact)
         _engine_run(model, prompts, "none", 8, 0.0, eos, engine)  # warm-up
         seconds, batch, peak = _timed_batch(
             lambda engine=engine: _engine_run(model, prompts, "none", length, 0.0, eos, engine),
@@ -184,9 +186,11 @@ def scale_report(
     hf_baseline: bool | None = None,
     progress: Callable[[str], None] | None = None,
     checkpoint: Callable[[dict], None] | None = None,
+    engine: EngineOptions | None = None,
 ) -> dict:
     """The `ngrpo bench rollout --preset` JSON (see the module docstring); `checkpoint` receives
-    the report after every measurement, so a run cut short still leaves its numbers."""
+    the report after every measurement, so a run cut short still leaves its numbers. `engine`:
+    the decoder options (default: `EngineOptions()`, CUDA graphs on CUDA)."""
     say = progress or (lambda _: None)
     save = checkpoint or (lambda _: None)
     param = next(model.parameters())
@@ -207,17 +211,18 @@ def scale_report(
         "lengths": {},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cuda_graphs": (engine or EngineOptions()).cuda_graphs,
     }
     for strategy in strategies:  # warm-up: kernels, allocator, first graphs
         say(f"warm-up {strategy}")
-        _engine_run(model, prompts, strategy, 16, mix_rate, [])
+        _engine_run(model, prompts, strategy, 16, mix_rate, [], engine)
     save(report)
     for length in lengths:
         entry = report["lengths"][str(length)] = {}
         for strategy in strategies:
             say(f"{length} tokens: engine {strategy}")
             entry[strategy] = _fixed_length(
-                model, prompts, strategy, length, repeats, mix_rate, bandwidth, device
+                model, prompts, strategy, length, repeats, mix_rate, bandwidth, device, engine
             )
             save(report)
         if hf_baseline:
@@ -235,6 +240,8 @@ def scale_report(
         )
     if eos_rate > 0:
         say(f"varied lengths (eos rate {eos_rate})")
-        report["varied_lengths"] = _varied_lengths(model, prompts, max(lengths), eos_rate, device)
+        report["varied_lengths"] = _varied_lengths(
+            model, prompts, max(lengths), eos_rate, device, (engine or EngineOptions()).cuda_graphs
+        )
         save(report)
     return report
