@@ -235,6 +235,7 @@ if __name__ == "__main__":
     if isinstance(RESULT.get("paper"), str) and ENGINE.cuda_graphs != "off" and not SMALL:
         ENGINE = EngineOptions(cuda_graphs="off")  # salvage the numbers without graphs
         RESULT["fallback"] = "paper failed with CUDA graphs: numbers below WITHOUT them"
+        RESULT["paper_graph_error"] = RESULT["paper"]
         section("paper_no_graphs", 40, paper)
     section("varied", 45, varied)
     section("graphs_off", 30, graphs_off)
