@@ -270,6 +270,8 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path):
     ("train.mini_batch_prompts=3", ["train.mini_batch_prompts (3)", "prompts_per_step (16)"]),
     ("rollout.num_generations=1", ["rollout.num_generations", ">= 2"]),
     ("rollout.top_p=0", ["rollout.top_p", "(0.0, 1.0]"]),
+    ("rollout.kv_cache=paged", ["rollout.kv_cache", "static", "dynamic"]),
+    ("rollout.cuda_graphs=yes", ["rollout.cuda_graphs", "auto", "off"]),
     ("train.epsilon=1.0", ["train.epsilon", "[0.0, 1.0)"]),
     ("train.steps=0", ["train.steps", ">= 1"]),
     ("data.long_prompts=truncate", ["data.long_prompts", "drop, reject"]),

@@ -336,7 +336,12 @@ def test_bench_rollout_cli_writes_the_json(tmp_path):
             "--json", str(out)]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(out.read_text())
-    assert set(report["tokens_per_s"]) == {"none", "neighbor", "gaussian", "hf_generate"}
+    assert set(report["tokens_per_s"]) == {
+        "none", "neighbor", "gaussian", "hf_generate", "hf_generate_static"
+    }  # fmt: skip
+    assert report["ratios"]["none_over_hf_generate_static"] == pytest.approx(
+        report["tokens_per_s"]["none"] / report["tokens_per_s"]["hf_generate_static"]
+    )
     assert all(v > 0 for v in report["tokens_per_s"].values())
     lookup = report["neighbor_lookup"]
     assert (lookup["vocab"], lookup["dim"]) == (300, 8)

@@ -2,8 +2,9 @@
 
 Rollout throughput is measured at fixed length (no early stop at EOS, so every engine does exactly
 batch × new_tokens decoding steps' work) with mixing forced at `mix_rate`; `hf_generate` is
-`model.generate(do_sample=True)` with the same temperature and no top-k / top-p. The neighbour
-lookup is timed on a random table of DeepSeek-R1-Distill-Qwen-1.5B's embedding shape: brute force
+`model.generate(do_sample=True)` with the same temperature and no top-k / top-p
+(`hf_generate_static`: with transformers' static KV cache, not compiled). The neighbour lookup
+is timed on a random table of DeepSeek-R1-Distill-Qwen-1.5B's embedding shape: brute force
 recomputes the full V×d similarity for every lookup (what the authors' code does per decoded
 token); the cached index is timed after warm-up on the same anchors (its steady state: during
 training the argmax anchors come from a small part of the vocabulary).
@@ -73,16 +74,18 @@ def engine_runner(
 
 
 def hf_generate_runner(
-    model, prompts: list[list[int]], *, new_tokens: int, pad_token_id: int
+    model, prompts: list[list[int]], *, new_tokens: int, pad_token_id: int, static: bool = False
 ) -> Callable[[], object]:
-    """A zero-argument `model.generate(do_sample=True)` at fixed length on the same batch."""
+    """A zero-argument `model.generate(do_sample=True)` at fixed length on the same batch; with
+    `static`, transformers' static KV cache (not compiled)."""
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_token_id, device)
+    cache = {"cache_implementation": "static", "disable_compile": True} if static else {}
     config = GenerationConfig(
         do_sample=True, temperature=1.0, top_k=None, top_p=None, max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens, eos_token_id=None, pad_token_id=pad_token_id,
+        min_new_tokens=new_tokens, eos_token_id=None, pad_token_id=pad_token_id, **cache,
     )  # fmt: skip
 
     def run():
@@ -146,9 +149,10 @@ def rollout_report(
         )
         for strategy in ("none", "neighbor", "gaussian")
     }  # fmt: skip
-    runners["hf_generate"] = hf_generate_runner(
-        model, prompts, new_tokens=new_tokens, pad_token_id=pad_token_id
-    )
+    for name, static in (("hf_generate", False), ("hf_generate_static", True)):
+        runners[name] = hf_generate_runner(
+            model, prompts, new_tokens=new_tokens, pad_token_id=pad_token_id, static=static
+        )
     for name, run in runners.items():  # warm-up (and fills the neighbour cache)
         say(f"warm-up {name}")
         run()
@@ -173,8 +177,14 @@ def rollout_report(
         "ratios": {
             "neighbor_over_none": tokens_per_s["neighbor"] / tokens_per_s["none"],
             "none_over_hf_generate": tokens_per_s["none"] / tokens_per_s["hf_generate"],
+            "none_over_hf_generate_static": (
+                tokens_per_s["none"] / tokens_per_s["hf_generate_static"]
+            ),
             "neighbor_over_none_cpu": per_cpu_s["neighbor"] / per_cpu_s["none"],
             "none_over_hf_generate_cpu": per_cpu_s["none"] / per_cpu_s["hf_generate"],
+            "none_over_hf_generate_static_cpu": (
+                per_cpu_s["none"] / per_cpu_s["hf_generate_static"]
+            ),
             "lookup_speedup": lookup["speedup"],
         },
         "tokens_per_s_best": best,

@@ -53,6 +53,7 @@ from ngrpo.errors import NgrpoError
 from ngrpo.exploration import ExplorationConfig
 from ngrpo.losses import IMPORTANCE_LEVELS, resolve_aggregation, resolve_kl_estimator
 from ngrpo.rewards import REWARD_FUNCTIONS
+from ngrpo.rollout.engine import CUDA_GRAPHS, KV_CACHES
 
 MISSING = "???"  # a required value: the user must override it
 CONFIG_DIR = Path(__file__).parent / "configs"  # configs shipped with the package
@@ -134,6 +135,13 @@ class RolloutConfig:
     `train.mask_truncated_completions`)."""
     generation_batch_size: int | None = None
     """Sequences decoded together (null: all rollouts of a step at once)."""
+    kv_cache: str = "auto"
+    """Decoder: `static` (preallocated KV cache, finished rows compacted out, one prefill per
+    prompt; Llama-family models), `dynamic` (the model's forward with a growing cache; any causal
+    LM), `auto` (static where covered). Both sample the same tokens."""
+    cuda_graphs: str = "auto"
+    """Capture the static decoder's one-token step as CUDA graphs: `on`, `off`, `auto` (on when
+    decoding on CUDA). The CPU path is the same code, eager."""
 
 
 @dataclass
@@ -683,6 +691,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _check_int("rollout.max_completion_length", r.max_completion_length, 1)
     if r.generation_batch_size is not None:
         _check_int("rollout.generation_batch_size", r.generation_batch_size, 1)
+    _check_choice("rollout.kv_cache", r.kv_cache, KV_CACHES)
+    _check_choice("rollout.cuda_graphs", r.cuda_graphs, CUDA_GRAPHS)
 
     cfg.exploration.validate()
 

@@ -400,7 +400,7 @@ def _rollout_round(run: Run, indices: list[int], round_: int):
     Returns (batch, texts, rewards (N,)). Round 0 keeps the seed a step always had; dynamic
     sampling's later rounds offset it."""
     from ngrpo.rewards import batch_rewards
-    from ngrpo.rollout import SamplingParams, generate
+    from ngrpo.rollout import EngineOptions, SamplingParams, generate
 
     cfg, acc = run.cfg, run.accelerator
     seed = (cfg.seed * 1_000_003 + run.step) * 1_009 + acc.process_index + round_ * 104_729
@@ -416,6 +416,7 @@ def _rollout_round(run: Run, indices: list[int], round_: int):
             exploration=cfg.exploration, answer_start_ids=run.answer_start_ids, training=True,
             seed=seed, batch_size=cfg.rollout.generation_batch_size,
             neighbor_index=run.neighbor_index,
+            engine=EngineOptions(cfg.rollout.kv_cache, cfg.rollout.cuda_graphs),
         )  # fmt: skip
     texts = [run.tokenizer.decode(r, skip_special_tokens=True) for r in batch.responses()]
     golds = [run.examples[indices[int(i)]].answer for i in batch.prompt_index]

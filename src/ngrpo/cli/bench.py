@@ -40,6 +40,23 @@ def register_rollout(benches) -> None:
     parser.add_argument("--mix-rate", type=float, default=0.1, help="forced mixing rate")
     parser.add_argument("--lookup-vocab", type=int, default=151_936, help="lookup table rows")
     parser.add_argument("--lookup-dim", type=int, default=1_536, help="lookup table columns")
+    scale = parser.add_argument_group(
+        "at a model's shape (--preset: random weights, no hub; --model, --batch, --new-tokens and "
+        "the lookup options are then unused)"
+    )
+    scale.add_argument("--preset", help="r1-distill-1.5b or tiny (CPU-sized, seconds)")
+    scale.add_argument("--rows", type=int, default=256, help="sequences decoded together")
+    scale.add_argument("--prompt-tokens", type=int, default=256, help="tokens per prompt")
+    scale.add_argument(
+        "--lengths", default="1024,2048,4096", help="response lengths, comma-separated"
+    )
+    scale.add_argument("--strategies", default="none,neighbor", help="comma-separated")
+    scale.add_argument(
+        "--eos-rate", type=float, default=0.0,
+        help="also time a batch of very different lengths (EOS hazard per step), compaction on "
+        "vs off",
+    )  # fmt: skip
+    scale.add_argument("--dtype", help="bfloat16 | float32 (default: bfloat16 on cuda, else fp32)")
     parser.set_defaults(func=run_rollout)
 
 
@@ -121,6 +138,8 @@ def _prompts(tokenizer, batch: int) -> list[list[int]]:
 
 
 def run_rollout(args: argparse.Namespace) -> int:
+    if args.preset is not None:
+        return run_rollout_preset(args)
     from rich.console import Console
     from rich.table import Table
 
@@ -163,6 +182,80 @@ def run_rollout(args: argparse.Namespace) -> int:
     table.add_row("lookup brute force µs/token", f"{lookup['bruteforce_us_per_token']:,.1f}")
     Console().print(table)
     _write_json(args.json, report)
+    return 0
+
+
+def _int_list(option: str, text: str) -> list[int]:
+    from ngrpo.errors import NgrpoError
+
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise NgrpoError(f"{option} must be positive integers separated by commas, got {text!r}")
+    return values
+
+
+def run_rollout_preset(args: argparse.Namespace) -> int:
+    """`--preset`: plain-text output (no rich), so it runs where only torch + transformers are."""
+    import sys
+
+    import torch
+
+    from ngrpo.bench_scale import scale_report
+    from ngrpo.errors import NgrpoError
+    from ngrpo.exploration import STRATEGIES
+    from ngrpo.presets import PRESETS, preset_model
+
+    if args.preset not in PRESETS:
+        raise NgrpoError(f"--preset: unknown preset {args.preset!r}; choose one of "
+                         f"{', '.join(PRESETS)}")  # fmt: skip
+    lengths = _int_list("--lengths", args.lengths)
+    strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        raise NgrpoError(f"--strategies: unknown {unknown or strategies}; choose from "
+                         f"{', '.join(STRATEGIES)}")  # fmt: skip
+    for name in ("rows", "prompt_tokens", "repeats"):
+        if getattr(args, name) < 1:
+            raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0.0 <= args.eos_rate < 1.0:
+        raise NgrpoError(f"--eos-rate must be in [0, 1), got {args.eos_rate}")
+    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+    dtype_name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if dtype_name not in dtypes:
+        raise NgrpoError(f"--dtype must be one of {', '.join(dtypes)}, got {dtype_name!r}")
+    _set_threads(args.threads)
+
+    def say(stage: str) -> None:
+        print(f"bench rollout: {stage}", file=sys.stderr, flush=True)
+
+    say(f"building {args.preset} ({dtype_name}) on {args.device}")
+    model = preset_model(args.preset, args.device, dtypes[dtype_name])
+    report = scale_report(
+        model, rows=args.rows, prompt_tokens=args.prompt_tokens, lengths=lengths,
+        strategies=strategies, repeats=args.repeats, mix_rate=args.mix_rate,
+        eos_rate=args.eos_rate, progress=say,
+        checkpoint=lambda partial: _write_json(args.json, {**partial, "preset": args.preset}),
+    )  # fmt: skip
+    report["preset"] = args.preset
+    _write_json(args.json, report)
+    print(f"rollout, {args.preset}, {report['rows']} rows x {report['prompt_tokens']} prompt "
+          f"tokens, {report['device']} ({report['dtype']}), copy bandwidth "
+          f"{report['copy_bandwidth_gb_s']:.0f} GB/s")  # fmt: skip
+    for length, entry in report["lengths"].items():
+        for name, row in entry.items():
+            if isinstance(row, dict):
+                extra = (f", roofline {row['roofline_fraction']:.0%}, graph capture "
+                         f"{row['graph_capture_s']:.2f} s" if "roofline_fraction" in row else "")
+                print(f"  {length:>6} tokens  {name:<20} {row['ms_per_step']:8.2f} ms/step "
+                      f"{row['tokens_per_s']:12,.0f} tokens/s{extra}")  # fmt: skip
+    varied = report.get("varied_lengths")
+    if varied:
+        print(f"  varied lengths {varied['response_length']}: compaction "
+              f"{varied['compact']['seconds']:.2f} s vs {varied['no_compact']['seconds']:.2f} s "
+              f"without ({varied['speedup']:.2f}x)")  # fmt: skip
     return 0
 
 

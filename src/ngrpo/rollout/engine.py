@@ -2,37 +2,31 @@
 
 `generate` samples `n` responses per prompt from any Hugging Face causal LM that accepts
 `inputs_embeds`. Prompts are left-padded; position ids are `cumsum(attention_mask) − 1` (the same
-helper builds them for replay); the model runs one prefill over the prompts and then one step per
-token with a `DynamicCache`. Every input, prompt and response alike, goes through
+helper builds them for replay). Every input, prompt and response alike, goes through
 `ngrpo.soft_inputs.embed`, and every response position's input is recorded as a `SoftInputs` row,
 so `replay_logprobs` (one full-sequence forward over the recorded inputs, the learner's path)
 reproduces the rollout's log-probabilities (fp32: within 1e-4, tested).
 
-Sampling at step t: logits z_t (fp32) -> divide by temperature -> top-k (ties at the k-th value are
-kept) -> top-p (smallest prefix of the sorted distribution with mass >= top_p) -> softmax = p_t ->
-an exponential race (`argmax p / Exp(1)`) with the engine's generator. `temperature = 0` means
-greedy (argmax).
-
-Recorded `logprobs`: log softmax(z_t / temperature) at the sampled token, i.e. the
-temperature-scaled policy *before* top-k/top-p truncation (temperature 0 records temperature 1).
-This is the distribution the learner differentiates (as in TRL and verl); with the training
-defaults (top_k = 0, top_p = 1) it is exactly the sampling distribution. Mixing weights, in
-contrast, use the truncated p_t (see `ngrpo.exploration`).
+Decoding (`EngineOptions`, DESIGN section 6): Llama-family models run on the static decoder
+(`ngrpo.rollout.step`: preallocated KV cache, the n samples of a prompt share one prefill, the
+one-token step captured as a CUDA graph on CUDA); other architectures on the model's own forward
+with a growing `DynamicCache` (`ngrpo.rollout.hf.DynamicDecoder`). The per-step math — warping,
+sampling, exploration, recording — always runs on all N rows of a chunk, outside the graph: rows
+that finished are masked, and the static decoder compacts them out of the batch it feeds the
+model (the model step runs on the rows still decoding, padded up to a power of two with CUDA
+graphs). Because the random draws keep their (N, ...) shapes, compaction, shared prefill and the
+choice of decoder leave the samples unchanged (token-for-token, tested) up to float rounding.
 
 Deviations from the authors' code and from `model.generate`: mixing happens on the input of the next
 position (the text always contains the ordinarily sampled y_t), the mixed inputs are recorded for
 training, and exploration randomness has its own generator (seeded `seed ^ EXPLORATION_SALT`), so
 strategy `none` and `mix_rate = 0` give token-for-token the same rollouts for the same seed.
-Sequences that finished keep being fed padding until the whole chunk is done (no compaction).
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -46,188 +40,43 @@ from ngrpo.exploration import (
     plain,
 )
 from ngrpo.neighbors import NeighborIndex
+from ngrpo.rollout.batch import RolloutBatch
+from ngrpo.rollout.hf import DynamicDecoder, input_embeddings
+from ngrpo.rollout.sampling import (
+    SamplingParams,
+    left_pad,
+    position_ids_from_mask,
+    sample_tokens,
+    token_logprobs,
+    warp_logits,
+)
+from ngrpo.rollout.step import StaticDecoder, static_unsupported
 from ngrpo.soft_inputs import SoftInputs, embed, embedding_table
 
-log = logging.getLogger(__name__)
-
 EXPLORATION_SALT = 0x5EED_1234
+KV_CACHES = ("auto", "static", "dynamic")
+CUDA_GRAPHS = ("auto", "on", "off")
 
 
 @dataclass
-class SamplingParams:
-    """How responses are sampled (TRL names: num_generations = n, max_completion_length)."""
+class EngineOptions:
+    """How the engine decodes; every choice samples the same tokens (up to float rounding)."""
 
-    n: int = 1  # responses per prompt
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0  # 1 = off
-    top_k: int = 0  # 0 = off
-    max_new_tokens: int = 256
+    kv_cache: str = "auto"  # static | dynamic | auto (static when the architecture is covered)
+    cuda_graphs: str = "auto"  # on | off | auto (on for the static decoder on CUDA)
+    compact: bool = True  # finished rows leave the static decoder's batch
+    shared_prefill: bool = True  # the n samples of a prompt share one prefill (static decoder)
 
     def validate(self) -> None:
-        if self.n < 1:
-            raise NgrpoError(f"sampling.n must be >= 1, got {self.n}")
-        if self.temperature < 0:
+        if self.kv_cache not in KV_CACHES:
             raise NgrpoError(
-                f"sampling.temperature must be >= 0 (0 = greedy), got {self.temperature}"
+                f"rollout.kv_cache must be one of {', '.join(KV_CACHES)}, got {self.kv_cache!r}"
             )
-        if not 0.0 < self.top_p <= 1.0:
-            raise NgrpoError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise NgrpoError(f"sampling.top_k must be >= 0 (0 = off), got {self.top_k}")
-        if self.max_new_tokens < 1:
-            raise NgrpoError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-
-
-@dataclass
-class RolloutBatch:
-    """Rollouts, rows ordered prompt-major: row i*n + j is sample j of prompt i."""
-
-    prompt_ids: torch.LongTensor  # (N, P) left-padded with the pad id
-    prompt_mask: torch.LongTensor  # (N, P) 1 on prompt tokens
-    response_ids: torch.LongTensor  # (N, T) right-padded with the pad id
-    response_mask: torch.LongTensor  # (N, T) 1 up to and including EOS
-    logprobs: torch.Tensor  # (N, T) log softmax(z/temperature) of each sampled token; 0 on padding
-    soft_inputs: SoftInputs  # (N, P + T, K) records of the FULL sequence, prompt then response
-    mixed: torch.BoolTensor  # (N, T) the input recorded at this response position is mixed
-    stats: dict[str, float]  # rollout/* metrics
-    prompt_index: torch.LongTensor  # (N,) which prompt each row answers
-    truncated: torch.BoolTensor | None = None  # (N,) stopped by max_new_tokens, not by EOS
-    eligible: torch.BoolTensor | None = field(default=None, repr=False)  # (N, T) gate could fire
-
-    @property
-    def attention_mask(self) -> torch.LongTensor:
-        return torch.cat([self.prompt_mask, self.response_mask], dim=1)  # (N, P + T)
-
-    def select(self, rows: torch.Tensor | slice | list[int]) -> RolloutBatch:
-        """A subset of rows (e.g. a learner mini-batch); `stats` are shared, not recomputed."""
-
-        def pick(x):
-            return None if x is None else x[rows]
-
-        return RolloutBatch(
-            prompt_ids=self.prompt_ids[rows], prompt_mask=self.prompt_mask[rows],
-            response_ids=self.response_ids[rows], response_mask=self.response_mask[rows],
-            logprobs=self.logprobs[rows], soft_inputs=self.soft_inputs.select(rows),
-            mixed=self.mixed[rows], stats=self.stats, prompt_index=self.prompt_index[rows],
-            truncated=pick(self.truncated), eligible=pick(self.eligible),
-        )  # fmt: skip
-
-    def responses(self) -> list[list[int]]:
-        """Each row's response ids up to and including EOS."""
-        lengths = self.response_mask.sum(-1).tolist()
-        return [row[:n] for row, n in zip(self.response_ids.tolist(), lengths, strict=True)]
-
-
-# ---------------------------------------------------------------------------------------- math
-
-
-def warp_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """Temperature, then top-k, then top-p: logits (B, V) -> warped logits with -inf outside."""
-    scaled = logits / temperature if temperature > 0 else logits  # (B, V)
-    vocab = scaled.shape[-1]
-    if 0 < top_k < vocab:
-        kth = scaled.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
-        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = scaled.sort(dim=-1, descending=True)  # (B, V)
-        sorted_probs = sorted_logits.softmax(-1)
-        mass_before = sorted_probs.cumsum(-1) - sorted_probs  # (B, V)
-        drop_sorted = mass_before >= top_p  # the first token always stays (mass_before = 0)
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # (B, V)
-        scaled = scaled.masked_fill(drop, float("-inf"))
-    return scaled
-
-
-def sample_tokens(
-    warped: torch.Tensor, temperature: float, generator: torch.Generator
-) -> tuple[torch.LongTensor, torch.Tensor]:
-    """Sample from warped logits (B, V): token ids (B,) and the distribution p_t (B, V)."""
-    if temperature == 0:
-        tokens = warped.argmax(-1)  # (B,)
-        return tokens, torch.nn.functional.one_hot(tokens, warped.shape[-1]).to(warped.dtype)
-    probs = warped.softmax(-1)  # (B, V)
-    # Exponential race: argmax p_v / E_v with E_v ~ Exp(1) picks v with probability p_v. Same
-    # distribution as torch.multinomial, cheaper, and free of a host sync on GPU (as in vLLM).
-    race = torch.empty_like(probs).exponential_(generator=generator)  # (B, V)
-    return (probs / race).argmax(-1), probs
-
-
-def token_logprobs(
-    logits: torch.Tensor, tokens: torch.LongTensor, temperature: float
-) -> torch.Tensor:
-    """log softmax(logits / temperature) at `tokens`: logits (..., V), tokens (...) -> (...)."""
-    scale = temperature if temperature > 0 else 1.0
-    logp = torch.log_softmax(logits.float() / scale, dim=-1)  # (..., V)
-    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def position_ids_from_mask(mask: torch.Tensor) -> torch.LongTensor:
-    """Position ids for a left-padded mask (B, L): 0, 1, ... over real tokens, 0 on left padding."""
-    return (mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, L)
-
-
-def left_pad(
-    prompts: list[list[int]], pad_token_id: int, device: torch.device | str = "cpu"
-) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """Token lists -> ids (B, P) left-padded with `pad_token_id` and mask (B, P)."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        if prompt:
-            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-# ---------------------------------------------------------------------------------------- model
-
-
-def input_embeddings(model) -> torch.nn.Module:
-    """The model's input-embedding module, or an `NgrpoError` saying why it cannot be used."""
-    try:
-        module = model.get_input_embeddings()
-    except (AttributeError, NotImplementedError):
-        module = None
-    if module is None:
-        raise NgrpoError(
-            f"{type(model).__name__} has no input embeddings (get_input_embeddings()); the rollout "
-            "engine needs a causal LM that accepts inputs_embeds"
-        )
-    return module
-
-
-@functools.cache
-def _forward_signature(model_class: type) -> tuple[str, bool]:
-    """(name of the cache argument, whether `logits_to_keep` is accepted) for a model class."""
-    params = inspect.signature(model_class.forward).parameters
-    # transformers 5.24 renamed `past_key_values` to `cache` (old name deprecated until 5.40).
-    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
-
-
-def _forward(model, inputs_embeds, attention_mask, position_ids, cache=None, last_only=False):
-    cache_kwarg, has_logits_to_keep = _forward_signature(type(model))
-    kwargs = {"use_cache": cache is not None}
-    if cache is not None:
-        kwargs[cache_kwarg] = cache
-    if last_only and has_logits_to_keep:
-        kwargs["logits_to_keep"] = 1
-    out = model(
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        **kwargs,
-    )
-    return out.logits
-
-
-def _new_cache(model):
-    from transformers import DynamicCache
-
-    return DynamicCache(config=model.config)
-
-
-# ---------------------------------------------------------------------------------------- engine
+        if self.cuda_graphs not in CUDA_GRAPHS:
+            raise NgrpoError(
+                f"rollout.cuda_graphs must be one of {', '.join(CUDA_GRAPHS)}, "
+                f"got {self.cuda_graphs!r}"
+            )
 
 
 @dataclass
@@ -279,37 +128,92 @@ def _mix_step(plan, logits, probs, y, can_mix, table, explore_gen, plain_w):
     return gate, ids, weights, noise
 
 
-def _decode_chunk(model, embedding, prompt_ids, prompt_mask, plan, gen, explore_gen) -> dict:
-    """Sample one chunk of rows; returns (b, max_new)-shaped buffers and the number of steps run."""
+def _make_decoder(model, options: EngineOptions, rows: int, max_len: int, device):
+    """The decoder `options` ask for, or an `NgrpoError` saying why it cannot run here."""
+    reason = static_unsupported(model)
+    kind = options.kv_cache
+    if kind == "auto":
+        kind = "dynamic" if reason else "static"
+    if kind == "static" and reason:
+        raise NgrpoError(f"rollout.kv_cache=static is not available for this model: {reason}")
+    if options.cuda_graphs == "on" and (device.type != "cuda" or kind != "static"):
+        raise NgrpoError(
+            "rollout.cuda_graphs=on needs a CUDA device and the static KV cache "
+            f"(device {device.type}, kv_cache {kind}); use auto or off"
+        )
+    if kind == "dynamic":
+        return DynamicDecoder(model)
+    on_cuda = device.type == "cuda"
+    graphs = options.cuda_graphs == "on" or (options.cuda_graphs == "auto" and on_cuda)
+    return StaticDecoder(model, rows, max_len, cuda_graphs=graphs)
+
+
+def _distinct_prompts(prompt_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt-major rows (N,) -> (first row of each distinct prompt (u,), prompt number (N,))."""
+    change = torch.ones_like(prompt_index, dtype=torch.bool)  # (N,)
+    change[1:] = prompt_index[1:] != prompt_index[:-1]
+    return change.nonzero().squeeze(1), change.long().cumsum(0) - 1
+
+
+def _batch_target(live: int, rows: int, total: int, graphs: bool) -> int:
+    """Rows the decoder should keep for `live` rows still decoding (`rows` now, `total` at most):
+    the next power of two with CUDA graphs (few captured sizes), else `live` once at most 3/4 of
+    the batch is live (each compaction copies the cache, so they are spaced geometrically)."""
+    if graphs:
+        return min(total, 1 << (live - 1).bit_length())
+    return live if 4 * live <= 3 * rows else rows
+
+
+def _compact(decoder, slot_rows, finished, live: int, target: int):
+    """Keep the live rows in the decoder's first `live` slots, padded to `target` with copies of
+    the last one; returns the new slot -> row map (padding slots map to the spare row N)."""
+    n = finished.shape[0]
+    finished_ext = torch.cat([finished, finished.new_ones(1)])  # (N + 1,) the spare row is done
+    live_slots = (~finished_ext[slot_rows]).nonzero().squeeze(1)  # (live,)
+    pad = target - live
+    keep = torch.cat([live_slots, live_slots[-1:].expand(pad)])  # (target,)
+    decoder.compact(keep)
+    return torch.cat([slot_rows[live_slots], slot_rows.new_full((pad,), n)])  # (target,)
+
+
+def _decode_chunk(
+    model, embedding, prompt_ids, prompt_mask, prompt_index, plan, gen, explore_gen, options
+) -> dict:
+    """Sample one chunk of rows; returns (N, max_new)-shaped buffers and the number of steps run."""
     sampling, k = plan.sampling, plan.k
-    b, p = prompt_ids.shape
+    n, p = prompt_ids.shape
     device, max_new = prompt_ids.device, sampling.max_new_tokens
     table = embedding_table(embedding).detach()  # (V, d)
 
-    tokens = torch.full((b, max_new), plan.pad_token_id, dtype=torch.long, device=device)
-    logprobs = torch.zeros((b, max_new), device=device)
-    alive = torch.zeros((b, max_new), dtype=torch.bool, device=device)
-    rec_ids = tokens.unsqueeze(-1).repeat(1, 1, k)  # (b, T, K)
+    tokens = torch.full((n, max_new), plan.pad_token_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((n, max_new), device=device)
+    alive = torch.zeros((n, max_new), dtype=torch.bool, device=device)
+    rec_ids = tokens.unsqueeze(-1).repeat(1, 1, k)  # (N, T, K)
     plain_w = plain(tokens[:1, 0], k).weights  # (1, K) the plain weights [1, 0, ...]
-    rec_w = plain_w.expand(b, max_new, k).contiguous()  # (b, T, K)
-    rec_noise = table.new_zeros(b, max_new, table.shape[1]) if plan.noisy else None  # (b, T, d)
-    mixed = torch.zeros((b, max_new), dtype=torch.bool, device=device)
-    eligible = torch.zeros((b, max_new), dtype=torch.bool, device=device)
-    finished = torch.zeros(b, dtype=torch.bool, device=device)
-    watch = None if plan.exploration is None else _MarkerWatch(plan.marker, b)
+    rec_w = plain_w.expand(n, max_new, k).contiguous()  # (N, T, K)
+    rec_noise = table.new_zeros(n, max_new, table.shape[1]) if plan.noisy else None  # (N, T, d)
+    mixed = torch.zeros((n, max_new), dtype=torch.bool, device=device)
+    eligible = torch.zeros((n, max_new), dtype=torch.bool, device=device)
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    watch = None if plan.exploration is None else _MarkerWatch(plan.marker, n)
 
-    attention = torch.cat([prompt_mask, prompt_mask.new_ones(b, max_new)], dim=1)  # (b, P + T)
-    next_pos = prompt_mask.sum(-1, keepdim=True)  # (b, 1) position of response token 0
-    cache = _new_cache(model)
-    prompt_embeds = embed(embedding, SoftInputs.from_token_ids(prompt_ids))  # (b, P, d)
-    positions = position_ids_from_mask(prompt_mask)  # (b, P)
-    logits = _forward(model, prompt_embeds, prompt_mask, positions, cache, last_only=True)
-    logits = logits[:, -1].float()  # (b, V)
+    decoder = _make_decoder(model, options, n, p + max_new, device)
+    if options.shared_prefill:
+        first, expand = _distinct_prompts(prompt_index)  # (u,), (N,)
+    else:
+        first = expand = torch.arange(n, device=device)
+    prompt_embeds = embed(embedding, SoftInputs.from_token_ids(prompt_ids[first]))  # (u, P, d)
+    positions = position_ids_from_mask(prompt_mask[first])  # (u, P)
+    logits = decoder.prefill(prompt_embeds, prompt_mask[first], positions, expand)  # (N, V)
+    slot_rows = None  # (b,) the row each decoder slot holds; None: slot i holds row i
+    logits_buf = None  # (N + 1, V) logits by row once the batch is compacted (row N: padding)
+    graphs = decoder.cuda_graphs
+    row_steps = 0
 
     steps = 0
     for t in range(max_new):
         warped = warp_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-        y, probs = sample_tokens(warped, sampling.temperature, gen)  # (b,), (b, V)
+        y, probs = sample_tokens(warped, sampling.temperature, gen)  # (N,), (N, V)
         y = y.masked_fill(finished, plan.pad_token_id)
         tokens[:, t], alive[:, t] = y, ~finished
         logprobs[:, t] = token_logprobs(logits, y, sampling.temperature).masked_fill(finished, 0.0)
@@ -318,23 +222,35 @@ def _decode_chunk(model, embedding, prompt_ids, prompt_mask, plan, gen, explore_
 
         if watch is None:
             rec_ids[:, t] = y.unsqueeze(-1)
-            step = SoftInputs.from_token_ids(y.unsqueeze(1))  # (b, 1, 1)
+            step = SoftInputs.from_token_ids(y.unsqueeze(1))  # (N, 1, 1)
         else:
-            can_mix = ~finished & ~watch.update(y)  # (b,) EOS and marker count from their step on
+            can_mix = ~finished & ~watch.update(y)  # (N,) EOS and marker count from their step on
             gate, ids, weights, noise = _mix_step(
                 plan, logits, probs, y, can_mix, table, explore_gen, plain_w
             )
             rec_ids[:, t], rec_w[:, t], eligible[:, t], mixed[:, t] = ids, weights, can_mix, gate
             if noise is not None:
                 rec_noise[:, t] = noise
-                noise = noise.unsqueeze(1)  # (b, 1, d)
-            step = SoftInputs(ids.unsqueeze(1), weights.unsqueeze(1), noise)  # (b, 1, K)
+                noise = noise.unsqueeze(1)  # (N, 1, d)
+            step = SoftInputs(ids.unsqueeze(1), weights.unsqueeze(1), noise)  # (N, 1, K)
 
-        if t == max_new - 1 or bool(finished.all()):  # one host sync per step
+        live = int((~finished).sum())  # the one host sync per step
+        if t == max_new - 1 or live == 0:
             break
-        x = embed(embedding, step)  # (b, 1, d) the input of response position t
-        logits = _forward(model, x, attention[:, : p + t + 1], next_pos + t, cache)
-        logits = logits[:, -1].float()  # (b, V)
+        x = embed(embedding, step)  # (N, 1, d) the input of response position t
+        if options.compact and decoder.can_compact:
+            target = _batch_target(live, decoder.rows, n, graphs)
+            if target < decoder.rows:
+                if slot_rows is None:
+                    slot_rows = torch.arange(n, device=device)
+                    logits_buf = logits.new_zeros(n + 1, logits.shape[1])
+                slot_rows = _compact(decoder, slot_rows, finished, live, target)
+        row_steps += decoder.rows
+        if slot_rows is None:
+            logits = decoder.decode(x)  # (N, V)
+        else:
+            logits_buf[slot_rows] = decoder.decode(x[slot_rows.clamp_max(n - 1)])  # (b, V)
+            logits = logits_buf[:n]  # (N, V) rows that finished keep stale (unused) logits
 
     shift_sum = _embed_shift_sum(embedding, tokens, rec_ids, rec_w, rec_noise, mixed)
     neighbor_w = None  # Σ over mixed positions of the non-anchor candidates' total weight
@@ -344,6 +260,8 @@ def _decode_chunk(model, embedding, prompt_ids, prompt_mask, plan, gen, explore_
         "tokens": tokens, "logprobs": logprobs, "alive": alive, "rec_ids": rec_ids,
         "rec_w": rec_w, "rec_noise": rec_noise, "mixed": mixed, "eligible": eligible,
         "shift_sum": shift_sum, "neighbor_w": neighbor_w, "finished": finished, "steps": steps,
+        "row_steps": row_steps,
+        "capture_s": decoder.capture_seconds, "graphs": len(decoder.graphs),
     }  # fmt: skip
 
 
@@ -432,6 +350,7 @@ def generate(
     seed: int = 0,
     batch_size: int | None = None,
     neighbor_index: NeighborIndex | None = None,
+    engine: EngineOptions | None = None,
 ) -> RolloutBatch:
     """Sample `sampling.n` responses for each prompt (token-id lists); see the module docstring.
 
@@ -440,9 +359,11 @@ def generate(
     disables early stopping (fixed-length generation, used by the benchmark). `batch_size` splits
     the N = len(prompts) * n rows into sequential chunks (the generators carry over). Pass a
     long-lived `neighbor_index` to keep its cache warm across calls (it refreshes itself after
-    optimizer steps).
+    optimizer steps). `engine` chooses the decoder (default `EngineOptions()`).
     """
     sampling.validate()
+    engine = engine or EngineOptions()
+    engine.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise NgrpoError("generate needs at least one prompt and no empty prompt")
     if batch_size is not None and batch_size < 1:
@@ -460,6 +381,7 @@ def generate(
 
     rows = [p for p in prompts for _ in range(sampling.n)]
     prompt_ids, prompt_mask = left_pad(rows, pad_token_id, device)  # (N, P)
+    prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(sampling.n)  # (N,)
     gen = torch.Generator(device=device).manual_seed(seed)
     explore_gen = torch.Generator(device=device).manual_seed(seed ^ EXPLORATION_SALT)
     chunk = batch_size or len(rows)
@@ -471,8 +393,8 @@ def generate(
         with torch.no_grad():
             parts = [
                 _decode_chunk(
-                    model, embedding, prompt_ids[i : i + chunk], prompt_mask[i : i + chunk], plan,
-                    gen, explore_gen,
+                    model, embedding, prompt_ids[i : i + chunk], prompt_mask[i : i + chunk],
+                    prompt_index[i : i + chunk], plan, gen, explore_gen, engine,
                 )
                 for i in range(0, len(rows), chunk)
             ]  # fmt: skip
@@ -499,6 +421,8 @@ def _assemble(parts: list[dict], prompt_ids, prompt_mask, num_prompts: int, n: i
     n_mixed, n_eligible = int(mixed.sum()), int(eligible.sum())
     shift = float(sum(part["shift_sum"] for part in parts))
     tokens = int(response_mask.sum())
+    row_steps = sum(part["row_steps"] for part in parts)
+    decode_calls = sum(part["steps"] - 1 for part in parts)  # the last step feeds nothing back
     stats = {
         "rollout/tokens": float(tokens),
         "rollout/response_len": tokens / response_mask.shape[0],
@@ -506,6 +430,10 @@ def _assemble(parts: list[dict], prompt_ids, prompt_mask, num_prompts: int, n: i
         "rollout/mixed_tokens": float(n_mixed),
         "rollout/mixed_frac": n_mixed / n_eligible if n_eligible else 0.0,
         "rollout/embed_shift": shift / n_mixed if n_mixed else 0.0,
+        # rows the model ran per decoding step (compaction lowers it below the batch size)
+        "rollout/decoded_rows": row_steps / max(1, decode_calls),
+        "rollout/graph_capture_s": sum(part["capture_s"] for part in parts),
+        "rollout/graphs": float(sum(part["graphs"] for part in parts)),
     }
     if parts[0]["neighbor_w"] is not None:  # strategy neighbor only
         weight = float(sum(part["neighbor_w"] for part in parts))
@@ -523,35 +451,3 @@ def _assemble(parts: list[dict], prompt_ids, prompt_mask, num_prompts: int, n: i
         truncated=~finished,
         eligible=eligible,
     )
-
-
-# ---------------------------------------------------------------------------------------- replay
-
-
-def replay_logits(
-    model, batch: RolloutBatch, embedding=None, detach_mixed: bool = False
-) -> torch.Tensor:
-    """Full-sequence forward over the recorded soft inputs: logits (N, T, V) scoring each response
-    token (position P − 1 + t predicts response token t). Runs with gradients if enabled.
-
-    `embedding`: the input-embedding module, when `model` is a data-parallel wrapper that does not
-    expose it (the learner passes the unwrapped model's). `detach_mixed`: the candidate rows of
-    mixed positions (`batch.mixed`) get no gradient (`train.soft_input_grad: none`)."""
-    embedding = input_embeddings(model) if embedding is None else embedding
-    mask = batch.attention_mask  # (N, P + T)
-    detach = None
-    if detach_mixed and batch.mixed is not None:
-        prompt = torch.zeros_like(batch.prompt_ids, dtype=torch.bool)  # (N, P)
-        detach = torch.cat([prompt, batch.mixed.to(prompt.device)], dim=1)  # (N, P + T)
-    inputs = embed(embedding, batch.soft_inputs.to(mask.device), detach)  # (N, P + T, d)
-    logits = _forward(model, inputs, mask, position_ids_from_mask(mask))  # (N, P + T, V)
-    p, t = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
-    return logits[:, p - 1 : p + t - 1]  # (N, T, V)
-
-
-def replay_logprobs(model, batch: RolloutBatch, temperature: float) -> torch.Tensor:
-    """Log-probabilities (N, T) of the sampled tokens recomputed from the recorded inputs; 0 on
-    response padding. Equals `batch.logprobs` before any update (the replay invariant)."""
-    logits = replay_logits(model, batch)  # (N, T, V)
-    logp = token_logprobs(logits, batch.response_ids, temperature)  # (N, T)
-    return logp.masked_fill(batch.response_mask == 0, 0.0)

@@ -1,0 +1,176 @@
+"""The decoders behind `generate`: the static decoder (preallocated KV cache, compaction of finished
+rows, shared prefill) samples exactly what the dynamic-cache decoder samples, on CPU in fp32."""
+
+import pytest
+import torch
+from test_rollout import EOS, MARKER, PAD, PROMPTS, _tiny
+from transformers import MistralConfig, MistralForCausalLM
+
+from ngrpo.errors import NgrpoError
+from ngrpo.exploration import ExplorationConfig
+from ngrpo.rollout import EngineOptions, SamplingParams, generate, replay_logprobs
+from ngrpo.rollout.cache import StaticKVCache
+from ngrpo.rollout.step import attend, static_unsupported
+
+STATIC = EngineOptions(kv_cache="static")
+DYNAMIC = EngineOptions(kv_cache="dynamic")
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def model(request):
+    return _tiny(request.param)
+
+
+def _run(model, engine, strategy="none", n=3, max_new=24, seed=0, **kw):
+    exploration = ExplorationConfig(strategy=strategy, mix_top_k=3, mix_rate=0.5)
+    return generate(
+        model, PROMPTS, SamplingParams(n=n, max_new_tokens=max_new, **kw), eos_token_id=EOS,
+        pad_token_id=PAD, exploration=exploration, answer_start_ids=MARKER, training=True,
+        seed=seed, engine=engine,
+    )  # fmt: skip
+
+
+def _assert_same(a, b):
+    assert torch.equal(a.response_ids, b.response_ids)
+    assert torch.equal(a.response_mask, b.response_mask)
+    assert torch.equal(a.mixed, b.mixed)
+    mask = a.response_mask.bool()
+    torch.testing.assert_close(a.logprobs[mask], b.logprobs[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.soft_inputs.weights, b.soft_inputs.weights, atol=1e-5, rtol=0)
+    assert torch.equal(a.soft_inputs.ids, b.soft_inputs.ids)
+
+
+@pytest.mark.parametrize("strategy", ["none", "neighbor", "gaussian", "topk_gumbel"])
+def test_static_decoder_equals_dynamic_cache_decoder(model, strategy):
+    static = _run(model, STATIC, strategy, seed=1)
+    dynamic = _run(model, DYNAMIC, strategy, seed=1)
+    _assert_same(static, dynamic)
+    lengths = static.response_mask.sum(-1)
+    assert lengths.min() < lengths.max() == static.response_ids.shape[1]  # some rows stop early
+    assert static.stats["rollout/decoded_rows"] < dynamic.stats["rollout/decoded_rows"] == 12
+
+
+def test_compaction_and_shared_prefill_do_not_change_the_samples(model):
+    sampling = {"temperature": 0.9, "top_k": 30}
+    base = _run(model, EngineOptions("static", compact=False, shared_prefill=False), "neighbor",
+                n=4, max_new=40, seed=2, **sampling)  # fmt: skip
+    for engine in (
+        EngineOptions("static", compact=True, shared_prefill=False),
+        EngineOptions("static", compact=False, shared_prefill=True),
+        EngineOptions("static", compact=True, shared_prefill=True),
+    ):
+        _assert_same(_run(model, engine, "neighbor", n=4, max_new=40, seed=2, **sampling), base)
+    compacted = _run(model, STATIC, "neighbor", n=4, max_new=40, seed=2, **sampling)
+    assert base.stats["rollout/decoded_rows"] == 16
+    # rows past EOS left the batch: fewer rows per step, about the rows still decoding
+    alive_per_step = base.response_mask.sum(0)[1:].float().mean()  # rows fed at each step
+    assert compacted.stats["rollout/decoded_rows"] < 16
+    assert compacted.stats["rollout/decoded_rows"] <= alive_per_step * 4 / 3 + 1
+
+
+def test_static_decoder_keeps_the_replay_invariant_in_chunks(model):
+    batch = generate(
+        model, PROMPTS, SamplingParams(n=3, max_new_tokens=30), eos_token_id=EOS, pad_token_id=PAD,
+        exploration=ExplorationConfig(strategy="neighbor", mix_top_k=2, mix_rate=0.5),
+        answer_start_ids=MARKER, training=True, seed=4, batch_size=5, engine=STATIC,
+    )  # fmt: skip
+    assert batch.mixed.sum() > 5
+    with torch.no_grad():
+        replayed = replay_logprobs(model, batch, temperature=1.0)
+    mask = batch.response_mask.bool()
+    assert (replayed - batch.logprobs)[mask].abs().max() < 1e-4
+
+
+def test_attend_packs_grouped_heads_like_repeat_kv():
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 6, 1, 8, generator=gen)  # 6 query heads over 2 key/value heads
+    keys, values = torch.randn(3, 2, 5, 8, generator=gen), torch.randn(3, 2, 5, 8, generator=gen)
+    mask = torch.tensor([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    out = attend(q, keys, values, mask[:, None, None], scale=0.3)  # (3, 1, 48)
+    for row in range(3):
+        for head in range(6):
+            kv = head // 3
+            scores = (keys[row, kv] @ q[row, head, 0]) * 0.3  # (5,)
+            weights = scores.masked_fill(~mask[row], float("-inf")).softmax(-1)
+            expect = weights @ values[row, kv]  # (8,)
+            torch.testing.assert_close(out[row, 0, head * 8 : head * 8 + 8], expect)
+
+
+def test_static_cache_rows_move_with_compaction():
+    cache = StaticKVCache(1, 4, 1, 3, 2, torch.float32, torch.device("cpu"))
+    k = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 1, 2)  # row r holds the value r
+    cache.write(0, torch.tensor([1]), k, -k)
+    cache.gather_rows(torch.tensor([3, 1]), length=2)
+    keys, values = cache.view(0, 2, 2)  # (2, 1, 2, 2)
+    assert keys[:, 0, 1, 0].tolist() == [3.0, 1.0] and values[:, 0, 1, 0].tolist() == [-3.0, -1.0]
+    assert cache.nbytes == 2 * 4 * 3 * 2 * 4
+
+
+def test_other_architectures_use_the_dynamic_cache_and_bad_options_fail():
+    torch.manual_seed(0)
+    mistral = MistralForCausalLM(
+        MistralConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    ).eval()  # fmt: skip
+    assert "mistral" in static_unsupported(mistral)
+    assert static_unsupported(_tiny("qwen2")) is None
+    auto = _run(mistral, EngineOptions(), n=2, max_new=10)
+    _assert_same(auto, _run(mistral, DYNAMIC, n=2, max_new=10))
+    with pytest.raises(NgrpoError, match="kv_cache=static is not available.*mistral"):
+        _run(mistral, STATIC, n=1, max_new=4)
+    with pytest.raises(NgrpoError, match="cuda_graphs=on needs a CUDA device"):
+        _run(_tiny("qwen2"), EngineOptions(cuda_graphs="on"), n=1, max_new=4)
+    with pytest.raises(NgrpoError, match="rollout.kv_cache must be one of auto, static, dynamic"):
+        _run(mistral, EngineOptions(kv_cache="paged"), n=1, max_new=4)
+    with pytest.raises(NgrpoError, match="rollout.cuda_graphs must be one of auto, on, off"):
+        _run(mistral, EngineOptions(cuda_graphs="yes"), n=1, max_new=4)
+
+
+def test_bench_rollout_tiny_preset_writes_the_documented_json(tmp_path, capsys):
+    import json
+
+    from ngrpo.cli import main
+
+    out = tmp_path / "scale.json"
+    argv = ["bench", "rollout", "--preset", "tiny", "--rows", "4", "--prompt-tokens", "8",
+            "--lengths", "8,16", "--strategies", "none,neighbor", "--eos-rate", "0.05",
+            "--repeats", "1", "--threads", "1", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["preset"] == "tiny" and report["device"] == "cpu" and report["dtype"] == "float32"
+    assert report["rows"] == 4 and report["prompt_tokens"] == 8
+    assert report["copy_bandwidth_gb_s"] > 0
+    assert set(report["lengths"]) == {"8", "16"}
+    for entry in report["lengths"].values():
+        assert set(entry) == {"none", "neighbor", "hf_generate_static",
+                              "none_over_hf_generate_static"}  # fmt: skip
+        for strategy in ("none", "neighbor"):
+            row = entry[strategy]
+            assert row["ms_per_step"] > 0 and row["tokens_per_s"] > 0
+            assert row["roofline_ms_per_step"] > 0 and row["roofline_fraction"] > 0
+            assert row["graph_capture_s"] == 0.0  # CPU: eager, nothing captured
+        assert entry["none_over_hf_generate_static"] == pytest.approx(
+            entry["none"]["tokens_per_s"] / entry["hf_generate_static"]["tokens_per_s"]
+        )
+    # the roofline counts the weights without the input-embedding table, and the KV bytes grow
+    # with the context (prompt 8 + (L - 1) / 2 positions on average)
+    kv8, kv16 = (report["lengths"][k]["none"]["kv_read_gb_per_step"] for k in ("8", "16"))
+    assert kv16 / kv8 == pytest.approx((8 + 7.5) / (8 + 3.5))
+    weights = report["lengths"]["8"]["none"]["weights_gb"] * 1e9
+    assert weights == report["params"] * 4 - 1000 * 64 * 4
+    varied = report["varied_lengths"]
+    assert varied["compact"]["response_tokens"] == varied["no_compact"]["response_tokens"]
+    assert varied["compact"]["decoded_rows_per_step"] <= 4
+    assert varied["no_compact"]["decoded_rows_per_step"] == 4
+    assert "ms/step" in capsys.readouterr().out
+
+
+def test_bench_rollout_preset_bad_arguments(capsys):
+    from ngrpo.cli import main
+
+    assert main(["bench", "rollout", "--preset", "huge"]) == 2
+    assert "unknown preset 'huge'; choose one of r1-distill-1.5b, tiny" in capsys.readouterr().err
+    assert main(["bench", "rollout", "--preset", "tiny", "--lengths", "8,x"]) == 2
+    assert "--lengths must be positive integers" in capsys.readouterr().err
+    assert main(["bench", "rollout", "--preset", "tiny", "--strategies", "none,fast"]) == 2
+    assert "--strategies: unknown ['fast']" in capsys.readouterr().err
