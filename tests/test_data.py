@@ -133,8 +133,8 @@ def test_malformed_rows_raise_with_file_and_line_or_are_counted(tmp_path):
 def test_errors_name_the_problem(tmp_path):
     with pytest.raises(NgrpoError, match="unknown benchmark 'nope'.*known: arith-id"):
         load_benchmark("nope")
-    (tmp_path / "data.csv").write_text("problem,answer\n")
+    (tmp_path / "data.tsv").write_text("problem\tanswer\n")
     with pytest.raises(NgrpoError, match="unsupported file type"):
-        load_benchmark(tmp_path / "data.csv")
+        load_benchmark(tmp_path / "data.tsv")
     with pytest.raises(NgrpoError, match="limit"):
         load_benchmark("math500", limit=-1)

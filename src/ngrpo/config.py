@@ -52,7 +52,7 @@ import yaml
 from ngrpo.errors import NgrpoError
 from ngrpo.exploration import ExplorationConfig
 from ngrpo.losses import IMPORTANCE_LEVELS, resolve_aggregation, resolve_kl_estimator
-from ngrpo.rewards import REWARD_FUNCTIONS
+from ngrpo.rewards.functions import ERROR_POLICIES, check_spec
 
 MISSING = "???"  # a required value: the user must override it
 CONFIG_DIR = Path(__file__).parent / "configs"  # configs shipped with the package
@@ -178,12 +178,29 @@ class GRPOConfig:
     mask_truncated_completions: bool = False
     """Exclude responses cut at `max_completion_length` from the loss (DAPO overlong filtering)."""
     reward: str = "math"
-    """Reward function, by name in `ngrpo.rewards.REWARD_FUNCTIONS` (math, exact, ...)."""
+    """Reward: a built-in grader (math | math_lenient | multiple_choice | exact), a user function
+    `module:function`, or `path/to/file.py:function` (see `ngrpo.rewards.functions`). Ignored when
+    `rewards` is set."""
+    rewards: list[dict[str, Any]] = field(default_factory=list)
+    """Weighted rewards, summed: `[{fn: math, weight: 1.0}, {fn: my.py:format_ok, weight: 0.2}]`
+    (each `fn` as for `reward`; `weight` defaults to 1.0). Empty: `reward` alone, weight 1."""
+    reward_timeout_s: float = 1.0
+    """Deadline of a user reward function, in seconds per completion of a call (the built-in
+    grader's per-answer bound); past it the worker process is killed."""
+    reward_errors: str = "raise"
+    """raise (stop with an error naming the function) | zero (0.0 for that call's rollouts,
+    counted in `reward/<name>/errors`) when a user function fails, hangs or returns a bad value."""
 
     @property
     def clip_high(self) -> float:
         """ε_high with its default applied."""
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    def reward_items(self) -> list[tuple[str, float]]:
+        """(spec, weight) of every reward component: `rewards`, or `reward` with weight 1."""
+        if self.rewards:
+            return [(item["fn"], item["weight"]) for item in self.rewards]
+        return [(self.reward, 1.0)]
 
 
 @dataclass
@@ -297,10 +314,28 @@ _SECTION_SHORTHANDS = {
 }
 ALIASES: dict[str, str] = {**_TRL_SHORTCUTS, **_VERL_KEYS, **_SECTION_SHORTHANDS}
 
+def _reward_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`train.rewards` entries as `{fn: str, weight: float}` (weight defaults to 1.0)."""
+    out = []
+    for i, item in enumerate(items):
+        key = f"train.rewards[{i}]"
+        unknown = set(item) - {"fn", "weight"}
+        if unknown:
+            raise NgrpoError(f"{key}: unknown field {sorted(unknown)[0]!r}; use fn and weight")
+        if not isinstance(item.get("fn"), str) or not item["fn"].strip():
+            raise NgrpoError(
+                f"{key} needs fn: a built-in name, module:function or file.py:function"
+            )
+        weight = _coerce(f"{key}.weight", item.get("weight", 1.0), float)
+        out.append({"fn": item["fn"].strip(), "weight": weight})
+    return out
+
+
 # Fields whose values have aliases of their own: a function returning the canonical value.
 _VALUE_CANONICALIZERS = {
     "train.kl_estimator": resolve_kl_estimator,
     "train.loss_type": resolve_aggregation,
+    "train.rewards": _reward_items,
 }
 
 # Example values shown when a required key is missing.
@@ -375,6 +410,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, list):
             raise NgrpoError(f"{key} must be a list, got {value!r}")
         return [_coerce(f"{key}[{i}]", item, args[0]) for i, item in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise NgrpoError(f"{key} must be a mapping (key: value), got {value!r}")
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -687,7 +726,12 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         _require(t.epsilon_high >= 0, f"train.epsilon_high must be >= 0, got {t.epsilon_high!r}")
     _check_choice("train.importance_sampling_level", t.importance_sampling_level,
                   list(IMPORTANCE_LEVELS))
-    _check_choice("train.reward", t.reward, list(REWARD_FUNCTIONS))
+    for i, (spec, _) in enumerate(t.reward_items()):
+        key = f"train.rewards[{i}].fn" if t.rewards else "train.reward"
+        _check_named(key, check_spec, spec)
+    _require(t.reward_timeout_s > 0,
+             f"train.reward_timeout_s must be > 0, got {t.reward_timeout_s!r}")
+    _check_choice("train.reward_errors", t.reward_errors, list(ERROR_POLICIES))
 
     e = cfg.eval
     _check_int("eval.every", e.every, 0)

@@ -55,12 +55,21 @@ class EvalResult:
     summary: dict  # see `ngrpo.metrics.summarize_problem_set`
 
 
-def build_prompts(tokenizer, problems: Sequence[str]) -> list[list[int]]:
-    """Token ids of each problem wrapped in the tokenizer's chat template (generation prompt on)."""
-    from ngrpo.tokenizer import encode_prompt
+def build_prompts(
+    tokenizer, problems: Sequence[str | Sequence[Mapping[str, str]]]
+) -> list[list[int]]:
+    """Token ids of each problem wrapped in the tokenizer's chat template (generation prompt on).
+
+    A problem is a text (one user turn) or a whole chat conversation (a list of messages)."""
+    from ngrpo.tokenizer import encode_messages, encode_prompt
 
     if getattr(tokenizer, "chat_template", None):
-        return [encode_prompt(tokenizer, problem) for problem in problems]
+        return [
+            encode_prompt(tokenizer, p) if isinstance(p, str) else encode_messages(tokenizer, p)
+            for p in problems
+        ]
+    if not all(isinstance(p, str) for p in problems):
+        raise NgrpoError("chat-message prompts need a tokenizer with a chat template")
     log.warning("tokenizer has no chat template: prompting with the raw problem text")
     return [tokenizer(problem, add_special_tokens=True)["input_ids"] for problem in problems]
 

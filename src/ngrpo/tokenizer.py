@@ -74,3 +74,11 @@ def prompt_text(tokenizer, problem: str) -> str:
 
 def encode_prompt(tokenizer, problem: str) -> list[int]:
     return tokenizer(prompt_text(tokenizer, problem), add_special_tokens=False)["input_ids"]
+
+
+def encode_messages(tokenizer, messages) -> list[int]:
+    """Token ids of a whole chat conversation, ending where the assistant starts writing."""
+    text = tokenizer.apply_chat_template(
+        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
