@@ -62,7 +62,12 @@ def build_tokenizer(extra_words: list[str] | None = None):
 
 
 def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
+    """`save_pretrained`, pinned so that a plain `AutoTokenizer` loads it back unchanged
+    (`ngrpo.models.pin_tokenizer`)."""
+    from ngrpo.models import pin_tokenizer
+
     tokenizer.save_pretrained(str(out_dir))
+    pin_tokenizer(out_dir)
 
 
 def prompt_text(tokenizer, problem: str) -> str:

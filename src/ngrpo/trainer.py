@@ -174,9 +174,12 @@ def _recover_interrupted_writes(run_dir: Path) -> None:
 
 
 def _save_model(directory: Path, model, tokenizer) -> None:
-    """A Hugging Face model directory (safetensors) that transformers and vLLM can load."""
+    """A Hugging Face model directory (safetensors) that transformers and vLLM can load; the
+    tokenizer loads back with a plain `AutoTokenizer` (`ngrpo.tokenizer.save_tokenizer`)."""
+    from ngrpo.tokenizer import save_tokenizer
+
     model.save_pretrained(str(directory), safe_serialization=True)
-    tokenizer.save_pretrained(str(directory))
+    save_tokenizer(tokenizer, directory)
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep: int):

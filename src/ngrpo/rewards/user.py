@@ -98,7 +98,10 @@ class UserRewardWorker:
         try:
             status, detail = self._conn.recv()
         except (EOFError, OSError):
-            status, detail = "error", "the worker process died while loading it"
+            status, detail = "error", (
+                "the worker process died while loading it (a script that calls ngrpo.train must "
+                'do so under `if __name__ == "__main__":`, as for any multiprocessing code)'
+            )
         if status != "ready":
             self.close()
             raise NgrpoError(f"reward function {self.name}: {detail}")
