@@ -183,6 +183,14 @@ def test_config_keys_for_rewards(user_file):
     assert load_config("tiny_grpo", ["train.reward=pkg.mod:fn"]).train.reward_items() == [
         ("pkg.mod:fn", 1.0)
     ]
+    from ngrpo.config import TrainConfig, validate_config
+
+    cfg = TrainConfig()
+    cfg.train.rewards = [{"fn": "math"}, {"fn": "m:f", "weight": 2}]  # set from Python
+    assert validate_config(cfg).train.reward_items() == [("math", 1.0), ("m:f", 2.0)]
+    cfg.train.rewards = ["math"]
+    with pytest.raises(NgrpoError, match=r"train.rewards\[0\] must be a mapping"):
+        validate_config(cfg)
     for override, message in [
         ("train.reward=fuzzy", "train.reward: 'fuzzy' is not a reward"),
         ("train.rewards=[{fn: math, wieght: 2}]", "unknown field 'wieght'"),

@@ -17,6 +17,7 @@ re-exported by `ngrpo` itself. Errors a user can fix raise `ngrpo.NgrpoError`.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -69,7 +70,7 @@ def train(
     from ngrpo.trainer import train as run_training
 
     if isinstance(config, TrainConfig):
-        cfg = validate_config(apply_overrides(config, overrides))
+        cfg = validate_config(apply_overrides(copy.deepcopy(config), overrides))  # caller's kept
     else:
         cfg = load_config(config, overrides)
     pairs = None

@@ -199,7 +199,7 @@ class GRPOConfig:
     def reward_items(self) -> list[tuple[str, float]]:
         """(spec, weight) of every reward component: `rewards`, or `reward` with weight 1."""
         if self.rewards:
-            return [(item["fn"], item["weight"]) for item in self.rewards]
+            return [(item["fn"], float(item.get("weight", 1.0))) for item in self.rewards]
         return [(self.reward, 1.0)]
 
 
@@ -319,6 +319,8 @@ def _reward_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for i, item in enumerate(items):
         key = f"train.rewards[{i}]"
+        if not isinstance(item, Mapping):
+            raise NgrpoError(f"{key} must be a mapping {{fn: ..., weight: ...}}, got {item!r}")
         unknown = set(item) - {"fn", "weight"}
         if unknown:
             raise NgrpoError(f"{key}: unknown field {sorted(unknown)[0]!r}; use fn and weight")
@@ -726,6 +728,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         _require(t.epsilon_high >= 0, f"train.epsilon_high must be >= 0, got {t.epsilon_high!r}")
     _check_choice("train.importance_sampling_level", t.importance_sampling_level,
                   list(IMPORTANCE_LEVELS))
+    _reward_items(t.rewards)  # entries set from Python are checked as YAML ones are
     for i, (spec, _) in enumerate(t.reward_items()):
         key = f"train.rewards[{i}].fn" if t.rewards else "train.reward"
         _check_named(key, check_spec, spec)

@@ -292,7 +292,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
 
     rewards = build_reward_set(
         reward_funcs if reward_funcs is not None else cfg.train.reward_items(),
-        timeout_s=cfg.train.reward_timeout_s, on_error=cfg.train.reward_errors,
+        pool=GradingPool(), timeout_s=cfg.train.reward_timeout_s, on_error=cfg.train.reward_errors,
     )  # fmt: skip
     base_path = resolve_model_path(cfg.model.path)
     latest = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
@@ -363,10 +363,9 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         sampler=PromptSampler(len(prompts), cfg.seed, cfg.data.shuffle), examples=examples,
         prompts=prompts, eval_sets=eval_sets,
         answer_start_ids=answer_start_ids(tokenizer, cfg.exploration.answer_start),
-        neighbor_index=index, params=params, pool=GradingPool(), rewards=rewards,
+        neighbor_index=index, params=params, pool=rewards.pool, rewards=rewards,
         dropped_prompts=dropped,
     )  # fmt: skip
-    rewards.pool = run.pool
     rewards.start()  # a user function that cannot load fails here, before any step
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])

@@ -20,8 +20,9 @@ entry means "not applicable": it adds nothing to that rollout's total and is lef
 function's mean metric (as TRL does).
 
 The total reward of a rollout is `sum_i weight_i × reward_i`. Metrics: `reward/<name>` is the mean
-of component i (its function's `__name__`; made unique with `_2`, `_3`, ... when repeated) and
-`reward/mean` the mean total.
+of component i over the rollouts it applies to (NaN when it applies to none), named after its
+function's `__name__` (made unique with `_2`, `_3`, ... when repeated); `reward/mean` is the mean
+total.
 
 Failures are never silent: a function that raises, hangs past its deadline (`train.reward_timeout_s`
 per completion, in a worker process: `ngrpo.rewards.user`), returns something other than a list of
@@ -39,7 +40,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,6 @@ class RewardSet:
     components: list[RewardComponent]
     pool: GradingPool | None = None
     on_error: str = "raise"
-    _owns_pool: bool = field(default=False, repr=False)
 
     @property
     def needs_answer(self) -> bool:
@@ -191,8 +191,6 @@ class RewardSet:
         for component in self.components:
             if component.worker is not None:
                 component.worker.close()
-        if self._owns_pool and self.pool is not None:
-            self.pool.close()
 
     def compute(
         self,
