@@ -12,7 +12,9 @@ from ngrpo.rewards.classes import MAX_DISTINCT, equivalence_classes
 
 @pytest.fixture(scope="module")
 def pool():
-    with GradingPool(num_workers=2) as grading_pool:
+    # Verdicts, not speed: a generous deadline keeps a loaded CI machine from turning a slow
+    # comparison into a "timeout" (the deadline itself is tested in test_rewards.py).
+    with GradingPool(num_workers=2, timeout_s=30.0) as grading_pool:
         yield grading_pool
 
 
