@@ -292,8 +292,8 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
 
     rewards = build_reward_set(
         reward_funcs if reward_funcs is not None else cfg.train.reward_items(),
-        pool=GradingPool(), timeout_s=cfg.train.reward_timeout_s, on_error=cfg.train.reward_errors,
-    )  # fmt: skip
+        timeout_s=cfg.train.reward_timeout_s, on_error=cfg.train.reward_errors,
+    )  # fmt: skip  (resolved first: a missing function fails before any model is loaded)
     base_path = resolve_model_path(cfg.model.path)
     latest = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
     state = load_trainer_state(latest / STATE_FILE) if latest is not None else None
@@ -363,9 +363,10 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         sampler=PromptSampler(len(prompts), cfg.seed, cfg.data.shuffle), examples=examples,
         prompts=prompts, eval_sets=eval_sets,
         answer_start_ids=answer_start_ids(tokenizer, cfg.exploration.answer_start),
-        neighbor_index=index, params=params, pool=rewards.pool, rewards=rewards,
+        neighbor_index=index, params=params, pool=GradingPool(), rewards=rewards,
         dropped_prompts=dropped,
     )  # fmt: skip
+    rewards.pool = run.pool  # the built-in graders share the run's grading workers
     rewards.start()  # a user function that cannot load fails here, before any step
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
