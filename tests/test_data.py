@@ -133,8 +133,60 @@ def test_malformed_rows_raise_with_file_and_line_or_are_counted(tmp_path):
 def test_errors_name_the_problem(tmp_path):
     with pytest.raises(NgrpoError, match="unknown benchmark 'nope'.*known: arith-id"):
         load_benchmark("nope")
-    (tmp_path / "data.csv").write_text("problem,answer\n")
+    (tmp_path / "data.tsv").write_text("problem\tanswer\n")
     with pytest.raises(NgrpoError, match="unsupported file type"):
-        load_benchmark(tmp_path / "data.csv")
+        load_benchmark(tmp_path / "data.tsv")
     with pytest.raises(NgrpoError, match="limit"):
         load_benchmark("math500", limit=-1)
+
+
+def test_extra_columns_reach_examples_from_jsonl_csv_and_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"question": "Make 10 from 3 7", "nums": "3 7", "target": "10"},
+            {"question": "Make 4 from 2 2", "nums": "2 2", "target": "4"}]  # fmt: skip
+    (tmp_path / "t.csv").write_text("question,nums,target\n" + "".join(
+        f'"{r["question"]}",{r["nums"]},{r["target"]}\n' for r in rows))  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    write_jsonl(tmp_path / "t.jsonl", rows)
+    for suffix in ("csv", "parquet", "jsonl"):
+        bench = load_benchmark(tmp_path / f"t.{suffix}", require_answer=False)
+        assert [e.problem for e in bench.examples] == [r["question"] for r in rows]
+        assert [dict(e.columns) for e in bench.examples] == [
+            {"nums": r["nums"], "target": r["target"]} for r in rows
+        ]
+        assert [e.answer for e in bench.examples] == ["", ""]
+        assert bench.examples[0].prompt == rows[0]["question"]
+    with pytest.raises(NgrpoError, match=r"t.csv:2: no answer"):  # line 1 is the header
+        load_benchmark(tmp_path / "t.csv")
+    bench = load_benchmark(tmp_path / "t.csv", answer_field="target")
+    assert [e.answer for e in bench.examples] == ["10", "4"]
+
+
+def test_chat_message_prompts_are_kept_whole(tmp_path):
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"},
+            {"role": "assistant", "content": "2"}, {"role": "user", "content": "2+2?"}]  # fmt: skip
+    path = write_jsonl(tmp_path / "chat.jsonl", [
+        {"prompt": chat, "answer": "4", "level": 1},
+        {"prompt": [{"role": "robot", "content": "x"}], "answer": "1"},
+        {"prompt": [{"role": "system", "content": "no user"}], "answer": "1"},
+    ])  # fmt: skip
+    with pytest.raises(NgrpoError, match=r"chat.jsonl:2: prompt\[0\] is not a chat message"):
+        load_benchmark(path)
+    bench = load_benchmark(path, skip_malformed=True)
+    (example,) = bench.examples
+    assert bench.skipped == 2
+    assert example.problem == "2+2?" and example.prompt == chat
+    assert dict(example.columns) == {"answer": "4", "level": 1}
+
+
+def test_chat_prompts_go_through_the_chat_template_whole(embedded_tokenizer):
+    from ngrpo.evaluation import build_prompts
+
+    chat = [{"role": "system", "content": "Mia has 7 shells ."},
+            {"role": "user", "content": "How many shells ?"}]  # fmt: skip
+    (ids,) = build_prompts(embedded_tokenizer, [chat])
+    text = embedded_tokenizer.decode(ids)
+    assert text.index("Mia has 7 shells") < text.index("<|user|> How many shells ?")
+    assert text.endswith("<|assistant|>")

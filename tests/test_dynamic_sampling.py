@@ -99,7 +99,8 @@ def _scripted_rewards(monkeypatch, script: list[list[float]]) -> list[int]:
         calls.append(len(texts))
         return [float(r) for r in script[min(len(calls) - 1, len(script) - 1)]]
 
-    monkeypatch.setattr(ngrpo.rewards, "batch_rewards", fake)
+    # the built-in grader is reached through the run's reward set (ngrpo.rewards.functions)
+    monkeypatch.setattr(ngrpo.rewards.functions, "batch_rewards", fake)
     return calls
 
 

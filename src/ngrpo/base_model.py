@@ -255,7 +255,7 @@ def sample_accuracy(
 def build_base_model(out_dir: Path, seed: int, recipe: BaseModelRecipe, progress=None) -> dict:
     """Tokenizer + warm-started model + measured accuracy, saved into `out_dir`."""
     from ngrpo.tasks import generate
-    from ngrpo.tokenizer import build_tokenizer
+    from ngrpo.tokenizer import build_tokenizer, save_tokenizer
 
     started = time.time()
     torch.manual_seed(seed)
@@ -275,7 +275,7 @@ def build_base_model(out_dir: Path, seed: int, recipe: BaseModelRecipe, progress
     model.generation_config.do_sample = True
     model.generation_config.top_k = None
     model.save_pretrained(str(out_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(out_dir))
+    save_tokenizer(tokenizer, out_dir)
     info = {
         "build_version": BUILD_VERSION,
         "seed": seed,

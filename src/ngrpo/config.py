@@ -52,7 +52,7 @@ import yaml
 from ngrpo.errors import NgrpoError
 from ngrpo.exploration import ExplorationConfig
 from ngrpo.losses import IMPORTANCE_LEVELS, resolve_aggregation, resolve_kl_estimator
-from ngrpo.rewards import REWARD_FUNCTIONS
+from ngrpo.rewards.functions import ERROR_POLICIES, check_spec
 from ngrpo.rollout.engine import CUDA_GRAPHS, KV_CACHES
 
 MISSING = "???"  # a required value: the user must override it
@@ -191,7 +191,18 @@ class GRPOConfig:
     mask_truncated_completions: bool = False
     """Exclude responses cut at `max_completion_length` from the loss (DAPO overlong filtering)."""
     reward: str = "math"
-    """Reward function, by name in `ngrpo.rewards.REWARD_FUNCTIONS` (math, exact, ...)."""
+    """Reward: a built-in grader (math | math_lenient | multiple_choice | exact), a user function
+    `module:function`, or `path/to/file.py:function` (see `ngrpo.rewards.functions`). Ignored when
+    `rewards` is set."""
+    rewards: list[dict[str, Any]] = field(default_factory=list)
+    """Weighted rewards, summed: `[{fn: math, weight: 1.0}, {fn: my.py:format_ok, weight: 0.2}]`
+    (each `fn` as for `reward`; `weight` defaults to 1.0). Empty: `reward` alone, weight 1."""
+    reward_timeout_s: float = 1.0
+    """Deadline of a user reward function, in seconds per completion of a call (the built-in
+    grader's per-answer bound); past it the worker process is killed."""
+    reward_errors: str = "raise"
+    """raise (stop with an error naming the function) | zero (0.0 for that call's rollouts,
+    counted in `reward/<name>/errors`) when a user function fails, hangs or returns a bad value."""
     clip_ratio_c: float | None = None
     """verl's dual clip for negative advantages (> 1; null: off; 3.0 in the N-GRPO release)."""
     soft_input_grad: str = "all"
@@ -208,6 +219,12 @@ class GRPOConfig:
     def clip_high(self) -> float:
         """ε_high with its default applied."""
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    def reward_items(self) -> list[tuple[str, float]]:
+        """(spec, weight) of every reward component: `rewards`, or `reward` with weight 1."""
+        if self.rewards:
+            return [(item["fn"], float(item.get("weight", 1.0))) for item in self.rewards]
+        return [(self.reward, 1.0)]
 
 
 @dataclass
@@ -326,10 +343,30 @@ _SECTION_SHORTHANDS = {
 }
 ALIASES: dict[str, str] = {**_TRL_SHORTCUTS, **_VERL_KEYS, **_SECTION_SHORTHANDS}
 
+def _reward_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`train.rewards` entries as `{fn: str, weight: float}` (weight defaults to 1.0)."""
+    out = []
+    for i, item in enumerate(items):
+        key = f"train.rewards[{i}]"
+        if not isinstance(item, Mapping):
+            raise NgrpoError(f"{key} must be a mapping {{fn: ..., weight: ...}}, got {item!r}")
+        unknown = set(item) - {"fn", "weight"}
+        if unknown:
+            raise NgrpoError(f"{key}: unknown field {sorted(unknown)[0]!r}; use fn and weight")
+        if not isinstance(item.get("fn"), str) or not item["fn"].strip():
+            raise NgrpoError(
+                f"{key} needs fn: a built-in name, module:function or file.py:function"
+            )
+        weight = _coerce(f"{key}.weight", item.get("weight", 1.0), float)
+        out.append({"fn": item["fn"].strip(), "weight": weight})
+    return out
+
+
 # Fields whose values have aliases of their own: a function returning the canonical value.
 _VALUE_CANONICALIZERS = {
     "train.kl_estimator": resolve_kl_estimator,
     "train.loss_type": resolve_aggregation,
+    "train.rewards": _reward_items,
 }
 
 # Example values shown when a required key is missing.
@@ -404,6 +441,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, list):
             raise NgrpoError(f"{key} must be a list, got {value!r}")
         return [_coerce(f"{key}[{i}]", item, args[0]) for i, item in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise NgrpoError(f"{key} must be a mapping (key: value), got {value!r}")
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -720,7 +761,13 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         _require(t.epsilon_high >= 0, f"train.epsilon_high must be >= 0, got {t.epsilon_high!r}")
     _check_choice("train.importance_sampling_level", t.importance_sampling_level,
                   list(IMPORTANCE_LEVELS))
-    _check_choice("train.reward", t.reward, list(REWARD_FUNCTIONS))
+    _reward_items(t.rewards)  # entries set from Python are checked as YAML ones are
+    for i, (spec, _) in enumerate(t.reward_items()):
+        key = f"train.rewards[{i}].fn" if t.rewards else "train.reward"
+        _check_named(key, check_spec, spec)
+    _require(t.reward_timeout_s > 0,
+             f"train.reward_timeout_s must be > 0, got {t.reward_timeout_s!r}")
+    _check_choice("train.reward_errors", t.reward_errors, list(ERROR_POLICIES))
     if t.clip_ratio_c is not None:
         _require(isinstance(t.clip_ratio_c, (int, float)) and not isinstance(t.clip_ratio_c, bool)
                  and t.clip_ratio_c > 1, f"train.clip_ratio_c must be > 1 or null (off), "

@@ -14,8 +14,9 @@ already done; `on_chunk` receives each chunk's samples as soon as they are grade
 them to its per-sample JSONL, which is what makes resuming possible).
 
 Deviation from the paper's protocol: none in the metrics (unbiased pass@k, mean over 32 samples at
-τ = 0.6, top-p = 0.95 are the defaults of `ngrpo eval`); maj@n groups answers by their normalised
-text, so equivalent answers written differently vote separately.
+τ = 0.6, top-p = 0.95 are the defaults of `ngrpo eval`). maj@n votes on equivalence classes
+(`ngrpo.rewards.classes`): `0.5`, `1/2` and `\\frac{1}{2}` are one vote, decided by the grader under
+its time bounds.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ngrpo.data import Example
 from ngrpo.errors import NgrpoError
 from ngrpo.metrics import summarize_problem_set
 from ngrpo.rewards import GradingPool, grade_batch
-from ngrpo.rewards.equivalence import normalize_text
+from ngrpo.rewards.classes import equivalence_classes
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,21 @@ class EvalResult:
     summary: dict  # see `ngrpo.metrics.summarize_problem_set`
 
 
-def build_prompts(tokenizer, problems: Sequence[str]) -> list[list[int]]:
-    """Token ids of each problem wrapped in the tokenizer's chat template (generation prompt on)."""
-    from ngrpo.tokenizer import encode_prompt
+def build_prompts(
+    tokenizer, problems: Sequence[str | Sequence[Mapping[str, str]]]
+) -> list[list[int]]:
+    """Token ids of each problem wrapped in the tokenizer's chat template (generation prompt on).
+
+    A problem is a text (one user turn) or a whole chat conversation (a list of messages)."""
+    from ngrpo.tokenizer import encode_messages, encode_prompt
 
     if getattr(tokenizer, "chat_template", None):
-        return [encode_prompt(tokenizer, problem) for problem in problems]
+        return [
+            encode_prompt(tokenizer, p) if isinstance(p, str) else encode_messages(tokenizer, p)
+            for p in problems
+        ]
+    if not all(isinstance(p, str) for p in problems):
+        raise NgrpoError("chat-message prompts need a tokenizer with a chat template")
     log.warning("tokenizer has no chat template: prompting with the raw problem text")
     return [tokenizer(problem, add_special_tokens=True)["input_ids"] for problem in problems]
 
@@ -77,8 +87,17 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
-def summarize(examples: Sequence[Example], samples: Sequence[SampleResult], n: int) -> dict:
-    """pass@k / mean@n / maj@n / unparsed over `examples`, from their samples (any order)."""
+def summarize(
+    examples: Sequence[Example],
+    samples: Sequence[SampleResult],
+    n: int,
+    grader: str = "math",
+    pool: GradingPool | None = None,
+) -> dict:
+    """pass@k / mean@n / maj@n / unparsed over `examples`, from their samples (any order).
+
+    maj@n votes on the grader's equivalence classes of the extracted answers (`pool` decides the
+    pairs the quick check cannot)."""
     by_problem: dict[str, list[SampleResult]] = {}
     for sample in samples:
         by_problem.setdefault(sample.problem_id, []).append(sample)
@@ -87,9 +106,9 @@ def summarize(examples: Sequence[Example], samples: Sequence[SampleResult], n: i
         rows = sorted(by_problem.get(example.id, []), key=lambda s: s.sample)
         if len(rows) != n:
             raise ValueError(f"problem {example.id!r} has {len(rows)} samples, expected {n}")
-        answers.append([None if s.extracted is None else normalize_text(s.extracted) for s in rows])
+        answers.append([s.extracted for s in rows])
         correct.append([s.correct for s in rows])
-    return summarize_problem_set(answers, correct)
+    return summarize_problem_set(equivalence_classes(answers, grader, pool), correct)
 
 
 def evaluate(
@@ -162,7 +181,7 @@ def evaluate(
         samples += new
         if on_chunk is not None:
             on_chunk(new)
-    return EvalResult(samples=samples, summary=summarize(examples, samples, n))
+    return EvalResult(samples=samples, summary=summarize(examples, samples, n, grader, pool))
 
 
 def eval_metrics(name: str, summary: dict) -> dict[str, float]:

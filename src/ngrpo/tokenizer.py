@@ -63,7 +63,12 @@ def build_tokenizer(extra_words: list[str] | None = None):
 
 
 def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
+    """`save_pretrained`, pinned so that a plain `AutoTokenizer` loads it back unchanged
+    (`ngrpo.models.pin_tokenizer`)."""
+    from ngrpo.models import pin_tokenizer
+
     tokenizer.save_pretrained(str(out_dir))
+    pin_tokenizer(out_dir)
 
 
 def prompt_text(tokenizer, problem: str) -> str:
@@ -75,3 +80,11 @@ def prompt_text(tokenizer, problem: str) -> str:
 
 def encode_prompt(tokenizer, problem: str) -> list[int]:
     return tokenizer(prompt_text(tokenizer, problem), add_special_tokens=False)["input_ids"]
+
+
+def encode_messages(tokenizer, messages) -> list[int]:
+    """Token ids of a whole chat conversation, ending where the assistant starts writing."""
+    text = tokenizer.apply_chat_template(
+        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -2,7 +2,8 @@
 
 `train(cfg)` runs a whole GRPO / N-GRPO run from a `TrainConfig` (see `ngrpo.config`); the step
 reads top to bottom in `_train_step`. Pieces it composes: `ngrpo.rollout.generate` (exploration on),
-`ngrpo.rewards.batch_rewards`, `ngrpo.losses.group_advantages`, `ngrpo.learner.update_policy`,
+`ngrpo.rewards.functions.RewardSet` (built-in graders and user functions, weighted),
+`ngrpo.losses.group_advantages`, `ngrpo.learner.update_policy`,
 `ngrpo.evaluation.evaluate` (exploration off), `ngrpo.diagnostics` (diversity of each step's
 groups), and with `train.dynamic_sampling` `ngrpo.dynamic_sampling.collect` (several rounds of
 prompts per step, only groups whose rewards vary are trained on; single process only).
@@ -13,9 +14,11 @@ Run directory (`output_dir`):
   evaluation (`"type": "eval"`), flat namespaced keys (`reward/mean`, `loss/pg`, `eval/arith-id/
   pass@1`, ...);
 - `checkpoints/step-NNNNNN/`: Hugging Face model + tokenizer (safetensors) and `trainer_state.pt`
-  (optimizer, scheduler, RNG states, step, data position, best metric). Each is written to a
-  temporary directory and renamed into place, so a process killed while saving leaves the previous
-  checkpoint intact; only complete `step-*` directories are ever read back;
+  (optimizer, scheduler, RNG states, step, data position, best metric). The state holds only
+  tensors, numbers, strings and plain containers (RNG states as tensors) and is read back with
+  `torch.load(weights_only=True)`: a run directory from elsewhere cannot run code on `--resume`.
+  Each is written to a temporary directory and renamed into place, so a process killed while
+  saving leaves the previous checkpoint intact; only complete `step-*` directories are read back;
 - `best/`: the model with the best `eval.best_metric` so far (same atomic write).
 
 Resume (`resume=True`): continues from the newest complete checkpoint with the same data order,
@@ -97,13 +100,22 @@ class PromptSampler:
         self.epoch, self.position, self._order = state["epoch"], state["position"], []
 
 
+def _with_suffix(example, suffix: str):
+    """The prompt to encode: the problem text, or the messages (suffix on the last user turn)."""
+    if example.messages is None:
+        return example.problem + suffix
+    messages = [dict(m) for m in example.messages]
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    messages[last_user]["content"] += suffix
+    return messages
+
+
 def encode_prompts(tokenizer, examples, cfg: TrainConfig) -> tuple[list, list[list[int]], int]:
     """Chat-formatted prompt ids; prompts over `data.max_prompt_length` are dropped (counted) or
     rejected, as `data.long_prompts` says. Returns (kept examples, their ids, dropped count)."""
     from ngrpo.evaluation import build_prompts
 
-    texts = [example.problem + cfg.data.prompt_suffix for example in examples]
-    ids = build_prompts(tokenizer, texts)
+    ids = build_prompts(tokenizer, [_with_suffix(e, cfg.data.prompt_suffix) for e in examples])
     limit = cfg.data.max_prompt_length
     kept = [(e, p) for e, p in zip(examples, ids, strict=True) if len(p) <= limit]
     dropped = len(examples) - len(kept)
@@ -163,9 +175,12 @@ def _recover_interrupted_writes(run_dir: Path) -> None:
 
 
 def _save_model(directory: Path, model, tokenizer) -> None:
-    """A Hugging Face model directory (safetensors) that transformers and vLLM can load."""
+    """A Hugging Face model directory (safetensors) that transformers and vLLM can load; the
+    tokenizer loads back with a plain `AutoTokenizer` (`ngrpo.tokenizer.save_tokenizer`)."""
+    from ngrpo.tokenizer import save_tokenizer
+
     model.save_pretrained(str(directory), safe_serialization=True)
-    tokenizer.save_pretrained(str(directory))
+    save_tokenizer(tokenizer, directory)
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep: int):
@@ -181,7 +196,14 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """RNG states as tensors (loadable with `weights_only=True`)."""
+    version, internal, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": torch.tensor(internal, dtype=torch.int64),  # (625,) Mersenne Twister words
+        "python_version": version,
+        "python_gauss": gauss,
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -189,9 +211,29 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
+    internal = tuple(int(x) for x in state["python"].tolist())
+    random.setstate((state["python_version"], internal, state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+STATE_KEYS = ("step", "best", "skipped", "optimizer", "scheduler", "sampler", "rng")
+
+
+def load_trainer_state(path: Path) -> dict:
+    """A checkpoint's `trainer_state.pt`, unpickled with `weights_only=True`, or `NgrpoError`."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, zip errors, EOF: all unreadable
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise NgrpoError(
+            f"{path} cannot be loaded safely ({type(err).__name__}: {reason}); it holds objects "
+            "other than tensors and plain containers, or is damaged"
+        ) from None
+    missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise NgrpoError(f"{path} is not an ngrpo trainer state (missing {', '.join(missing)})")
+    return state
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -218,6 +260,7 @@ class Run:
     neighbor_index: object | None
     params: LearnerParams
     pool: object
+    rewards: object  # ngrpo.rewards.functions.RewardSet
     variant_classes: torch.Tensor | None = None  # (V,) embedded task: surface-variant class ids
     step: int = 0
     best: float | None = None
@@ -240,7 +283,7 @@ def _variant_classes(cfg: TrainConfig, tokenizer) -> torch.Tensor | None:
     return torch.tensor(variant_classes(tokenizer.get_vocab(), len(tokenizer)))
 
 
-def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
+def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> Run:
     from accelerate import Accelerator
 
     from ngrpo.config import resolve_device_dtype
@@ -249,6 +292,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
     from ngrpo.models import load_model, load_tokenizer, resolve_model_path
     from ngrpo.neighbors import NeighborIndex
     from ngrpo.rewards import GradingPool
+    from ngrpo.rewards.functions import build_reward_set
     from ngrpo.rollout import neighbor_search_table
 
     device, dtype = resolve_device_dtype(
@@ -260,8 +304,13 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
+    rewards = build_reward_set(
+        reward_funcs if reward_funcs is not None else cfg.train.reward_items(),
+        timeout_s=cfg.train.reward_timeout_s, on_error=cfg.train.reward_errors,
+    )  # fmt: skip  (resolved first: a missing function fails before any model is loaded)
     base_path = resolve_model_path(cfg.model.path)
     latest = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
+    state = load_trainer_state(latest / STATE_FILE) if latest is not None else None
     if resume and latest is None:
         log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
     weights = latest if latest is not None else base_path
@@ -286,7 +335,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
 
     train_set = load_benchmark(
         cfg.data.train, limit=cfg.data.train_limit, problem_field=cfg.data.problem_field,
-        answer_field=cfg.data.answer_field,
+        answer_field=cfg.data.answer_field, require_answer=rewards.needs_answer,
     )  # fmt: skip
     examples, prompts, dropped = encode_prompts(tokenizer, train_set.examples, cfg)
     if dropped:
@@ -337,11 +386,12 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool) -> Run:
         sampler=PromptSampler(len(prompts), cfg.seed, cfg.data.shuffle), examples=examples,
         prompts=prompts, eval_sets=eval_sets,
         answer_start_ids=answer_start_ids(tokenizer, cfg.exploration.answer_start),
-        neighbor_index=index, params=params, pool=GradingPool(), dropped_prompts=dropped,
-        variant_classes=_variant_classes(cfg, tokenizer),
+        neighbor_index=index, params=params, pool=GradingPool(), rewards=rewards,
+        dropped_prompts=dropped, variant_classes=_variant_classes(cfg, tokenizer),
     )  # fmt: skip
-    if latest is not None:
-        state = torch.load(latest / STATE_FILE, weights_only=False)
+    rewards.pool = run.pool  # the built-in graders share the run's grading workers
+    rewards.start()  # a user function that cannot load fails here, before any step
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         run.sampler.load_state_dict(state["sampler"])
@@ -394,12 +444,12 @@ def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------ one step
 
 
-def _rollout_round(run: Run, indices: list[int], round_: int):
+def _rollout_round(run: Run, indices: list[int], round_: int, reward_metrics: list[dict]):
     """Rollouts with exploration on for this process's prompt `indices`, and their rewards.
 
-    Returns (batch, texts, rewards (N,)). Round 0 keeps the seed a step always had; dynamic
-    sampling's later rounds offset it."""
-    from ngrpo.rewards import batch_rewards
+    Returns (batch, texts, rewards (N,)) and appends the round's reward metrics to
+    `reward_metrics`. Round 0 keeps the seed a step always had; dynamic sampling's later rounds
+    offset it."""
     from ngrpo.rollout import EngineOptions, SamplingParams, generate
 
     cfg, acc = run.cfg, run.accelerator
@@ -418,20 +468,37 @@ def _rollout_round(run: Run, indices: list[int], round_: int):
             neighbor_index=run.neighbor_index,
             engine=EngineOptions(cfg.rollout.kv_cache, cfg.rollout.cuda_graphs),
         )  # fmt: skip
-    texts = [run.tokenizer.decode(r, skip_special_tokens=True) for r in batch.responses()]
-    golds = [run.examples[indices[int(i)]].answer for i in batch.prompt_index]
-    rewards = torch.tensor(batch_rewards(texts, golds, cfg.train.reward, run.pool))  # (N,)
-    return batch, texts, rewards
+    # weighted reward components (built-in graders and user functions)
+    response_ids = batch.responses()
+    texts = [run.tokenizer.decode(r, skip_special_tokens=True) for r in response_ids]
+    examples = [run.examples[indices[int(i)]] for i in batch.prompt_index]
+    totals, metrics = run.rewards.compute(
+        texts, [e.prompt for e in examples], [e.columns for e in examples],
+        [e.answer for e in examples], response_ids,
+    )  # fmt: skip
+    reward_metrics.append(metrics)
+    return batch, texts, torch.tensor(totals)  # (N,)
 
 
-def _dynamic_rollouts(run: Run):
+def _merge_round_metrics(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Reward-component metrics of a step's rollout rounds: error counts summed, means averaged
+    over rounds (dynamic sampling: every round drawn, not only the kept groups)."""
+    merged: dict[str, float] = {}
+    for key in rounds[0]:
+        values = [r[key] for r in rounds if key in r]
+        merged[key] = sum(values) if key.endswith("/errors") else sum(values) / len(values)
+    return merged
+
+
+def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
     """DAPO dynamic sampling (single process): `ngrpo.dynamic_sampling.collect` with this run's
     sampler and rollouts."""
     from ngrpo.dynamic_sampling import collect
 
     cfg = run.cfg
     return collect(
-        run.sampler.take, lambda indices, round_: _rollout_round(run, indices, round_),
+        run.sampler.take,
+        lambda indices, round_: _rollout_round(run, indices, round_, reward_metrics),
         need=cfg.train.prompts_per_step, group_size=cfg.rollout.num_generations,
         max_rounds=cfg.train.max_sampling_rounds, pad_token_id=run.tokenizer.pad_token_id,
     )  # fmt: skip
@@ -445,17 +512,18 @@ def _train_step(run: Run) -> dict[str, float]:
     world, rank = acc.num_processes, acc.process_index
     # 1-2. this process's slice of the step's prompts (the same global order for every process),
     # rollouts with exploration on and their rewards (dynamic sampling: several rounds)
-    started = time.perf_counter()
+    started, round_metrics = time.perf_counter(), []
     if cfg.train.dynamic_sampling:
-        batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run)
+        batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run, round_metrics)
     else:
         indices = run.sampler.take(cfg.train.prompts_per_step)
         local = cfg.train.prompts_per_step // world
         batch, texts, rewards = _rollout_round(
-            run, indices[rank * local : (rank + 1) * local], 0
+            run, indices[rank * local : (rank + 1) * local], 0, round_metrics
         )
         sampling_metrics = {}
     rollout_s = time.perf_counter() - started
+    reward_metrics = _merge_round_metrics(round_metrics)
     # 3. group-normalised advantages
     groups = rewards.view(-1, cfg.rollout.num_generations)  # (P, G)
     advantages = group_advantages(groups, scale=cfg.train.scale_rewards).reshape(-1)  # (N,)
@@ -472,6 +540,7 @@ def _train_step(run: Run) -> dict[str, float]:
         "reward/mean": float(rewards.mean()),
         "reward/accuracy": float((rewards > 0).float().mean()),
         "reward/std_in_group": float(groups.std(dim=1).mean()) if groups.shape[1] > 1 else 0.0,
+        **reward_metrics,
         **{k: v for k, v in batch.stats.items() if k != "rollout/seconds"},
         **sampling_metrics,
         **learner,
@@ -569,12 +638,17 @@ def _maybe_eval(run: Run, writer, progress: Progress | None) -> None:
 
 
 def train(
-    cfg: TrainConfig, resume: bool = False, progress: Progress | None = None
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: Progress | None = None,
+    reward_funcs: list | None = None,
 ) -> Path:
     """Run (or resume) training; returns the run directory.
 
     `progress(kind, step, total, metrics)` is called after every step (`kind="train"`) and every
     evaluation (`kind="eval"`); the CLI draws its progress bar and tables from it.
+    `reward_funcs`: (callable or spec, weight) pairs that replace `cfg.train.reward(s)` (the Python
+    API records their specs in `cfg.train.rewards` before calling this).
     """
     run_dir = Path(cfg.output_dir).expanduser()
     if not resume and (run_dir / "metrics.jsonl").exists():
@@ -586,7 +660,7 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NgrpoError(f"cannot create output_dir {str(run_dir)!r}: {err.strerror}") from err
-    run = _setup(cfg, run_dir, resume)
+    run = _setup(cfg, run_dir, resume, reward_funcs)
     if run.accelerator.is_main_process:
         save_config(cfg, run_dir / "config.yaml")
         log.info("derived values: %s", derived_values(cfg))
@@ -613,6 +687,7 @@ def train(
                     )  # fmt: skip
                 run.accelerator.wait_for_everyone()
     finally:
+        run.rewards.close()
         run.pool.close()
         if writer is not None:
             writer.close()

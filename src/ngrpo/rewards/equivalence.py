@@ -21,9 +21,17 @@ exactly; other expressions are equal when their difference evaluates to 0 at 15 
 or simplifies to 0. The quick check agrees with this: it says "equal" only for exactly equal
 numbers and "different" only for numbers at least 1e-6 apart, and defers everything else.
 
-Deviation from math-verify's defaults: only its LaTeX extraction is used (not its plain
-expression extraction, which goes through sympy's `parse_expr`, an `eval`), on the answer we
-extracted ourselves wrapped in `\\boxed{}`.
+Deviations from math-verify's defaults (both decided in the worker, after math-verify):
+- only its LaTeX extraction is used (not its plain expression extraction, which goes through sympy's
+  `parse_expr`, an `eval`), on the answer we extracted ourselves wrapped in `\\boxed{}`;
+- tiny magnitudes: an absolute tolerance cannot tell numbers below 1e-6 apart (`1/2004!` and
+  `1/2006!` both round to 0, and so does a plain `0`), so when math-verify says "equal" to two
+  numbers whose larger magnitude is below `10^-FLOAT_ROUNDING`, they must also agree to a relative
+  `RELATIVE_TOLERANCE` (evaluated at 30 digits) — the comparison math-verify's tracker asks for;
+- radicals: sympy keeps `sqrt(1/n)` and `1/sqrt(n)` apart because they differ for negative n. When
+  math-verify says "different" to two plain expressions with free symbols, at least one radical
+  (a fractional power) and no absolute value, their difference is simplified again with every
+  symbol assumed positive, the reading a grader of `\\sqrt{1/n}` intends.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ MAX_ANSWER_CHARS = 1_000
 MAX_BRACE_DEPTH = 20
 FLOAT_ROUNDING = 6
 NUMERIC_PRECISION = 15
+RELATIVE_TOLERANCE = 1e-6
 
 # Text wrappers that never change the value of an answer.
 _STRIP_PATTERNS = (
@@ -172,7 +181,7 @@ def math_equal(pred: str, gold_text: str) -> bool:
     )
     if not gold_parsed or not pred_parsed:
         return False
-    return bool(
+    same = bool(
         verify(
             gold_parsed,
             pred_parsed,
@@ -181,3 +190,49 @@ def math_equal(pred: str, gold_text: str) -> bool:
             timeout_seconds=None,
         )
     )
+    try:  # the second opinions below never turn an error into a verdict: math-verify's stands
+        if same:
+            return not tiny_numbers_differ(gold_parsed[0], pred_parsed[0])
+        return radicals_equal(gold_parsed[0], pred_parsed[0])
+    except (TypeError, ValueError, AttributeError, ArithmeticError, RecursionError):
+        return same
+
+
+def tiny_numbers_differ(gold, pred) -> bool:
+    """True when two numbers below `10^-FLOAT_ROUNDING` in magnitude are not relatively close."""
+    import sympy
+
+    if not all(isinstance(x, sympy.Expr) and x.is_number for x in (gold, pred)):
+        return False
+    # sympy numbers (no underflow at 1e-5753); `doit` evaluates math-verify's unevaluated forms
+    a, b = (sympy.N(x.doit(), 30) for x in (gold, pred))
+    if not (a.is_Number and b.is_Number):
+        return False  # complex or not reducible to one number: math-verify's verdict stands
+    scale = max(abs(a), abs(b))
+    if scale == 0 or scale >= sympy.Float(10) ** -FLOAT_ROUNDING:
+        return False
+    return bool(abs(a - b) > RELATIVE_TOLERANCE * scale)
+
+
+def _has_radical(expr) -> bool:
+    import sympy
+
+    return any(
+        isinstance(p.exp, sympy.Rational) and not p.exp.is_integer for p in expr.atoms(sympy.Pow)
+    )
+
+
+def radicals_equal(gold, pred) -> bool:
+    """Equal once every symbol is assumed positive (the module docstring says when it applies)."""
+    import sympy
+
+    if not all(isinstance(x, sympy.Expr) for x in (gold, pred)):
+        return False  # relations, sets, intervals, tuples: math-verify's verdict stands
+    symbols = gold.free_symbols | pred.free_symbols
+    if not symbols or not (_has_radical(gold) or _has_radical(pred)):
+        return False
+    if gold.atoms(sympy.Abs) or pred.atoms(sympy.Abs):
+        return False
+    positive = {s: sympy.Symbol(s.name, positive=True) for s in symbols}
+    difference = sympy.simplify((gold - pred).xreplace(positive))
+    return difference == 0

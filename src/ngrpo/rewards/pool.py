@@ -6,12 +6,12 @@ bound. Each answer is compared in a worker process; when the deadline passes the
 (SIGKILL) and replaced, and the answer counts as incorrect. This works from any thread of any
 process, and several threads may share one pool (each call checks idle workers out of a queue).
 
-Workers start through the `forkserver` method with math-verify preloaded, so a replacement costs a
-fork (milliseconds), not a fresh interpreter; `spawn` is used where forkserver does not exist. A
-worker also caps its address space (`WORKER_MEMORY_BYTES`) so a runaway comparison fails with
-MemoryError instead of exhausting the machine. A replacement's start-up is waited for when it is
-next used, never inside the call that timed out, and a deadline starts only once a worker is
-ready.
+Workers start through the `forkserver` method with math-verify preloaded and warmed up
+(`ngrpo.rewards._warm`), so a replacement costs a fork (milliseconds), not a fresh interpreter;
+`spawn` is used where forkserver does not exist. A worker also caps its address space
+(`WORKER_MEMORY_BYTES`) so a runaway comparison fails with MemoryError instead of exhausting the
+machine. A replacement's start-up is waited for when it is next used, never inside the call that
+timed out, and a deadline starts only once a worker is ready.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 TIMEOUT_S = 1.0
 STARTUP_TIMEOUT_S = 120.0
 WORKER_MEMORY_BYTES = 4 * 1024**3
-_PRELOAD = ["ngrpo.rewards.pool", "ngrpo.rewards.equivalence", "math_verify", "sympy"]
+_PRELOAD = [
+    "ngrpo.rewards.pool", "ngrpo.rewards.equivalence", "math_verify", "sympy",
+    "ngrpo.rewards._warm",
+]  # fmt: skip
 
 
 def _serve(conn: Connection) -> None:

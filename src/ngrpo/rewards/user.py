@@ -1,0 +1,152 @@
+"""User reward functions in a worker process, under the same kind of hard deadline as the grader.
+
+A user function (`module:function`, `path/to/file.py:function`, or a Python callable passed to
+`ngrpo.train`) runs in its own process, started through the same `forkserver` context as the
+grading pool (`ngrpo.rewards.pool`). Each call has a deadline of `timeout_s` seconds per completion
+(the built-in grader's per-answer bound, `pool.TIMEOUT_S`, by default); when it passes, the worker
+is killed (SIGKILL) and a fresh one is started for the next call, so a function that hangs or spins
+never stalls training and a crash (segfault, `os._exit`) is reported instead of taking the trainer
+down. Unlike grading workers, a user worker has no address-space cap: a reward may legitimately
+load a model.
+
+The function is named to the worker by its spec string (imported there) or sent pickled (a Python
+callable: by reference, so it must be defined at the top level of a module or of a script guarded by
+`if __name__ == "__main__":`, as for any multiprocessing code). A lambda or closure cannot be sent
+and is refused with an error that says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ngrpo.errors import NgrpoError
+from ngrpo.rewards.pool import STARTUP_TIMEOUT_S, TIMEOUT_S, _context
+
+log = logging.getLogger(__name__)
+
+
+class RewardCallError(Exception):
+    """A user reward call failed (raised, timed out, died); the message names the function."""
+
+
+def _serve(conn: Connection, target: str | bytes) -> None:
+    """Worker main loop: resolve the function, then answer ("ok", value) / ("error", text)."""
+    from ngrpo.rewards.functions import import_function
+
+    try:
+        fn = pickle.loads(target) if isinstance(target, bytes) else import_function(target)
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises
+        conn.send(("error", f"cannot load it in a worker process: {type(err).__name__}: {err}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            args, kwargs = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply = ("ok", fn(*args, **kwargs))
+            conn.send(reply)
+        except BaseException as err:  # noqa: BLE001 - any failure is the user's function's
+            try:
+                conn.send(("error", f"{type(err).__name__}: {err}"))
+            except (EOFError, OSError):
+                return
+
+
+def picklable_target(fn: Callable) -> bytes:
+    """`fn` pickled by reference, or an `NgrpoError` saying why it cannot be sent to a worker."""
+    name = getattr(fn, "__qualname__", repr(fn))
+    if "<lambda>" in name or "<locals>" in name:
+        raise NgrpoError(
+            f"reward function {name} is a lambda or a nested function, which cannot run in a "
+            "worker process; define it at the top level of a module or file"
+        )
+    try:
+        return pickle.dumps(fn)
+    except Exception as err:  # noqa: BLE001 - pickling raises many types
+        raise NgrpoError(
+            f"reward function {name} cannot be sent to a worker process ({err}); define it at "
+            "the top level of a module or file"
+        ) from err
+
+
+class UserRewardWorker:
+    """One worker process for one user function; restarted after a timeout or a crash."""
+
+    def __init__(self, name: str, target: str | bytes, timeout_s: float = TIMEOUT_S) -> None:
+        self.name, self.target, self.timeout_s = name, target, timeout_s
+        self._ctx = _context()
+        self._conn: Connection | None = None
+        self._process = None
+
+    def _start(self) -> None:
+        self._conn, child = self._ctx.Pipe()
+        self._process = self._ctx.Process(
+            target=_serve, args=(child, self.target), daemon=True, name=f"reward-{self.name}"
+        )
+        self._process.start()
+        child.close()
+        if not self._conn.poll(STARTUP_TIMEOUT_S):
+            self.close()
+            raise NgrpoError(f"reward function {self.name}: worker did not start")
+        try:
+            status, detail = self._conn.recv()
+        except (EOFError, OSError):
+            status, detail = "error", (
+                "the worker process died while loading it (a script that calls ngrpo.train must "
+                'do so under `if __name__ == "__main__":`, as for any multiprocessing code)'
+            )
+        if status != "ready":
+            self.close()
+            raise NgrpoError(f"reward function {self.name}: {detail}")
+
+    def start(self) -> None:
+        """Start the worker now (so that loading errors surface before training)."""
+        if self._process is None or not self._process.is_alive():
+            self._start()
+
+    def call(self, args: tuple, kwargs: dict[str, Any], num_items: int) -> Any:
+        """`fn(*args, **kwargs)` in the worker within `timeout_s × num_items` seconds."""
+        self.start()
+        assert self._conn is not None
+        deadline = self.timeout_s * max(1, num_items)
+        try:
+            self._conn.send((args, kwargs))
+        except (pickle.PicklingError, TypeError, AttributeError) as err:
+            raise RewardCallError(f"its arguments cannot be sent to the worker: {err}") from err
+        started = time.monotonic()
+        if not self._conn.poll(deadline):
+            self.close()
+            raise RewardCallError(
+                f"timed out after {deadline:.3g} s ({self.timeout_s:.3g} s per completion × "
+                f"{num_items}); the worker was killed"
+            )
+        try:
+            status, value = self._conn.recv()
+        except (EOFError, OSError):
+            code = None
+            if self._process is not None:
+                self._process.join(timeout=5)
+                code = self._process.exitcode
+            self.close()
+            raise RewardCallError(f"the worker process died (exit code {code})") from None
+        log.debug("reward %s: %.3f s", self.name, time.monotonic() - started)
+        if status != "ok":
+            raise RewardCallError(f"raised {value}")
+        return value
+
+    def close(self) -> None:
+        if self._process is not None:
+            if self._process.is_alive():
+                self._process.kill()
+            self._process.join(timeout=5)
+            self._process = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
