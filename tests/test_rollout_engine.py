@@ -174,3 +174,21 @@ def test_bench_rollout_preset_bad_arguments(capsys):
     assert "--lengths must be positive integers" in capsys.readouterr().err
     assert main(["bench", "rollout", "--preset", "tiny", "--strategies", "none,fast"]) == 2
     assert "--strategies: unknown ['fast']" in capsys.readouterr().err
+
+
+def test_embed_shift_leaves_out_zero_embedding_rows():
+    # the padding row of a Hugging Face embedding is 0: its relative shift is undefined (it
+    # measured 1e8 in a probe run) and must not enter the mean
+    from ngrpo.rollout.engine import _embed_shift_sum
+
+    embedding = torch.nn.Embedding(3, 2)
+    with torch.no_grad():
+        embedding.weight.copy_(torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 0.0]]))
+    tokens = torch.tensor([[0, 1]])  # (1, 2): row 0 samples the zero-row token
+    rec_ids = torch.tensor([[[0, 2], [1, 2]]])  # (1, 2, 2)
+    rec_w = torch.tensor([[[0.5, 0.5], [0.5, 0.5]]])
+    mixed = torch.tensor([[True, True]])
+    total, count = _embed_shift_sum(embedding, tokens, rec_ids, rec_w, None, mixed)
+    # token 1: ẽ = (3, 2), e = (3, 4): ‖ẽ − e‖ / ‖e‖ = 2 / 5
+    assert int(count) == 1
+    assert float(total) == pytest.approx(0.4)

@@ -252,27 +252,33 @@ def _decode_chunk(
             logits_buf[slot_rows] = decoder.decode(x[slot_rows.clamp_max(n - 1)])  # (b, V)
             logits = logits_buf[:n]  # (N, V) rows that finished keep stale (unused) logits
 
-    shift_sum = _embed_shift_sum(embedding, tokens, rec_ids, rec_w, rec_noise, mixed)
+    shift_sum, shift_count = _embed_shift_sum(embedding, tokens, rec_ids, rec_w, rec_noise, mixed)
     neighbor_w = None  # Σ over mixed positions of the non-anchor candidates' total weight
     if plan.exploration is not None and plan.exploration.strategy == "neighbor":
         neighbor_w = (1.0 - rec_w[..., 0])[mixed].sum()
     return {
         "tokens": tokens, "logprobs": logprobs, "alive": alive, "rec_ids": rec_ids,
         "rec_w": rec_w, "rec_noise": rec_noise, "mixed": mixed, "eligible": eligible,
-        "shift_sum": shift_sum, "neighbor_w": neighbor_w, "finished": finished, "steps": steps,
-        "row_steps": row_steps,
+        "shift_sum": shift_sum, "shift_count": shift_count, "neighbor_w": neighbor_w,
+        "finished": finished, "steps": steps, "row_steps": row_steps,
         "capture_s": decoder.capture_seconds, "graphs": len(decoder.graphs),
     }  # fmt: skip
 
 
-def _embed_shift_sum(embedding, tokens, rec_ids, rec_w, rec_noise, mixed) -> torch.Tensor:
-    """Σ over mixed positions of ‖ẽ − e(y)‖ / ‖e(y)‖ (computed once, after the loop)."""
+def _embed_shift_sum(embedding, tokens, rec_ids, rec_w, rec_noise, mixed):
+    """(Σ ‖ẽ − e(y)‖ / ‖e(y)‖, count) over mixed positions whose sampled token has a non-zero
+    embedding (computed once, after the loop). A zero row — the padding token's, which Hugging Face
+    models keep at 0 — would make the ratio meaningless (one such position measured 1e8), so
+    those positions are left out of the mean."""
     noise = None if rec_noise is None else rec_noise[mixed].unsqueeze(0)
     soft = embed(
         embedding, SoftInputs(rec_ids[mixed].unsqueeze(0), rec_w[mixed].unsqueeze(0), noise)
     )
     hard = embedding(tokens[mixed].unsqueeze(0))  # (1, M, d)
-    return ((soft - hard).norm(dim=-1) / hard.norm(dim=-1).clamp_min(1e-12)).float().sum()
+    norm = hard.norm(dim=-1).float()  # (1, M)
+    measurable = norm > 1e-6
+    ratio = (soft - hard).norm(dim=-1).float() / norm.clamp_min(1e-6)  # (1, M)
+    return ratio[measurable].sum(), measurable.sum()
 
 
 def neighbor_search_table(model, which: str) -> torch.nn.Module:
@@ -420,6 +426,7 @@ def _assemble(parts: list[dict], prompt_ids, prompt_mask, num_prompts: int, n: i
     finished = torch.cat([part["finished"] for part in parts])
     n_mixed, n_eligible = int(mixed.sum()), int(eligible.sum())
     shift = float(sum(part["shift_sum"] for part in parts))
+    shift_count = int(sum(part["shift_count"] for part in parts))
     tokens = int(response_mask.sum())
     row_steps = sum(part["row_steps"] for part in parts)
     decode_calls = sum(part["steps"] - 1 for part in parts)  # the last step feeds nothing back
@@ -429,7 +436,7 @@ def _assemble(parts: list[dict], prompt_ids, prompt_mask, num_prompts: int, n: i
         "rollout/truncated_frac": float((~finished).float().mean()),
         "rollout/mixed_tokens": float(n_mixed),
         "rollout/mixed_frac": n_mixed / n_eligible if n_eligible else 0.0,
-        "rollout/embed_shift": shift / n_mixed if n_mixed else 0.0,
+        "rollout/embed_shift": shift / shift_count if shift_count else 0.0,
         # rows the model ran per decoding step (compaction lowers it below the batch size)
         "rollout/decoded_rows": row_steps / max(1, decode_calls),
         "rollout/graph_capture_s": sum(part["capture_s"] for part in parts),
