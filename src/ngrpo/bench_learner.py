@@ -13,8 +13,9 @@ state, so that what follows is the steady state of training):
 - seconds per update (median of repeats) and tokens/s (R·(P + T) / seconds);
 - `peak_bytes`: the most memory held during an update, everything included (CUDA:
   `torch.cuda.max_memory_allocated`; CPU: the kernel's peak resident set, VmHWM, reset before
-  each update by writing 5 to /proc/self/clear_refs: exact, no sampling, but it counts the whole
-  process, allocator caches included);
+  each update by writing 5 to /proc/self/clear_refs: exact, no sampling; glibc is told to map
+  every block from 128 KiB up on its own so that the resident set follows live tensors rather
+  than malloc's cache of freed ones);
 - `peak_extra_bytes`: `peak_bytes` minus what was held just before the update (weights,
   gradients, optimizer state), i.e. what the forward + backward + step themselves add;
 - `bf16_peak_fraction` (CUDA): 6 · parameters · tokens / seconds over the device's bf16 matmul
@@ -142,17 +143,34 @@ def _rss_status(field: str) -> int:
     raise NgrpoError(f"/proc/self/status has no {field}")
 
 
-def _release_free_heap() -> None:
-    """glibc `malloc_trim(0)`: return freed heap pages to the kernel, so that memory the measured
-    block reuses from earlier blocks counts in its peak RSS instead of hiding in malloc's cache."""
+def _glibc():
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
-    if name is not None:
-        libc = ctypes.CDLL(name)
-        if getattr(libc, "malloc_trim", None) is not None:
-            libc.malloc_trim(0)
+    libc = None if name is None else ctypes.CDLL(name)
+    return libc if libc is not None and getattr(libc, "mallopt", None) is not None else None
+
+
+def _follow_live_memory() -> bool:
+    """Make the process's RSS follow its live allocations (glibc only): blocks from 128 KiB up
+    are mapped and unmapped on their own (`mallopt` M_MMAP_THRESHOLD, fixed, and
+    M_TRIM_THRESHOLD), so freed tensors leave the resident set instead of lingering in malloc's
+    heap, where later allocations would reuse them unseen. Returns whether it applied."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 128 * 1024)) and bool(
+        libc.mallopt(m_trim_threshold, 128 * 1024)
+    )
+
+
+def _release_free_heap() -> None:
+    """glibc `malloc_trim(0)`: return freed heap pages to the kernel before a measurement."""
+    libc = _glibc()
+    if libc is not None and getattr(libc, "malloc_trim", None) is not None:
+        libc.malloc_trim(0)
 
 
 class PeakMemory:
@@ -162,8 +180,11 @@ class PeakMemory:
         self.device = device
         if device.type != "cuda" and not Path("/proc/self/clear_refs").exists():
             raise NgrpoError("peak memory on CPU needs Linux /proc/self/clear_refs")
-        self.method = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
-                       else "VmHWM after /proc/self/clear_refs (peak RSS)")  # fmt: skip
+        self.method = "torch.cuda.max_memory_allocated"
+        if device.type != "cuda":
+            follows = _follow_live_memory()
+            self.method = ("VmHWM after /proc/self/clear_refs (peak RSS)"
+                           + (", glibc mmap threshold 128 KiB" if follows else ""))  # fmt: skip
 
     def held(self) -> int:
         if self.device.type == "cuda":

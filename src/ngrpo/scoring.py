@@ -42,10 +42,10 @@ from ngrpo.rollout import RolloutBatch, replay_logits, token_logprobs
 
 log = logging.getLogger(__name__)
 
-CHUNK_ELEMENTS = {"cuda": 2**26, "cpu": 2**24}
-"""Logits elements per chunk by default (fp32: 256 MiB on CUDA, 64 MiB elsewhere), i.e. 441 / 110
+CHUNK_ELEMENTS = {"cuda": 2**26, "cpu": 2**22}
+"""Logits elements per chunk by default (fp32: 256 MiB on CUDA, 16 MiB elsewhere), i.e. 441 / 27
 positions at V = 151,936. Every chunk adds its share into the head's (V, d) weight gradient, so
-fewer, larger chunks are faster where memory allows."""
+fewer, larger chunks are faster where memory allows; on CPU memory is what the target is about."""
 
 
 def default_chunk_elements(device: torch.device) -> int:
