@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from ngrpo.rollout import EngineOptions, SamplingParams, generate
+from ngrpo.rollout import EngineOptions, RolloutBatch, SamplingParams, generate
 
 PAD = 0
 
@@ -91,10 +91,12 @@ def _timed_batch(run: Callable[[], object], device: torch.device):
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     batch = run()
     _sync(device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    if isinstance(batch, RolloutBatch):
+        batch.stats["bench/cpu_seconds"] = time.process_time() - cpu_start
     return time.perf_counter() - start, batch, peak
 
 
@@ -152,6 +154,7 @@ def _varied_lengths(model, prompts, length, eos_rate, device, cuda_graphs="auto"
         capture = batch.stats["rollout/graph_capture_s"]
         out[name] = {
             "seconds": seconds,
+            "cpu_seconds": batch.stats["bench/cpu_seconds"],  # this process's CPU time
             "graph_capture_s": capture,
             "response_tokens": int(lengths.sum()),
             "tokens_per_s": float(lengths.sum()) / seconds,
