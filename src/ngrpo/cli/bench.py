@@ -109,6 +109,16 @@ def _common_options(parser) -> None:
     )
 
 
+def _dtype_name(args) -> str:
+    """`--dtype`, or bfloat16 on CUDA and float32 elsewhere; an error for anything else."""
+    from ngrpo.errors import NgrpoError
+
+    name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if name not in ("bfloat16", "float32"):
+        raise NgrpoError(f"--dtype must be one of bfloat16, float32, got {name!r}")
+    return name
+
+
 def _set_threads(threads: int | None) -> None:
     from ngrpo.errors import NgrpoError
 
@@ -222,17 +232,14 @@ def run_rollout_preset(args: argparse.Namespace) -> int:
             raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0.0 <= args.eos_rate < 1.0:
         raise NgrpoError(f"--eos-rate must be in [0, 1), got {args.eos_rate}")
-    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-    dtype_name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    if dtype_name not in dtypes:
-        raise NgrpoError(f"--dtype must be one of {', '.join(dtypes)}, got {dtype_name!r}")
+    dtype_name = _dtype_name(args)
     _set_threads(args.threads)
 
     def say(stage: str) -> None:
         print(f"bench rollout: {stage}", file=sys.stderr, flush=True)
 
     say(f"building {args.preset} ({dtype_name}) on {args.device}")
-    model = preset_model(args.preset, args.device, dtypes[dtype_name])
+    model = preset_model(args.preset, args.device, getattr(torch, dtype_name))
     report = scale_report(
         model, rows=args.rows, prompt_tokens=args.prompt_tokens, lengths=lengths,
         strategies=strategies, repeats=args.repeats, mix_rate=args.mix_rate,
@@ -333,10 +340,7 @@ def run_learner_scale(args: argparse.Namespace) -> int:
     variants = [parse_variant(v) for v in args.variants.split(",") if v.strip()]
     if not variants:
         raise NgrpoError("--variants: give at least one, e.g. chunked+mb1")
-    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-    dtype_name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    if dtype_name not in dtypes:
-        raise NgrpoError(f"--dtype must be one of {', '.join(dtypes)}, got {dtype_name!r}")
+    dtype_name = _dtype_name(args)
     _set_threads(args.threads)
 
     def say(stage: str) -> None:
@@ -345,9 +349,9 @@ def run_learner_scale(args: argparse.Namespace) -> int:
     shape = args.preset or f"vocab {args.vocab}"
     say(f"building {shape} ({dtype_name}) on {args.device}")
     if args.preset is not None:
-        model = preset_model(args.preset, args.device, dtypes[dtype_name])
+        model = preset_model(args.preset, args.device, getattr(torch, dtype_name))
     else:
-        model = vocab_model(args.vocab, args.device, dtypes[dtype_name])
+        model = vocab_model(args.vocab, args.device, getattr(torch, dtype_name))
     label = {"preset": args.preset} if args.preset is not None else {"vocab_model": args.vocab}
     report = learner_scale_report(
         model, rows=args.rows, prompt_tokens=args.prompt_tokens, length=args.length,
