@@ -30,14 +30,18 @@ from ngrpo.rollout import SamplingParams, generate, left_pad
 from ngrpo.soft_inputs import SoftInputs, embed
 
 
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op elsewhere. Every bench timer calls it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one call."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync_device(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync_device(device)
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 

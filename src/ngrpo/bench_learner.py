@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from ngrpo.bench import sync_device
 from ngrpo.errors import NgrpoError
 from ngrpo.learner import LearnerParams, update_policy
 from ngrpo.rollout import RolloutBatch
@@ -343,8 +344,7 @@ def _time_variant(model, optimizer, batch, advantages, params, memory, repeats, 
         held = memory.start()
         start = time.perf_counter()
         update()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync_device(device)
         seconds.append(time.perf_counter() - start)
         peak = memory.peak()
         peaks.append(peak)

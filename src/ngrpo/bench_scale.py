@@ -31,14 +31,10 @@ from collections.abc import Callable
 
 import torch
 
+from ngrpo.bench import sync_device
 from ngrpo.rollout import EngineOptions, RolloutBatch, SamplingParams, generate
 
 PAD = 0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def copy_bandwidth(device: torch.device, nbytes: int | None = None, repeats: int = 5) -> float:
@@ -49,10 +45,10 @@ def copy_bandwidth(device: torch.device, nbytes: int | None = None, repeats: int
     dst.copy_(src)  # warm-up
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         dst.copy_(src)
-        _sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - start)
     return 2 * src.numel() * 4 / statistics.median(times)
 
@@ -88,12 +84,12 @@ def _engine_run(model, prompts, strategy, new_tokens, mix_rate, eos, engine=None
 
 
 def _timed_batch(run: Callable[[], object], device: torch.device):
-    _sync(device)
+    sync_device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     batch = run()
-    _sync(device)
+    sync_device(device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     if isinstance(batch, RolloutBatch):
         batch.stats["bench/cpu_seconds"] = time.process_time() - cpu_start
