@@ -92,31 +92,18 @@ class ExplorationConfig:
 
     def validate(self, vocab_size: int | None = None) -> None:
         """Raise `NgrpoError` naming the offending key and the allowed values."""
-        if self.strategy not in STRATEGIES:
-            raise NgrpoError(
-                f"exploration.strategy: unknown strategy {self.strategy!r}; "
-                f"choose one of {', '.join(STRATEGIES)}"
-            )
-        if self.metric not in SIMILARITIES:
-            raise NgrpoError(
-                f"exploration.metric: unknown metric {self.metric!r}; "
-                f"choose one of {', '.join(SIMILARITIES)}"
-            )
-        if self.anchor not in ANCHORS:
-            raise NgrpoError(
-                f"exploration.anchor: unknown anchor {self.anchor!r}; "
-                f"choose one of {', '.join(ANCHORS)}"
-            )
-        if self.neighbor_weights not in NEIGHBOR_WEIGHTS:
-            raise NgrpoError(
-                f"exploration.neighbor_weights: unknown value {self.neighbor_weights!r}; "
-                f"choose one of {', '.join(NEIGHBOR_WEIGHTS)}"
-            )
-        if self.neighbor_table not in NEIGHBOR_TABLES:
-            raise NgrpoError(
-                f"exploration.neighbor_table: unknown value {self.neighbor_table!r}; "
-                f"choose one of {', '.join(NEIGHBOR_TABLES)}"
-            )
+        for key, noun, value, allowed in (
+            ("strategy", "strategy", self.strategy, STRATEGIES),
+            ("metric", "metric", self.metric, SIMILARITIES),
+            ("anchor", "anchor", self.anchor, ANCHORS),
+            ("neighbor_weights", "value", self.neighbor_weights, NEIGHBOR_WEIGHTS),
+            ("neighbor_table", "value", self.neighbor_table, NEIGHBOR_TABLES),
+        ):
+            if value not in allowed:
+                raise NgrpoError(
+                    f"exploration.{key}: unknown {noun} {value!r}; "
+                    f"choose one of {', '.join(allowed)}"
+                )
         upper = "the vocabulary size" if vocab_size is None else str(vocab_size)
         if (
             not isinstance(self.mix_top_k, int)
