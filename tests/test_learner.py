@@ -140,24 +140,31 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient():
     torch.testing.assert_close(grads[1], grads[2], rtol=1e-4, atol=1e-6)
 
 
-def test_mini_batches_step_the_optimizer_and_scheduler_and_invalidate_neighbours():
+@pytest.mark.parametrize("frozen", [False, True])
+def test_mini_batches_step_the_optimizer_and_scheduler_and_invalidate_neighbours(frozen):
     model = _tiny()
     batch = _rollouts(model, "neighbor", mix_rate=0.5)
+    table = model.get_input_embeddings().weight
+    table.requires_grad_(not frozen)  # frozen (LoRA): the index keeps its cache
 
     class Counter:
         calls = 0
 
+        def table(self):
+            return table
+
         def invalidate(self):
             self.calls += 1
 
-    index, optimizer = Counter(), torch.optim.AdamW(model.parameters(), lr=1e-3)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    index, optimizer = Counter(), torch.optim.AdamW(trainable, lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     params = _params(mini_batch_groups=1, num_iterations=2)  # 4 mini-batches x 2 epochs
     metrics = update_policy(
         model, optimizer, scheduler, batch, _advantages(len(batch.response_ids)), params,
         neighbor_index=index,
     )  # fmt: skip
-    assert metrics["train/optimizer_steps"] == 8.0 and index.calls == 8
+    assert metrics["train/optimizer_steps"] == 8.0 and index.calls == (0 if frozen else 8)
     assert scheduler.last_epoch == 8
 
 

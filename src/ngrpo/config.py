@@ -51,6 +51,7 @@ import yaml
 
 from ngrpo.errors import NgrpoError
 from ngrpo.exploration import ExplorationConfig
+from ngrpo.lora import LoraConfig
 from ngrpo.losses import IMPORTANCE_LEVELS, resolve_aggregation, resolve_kl_estimator
 from ngrpo.rewards.functions import ERROR_POLICIES, check_spec
 from ngrpo.rollout.engine import CUDA_GRAPHS, KV_CACHES
@@ -90,6 +91,8 @@ class ModelConfig:
     attn_implementation: str | None = None
     """eager | sdpa | flash_attention_2 | flash_attention_3 | flex_attention; null: transformers'
     default for the model."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters (peft): `r` > 0 trains only adapters on a frozen base (`ngrpo.lora`)."""
 
 
 @dataclass
@@ -377,7 +380,17 @@ _REQUIRED_EXAMPLES = {
 
 
 def _sections() -> dict[str, type]:
-    return {name: tp for name, tp in _field_types(TrainConfig).items() if _is_dataclass_type(tp)}
+    """Every section by dotted name, nested ones included (`model`, `model.lora`, `train`, ...)."""
+    sections: dict[str, type] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        for name, tp in _field_types(cls).items():
+            if _is_dataclass_type(tp):
+                sections[f"{prefix}{name}"] = tp
+                walk(tp, f"{prefix}{name}.")
+
+    walk(TrainConfig, "")
+    return sections
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -393,12 +406,15 @@ def _field_types(cls: type) -> dict[str, Any]:
 def _schema() -> dict[str, Any]:
     """Every canonical dotted key and its declared type."""
     schema: dict[str, Any] = {}
-    for name, tp in _field_types(TrainConfig).items():
-        if _is_dataclass_type(tp):
-            for sub, sub_tp in _field_types(tp).items():
-                schema[f"{name}.{sub}"] = sub_tp
-        else:
-            schema[name] = tp
+
+    def walk(cls: type, prefix: str) -> None:
+        for name, tp in _field_types(cls).items():
+            if _is_dataclass_type(tp):
+                walk(tp, f"{prefix}{name}.")  # a section (nested ones: `model.lora.r`)
+            else:
+                schema[f"{prefix}{name}"] = tp
+
+    walk(TrainConfig, "")
     return schema
 
 
@@ -492,7 +508,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 def _unknown_key(key: str, source: str) -> NgrpoError:
     known = [*_schema(), *ALIASES]
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    head = key.split(".")[0]
+    head = key.rpartition(".")[0]
+    while head and head not in _sections():  # the innermost section the key names
+        head = head.rpartition(".")[0]
     if close:
         hint = f"did you mean {' or '.join(close)}?"
     elif head in _sections():
@@ -713,6 +731,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _check_choice("model.dtype", m.dtype, list(DTYPES))
     _check_device(m.device)
     _check_choice("model.attn_implementation", m.attn_implementation, [None, *ATTN_IMPLEMENTATIONS])
+    m.lora.validate()
 
     d = cfg.data
     _require(bool(d.train.strip()), "data.train must not be empty (a task split or a file)")

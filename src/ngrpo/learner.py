@@ -23,7 +23,8 @@ Choices worth knowing:
 - A non-finite loss or gradient skips that optimizer step (gradients dropped, counted in
   `train/skipped_updates`, logged as a warning); training goes on. Every micro-batch still runs
   its backward and the decision is all-reduced, so data-parallel processes skip together.
-- After every optimizer step the neighbour index is invalidated (embeddings changed).
+- After every optimizer step the neighbour index is invalidated (embeddings changed), unless the
+  searched table is frozen (LoRA, `ngrpo.lora`): then its cache is built once for the run.
 - Log-probabilities and entropy never go through full logits: `ngrpo.scoring.score_tokens` runs the
   body once and the head over chunks of the scored positions, recomputed in the backward
   (`full_logits=True` restores the full-logits path, for comparisons).
@@ -257,6 +258,7 @@ def update_policy(
     accelerator=None,
     neighbor_index=None,
     embedding=None,
+    ref_context=None,
 ) -> dict[str, float]:
     """Learn from one step's rollouts; returns averaged metrics (loss/*, actor/*, train/*).
 
@@ -264,6 +266,8 @@ def update_policy(
     unwrapped model's input `embedding`); `accelerator` (Hugging Face accelerate) does backward,
     clipping and gradient synchronisation when given. Metrics of skipped mini-batches are left
     out of the averages; `actor/grad_norm` is the mean pre-clipping norm of the applied steps.
+    `ref_context`: a context-manager factory the reference is scored under (LoRA: the policy
+    itself as `ref_model`, with peft's `disable_adapter`, so no second model is held).
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
     unwrapped = model if accelerator is None else accelerator.unwrap_model(model)
@@ -272,7 +276,8 @@ def update_policy(
     mask = loss_mask(batch, params.mask_truncated_completions)  # (N, T)
     ref_logp = None
     if params.beta > 0:
-        ref_logp = reference_logprobs(ref_model, batch, params.temperature, params)  # (N, T)
+        with ref_context() if ref_context is not None else contextlib.nullcontext():
+            ref_logp = reference_logprobs(ref_model, batch, params.temperature, params)  # (N, T)
     rows_per_mini = params.mini_batch_groups * params.group_size
     averages = _Averages()
     skipped, grad_norms, first = 0, [], True
@@ -326,8 +331,8 @@ def update_policy(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            if neighbor_index is not None:
-                neighbor_index.invalidate()
+            if neighbor_index is not None and neighbor_index.table().requires_grad:
+                neighbor_index.invalidate()  # a frozen table (LoRA) keeps its cache
     result = averages.result()
     result["actor/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
     result["train/skipped_updates"] = float(skipped)

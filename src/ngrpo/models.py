@@ -1,7 +1,8 @@
 """Loading local Hugging Face causal language models, with errors a user can act on.
 
-Any local directory written by `save_pretrained` works (no remote code, no hub access). The
-special path `base` means the embedded base model (built on first use, see `ngrpo.base_model`).
+Any local directory written by `save_pretrained` works (no remote code, no hub access), and a peft
+LoRA adapter directory whose adapter_config.json names a local base (`ngrpo.lora`). The special
+path `base` means the embedded base model (built on first use, see `ngrpo.base_model`).
 
 Damaged files are reported by name before transformers sees them: every JSON file the loader reads
 must parse, and every safetensors file must have a complete header that covers the file (a
@@ -78,6 +79,8 @@ def resolve_model_path(path: str | Path) -> Path:
     model_dir = Path(path).expanduser()
     if not model_dir.is_dir():
         raise NgrpoError(f"model directory {str(model_dir)!r} does not exist")
+    if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
+        return model_dir  # a LoRA adapter (ngrpo.lora): `load_model` loads its base + adapter
     if not (model_dir / "config.json").is_file():
         raise NgrpoError(
             f"{str(model_dir)!r} is not a model directory: no config.json "
@@ -175,10 +178,17 @@ def load_tokenizer(path: str | Path):
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ):
-    """A causal LM from a local directory, in eval mode, on `device` with parameters in `dtype`."""
+    """A causal LM from a local directory, in eval mode, on `device` with parameters in `dtype`.
+
+    A LoRA adapter directory (a LoRA run's checkpoint) loads as its base model (the directory in
+    its adapter_config.json) with the adapter merged in (`ngrpo.lora.load_merged`)."""
     from transformers import AutoModelForCausalLM
 
+    from ngrpo.lora import is_adapter_dir, load_merged
+
     model_dir = resolve_model_path(path)
+    if is_adapter_dir(model_dir) and not (model_dir / "config.json").is_file():
+        return load_merged(model_dir, device, dtype)
     check_weight_files(model_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(

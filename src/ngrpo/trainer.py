@@ -13,7 +13,8 @@ Run directory (`output_dir`):
 - `metrics.jsonl`: one line per training step (`{"step": s, "type": "train", ...}`) and one per
   evaluation (`"type": "eval"`), flat namespaced keys (`reward/mean`, `loss/pg`, `eval/arith-id/
   pass@1`, ...);
-- `checkpoints/step-NNNNNN/`: Hugging Face model + tokenizer (safetensors) and `trainer_state.pt`
+- `checkpoints/step-NNNNNN/`: Hugging Face model (a LoRA run: the peft adapter, `ngrpo.lora`) +
+  tokenizer (safetensors) and `trainer_state.pt`
   (optimizer, scheduler, RNG states, step, data position, best metric). The state holds only
   tensors, numbers, strings and plain containers (RNG states as tensors) and is read back with
   `torch.load(weights_only=True)`: a run directory from elsewhere cannot run code on `--resume`.
@@ -262,6 +263,8 @@ class Run:
     pool: object
     rewards: object  # ngrpo.rewards.functions.RewardSet
     variant_classes: torch.Tensor | None = None  # (V,) embedded task: surface-variant class ids
+    peft_model: object | None = None  # LoRA: the PeftModel around `policy` (saving, reference)
+    ref_context: Callable | None = None  # LoRA: peft's disable_adapter, the reference's context
     step: int = 0
     best: float | None = None
     skipped_total: int = 0
@@ -314,9 +317,20 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     if resume and latest is None:
         log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
     weights = latest if latest is not None else base_path
+    lora = cfg.model.lora.enabled
+    if lora and latest is not None:
+        from ngrpo.lora import adapter_base_path
+
+        base_path = adapter_base_path(latest)  # the base the adapter was trained on
     tokenizer = load_tokenizer(base_path)
-    # Master weights stay fp32; bf16 / fp16 compute comes from accelerate's autocast.
-    policy = load_model(weights, accelerator.device, torch.float32)
+    peft_model = None
+    if lora:  # frozen base (compute dtype when half precision) + fp32 adapters: ngrpo.lora
+        from ngrpo.lora import load_policy
+
+        peft_model, policy = load_policy(cfg.model.lora, base_path, latest, accelerator.device,
+                                         dtype)  # fmt: skip
+    else:  # master weights stay fp32; bf16 / fp16 compute comes from accelerate's autocast
+        policy = load_model(weights, accelerator.device, torch.float32)
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     disable_dropout(policy)  # the learner must see exactly what the rollout saw (replay)
@@ -324,12 +338,15 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     vocab = policy.get_input_embeddings().weight.shape[0]
     cfg.exploration.validate(vocab_size=vocab)
     ref_model = None
-    if cfg.train.beta > 0:
+    if cfg.train.beta > 0 and lora:  # the policy itself with its adapters disabled: no copy
+        ref_model = policy
+    elif cfg.train.beta > 0:
         ref_model = load_model(base_path, accelerator.device, dtype).requires_grad_(False)
 
-    optimizer = torch.optim.AdamW(
-        policy.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay
-    )
+    optimizer = torch.optim.AdamW(  # LoRA: the adapters only (everything else is frozen)
+        [p for p in policy.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
+        weight_decay=cfg.train.weight_decay,
+    )  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.train.warmup_steps))
     model, optimizer = accelerator.prepare(policy, optimizer)
 
@@ -388,6 +405,8 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         answer_start_ids=answer_start_ids(tokenizer, cfg.exploration.answer_start),
         neighbor_index=index, params=params, pool=GradingPool(), rewards=rewards,
         dropped_prompts=dropped, variant_classes=_variant_classes(cfg, tokenizer),
+        peft_model=peft_model,
+        ref_context=peft_model.disable_adapter if peft_model is not None else None,
     )  # fmt: skip
     rewards.pool = run.pool  # the built-in graders share the run's grading workers
     rewards.start()  # a user function that cannot load fails here, before any step
@@ -532,7 +551,7 @@ def _train_step(run: Run) -> dict[str, float]:
     learner = update_policy(
         run.model, run.optimizer, run.scheduler, batch, advantages.to(batch.logprobs.device),
         run.params, ref_model=run.ref_model, accelerator=acc, neighbor_index=run.neighbor_index,
-        embedding=run.policy.get_input_embeddings(),
+        embedding=run.policy.get_input_embeddings(), ref_context=run.ref_context,
     )  # fmt: skip
     learner_s = time.perf_counter() - started
     trained_tokens = float(batch.response_mask.sum()) * cfg.train.num_iterations  # × PPO epochs
@@ -573,6 +592,11 @@ def _evaluate(run: Run) -> dict[str, float]:
             )  # fmt: skip
             metrics.update(eval_metrics(name, result.summary))
     return metrics
+
+
+def _saved_model(run: Run):
+    """What a checkpoint holds: the adapter (peft format) of a LoRA run, else the whole model."""
+    return run.peft_model if run.peft_model is not None else run.policy
 
 
 def _trainer_state(run: Run) -> dict:
@@ -630,7 +654,7 @@ def _maybe_eval(run: Run, writer, progress: Progress | None) -> None:
             run.best = value
 
             def write(tmp: Path) -> None:
-                _save_model(tmp, run.policy, run.tokenizer)
+                _save_model(tmp, _saved_model(run), run.tokenizer)
                 (tmp / "best.json").write_text(json.dumps({"step": run.step, "value": value}))
 
             _write_atomically(run.run_dir / "best", write)
@@ -682,7 +706,7 @@ def train(
             if run.step == cfg.train.steps or (save_every and run.step % save_every == 0):
                 if run.accelerator.is_main_process:
                     save_checkpoint(
-                        run_dir, run.step, run.policy, run.tokenizer, _trainer_state(run),
+                        run_dir, run.step, _saved_model(run), run.tokenizer, _trainer_state(run),
                         cfg.logging.keep_last,
                     )  # fmt: skip
                 run.accelerator.wait_for_everyone()
