@@ -214,6 +214,10 @@ def test_two_steps_then_resume_two_equals_four_straight(lora_run, base_model_dir
     straight, _, _, _ = lora_run
     out = tmp_path / "split"
     train(_cfg(base_model_dir, out, 2))
+    other = tmp_path / "other_base"  # the same weights elsewhere: still not the recorded base
+    shutil.copytree(base_model_dir, other)
+    with pytest.raises(NgrpoError, match=r"was trained on the base .* resume with model.path="):
+        train(load_run_config(out, ["train.steps=4", f"model.path={other}"]), resume=True)
     train(load_run_config(out, ["train.steps=4"]), resume=True)
     ref = load_file(str(straight / "checkpoints/step-000004/adapter_model.safetensors"))
     got = load_file(str(out / "checkpoints/step-000004/adapter_model.safetensors"))
@@ -242,6 +246,19 @@ def test_load_model_accepts_an_adapter_directory(lora_run, base_model_dir, tmp_p
     (moved / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(NgrpoError, match=r"gone. named in .* does not exist"):
         ngrpo.models.load_model(moved)
+
+
+def test_best_checkpoint_is_an_adapter_too(base_model_dir, tmp_path):
+    out = train(_cfg(
+        base_model_dir, tmp_path / "run", 1, "eval.every=1", "eval.limit=3", "eval.n=2",
+        "eval.max_new_tokens=8", "data.eval_sets=arith-id",
+        "eval.best_metric=eval/arith-id/pass@1",
+    ))  # fmt: skip
+    names = {p.name for p in (out / "best").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "best.json"} <= names
+    assert "model.safetensors" not in names
+    assert main(["export", str(out), str(tmp_path / "exp"), "--checkpoint", "best"]) == 0
+    assert (tmp_path / "exp" / "model.safetensors").is_file()
 
 
 # ----------------------------------------------------------------------------------- export

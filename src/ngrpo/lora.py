@@ -10,9 +10,14 @@ only them. What follows from that, and how it deviates from a full-weight run:
   disabled (peft's `disable_adapter` context): no second copy of the weights in memory;
 - adapter dropout must be 0: the rollout samples in train mode and the learner must score exactly
   what was sampled (the replay invariant); a stochastic adapter would break it;
-- the frozen base is held in the compute dtype when that is bfloat16 / float16 (its master weights
-  never change, so fp32 buys nothing), the adapters in fp32 (peft's default); fp32 everywhere on
-  CPU;
+- the frozen base is held in fp32, like the full-weight path's master weights, and bf16 / fp16
+  compute comes from accelerate's autocast as there; the adapters are fp32. Holding the frozen
+  base in the compute dtype would halve its memory, but then the model's (bf16) hidden states
+  reach the learner as the fp32 copy accelerate's output conversion makes, and
+  `ngrpo.scoring.score_tokens` falls back to full (N, T, V) logits (measured on CPU with
+  model.dtype=bfloat16): not done until the scoring path takes half-precision bases. What LoRA
+  saves is the gradients and the two AdamW moments of every base weight (12 of 16 bytes per
+  parameter);
 - checkpoints hold the adapter in peft's own format (`adapter_config.json`,
   `adapter_model.safetensors`, written by `save_pretrained`) next to the tokenizer; the adapter
   config's `base_model_name_or_path` is the resolved local base directory, so `load_model` on a
@@ -130,12 +135,6 @@ def check_targets(model: torch.nn.Module, targets: list[str]) -> None:
         raise NgrpoError(_frozen_message(frozen))
 
 
-def base_dtype(compute_dtype: torch.dtype) -> torch.dtype:
-    """The dtype the frozen base is held in: the compute dtype when it is half precision, else
-    fp32 (adapters are fp32 either way)."""
-    return compute_dtype if compute_dtype in (torch.bfloat16, torch.float16) else torch.float32
-
-
 def inject(model: torch.nn.Module, cfg: LoraConfig, base_dir: Path):
     """Wrap `model` in a peft `PeftModelForCausalLM` with fresh adapters (B = 0: the adapted model
     starts equal to the base). Only adapter weights require grad afterwards."""
@@ -181,6 +180,18 @@ def adapter_base_path(adapter_dir: str | Path) -> Path:
     return resolve_model_path(base)
 
 
+def resume_base(adapter_dir: Path, configured: Path) -> Path:
+    """The base to resume a LoRA run on: the one recorded in the checkpoint's adapter config,
+    which must be the run's `model.path` (resolved), else `NgrpoError` naming both."""
+    recorded = adapter_base_path(adapter_dir)
+    if recorded.resolve() != Path(configured).resolve():
+        raise NgrpoError(
+            f"{adapter_dir / ADAPTER_CONFIG} was trained on the base {str(recorded)!r} but "
+            f"model.path resolves to {str(configured)!r}; resume with model.path={recorded}"
+        )
+    return recorded
+
+
 def load_adapter(model: torch.nn.Module, adapter_dir: str | Path, trainable: bool):
     """`model` wrapped with the adapter saved in `adapter_dir` (a `PeftModel`)."""
     from peft import PeftModel
@@ -193,26 +204,19 @@ def load_adapter(model: torch.nn.Module, adapter_dir: str | Path, trainable: boo
 
 
 def load_policy(
-    cfg: LoraConfig,
-    base_dir: Path,
-    adapter_dir: Path | None,
-    device: str | torch.device,
-    compute_dtype: torch.dtype,
+    cfg: LoraConfig, base_dir: Path, adapter_dir: Path | None, device: str | torch.device
 ):
-    """(peft model, policy) for training: the base in `base_dtype(compute_dtype)` with fresh
-    adapters, or with the trainable adapter of checkpoint `adapter_dir` (resume). The policy is
-    the injected transformers model that rollout, learner and evaluation call."""
+    """(peft model, policy) for training: the fp32 base with fresh adapters, or with the
+    trainable adapter of checkpoint `adapter_dir` (resume). The policy is the injected
+    transformers model that rollout, learner and evaluation call."""
     from ngrpo.models import load_model
 
-    model = load_model(base_dir, device, base_dtype(compute_dtype))
+    model = load_model(base_dir, device, torch.float32)
     if adapter_dir is None:
         peft_model = inject(model, cfg, base_dir)
     else:
         check_targets(model, cfg.target_modules)
         peft_model = load_adapter(model, adapter_dir, trainable=True)
-    for param in peft_model.parameters():  # adapters in fp32, whatever the base holds
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
     return peft_model, peft_model.get_base_model()
 
 

@@ -319,17 +319,18 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     weights = latest if latest is not None else base_path
     lora = cfg.model.lora.enabled
     if lora and latest is not None:
-        from ngrpo.lora import adapter_base_path
+        from ngrpo.lora import resume_base
 
-        base_path = adapter_base_path(latest)  # the base the adapter was trained on
+        base_path = resume_base(latest, base_path)  # the base the adapter was trained on
     tokenizer = load_tokenizer(base_path)
     peft_model = None
-    if lora:  # frozen base (compute dtype when half precision) + fp32 adapters: ngrpo.lora
+    # Master weights stay fp32 (LoRA: the frozen base and the adapters, `ngrpo.lora`); bf16 /
+    # fp16 compute comes from accelerate's autocast.
+    if lora:
         from ngrpo.lora import load_policy
 
-        peft_model, policy = load_policy(cfg.model.lora, base_path, latest, accelerator.device,
-                                         dtype)  # fmt: skip
-    else:  # master weights stay fp32; bf16 / fp16 compute comes from accelerate's autocast
+        peft_model, policy = load_policy(cfg.model.lora, base_path, latest, accelerator.device)
+    else:
         policy = load_model(weights, accelerator.device, torch.float32)
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
