@@ -318,3 +318,32 @@ def test_export_errors(lora_run, tmp_path, capsys):
         assert main(["export", *args]) == 2
         assert message in capsys.readouterr().err
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
+
+
+def test_adapters_get_the_same_gradient_with_gradient_checkpointing(lora_run, base_model_dir):
+    """Checkpointed layers still pass the same gradients to the adapters although the inputs
+    come from a frozen embedding table (a known pitfall of checkpointing with frozen inputs)."""
+    from ngrpo.learner import sequence_logprobs
+    from ngrpo.lora import LoraConfig, load_policy
+
+    _, run, _, _ = lora_run
+    batch = generate(
+        run.policy, run.prompts[:2], SamplingParams(n=2, max_new_tokens=10),
+        eos_token_id=run.tokenizer.eos_token_id, pad_token_id=run.tokenizer.pad_token_id, seed=5,
+    )  # fmt: skip
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same adapter init (lora_A is random) both times
+        peft_model, policy = load_policy(LoraConfig(r=4), base_model_dir, None, "cpu")
+        if checkpointing:
+            policy.gradient_checkpointing_enable()
+        policy.train()
+        logp, _ = sequence_logprobs(policy, batch, 1.0)
+        logp.sum().backward()
+        # lora_B starts at 0, so lora_A's gradient is 0 either way: compare lora_B's
+        grads.append({n: p.grad.clone() for n, p in adapter_parameters(peft_model).items()
+                      if "lora_B" in n})  # fmt: skip
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert all(grads[0][n].abs().sum() > 0 for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6)
