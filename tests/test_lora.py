@@ -218,6 +218,8 @@ def test_two_steps_then_resume_two_equals_four_straight(lora_run, base_model_dir
     shutil.copytree(base_model_dir, other)
     with pytest.raises(NgrpoError, match=r"was trained on the base .* resume with model.path="):
         train(load_run_config(out, ["train.steps=4", f"model.path={other}"]), resume=True)
+    with pytest.raises(NgrpoError, match="holds a LoRA adapter but model.lora.r=0"):
+        train(load_run_config(out, ["train.steps=4", "model.lora.r=0"]), resume=True)
     train(load_run_config(out, ["train.steps=4"]), resume=True)
     ref = load_file(str(straight / "checkpoints/step-000004/adapter_model.safetensors"))
     got = load_file(str(out / "checkpoints/step-000004/adapter_model.safetensors"))

@@ -180,6 +180,21 @@ def adapter_base_path(adapter_dir: str | Path) -> Path:
     return resolve_model_path(base)
 
 
+def check_checkpoint_kind(checkpoint: Path, lora: bool) -> None:
+    """A LoRA run resumes from adapter checkpoints and a full-weight run from full models;
+    `NgrpoError` when `model.lora.r` was changed between the two."""
+    if is_adapter_dir(checkpoint) and not lora:
+        raise NgrpoError(
+            f"{checkpoint} holds a LoRA adapter but model.lora.r=0; resume with the run's "
+            f"model.lora settings, or start a new run from it with model.path={checkpoint}"
+        )
+    if lora and not is_adapter_dir(checkpoint):
+        raise NgrpoError(
+            f"{checkpoint} holds full model weights but model.lora.r > 0; resume without LoRA "
+            f"(model.lora.r=0) or start a LoRA run on it with model.path={checkpoint}"
+        )
+
+
 def resume_base(adapter_dir: Path, configured: Path) -> Path:
     """The base to resume a LoRA run on: the one recorded in the checkpoint's adapter config,
     which must be the run's `model.path` (resolved), else `NgrpoError` naming both."""

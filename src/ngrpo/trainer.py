@@ -318,10 +318,12 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
     weights = latest if latest is not None else base_path
     lora = cfg.model.lora.enabled
-    if lora and latest is not None:
-        from ngrpo.lora import resume_base
+    if latest is not None:
+        from ngrpo.lora import check_checkpoint_kind, resume_base
 
-        base_path = resume_base(latest, base_path)  # the base the adapter was trained on
+        check_checkpoint_kind(latest, lora)  # model.lora.r changed since the run started
+        if lora:
+            base_path = resume_base(latest, base_path)  # the base the adapter was trained on
     tokenizer = load_tokenizer(base_path)
     peft_model = None
     # Master weights stay fp32 (LoRA: the frozen base and the adapters, `ngrpo.lora`); bf16 /
