@@ -46,7 +46,8 @@ def handler(args: argparse.Namespace) -> int:
     console = Console(stderr=True, quiet=not main_process)
     derived = derived_values(cfg)
     console.print(
-        f"[bold]{cfg.exploration.strategy}[/] on {cfg.data.train} · model {cfg.model.path} · "
+        f"[bold]{cfg.exploration.strategy}[/] on {cfg.data.train} · model {cfg.model.path}"
+        f"{f' + LoRA r={cfg.model.lora.r}' if cfg.model.lora.enabled else ''} · "
         f"{cfg.train.steps} steps × {derived['rollouts_per_step']} rollouts "
         f"({cfg.train.prompts_per_step} prompts × {cfg.rollout.num_generations}) · "
         f"{derived['optimizer_steps_per_step']} optimizer steps per step · "
