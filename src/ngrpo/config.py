@@ -214,6 +214,11 @@ class GRPOConfig:
     max_sampling_rounds: int = 4
     """Cap on rollout rounds per step with dynamic sampling (each draws `prompts_per_step`
     prompts); at the cap the step trains on the groups it has."""
+    strategy: str = "ddp"
+    """Data-parallel strategy under several processes (verl `actor_rollout_ref.actor.strategy`):
+    `ddp` (every process holds the whole model and optimizer) | `fsdp` (FSDP2: parameters,
+    gradients and optimizer state sharded over the processes; `ngrpo.sharding`). One process
+    runs the same either way, except for the checkpoint format (README "Sharded training")."""
 
     @property
     def clip_high(self) -> float:
@@ -280,6 +285,7 @@ class TrainConfig:
 
 
 SOFT_INPUT_GRAD = ("all", "none")
+STRATEGIES = ("ddp", "fsdp")  # train.strategy (ngrpo.sharding)
 
 # Other names for keys (see the module docstring). Value: the canonical dotted key.
 _TRL_SHORTCUTS = {
@@ -316,6 +322,7 @@ _VERL_KEYS = {
     "actor_rollout_ref.actor.clip_ratio_high": "train.epsilon_high",
     "actor_rollout_ref.actor.loss_agg_mode": "train.loss_type",
     "actor_rollout_ref.actor.clip_ratio_c": "train.clip_ratio_c",
+    "actor_rollout_ref.actor.strategy": "train.strategy",
     "algorithm.filter_groups.enable": "train.dynamic_sampling",
     "algorithm.filter_groups.max_num_gen_batches": "train.max_sampling_rounds",
     "actor_rollout_ref.actor.entropy_coeff": "train.entropy_coef",
@@ -773,6 +780,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
                  and t.clip_ratio_c > 1, f"train.clip_ratio_c must be > 1 or null (off), "
                  f"got {t.clip_ratio_c!r}")
     _check_choice("train.soft_input_grad", t.soft_input_grad, list(SOFT_INPUT_GRAD))
+    _check_choice("train.strategy", t.strategy, list(STRATEGIES))
     _check_choice("train.dynamic_sampling", t.dynamic_sampling, [True, False])
     _check_int("train.max_sampling_rounds", t.max_sampling_rounds, 1)
 

@@ -245,9 +245,9 @@ class Run:
 
     cfg: TrainConfig
     run_dir: Path
-    accelerator: object
-    model: object  # possibly wrapped for data parallelism
-    policy: object  # the unwrapped model
+    accelerator: object  # accelerate's Accelerator, or ngrpo.sharding.FsdpStrategy around it
+    model: object  # the policy module (ngrpo.policy), wrapped by DDP or sharded by FSDP
+    policy: object  # the plain model the rollout runs on (FSDP: the rollout copy)
     ref_model: object | None
     tokenizer: object
     optimizer: torch.optim.Optimizer
@@ -266,6 +266,11 @@ class Run:
     best: float | None = None
     skipped_total: int = 0
     dropped_prompts: int = 0
+    rollout_copy: object | None = None  # ngrpo.sharding.RolloutCopy under FSDP
+
+    @property
+    def sharded(self) -> bool:
+        return self.rollout_copy is not None
 
 
 def _lr_lambda(warmup_steps: int):
@@ -291,9 +296,11 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     from ngrpo.exploration import answer_start_ids
     from ngrpo.models import load_model, load_tokenizer, resolve_model_path
     from ngrpo.neighbors import NeighborIndex
+    from ngrpo.policy import SoftInputPolicy
     from ngrpo.rewards import GradingPool
     from ngrpo.rewards.functions import build_reward_set
     from ngrpo.rollout import neighbor_search_table
+    from ngrpo.sharding.checkpoint import load_optimizer_state
 
     device, dtype = resolve_device_dtype(
         cfg.model.device, cfg.model.dtype, torch.cuda.is_available(),
@@ -327,11 +334,22 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     if cfg.train.beta > 0:
         ref_model = load_model(base_path, accelerator.device, dtype).requires_grad_(False)
 
+    module, copy = SoftInputPolicy(policy), None
+    if cfg.train.strategy == "fsdp" and accelerator.num_processes > 1:
+        from ngrpo.sharding import FsdpStrategy, RolloutCopy, shard_policy
+
+        rollout_model = load_model(weights, accelerator.device, dtype)  # full, compute dtype
+        disable_dropout(rollout_model)
+        shard_policy(module, dtype, accelerator.num_processes, accelerator.device.type)
+        copy, policy = RolloutCopy(module, rollout_model), rollout_model
+        accelerator = FsdpStrategy(accelerator)
     optimizer = torch.optim.AdamW(
-        policy.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay
+        module.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.train.warmup_steps))
-    model, optimizer = accelerator.prepare(policy, optimizer)
+    model = module
+    if copy is None:
+        model, optimizer = accelerator.prepare(module, optimizer)
 
     train_set = load_benchmark(
         cfg.data.train, limit=cfg.data.train_limit, problem_field=cfg.data.problem_field,
@@ -388,11 +406,12 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         answer_start_ids=answer_start_ids(tokenizer, cfg.exploration.answer_start),
         neighbor_index=index, params=params, pool=GradingPool(), rewards=rewards,
         dropped_prompts=dropped, variant_classes=_variant_classes(cfg, tokenizer),
+        rollout_copy=copy,
     )  # fmt: skip
     rewards.pool = run.pool  # the built-in graders share the run's grading workers
     rewards.start()  # a user function that cannot load fails here, before any step
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(module, optimizer, latest, state["optimizer"], run.sharded)
         scheduler.load_state_dict(state["scheduler"])
         run.sampler.load_state_dict(state["sampler"])
         _set_rng_state(state["rng"])
@@ -444,30 +463,39 @@ def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------ one step
 
 
-def _rollout_round(run: Run, indices: list[int], round_: int, reward_metrics: list[dict]):
+def _rollout_round(
+    run: Run, indices: list[int], round_: int, reward_metrics: list[dict], first: int = 0
+):
     """Rollouts with exploration on for this process's prompt `indices`, and their rewards.
 
     Returns (batch, texts, rewards (N,)) and appends the round's reward metrics to
-    `reward_metrics`. Round 0 keeps the seed a step always had; dynamic sampling's later rounds
-    offset it."""
+    `reward_metrics`. `first`: the global index of `indices[0]` in the round's prompt list. Each
+    generation batch is seeded from (seed, step, round, global index of its first prompt)
+    (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size."""
     from ngrpo.rollout import EngineOptions, SamplingParams, generate
+    from ngrpo.rollout.batch import concat_batches
+    from ngrpo.sharding.data_parallel import generation_batches, rollout_seed
 
     cfg, acc = run.cfg, run.accelerator
-    seed = (cfg.seed * 1_000_003 + run.step) * 1_009 + acc.process_index + round_ * 104_729
-    with acc.autocast():
-        batch = generate(
-            run.policy, [run.prompts[i] for i in indices],
-            SamplingParams(
-                n=cfg.rollout.num_generations, temperature=cfg.rollout.temperature,
-                top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                max_new_tokens=cfg.rollout.max_completion_length,
-            ),
-            eos_token_id=run.tokenizer.eos_token_id, pad_token_id=run.tokenizer.pad_token_id,
-            exploration=cfg.exploration, answer_start_ids=run.answer_start_ids, training=True,
-            seed=seed, batch_size=cfg.rollout.generation_batch_size,
-            neighbor_index=run.neighbor_index,
-            engine=EngineOptions(cfg.rollout.kv_cache, cfg.rollout.cuda_graphs),
-        )  # fmt: skip
+    parts = []
+    for start, count in generation_batches(
+        len(indices), cfg.rollout.num_generations, cfg.rollout.generation_batch_size
+    ):
+        with acc.autocast():
+            parts.append(generate(
+                run.policy, [run.prompts[i] for i in indices[start : start + count]],
+                SamplingParams(
+                    n=cfg.rollout.num_generations, temperature=cfg.rollout.temperature,
+                    top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                    max_new_tokens=cfg.rollout.max_completion_length,
+                ),
+                eos_token_id=run.tokenizer.eos_token_id, pad_token_id=run.tokenizer.pad_token_id,
+                exploration=cfg.exploration, answer_start_ids=run.answer_start_ids,
+                training=True, seed=rollout_seed(cfg.seed, run.step, round_, first + start),
+                batch_size=cfg.rollout.generation_batch_size, neighbor_index=run.neighbor_index,
+                engine=EngineOptions(cfg.rollout.kv_cache, cfg.rollout.cuda_graphs),
+            ))  # fmt: skip
+    batch = concat_batches(parts, run.tokenizer.pad_token_id)
     # weighted reward components (built-in graders and user functions)
     response_ids = batch.responses()
     texts = [run.tokenizer.decode(r, skip_special_tokens=True) for r in response_ids]
@@ -519,7 +547,7 @@ def _train_step(run: Run) -> dict[str, float]:
         indices = run.sampler.take(cfg.train.prompts_per_step)
         local = cfg.train.prompts_per_step // world
         batch, texts, rewards = _rollout_round(
-            run, indices[rank * local : (rank + 1) * local], 0, round_metrics
+            run, indices[rank * local : (rank + 1) * local], 0, round_metrics, first=rank * local
         )
         sampling_metrics = {}
     rollout_s = time.perf_counter() - started
@@ -532,8 +560,11 @@ def _train_step(run: Run) -> dict[str, float]:
     learner = update_policy(
         run.model, run.optimizer, run.scheduler, batch, advantages.to(batch.logprobs.device),
         run.params, ref_model=run.ref_model, accelerator=acc, neighbor_index=run.neighbor_index,
-        embedding=run.policy.get_input_embeddings(),
     )  # fmt: skip
+    if run.sharded:  # the rollout copy takes the new weights; the neighbour index follows
+        run.rollout_copy.refresh()
+        if run.neighbor_index is not None:
+            run.neighbor_index.invalidate()
     learner_s = time.perf_counter() - started
     trained_tokens = float(batch.response_mask.sum()) * cfg.train.num_iterations  # × PPO epochs
     metrics = {
@@ -576,9 +607,12 @@ def _evaluate(run: Run) -> dict[str, float]:
 
 
 def _trainer_state(run: Run) -> dict:
+    from ngrpo.sharding.checkpoint import OPTIMIZER_IN_DCP
+
+    optimizer = OPTIMIZER_IN_DCP if run.sharded else run.optimizer.state_dict()
     return {
         "step": run.step, "best": run.best, "skipped": run.skipped_total,
-        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "optimizer": optimizer, "scheduler": run.scheduler.state_dict(),
         "sampler": run.sampler.state_dict(), "rng": _rng_state(),
     }  # fmt: skip
 
@@ -680,7 +714,11 @@ def train(
             _maybe_eval(run, writer, progress)
             save_every = cfg.logging.save_every
             if run.step == cfg.train.steps or (save_every and run.step % save_every == 0):
-                if run.accelerator.is_main_process:
+                if run.sharded:
+                    from ngrpo.sharding.checkpoint import save_sharded_checkpoint
+
+                    save_sharded_checkpoint(run, run.step, _trainer_state(run))
+                elif run.accelerator.is_main_process:
                     save_checkpoint(
                         run_dir, run.step, run.policy, run.tokenizer, _trainer_state(run),
                         cfg.logging.keep_last,
