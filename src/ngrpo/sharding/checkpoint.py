@@ -145,7 +145,7 @@ def load_optimizer_state(
     directory = Path(checkpoint) / OPTIMIZER_DIR
     check_dcp_metadata(directory)
     target = get_optimizer_state_dict(module, optimizer)  # sharded under FSDP, full otherwise
-    dcp.load(target, checkpoint_id=str(directory))
+    dcp.load(target, checkpoint_id=str(directory), no_dist=not dist.is_initialized())
     if sharded:
         set_optimizer_state_dict(module, optimizer, target)
     else:
