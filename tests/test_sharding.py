@@ -28,7 +28,12 @@ from ngrpo.sharding.checkpoint import (
     names_to_ids,
     parameter_names,
 )
-from ngrpo.sharding.data_parallel import generation_batches, global_loss_normalizer, rollout_seed
+from ngrpo.sharding.data_parallel import (
+    generation_batches,
+    global_loss_normalizer,
+    process_prompt_slots,
+    rollout_seed,
+)
 
 PAD, EOS, MARKER = 0, 1, [5]
 
@@ -95,6 +100,15 @@ def test_rollout_seed_of_the_first_batch_is_the_old_single_process_seed():
 def test_rollout_seeds_differ_across_steps_rounds_and_batches():
     seeds = {rollout_seed(0, s, r, f) for s in range(60) for r in range(4) for f in range(0, 64, 4)}
     assert len(seeds) == 60 * 4 * 16
+
+
+def test_process_prompt_slots_take_a_slice_of_every_mini_batch():
+    assert process_prompt_slots(8, 8, 1, 0) == list(range(8))
+    assert process_prompt_slots(8, 4, 2, 0) == [0, 1, 4, 5]
+    assert process_prompt_slots(8, 4, 2, 1) == [2, 3, 6, 7]
+    assert process_prompt_slots(12, 4, 4, 3) == [3, 7, 11]
+    every = sorted(i for r in range(4) for i in process_prompt_slots(16, 8, 4, r))
+    assert every == list(range(16))
 
 
 def test_generation_batches():
@@ -244,3 +258,5 @@ def test_strategy_key_its_verl_alias_and_bad_values():
     assert cfg.train.strategy == "fsdp"
     with pytest.raises(NgrpoError, match="train.strategy: 'zero3' is not allowed"):
         load_config("tiny_ngrpo", ["train.strategy=zero3"])
+    for name in ("r1_distill_qwen_7b_grpo", "r1_distill_qwen_7b_ngrpo"):  # 7B needs sharding
+        assert load_config(name, ["model.path=/m", "data.train=/d"]).train.strategy == "fsdp"

@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 
 from ngrpo.trainer import checkpoint_dirs, read_metrics
 
-# One optimizer step per training step (prompts_per_step = mini_batch_prompts): each process's
-# mini-batch is its half of the global one. generation_batch_size = one prompt's group, so both
-# world sizes generate the same batches with the same seeds.
+# Two optimizer steps per training step: each process's k-th mini-batch is its half of the
+# global k-th one. generation_batch_size = one prompt's group, so both world sizes generate the
+# same batches with the same seeds.
 COMMON = [
-    "--config", "tiny_ngrpo", "train.prompts_per_step=4", "train.mini_batch_prompts=4",
+    "--config", "tiny_ngrpo", "train.prompts_per_step=4", "train.mini_batch_prompts=2",
     "rollout.num_generations=4", "rollout.max_completion_length=40",
     "rollout.generation_batch_size=4", "train.micro_batch_size=2", "train.entropy_coef=0.01",
     "eval.at_start=false", "eval.every=0", "logging.save_every=1", "logging.keep_last=3",

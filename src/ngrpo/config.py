@@ -217,8 +217,9 @@ class GRPOConfig:
     strategy: str = "ddp"
     """Data-parallel strategy under several processes (verl `actor_rollout_ref.actor.strategy`):
     `ddp` (every process holds the whole model and optimizer) | `fsdp` (FSDP2: parameters,
-    gradients and optimizer state sharded over the processes; `ngrpo.sharding`). One process
-    runs the same either way, except for the checkpoint format (README "Sharded training")."""
+    gradients and optimizer state sharded over the processes; `ngrpo.sharding`, README "Sharded
+    training (FSDP2)"). A single process shards nothing: its run and checkpoints are the same
+    either way."""
 
     @property
     def clip_high(self) -> float:

@@ -18,8 +18,10 @@ Run directory (`output_dir`):
   tensors, numbers, strings and plain containers (RNG states as tensors) and is read back with
   `torch.load(weights_only=True)`: a run directory from elsewhere cannot run code on `--resume`.
   Each is written to a temporary directory and renamed into place, so a process killed while
-  saving leaves the previous checkpoint intact; only complete `step-*` directories are read back;
-- `best/`: the model with the best `eval.best_metric` so far (same atomic write).
+  saving leaves the previous checkpoint intact; only complete `step-*` directories are read back.
+  Under FSDP the optimizer state is in `optimizer/` instead (see "Several processes");
+- `best/`: the model with the best `eval.best_metric` so far (same atomic write; under FSDP the
+  rollout copy's weights, i.e. in the compute dtype).
 
 Resume (`resume=True`): continues from the newest complete checkpoint with the same data order,
 RNG streams and optimizer state, so 2 + 2 steps equal 4 straight steps (tested). Metrics lines of
@@ -29,12 +31,31 @@ between its two renames gets its previous version back.
 
 Several processes (`torchrun --nproc_per_node N -m ngrpo train ...`; on CPU accelerate 1.15's
 `accelerate launch --cpu --num_processes N` starts one process, not a group): each process rolls
-out full groups for its own slice of each step's prompts; gradients are averaged by data
-parallelism (accelerate wraps the policy in DDP; the replay forward goes through the wrapper with
-the unwrapped model's input embedding); metrics are averaged over processes, totals and
-throughputs (`SUMMED_METRICS`) summed, and `train/world_size` is logged. Only rank 0 evaluates and
-writes files; the others wait at a barrier. With token-mean aggregation the loss is a token mean
-per process, averaged over processes (not one global token mean): the usual DDP approximation.
+out full groups for its own slice of each step's prompts. The learner scores through the policy
+module (`ngrpo.policy.SoftInputPolicy`: soft-input embedding, body and chunked head inside one
+forward), which `train.strategy` distributes:
+- `ddp` (default): accelerate wraps it in DDP, gradients are all-reduced; the rollout runs on the
+  unwrapped model;
+- `fsdp`: FSDP2 shards it (`ngrpo.sharding`: each decoder layer, then the root with the embedding
+  and head; compute-dtype parameters in the forward, fp32 reductions and master weights); the
+  rollout, evaluation and neighbour index run on a rollout copy (a plain model with the full
+  parameters in the compute dtype) refreshed after every update. Checkpoints: the same Hugging
+  Face directory (full state dict gathered on rank 0) with the optimizer state in `optimizer/`
+  (`torch.distributed.checkpoint`, sharded, by parameter name; its pickled `.metadata` is checked
+  with a restricted unpickler before loading); either format resumes under either strategy and
+  world size (`ngrpo.sharding.checkpoint`).
+The mini-batch's loss normaliser (token or sequence count) is summed over processes and each
+process's loss scaled by the world size, so the averaged gradient is exactly the global token
+(or sequence) mean of one process holding the whole mini-batch. Rollouts are world-size
+invariant: each generation batch (`rollout.generation_batch_size` rows of whole groups; with
+`null` a process's whole share) gets its own seed from (seed, step, round, global index of its
+first prompt), and each process takes its slice of every mini-batch of the step's prompts
+(`ngrpo.sharding.data_parallel.process_prompt_slots`), so N processes produce one process's
+rollouts and optimizer steps when each process's slice of a mini-batch is a whole number of
+generation batches (a 1-process run with `generation_batch_size: null` keeps its old seeds).
+Metrics are averaged over processes, totals and throughputs (`SUMMED_METRICS`) summed, and
+`train/world_size` is logged. Only rank 0 evaluates and writes files (under FSDP every rank
+writes its optimizer shard); the others wait at a barrier.
 """
 
 from __future__ import annotations
@@ -464,19 +485,21 @@ def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _rollout_round(
-    run: Run, indices: list[int], round_: int, reward_metrics: list[dict], first: int = 0
-):
+    run: Run, indices: list[int], round_: int, reward_metrics: list[dict],
+    slots: list[int] | None = None,
+):  # fmt: skip
     """Rollouts with exploration on for this process's prompt `indices`, and their rewards.
 
     Returns (batch, texts, rewards (N,)) and appends the round's reward metrics to
-    `reward_metrics`. `first`: the global index of `indices[0]` in the round's prompt list. Each
-    generation batch is seeded from (seed, step, round, global index of its first prompt)
-    (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size."""
+    `reward_metrics`. `slots`: each prompt's position in the round's global prompt list (default
+    0, 1, ...). Each generation batch is seeded from (seed, step, round, global position of its
+    first prompt) (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size."""
     from ngrpo.rollout import EngineOptions, SamplingParams, generate
     from ngrpo.rollout.batch import concat_batches
     from ngrpo.sharding.data_parallel import generation_batches, rollout_seed
 
     cfg, acc = run.cfg, run.accelerator
+    first = list(range(len(indices))) if slots is None else slots
     parts = []
     for start, count in generation_batches(
         len(indices), cfg.rollout.num_generations, cfg.rollout.generation_batch_size
@@ -491,7 +514,7 @@ def _rollout_round(
                 ),
                 eos_token_id=run.tokenizer.eos_token_id, pad_token_id=run.tokenizer.pad_token_id,
                 exploration=cfg.exploration, answer_start_ids=run.answer_start_ids,
-                training=True, seed=rollout_seed(cfg.seed, run.step, round_, first + start),
+                training=True, seed=rollout_seed(cfg.seed, run.step, round_, first[start]),
                 batch_size=cfg.rollout.generation_batch_size, neighbor_index=run.neighbor_index,
                 engine=EngineOptions(cfg.rollout.kv_cache, cfg.rollout.cuda_graphs),
             ))  # fmt: skip
@@ -535,19 +558,23 @@ def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
 def _train_step(run: Run) -> dict[str, float]:
     from ngrpo.diagnostics import neighbor_synonym_frac, rollout_diagnostics, split_groups
     from ngrpo.losses import group_advantages
+    from ngrpo.sharding.data_parallel import process_prompt_slots
 
     cfg, acc = run.cfg, run.accelerator
     world, rank = acc.num_processes, acc.process_index
-    # 1-2. this process's slice of the step's prompts (the same global order for every process),
+    # 1-2. this process's slice of each mini-batch of the step's prompts (the same global order
+    # for every process),
     # rollouts with exploration on and their rewards (dynamic sampling: several rounds)
     started, round_metrics = time.perf_counter(), []
     if cfg.train.dynamic_sampling:
         batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run, round_metrics)
     else:
         indices = run.sampler.take(cfg.train.prompts_per_step)
-        local = cfg.train.prompts_per_step // world
+        slots = process_prompt_slots(
+            cfg.train.prompts_per_step, cfg.train.mini_batch_prompts, world, rank
+        )  # this process's slice of every mini-batch
         batch, texts, rewards = _rollout_round(
-            run, indices[rank * local : (rank + 1) * local], 0, round_metrics, first=rank * local
+            run, [indices[i] for i in slots], 0, round_metrics, slots=slots
         )
         sampling_metrics = {}
     rollout_s = time.perf_counter() - started

@@ -6,10 +6,12 @@ rollout seeds (used by `ngrpo.learner` and `ngrpo.trainer` under DDP and FSDP al
   (i.e. its loss is scaled by the world size). Data parallelism averages gradients over processes,
   so the average equals the gradient of one process holding the whole mini-batch: Σ_r Σ_{i∈r} g_i /
   N_global — exactly, not the per-process token mean averaged (the usual DDP approximation).
+- Each process takes its slice of every mini-batch of the step's prompts
+  (`process_prompt_slots`), so its k-th mini-batch is its part of the global k-th one.
 - A step's rollouts are generated in generation batches of whole prompts, each with its own seed
   from (seed, step, round, global index of its first prompt): the same prompts get the same seed
   whichever process generates them, so the rollouts do not depend on the world size as long as
-  every process's share is a whole number of generation batches.
+  every process's slice of a mini-batch is a whole number of generation batches.
 """
 
 from __future__ import annotations
@@ -46,3 +48,19 @@ def generation_batches(
         return [(0, prompts)]
     per = max(1, generation_batch_size // num_generations)
     return [(start, min(per, prompts - start)) for start in range(0, prompts, per)]
+
+
+def process_prompt_slots(
+    prompts_per_step: int, mini_batch_prompts: int, world: int, rank: int
+) -> list[int]:
+    """Positions in the step's prompt order that process `rank` rolls out and learns from: its
+    slice of every mini-batch (mini-batch k's prompts k·M .. k·M + M − 1 split into `world`
+    contiguous slices). The process's k-th local mini-batch is then its part of the global k-th,
+    so N processes take the optimizer steps of one process (for any number of mini-batches per
+    step). One process: `range(prompts_per_step)`."""
+    share = mini_batch_prompts // world
+    return [
+        start + rank * share + i
+        for start in range(0, prompts_per_step, mini_batch_prompts)
+        for i in range(share)
+    ]
