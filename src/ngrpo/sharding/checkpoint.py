@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -145,7 +146,9 @@ def load_optimizer_state(
     directory = Path(checkpoint) / OPTIMIZER_DIR
     check_dcp_metadata(directory)
     target = get_optimizer_state_dict(module, optimizer)  # sharded under FSDP, full otherwise
-    dcp.load(target, checkpoint_id=str(directory), no_dist=not dist.is_initialized())
+    with warnings.catch_warnings():  # one process: DCP warns that it assumes one process
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(target, checkpoint_id=str(directory), no_dist=not dist.is_initialized())
     if sharded:
         set_optimizer_state_dict(module, optimizer, target)
     else:
