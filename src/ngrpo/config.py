@@ -134,7 +134,10 @@ class RolloutConfig:
     """Maximum response tokens; a longer response is truncated (see
     `train.mask_truncated_completions`)."""
     generation_batch_size: int | None = None
-    """Sequences decoded together (null: all rollouts of a step at once)."""
+    """Sequences decoded together (null: all of a process's rollouts of a step at once). When it
+    holds whole groups (a multiple of `num_generations`), each batch is generated with its own
+    seed from its first prompt's global position, so rollouts do not depend on the number of
+    processes (`ngrpo.sharding.data_parallel`)."""
     kv_cache: str = "auto"
     """Decoder: `static` (preallocated KV cache, finished rows compacted out, one prefill per
     prompt; Llama-family models), `dynamic` (the model's forward with a growing cache; any causal
