@@ -164,6 +164,20 @@ def test_policy_module_scores_as_score_tokens_with_the_same_gradients():
         torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
 
 
+def test_policy_module_under_autocast_scores_with_the_head_outside_it():
+    """accelerate's mixed precision wraps the whole policy forward in autocast (DDP, bf16): the
+    chunked head still runs in its own dtype and returns fp32 scores near the fp32 ones."""
+    model = _tiny().train()
+    batch = _rollouts(model, [[10, 11, 12], [20, 21]])
+    want, _ = score_tokens(model, batch, 1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logp, entropy = policy_scores(SoftInputPolicy(model), batch, 1.0)
+    assert logp.dtype == entropy.dtype == torch.float32
+    assert float((logp - want).abs().max()) < 0.1
+    (logp.sum() + entropy.sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 # ------------------------------------------------------------------------ optimizer states
 
 

@@ -268,9 +268,12 @@ def score_records(
             embedding=embedding, head=head, full_logits=True,
         )  # fmt: skip
     picked = hidden[mask]  # (M, d) scored positions only
-    logp_m, entropy_m = chunked_scores(
-        picked, head, labels[mask], temperature, chunk_elements
-    )  # (M,), (M,)
+    # The head runs outside any autocast (accelerate's mixed precision wraps the whole policy
+    # module's forward): in the head's own dtype, as when it ran after the wrapped body.
+    with torch.autocast(picked.device.type, enabled=False):
+        logp_m, entropy_m = chunked_scores(
+            picked.to(head.weight.dtype), head, labels[mask], temperature, chunk_elements
+        )  # (M,), (M,)
     logp = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # (N, T)
     entropy = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # (N, T)
     return logp.masked_scatter(mask, logp_m), entropy.masked_scatter(mask, entropy_m)
