@@ -38,7 +38,9 @@ Choices worth knowing:
   longest prompt and response (left prompt padding, right response padding), which changes no
   score: positions come from the mask and padded keys are masked out. Under data parallelism the
   processes may then run different numbers of micro-batches; each still runs exactly one
-  synchronising backward (its last) per mini-batch, so the gradient all-reduces pair up.
+  synchronising backward (its last) per mini-batch, so the gradient all-reduces pair up. Under
+  FSDP every forward gathers parameters (a collective), so a process with fewer micro-batches
+  runs zero-gradient repeats of its last one until all have run as many.
 """
 
 from __future__ import annotations
