@@ -16,6 +16,7 @@ from accelerate import Accelerator
 
 from ngrpo.bench_learner import synthetic_rollouts, vocab_model
 from ngrpo.learner import LearnerParams, micro_batches, update_policy
+from ngrpo.policy import SoftInputPolicy
 
 PROMPT, LENGTH, BUDGET = 8, 24, 30
 
@@ -31,13 +32,12 @@ def main() -> int:
     counts = micro_batches(batch.prompt_mask.sum(-1), batch.response_mask.sum(-1), 2, BUDGET)
     if len(counts) != (1 if rank == 0 else 2):
         raise SystemExit(f"rank {rank}: setup gives {len(counts)} micro-batches")
-    embedding = model.get_input_embeddings()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    wrapped, optimizer = accelerator.prepare(SoftInputPolicy(model), optimizer)
     params = LearnerParams(group_size=2, mini_batch_groups=1, micro_batch_size=2,
                            max_tokens_per_micro_batch=BUDGET)  # fmt: skip
     metrics = update_policy(wrapped, optimizer, None, batch, torch.tensor([1.0, -1.0]), params,
-                            accelerator=accelerator, embedding=embedding)  # fmt: skip
+                            accelerator=accelerator)  # fmt: skip
     if metrics["train/optimizer_steps"] != 1.0:
         raise SystemExit(f"rank {rank}: no optimizer step ({metrics})")
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])  # (P,)

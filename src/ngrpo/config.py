@@ -137,7 +137,10 @@ class RolloutConfig:
     """Maximum response tokens; a longer response is truncated (see
     `train.mask_truncated_completions`)."""
     generation_batch_size: int | None = None
-    """Sequences decoded together (null: all rollouts of a step at once)."""
+    """Sequences decoded together (null: all of a process's rollouts of a step at once). When it
+    holds whole groups (a multiple of `num_generations`), each batch is generated with its own
+    seed from its first prompt's global position, so rollouts do not depend on the number of
+    processes (`ngrpo.sharding.data_parallel`)."""
     kv_cache: str = "auto"
     """Decoder: `static` (preallocated KV cache, finished rows compacted out, one prefill per
     prompt; Llama-family models), `dynamic` (the model's forward with a growing cache; any causal
@@ -217,6 +220,12 @@ class GRPOConfig:
     max_sampling_rounds: int = 4
     """Cap on rollout rounds per step with dynamic sampling (each draws `prompts_per_step`
     prompts); at the cap the step trains on the groups it has."""
+    strategy: str = "ddp"
+    """Data-parallel strategy under several processes (verl `actor_rollout_ref.actor.strategy`):
+    `ddp` (every process holds the whole model and optimizer) | `fsdp` (FSDP2: parameters,
+    gradients and optimizer state sharded over the processes; `ngrpo.sharding`, README "Sharded
+    training (FSDP2)"). A single process shards nothing: its run and checkpoints are the same
+    either way. Not combined with LoRA (`model.lora.r > 0`) yet."""
 
     @property
     def clip_high(self) -> float:
@@ -283,6 +292,7 @@ class TrainConfig:
 
 
 SOFT_INPUT_GRAD = ("all", "none")
+STRATEGIES = ("ddp", "fsdp")  # train.strategy (ngrpo.sharding)
 
 # Other names for keys (see the module docstring). Value: the canonical dotted key.
 _TRL_SHORTCUTS = {
@@ -319,6 +329,7 @@ _VERL_KEYS = {
     "actor_rollout_ref.actor.clip_ratio_high": "train.epsilon_high",
     "actor_rollout_ref.actor.loss_agg_mode": "train.loss_type",
     "actor_rollout_ref.actor.clip_ratio_c": "train.clip_ratio_c",
+    "actor_rollout_ref.actor.strategy": "train.strategy",
     "algorithm.filter_groups.enable": "train.dynamic_sampling",
     "algorithm.filter_groups.max_num_gen_batches": "train.max_sampling_rounds",
     "actor_rollout_ref.actor.entropy_coeff": "train.entropy_coef",
@@ -792,6 +803,10 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
                  and t.clip_ratio_c > 1, f"train.clip_ratio_c must be > 1 or null (off), "
                  f"got {t.clip_ratio_c!r}")
     _check_choice("train.soft_input_grad", t.soft_input_grad, list(SOFT_INPUT_GRAD))
+    _check_choice("train.strategy", t.strategy, list(STRATEGIES))
+    _require(not (t.strategy == "fsdp" and m.lora.enabled),
+             "train.strategy=fsdp with model.lora.r > 0 is not supported yet (LoRA keeps the base "
+             "frozen: 7B adapters fit one GPU); use train.strategy=ddp for LoRA runs")
     _check_choice("train.dynamic_sampling", t.dynamic_sampling, [True, False])
     _check_int("train.max_sampling_rounds", t.max_sampling_rounds, 1)
 

@@ -19,7 +19,12 @@ Choices worth knowing:
   spent on them; `actor/replay_logp_err` logs the largest difference seen on the first mini-batch,
   a free health check (it grows under bf16, where verl recomputes π_old instead).
 - The mini-batch's loss normaliser (tokens or sequences) is computed once over the whole
-  mini-batch and shared by its micro-batches, so accumulation equals one big batch exactly.
+  mini-batch and shared by its micro-batches, so accumulation equals one big batch exactly. Under
+  data parallelism it is summed over the processes and each process's loss scaled by the world
+  size (`ngrpo.sharding.data_parallel.global_loss_normalizer`): the averaged gradient is the global
+  token (or sequence) mean exactly.
+- Scoring goes through the policy module (`ngrpo.policy.SoftInputPolicy`, wrapped by DDP or
+  sharded by FSDP2), so the soft-input embedding and the head run inside the wrapped forward.
 - A non-finite loss or gradient skips that optimizer step (gradients dropped, counted in
   `train/skipped_updates`, logged as a warning); training goes on. Every micro-batch still runs
   its backward and the decision is all-reduced, so data-parallel processes skip together.
@@ -34,7 +39,9 @@ Choices worth knowing:
   longest prompt and response (left prompt padding, right response padding), which changes no
   score: positions come from the mask and padded keys are masked out. Under data parallelism the
   processes may then run different numbers of micro-batches; each still runs exactly one
-  synchronising backward (its last) per mini-batch, so the gradient all-reduces pair up.
+  synchronising backward (its last) per mini-batch, so the gradient all-reduces pair up. Under
+  FSDP every forward gathers parameters (a collective), so a process with fewer micro-batches
+  runs zero-gradient repeats of its last one until all have run as many.
 """
 
 from __future__ import annotations
@@ -48,9 +55,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ngrpo.losses import grpo_loss, loss_normalizer
+from ngrpo.losses import AGGREGATIONS, grpo_loss, resolve_aggregation
+from ngrpo.policy import as_policy, policy_scores
 from ngrpo.rollout import RolloutBatch
-from ngrpo.scoring import output_head, score_tokens
+from ngrpo.scoring import score_tokens
+from ngrpo.sharding.data_parallel import global_loss_normalizer
 from ngrpo.soft_inputs import SoftInputs
 
 log = logging.getLogger(__name__)
@@ -214,7 +223,24 @@ def loss_mask(batch: RolloutBatch, mask_truncated: bool) -> torch.Tensor:
 
 
 def _grads_finite(parameters: Sequence[torch.nn.Parameter]) -> bool:
-    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in parameters)
+    """This process's gradients (its shards under FSDP) are all finite."""
+    return all(p.grad is None or bool(torch.isfinite(_local(p.grad)).all()) for p in parameters)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard, or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _padding(parts: int, accelerator, device) -> int:
+    """Extra zero-gradient micro-batches this process runs so that every process runs as many
+    as the busiest (only under FSDP, where every forward is a collective; DDP's processes
+    synchronise once per mini-batch whatever their counts)."""
+    if accelerator is None or not getattr(accelerator, "equal_micro_batches", False):
+        return 0
+    most = torch.tensor([float(parts)], device=device)
+    torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+    return int(most.item()) - parts
 
 
 def _agreed(ok: bool, accelerator, device) -> bool:
@@ -257,21 +283,21 @@ def update_policy(
     ref_model=None,
     accelerator=None,
     neighbor_index=None,
-    embedding=None,
     ref_context=None,
 ) -> dict[str, float]:
     """Learn from one step's rollouts; returns averaged metrics (loss/*, actor/*, train/*).
 
-    `advantages` is per row (N,). `model` may be wrapped for data parallelism (then pass the
-    unwrapped model's input `embedding`); `accelerator` (Hugging Face accelerate) does backward,
-    clipping and gradient synchronisation when given. Metrics of skipped mini-batches are left
-    out of the averages; `actor/grad_norm` is the mean pre-clipping norm of the applied steps.
-    `ref_context`: a context-manager factory the reference is scored under (LoRA: the policy
-    itself as `ref_model`, with peft's `disable_adapter`, so no second model is held).
+    `advantages` is per row (N,). `model`: a `ngrpo.policy.SoftInputPolicy`, possibly wrapped for
+    data parallelism, or a bare causal LM (wrapped in one here). `accelerator` does backward,
+    clipping, reductions and gradient synchronisation when given: Hugging Face accelerate's
+    `Accelerator` (DDP) or `ngrpo.sharding.FsdpStrategy` (same methods). Metrics of skipped
+    mini-batches are left out of the averages; `actor/grad_norm` is the mean pre-clipping norm of
+    the applied steps. `ref_context`: a context-manager factory the reference is scored under
+    (LoRA: the policy itself as `ref_model`, with peft's `disable_adapter`, so no second model).
     """
+    model = as_policy(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    unwrapped = model if accelerator is None else accelerator.unwrap_model(model)
-    head = output_head(unwrapped)
+    world = 1 if accelerator is None else accelerator.num_processes
     device = batch.response_ids.device
     mask = loss_mask(batch, params.mask_truncated_completions)  # (N, T)
     ref_logp = None
@@ -283,22 +309,30 @@ def update_policy(
     skipped, grad_norms, first = 0, [], True
     for _ in range(params.num_iterations):
         for mini in torch.arange(len(batch.response_ids), device=device).split(rows_per_mini):
-            normalizer = loss_normalizer(mask[mini], params.loss_type)
+            normalizer = global_loss_normalizer(
+                _count(mask[mini], params.loss_type), world,
+                lambda count: _sum_over_processes(count, accelerator, device),
+            )  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             finite, mini_metrics = True, _Averages()
             parts = list(_micro_batches(batch, mini, params))
-            for i, (micro, sub, width) in enumerate(parts):
+            count = len(parts) + _padding(len(parts), accelerator, device)
+            for i in range(count):
+                micro, sub, width = parts[min(i, len(parts) - 1)]
                 # Every micro-batch runs backward, even after a non-finite loss: data-parallel
                 # ranks synchronise on the last one, so none may leave the loop early.
-                sync = accelerator is None or i == len(parts) - 1
+                sync = accelerator is None or i == count - 1
                 context = contextlib.nullcontext() if sync else accelerator.no_sync(model)
                 sub_mask = mask[micro, :width]  # (n, T')
                 with context:
-                    logp, entropy = sequence_logprobs(
-                        model, sub, params.temperature, with_entropy=True, embedding=embedding,
-                        head=head, chunk_elements=params.chunk_elements,
-                        full_logits=params.full_logits, soft_input_grad=params.soft_input_grad,
+                    logp, entropy = policy_scores(
+                        model, sub, params.temperature, chunk_elements=params.chunk_elements,
+                        full_logits=params.full_logits,
+                        detach_mixed=params.soft_input_grad == "none",
                     )  # (n, T')
+                    if i >= len(parts):  # padding (FSDP): same collectives, zero gradient
+                        accelerator.backward(logp.sum() * 0.0)
+                        continue
                     loss, metrics = grpo_loss(
                         logp, sub.logprobs, advantages[micro], sub_mask,
                         ref_logp=None if ref_logp is None else ref_logp[micro, :width],
@@ -338,6 +372,17 @@ def update_policy(
     result["train/skipped_updates"] = float(skipped)
     result["train/optimizer_steps"] = float(len(grad_norms))
     return result
+
+
+def _count(mask: torch.Tensor, loss_type: str) -> float:
+    """The raw token / sequence count of `mask` (N, T) for `loss_type` (not clamped to 1)."""
+    return float(AGGREGATIONS[resolve_aggregation(loss_type)][1](mask))
+
+
+def _sum_over_processes(value: float, accelerator, device) -> float:
+    """`value` summed over the data-parallel processes (one all-reduce)."""
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    return float(accelerator.reduce(total, reduction="sum"))
 
 
 def _clip(parameters, max_norm: float | None, accelerator) -> float:

@@ -12,7 +12,8 @@ states (N, P + T, d) the head would have seen. The head is then applied to chunk
 positions by one autograd function (`_ChunkedHead`) that keeps only its inputs: the backward
 recomputes each chunk's logits, writes that chunk's hidden-state gradient and adds its share into
 a single (V, d) weight-gradient buffer, so at most one chunk's logits (c, V) exist at a time. The
-inputs come from `ngrpo.rollout.replay_logits` (and through it the one `ngrpo.soft_inputs.embed`).
+inputs come from `ngrpo.rollout.replay.replay_records` (and through it the one
+`ngrpo.soft_inputs.embed`).
 
 Deviations from the full-logits path, all deliberate:
 - Positions outside `response_mask` are not scored at all (no head FLOPs on padding): their
@@ -38,7 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from ngrpo.losses import entropy_from_logits
-from ngrpo.rollout import RolloutBatch, replay_logits, token_logprobs
+from ngrpo.rollout import RolloutBatch, token_logprobs
+from ngrpo.rollout.replay import mixed_detach_mask, replay_records
+from ngrpo.soft_inputs import SoftInputs
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +188,13 @@ def chunked_scores(
 
 
 def _full_scores(
-    model, batch, temperature, embedding, detach_mixed: bool = False
+    model, soft, detach, attention_mask, labels, temperature, embedding
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = replay_logits(
-        model, batch, embedding=embedding, detach_mixed=detach_mixed
+    logits = replay_records(
+        model, soft, attention_mask, labels.shape[1], embedding=embedding, detach=detach
     )  # (N, T, V)
     scale = temperature if temperature > 0 else 1.0
-    logp = token_logprobs(logits, batch.response_ids, temperature)  # (N, T)
+    logp = token_logprobs(logits, labels, temperature)  # (N, T)
     return logp, entropy_from_logits(logits.float() / scale)  # (N, T), (N, T)
 
 
@@ -216,30 +219,61 @@ def score_tokens(
     wrapper that does not expose them (default: the model's own). `detach_mixed`: no gradient
     into the candidate rows of mixed positions (`train.soft_input_grad: none`).
     """
-    mask = batch.response_mask.bool()  # (N, T)
+    return score_records(
+        model, batch.soft_inputs, mixed_detach_mask(batch, detach_mixed), batch.attention_mask,
+        batch.response_ids, batch.response_mask, temperature, embedding=embedding, head=head,
+        chunk_elements=chunk_elements, full_logits=full_logits,
+    )  # fmt: skip
+
+
+def score_records(
+    model,
+    soft: SoftInputs,
+    detach: torch.Tensor | None,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+    *,
+    embedding=None,
+    head: torch.nn.Module | None = None,
+    chunk_elements: int | None = None,
+    full_logits: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`score_tokens` on bare tensors (the body of `ngrpo.policy.SoftInputPolicy.forward`):
+    records (N, P + T, K), `detach` (N, P + T) bool or None, attention mask (N, P + T), sampled
+    tokens `labels` (N, T) and their `response_mask` (N, T) -> log-probs, entropies (N, T)."""
+    mask = response_mask.bool()  # (N, T)
     head = output_head(model) if head is None else head
     if full_logits or not isinstance(head, torch.nn.Linear) or type(model) in _FULL_LOGITS_CLASSES:
         if not full_logits and type(model) not in _FULL_LOGITS_CLASSES:
             _FULL_LOGITS_CLASSES.add(type(model))
             log.warning("%s: output embedding is not a torch.nn.Linear; scoring with full logits",
                         type(model).__name__)  # fmt: skip
-        logp, entropy = _full_scores(model, batch, temperature, embedding, detach_mixed)
+        logp, entropy = _full_scores(
+            model, soft, detach, attention_mask, labels, temperature, embedding
+        )  # (N, T), (N, T)
         return logp.masked_fill(~mask, 0.0), entropy.masked_fill(~mask, 0.0)
     seen: list[torch.Tensor] = []
     with _bypassed(head, seen):
-        hidden = replay_logits(
-            model, batch, embedding=embedding, detach_mixed=detach_mixed
+        hidden = replay_records(
+            model, soft, attention_mask, labels.shape[1], embedding=embedding, detach=detach
         )  # (N, T, d) final hidden states
     if len(seen) != 1 or not _same_storage(hidden, seen[0]):
         _FULL_LOGITS_CLASSES.add(type(model))
         log.warning("%s transforms its head's output; scoring with full logits",
                     type(model).__name__)  # fmt: skip
-        return score_tokens(model, batch, temperature, embedding=embedding, head=head,
-                            full_logits=True, detach_mixed=detach_mixed)  # fmt: skip
+        return score_records(
+            model, soft, detach, attention_mask, labels, response_mask, temperature,
+            embedding=embedding, head=head, full_logits=True,
+        )  # fmt: skip
     picked = hidden[mask]  # (M, d) scored positions only
-    logp_m, entropy_m = chunked_scores(
-        picked, head, batch.response_ids[mask], temperature, chunk_elements
-    )  # (M,), (M,)
+    # The head runs outside any autocast (accelerate's mixed precision wraps the whole policy
+    # module's forward): in the head's own dtype, as when it ran after the wrapped body.
+    with torch.autocast(picked.device.type, enabled=False):
+        logp_m, entropy_m = chunked_scores(
+            picked.to(head.weight.dtype), head, labels[mask], temperature, chunk_elements
+        )  # (M,), (M,)
     logp = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # (N, T)
     entropy = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # (N, T)
     return logp.masked_scatter(mask, logp_m), entropy.masked_scatter(mask, entropy_m)

@@ -19,8 +19,10 @@ Run directory (`output_dir`):
   tensors, numbers, strings and plain containers (RNG states as tensors) and is read back with
   `torch.load(weights_only=True)`: a run directory from elsewhere cannot run code on `--resume`.
   Each is written to a temporary directory and renamed into place, so a process killed while
-  saving leaves the previous checkpoint intact; only complete `step-*` directories are read back;
-- `best/`: the model with the best `eval.best_metric` so far (same atomic write).
+  saving leaves the previous checkpoint intact; only complete `step-*` directories are read back.
+  Under FSDP the optimizer state is in `optimizer/` instead (see "Several processes");
+- `best/`: the model with the best `eval.best_metric` so far (same atomic write; under FSDP the
+  rollout copy's weights, i.e. in the compute dtype).
 
 Resume (`resume=True`): continues from the newest complete checkpoint with the same data order,
 RNG streams and optimizer state, so 2 + 2 steps equal 4 straight steps (tested). Metrics lines of
@@ -30,12 +32,31 @@ between its two renames gets its previous version back.
 
 Several processes (`torchrun --nproc_per_node N -m ngrpo train ...`; on CPU accelerate 1.15's
 `accelerate launch --cpu --num_processes N` starts one process, not a group): each process rolls
-out full groups for its own slice of each step's prompts; gradients are averaged by data
-parallelism (accelerate wraps the policy in DDP; the replay forward goes through the wrapper with
-the unwrapped model's input embedding); metrics are averaged over processes, totals and
-throughputs (`SUMMED_METRICS`) summed, and `train/world_size` is logged. Only rank 0 evaluates and
-writes files; the others wait at a barrier. With token-mean aggregation the loss is a token mean
-per process, averaged over processes (not one global token mean): the usual DDP approximation.
+out full groups for its own slice of each step's prompts. The learner scores through the policy
+module (`ngrpo.policy.SoftInputPolicy`: soft-input embedding, body and chunked head inside one
+forward), which `train.strategy` distributes:
+- `ddp` (default): accelerate wraps it in DDP, gradients are all-reduced; the rollout runs on the
+  unwrapped model;
+- `fsdp`: FSDP2 shards it (`ngrpo.sharding`: each decoder layer, then the root with the embedding
+  and head; compute-dtype parameters in the forward, fp32 reductions and master weights); the
+  rollout, evaluation and neighbour index run on a rollout copy (a plain model with the full
+  parameters in the compute dtype) refreshed after every update. Checkpoints: the same Hugging
+  Face directory (full state dict gathered on rank 0) with the optimizer state in `optimizer/`
+  (`torch.distributed.checkpoint`, sharded, by parameter name; its pickled `.metadata` is checked
+  with a restricted unpickler before loading); either format resumes under either strategy and
+  world size (`ngrpo.sharding.checkpoint`).
+The mini-batch's loss normaliser (token or sequence count) is summed over processes and each
+process's loss scaled by the world size, so the averaged gradient is exactly the global token
+(or sequence) mean of one process holding the whole mini-batch. Rollouts are world-size
+invariant: each generation batch (`rollout.generation_batch_size` rows of whole groups; with
+`null` a process's whole share) gets its own seed from (seed, step, round, global index of its
+first prompt), and each process takes its slice of every mini-batch of the step's prompts
+(`ngrpo.sharding.data_parallel.process_prompt_slots`), so N processes produce one process's
+rollouts and optimizer steps when each process's slice of a mini-batch is a whole number of
+generation batches (a 1-process run with `generation_batch_size: null` keeps its old seeds).
+Metrics are averaged over processes, totals and throughputs (`SUMMED_METRICS`) summed, and
+`train/world_size` is logged. Only rank 0 evaluates and writes files (under FSDP every rank
+writes its optimizer shard); the others wait at a barrier.
 """
 
 from __future__ import annotations
@@ -246,9 +267,9 @@ class Run:
 
     cfg: TrainConfig
     run_dir: Path
-    accelerator: object
-    model: object  # possibly wrapped for data parallelism
-    policy: object  # the unwrapped model
+    accelerator: object  # accelerate's Accelerator, or ngrpo.sharding.FsdpStrategy around it
+    model: object  # the policy module (ngrpo.policy), wrapped by DDP or sharded by FSDP
+    policy: object  # the plain model the rollout runs on (FSDP: the rollout copy)
     ref_model: object | None
     tokenizer: object
     optimizer: torch.optim.Optimizer
@@ -269,6 +290,11 @@ class Run:
     best: float | None = None
     skipped_total: int = 0
     dropped_prompts: int = 0
+    rollout_copy: object | None = None  # ngrpo.sharding.RolloutCopy under FSDP
+
+    @property
+    def sharded(self) -> bool:
+        return self.rollout_copy is not None
 
 
 def _lr_lambda(warmup_steps: int):
@@ -294,9 +320,11 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     from ngrpo.exploration import answer_start_ids
     from ngrpo.models import load_model, load_tokenizer, resolve_model_path
     from ngrpo.neighbors import NeighborIndex
+    from ngrpo.policy import SoftInputPolicy
     from ngrpo.rewards import GradingPool
     from ngrpo.rewards.functions import build_reward_set
     from ngrpo.rollout import neighbor_search_table
+    from ngrpo.sharding.checkpoint import load_optimizer_state
 
     device, dtype = resolve_device_dtype(
         cfg.model.device, cfg.model.dtype, torch.cuda.is_available(),
@@ -346,12 +374,23 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     elif cfg.train.beta > 0:
         ref_model = load_model(base_path, accelerator.device, dtype).requires_grad_(False)
 
+    module, copy = SoftInputPolicy(policy), None
+    if cfg.train.strategy == "fsdp" and accelerator.num_processes > 1:
+        from ngrpo.sharding import FsdpStrategy, RolloutCopy, shard_policy
+
+        rollout_model = load_model(weights, accelerator.device, dtype)  # full, compute dtype
+        disable_dropout(rollout_model)
+        shard_policy(module, dtype, accelerator.num_processes, accelerator.device.type)
+        copy, policy = RolloutCopy(module, rollout_model), rollout_model
+        accelerator = FsdpStrategy(accelerator)
     optimizer = torch.optim.AdamW(  # LoRA: the adapters only (everything else is frozen)
-        [p for p in policy.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
+        [p for p in module.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
         weight_decay=cfg.train.weight_decay,
     )  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.train.warmup_steps))
-    model, optimizer = accelerator.prepare(policy, optimizer)
+    model = module
+    if copy is None:
+        model, optimizer = accelerator.prepare(module, optimizer)
 
     train_set = load_benchmark(
         cfg.data.train, limit=cfg.data.train_limit, problem_field=cfg.data.problem_field,
@@ -410,11 +449,12 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         dropped_prompts=dropped, variant_classes=_variant_classes(cfg, tokenizer),
         peft_model=peft_model,
         ref_context=peft_model.disable_adapter if peft_model is not None else None,
+        rollout_copy=copy,
     )  # fmt: skip
     rewards.pool = run.pool  # the built-in graders share the run's grading workers
     rewards.start()  # a user function that cannot load fails here, before any step
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(module, optimizer, latest, state["optimizer"], run.sharded)
         scheduler.load_state_dict(state["scheduler"])
         run.sampler.load_state_dict(state["sampler"])
         _set_rng_state(state["rng"])
@@ -466,30 +506,41 @@ def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------ one step
 
 
-def _rollout_round(run: Run, indices: list[int], round_: int, reward_metrics: list[dict]):
+def _rollout_round(
+    run: Run, indices: list[int], round_: int, reward_metrics: list[dict],
+    slots: list[int] | None = None,
+):  # fmt: skip
     """Rollouts with exploration on for this process's prompt `indices`, and their rewards.
 
     Returns (batch, texts, rewards (N,)) and appends the round's reward metrics to
-    `reward_metrics`. Round 0 keeps the seed a step always had; dynamic sampling's later rounds
-    offset it."""
+    `reward_metrics`. `slots`: each prompt's position in the round's global prompt list (default
+    0, 1, ...). Each generation batch is seeded from (seed, step, round, global position of its
+    first prompt) (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size."""
     from ngrpo.rollout import EngineOptions, SamplingParams, generate
+    from ngrpo.rollout.batch import concat_batches
+    from ngrpo.sharding.data_parallel import generation_batches, rollout_seed
 
     cfg, acc = run.cfg, run.accelerator
-    seed = (cfg.seed * 1_000_003 + run.step) * 1_009 + acc.process_index + round_ * 104_729
-    with acc.autocast():
-        batch = generate(
-            run.policy, [run.prompts[i] for i in indices],
-            SamplingParams(
-                n=cfg.rollout.num_generations, temperature=cfg.rollout.temperature,
-                top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                max_new_tokens=cfg.rollout.max_completion_length,
-            ),
-            eos_token_id=run.tokenizer.eos_token_id, pad_token_id=run.tokenizer.pad_token_id,
-            exploration=cfg.exploration, answer_start_ids=run.answer_start_ids, training=True,
-            seed=seed, batch_size=cfg.rollout.generation_batch_size,
-            neighbor_index=run.neighbor_index,
-            engine=EngineOptions(cfg.rollout.kv_cache, cfg.rollout.cuda_graphs),
-        )  # fmt: skip
+    first = list(range(len(indices))) if slots is None else slots
+    parts = []
+    for start, count in generation_batches(
+        len(indices), cfg.rollout.num_generations, cfg.rollout.generation_batch_size
+    ):
+        with acc.autocast():
+            parts.append(generate(
+                run.policy, [run.prompts[i] for i in indices[start : start + count]],
+                SamplingParams(
+                    n=cfg.rollout.num_generations, temperature=cfg.rollout.temperature,
+                    top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                    max_new_tokens=cfg.rollout.max_completion_length,
+                ),
+                eos_token_id=run.tokenizer.eos_token_id, pad_token_id=run.tokenizer.pad_token_id,
+                exploration=cfg.exploration, answer_start_ids=run.answer_start_ids,
+                training=True, seed=rollout_seed(cfg.seed, run.step, round_, first[start]),
+                batch_size=cfg.rollout.generation_batch_size, neighbor_index=run.neighbor_index,
+                engine=EngineOptions(cfg.rollout.kv_cache, cfg.rollout.cuda_graphs),
+            ))  # fmt: skip
+    batch = concat_batches(parts, run.tokenizer.pad_token_id)
     # weighted reward components (built-in graders and user functions)
     response_ids = batch.responses()
     texts = [run.tokenizer.decode(r, skip_special_tokens=True) for r in response_ids]
@@ -529,19 +580,23 @@ def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
 def _train_step(run: Run) -> dict[str, float]:
     from ngrpo.diagnostics import neighbor_synonym_frac, rollout_diagnostics, split_groups
     from ngrpo.losses import group_advantages
+    from ngrpo.sharding.data_parallel import process_prompt_slots
 
     cfg, acc = run.cfg, run.accelerator
     world, rank = acc.num_processes, acc.process_index
-    # 1-2. this process's slice of the step's prompts (the same global order for every process),
+    # 1-2. this process's slice of each mini-batch of the step's prompts (the same global order
+    # for every process),
     # rollouts with exploration on and their rewards (dynamic sampling: several rounds)
     started, round_metrics = time.perf_counter(), []
     if cfg.train.dynamic_sampling:
         batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run, round_metrics)
     else:
         indices = run.sampler.take(cfg.train.prompts_per_step)
-        local = cfg.train.prompts_per_step // world
+        slots = process_prompt_slots(
+            cfg.train.prompts_per_step, cfg.train.mini_batch_prompts, world, rank
+        )  # this process's slice of every mini-batch
         batch, texts, rewards = _rollout_round(
-            run, indices[rank * local : (rank + 1) * local], 0, round_metrics
+            run, [indices[i] for i in slots], 0, round_metrics, slots=slots
         )
         sampling_metrics = {}
     rollout_s = time.perf_counter() - started
@@ -554,8 +609,12 @@ def _train_step(run: Run) -> dict[str, float]:
     learner = update_policy(
         run.model, run.optimizer, run.scheduler, batch, advantages.to(batch.logprobs.device),
         run.params, ref_model=run.ref_model, accelerator=acc, neighbor_index=run.neighbor_index,
-        embedding=run.policy.get_input_embeddings(), ref_context=run.ref_context,
+        ref_context=run.ref_context,
     )  # fmt: skip
+    if run.sharded:  # the rollout copy takes the new weights; the neighbour index follows
+        run.rollout_copy.refresh()
+        if run.neighbor_index is not None:
+            run.neighbor_index.invalidate()
     learner_s = time.perf_counter() - started
     trained_tokens = float(batch.response_mask.sum()) * cfg.train.num_iterations  # × PPO epochs
     metrics = {
@@ -603,9 +662,12 @@ def _saved_model(run: Run):
 
 
 def _trainer_state(run: Run) -> dict:
+    from ngrpo.sharding.checkpoint import OPTIMIZER_IN_DCP
+
+    optimizer = OPTIMIZER_IN_DCP if run.sharded else run.optimizer.state_dict()
     return {
         "step": run.step, "best": run.best, "skipped": run.skipped_total,
-        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "optimizer": optimizer, "scheduler": run.scheduler.state_dict(),
         "sampler": run.sampler.state_dict(), "rng": _rng_state(),
     }  # fmt: skip
 
@@ -707,7 +769,11 @@ def train(
             _maybe_eval(run, writer, progress)
             save_every = cfg.logging.save_every
             if run.step == cfg.train.steps or (save_every and run.step % save_every == 0):
-                if run.accelerator.is_main_process:
+                if run.sharded:
+                    from ngrpo.sharding.checkpoint import save_sharded_checkpoint
+
+                    save_sharded_checkpoint(run, run.step, _trainer_state(run))
+                elif run.accelerator.is_main_process:
                     save_checkpoint(
                         run_dir, run.step, _saved_model(run), run.tokenizer, _trainer_state(run),
                         cfg.logging.keep_last,

@@ -12,7 +12,34 @@ import torch
 from ngrpo.rollout.batch import RolloutBatch
 from ngrpo.rollout.hf import hf_forward, input_embeddings
 from ngrpo.rollout.sampling import position_ids_from_mask, token_logprobs
-from ngrpo.soft_inputs import embed
+from ngrpo.soft_inputs import SoftInputs, embed
+
+
+def mixed_detach_mask(batch: RolloutBatch, detach_mixed: bool) -> torch.Tensor | None:
+    """(N, P + T) bool: the positions whose candidate rows get no gradient (the mixed response
+    positions under `train.soft_input_grad: none`), or None when every position trains."""
+    if not detach_mixed or batch.mixed is None:
+        return None
+    prompt = torch.zeros_like(batch.prompt_ids, dtype=torch.bool)  # (N, P)
+    return torch.cat([prompt, batch.mixed.to(prompt.device)], dim=1)  # (N, P + T)
+
+
+def replay_records(
+    model,
+    soft: SoftInputs,
+    attention_mask: torch.Tensor,
+    width: int,
+    embedding=None,
+    detach: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`replay_logits` on bare tensors: records (N, P + T, K), attention mask (N, P + T), response
+    width T -> logits (N, T, V) (what the policy module's forward calls; `ngrpo.policy`)."""
+    embedding = input_embeddings(model) if embedding is None else embedding
+    mask = attention_mask  # (N, P + T)
+    inputs = embed(embedding, soft.to(mask.device), detach)  # (N, P + T, d)
+    logits = hf_forward(model, inputs, mask, position_ids_from_mask(mask))  # (N, P + T, V)
+    p = mask.shape[1] - width
+    return logits[:, p - 1 : p + width - 1]  # (N, T, V)
 
 
 def replay_logits(
@@ -22,18 +49,12 @@ def replay_logits(
     token (position P − 1 + t predicts response token t). Runs with gradients if enabled.
 
     `embedding`: the input-embedding module, when `model` is a data-parallel wrapper that does not
-    expose it (the learner passes the unwrapped model's). `detach_mixed`: the candidate rows of
-    mixed positions (`batch.mixed`) get no gradient (`train.soft_input_grad: none`)."""
-    embedding = input_embeddings(model) if embedding is None else embedding
-    mask = batch.attention_mask  # (N, P + T)
-    detach = None
-    if detach_mixed and batch.mixed is not None:
-        prompt = torch.zeros_like(batch.prompt_ids, dtype=torch.bool)  # (N, P)
-        detach = torch.cat([prompt, batch.mixed.to(prompt.device)], dim=1)  # (N, P + T)
-    inputs = embed(embedding, batch.soft_inputs.to(mask.device), detach)  # (N, P + T, d)
-    logits = hf_forward(model, inputs, mask, position_ids_from_mask(mask))  # (N, P + T, V)
-    p, t = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
-    return logits[:, p - 1 : p + t - 1]  # (N, T, V)
+    expose it. `detach_mixed`: the candidate rows of mixed positions (`batch.mixed`) get no
+    gradient (`train.soft_input_grad: none`)."""
+    return replay_records(
+        model, batch.soft_inputs, batch.attention_mask, batch.response_ids.shape[1],
+        embedding=embedding, detach=mixed_detach_mask(batch, detach_mixed),
+    )  # fmt: skip
 
 
 def replay_logprobs(model, batch: RolloutBatch, temperature: float) -> torch.Tensor:

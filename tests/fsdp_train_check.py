@@ -1,0 +1,45 @@
+"""`ngrpo train` under torchrun with `train.strategy=fsdp`, checking after every step, on every
+process, that the rollout copy holds exactly the sharded policy's full parameters and that the
+replay invariant held (`actor/replay_logp_err` ≤ 1e-4 on this process, before the metrics are
+averaged). Used by tests/test_trainer_fsdp.py:
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/fsdp_train_check.py train ...
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import ngrpo.learner
+import ngrpo.trainer
+from ngrpo.cli import main
+
+_train_step = ngrpo.trainer._train_step
+_update_policy = ngrpo.trainer.update_policy
+
+
+def _checked_update(*args, **kwargs) -> dict[str, float]:
+    metrics = _update_policy(*args, **kwargs)
+    if not metrics[ngrpo.learner.REPLAY_ERR] <= 1e-4:
+        raise SystemExit(f"replay invariant broken under FSDP: {metrics[ngrpo.learner.REPLAY_ERR]}")
+    return metrics
+
+
+def _checked_step(run) -> dict[str, float]:
+    if not run.sharded:
+        raise SystemExit("train.strategy=fsdp did not shard the policy")
+    metrics = _train_step(run)
+    copy = dict(run.policy.named_parameters())
+    for name, param in run.model.named_parameters():
+        full = param.detach().full_tensor()
+        if not torch.equal(copy[name.removeprefix("model.")], full.to(torch.float32)):
+            raise SystemExit(f"the rollout copy of {name} is stale after a step")
+    return metrics
+
+
+if __name__ == "__main__":
+    ngrpo.trainer._train_step = _checked_step
+    ngrpo.trainer.update_policy = _checked_update
+    sys.exit(main(sys.argv[1:]))
