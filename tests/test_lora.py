@@ -349,3 +349,31 @@ def test_adapters_get_the_same_gradient_with_gradient_checkpointing(lora_run, ba
     assert all(grads[0][n].abs().sum() > 0 for n in grads[0])
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_base_is_held_in_bf16_and_scored_through_the_chunked_head(base_model_dir, tmp_path):
+    """model.dtype=bfloat16: the frozen base is held in bf16 (no fp32 master copy), the adapters
+    stay fp32, and the learner keeps its chunked head (no fallback to full logits)."""
+    import ngrpo.scoring
+
+    captured = {}
+    real_setup = ngrpo.trainer._setup
+
+    def setup(*args, **kwargs):
+        captured["run"] = real_setup(*args, **kwargs)
+        return captured["run"]
+
+    ngrpo.scoring._FULL_LOGITS_CLASSES.clear()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ngrpo.trainer, "_setup", setup)
+    try:
+        train(_cfg(base_model_dir, tmp_path / "bf16", 1, "model.dtype=bfloat16", "model.device=cpu"))
+    finally:
+        mp.undo()
+    run = captured["run"]
+    frozen = {p.dtype for p in run.policy.parameters() if not p.requires_grad}
+    trainable = {p.dtype for p in run.policy.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trainable == {torch.float32}
+    assert not ngrpo.scoring._FULL_LOGITS_CLASSES
+    row = read_metrics(tmp_path / "bf16")[-1]
+    assert row["actor/grad_norm"] > 0 and row["actor/replay_logp_err"] < 0.2

@@ -219,14 +219,19 @@ def load_adapter(model: torch.nn.Module, adapter_dir: str | Path, trainable: boo
 
 
 def load_policy(
-    cfg: LoraConfig, base_dir: Path, adapter_dir: Path | None, device: str | torch.device
+    cfg: LoraConfig,
+    base_dir: Path,
+    adapter_dir: Path | None,
+    device: str | torch.device,
+    base_dtype: torch.dtype = torch.float32,
 ):
-    """(peft model, policy) for training: the fp32 base with fresh adapters, or with the
-    trainable adapter of checkpoint `adapter_dir` (resume). The policy is the injected
-    transformers model that rollout, learner and evaluation call."""
+    """(peft model, policy) for training: the frozen base in `base_dtype` with fresh adapters, or
+    with the trainable adapter of checkpoint `adapter_dir` (resume); the adapters are fp32 either
+    way (peft upcasts them). The policy is the injected transformers model that rollout, learner
+    and evaluation call."""
     from ngrpo.models import load_model
 
-    model = load_model(base_dir, device, torch.float32)
+    model = load_model(base_dir, device, base_dtype)
     if adapter_dir is None:
         peft_model = inject(model, cfg, base_dir)
     else:

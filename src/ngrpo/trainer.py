@@ -314,6 +314,7 @@ def _variant_classes(cfg: TrainConfig, tokenizer) -> torch.Tensor | None:
 
 def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> Run:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     from ngrpo.config import resolve_device_dtype
     from ngrpo.data import load_benchmark
@@ -331,6 +332,9 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     )  # fmt: skip
     mixed_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    # accelerate keeps one mixed-precision setting per process; a second run in the same process
+    # (the Python API, a notebook) may choose another: reset it (the process group is kept).
+    AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -359,7 +363,10 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     if lora:
         from ngrpo.lora import load_policy
 
-        peft_model, policy = load_policy(cfg.model.lora, base_path, latest, accelerator.device)
+        # The frozen base needs no fp32 master copy: it is held in the compute dtype.
+        peft_model, policy = load_policy(
+            cfg.model.lora, base_path, latest, accelerator.device, base_dtype=dtype
+        )
     else:
         policy = load_model(weights, accelerator.device, torch.float32)
     if cfg.model.gradient_checkpointing:
