@@ -32,7 +32,8 @@ Several processes (`torchrun --nproc_per_node N -m ngrpo train ...`; on CPU acce
 out full groups for its own slice of each step's prompts; gradients are averaged by data
 parallelism (accelerate wraps the policy in DDP; the replay forward goes through the wrapper with
 the unwrapped model's input embedding); metrics are averaged over processes, totals and
-throughputs (`SUMMED_METRICS`) summed, and `train/world_size` is logged. Only rank 0 evaluates and
+throughputs (`SUMMED_METRICS`) summed, `memory/peak_bytes` the largest (`MAX_METRICS`), and
+`train/world_size` is logged. Only rank 0 evaluates and
 writes files; the others wait at a barrier. With token-mean aggregation the loss is a token mean
 per process, averaged over processes (not one global token mean): the usual DDP approximation.
 """
@@ -424,21 +425,25 @@ def _truncate_metrics(path: Path, step: int) -> None:
 SUMMED_METRICS = (
     "rollout/tokens", "rollout/mixed_tokens", "rollout/tokens_per_s", "learner/tokens_per_s",
 )  # fmt: skip
+MAX_METRICS = ("memory/peak_bytes",)  # the largest over processes (what must fit on each)
 
 
 def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
-    """Metrics over all processes: sums for `SUMMED_METRICS`, means for the rest (identity in a
-    single process). Every process must hold the same keys (they do: same code, same config)."""
+    """Metrics over all processes: sums for `SUMMED_METRICS`, maxima for `MAX_METRICS`, means for
+    the rest (identity in a single process). Every process must hold the same keys (they do: same
+    code, same config)."""
     world = run.accelerator.num_processes
     if world == 1:
         return metrics
     keys = sorted(metrics)
     values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
-    values = run.accelerator.reduce(values.to(run.accelerator.device), reduction="sum").cpu()
+    gathered = run.accelerator.gather(values.to(run.accelerator.device)).view(world, -1).cpu()
+    sums, maxima = gathered.sum(0), gathered.max(0).values  # (K,), (K,)
     return {
-        key: float(value) if key in SUMMED_METRICS else float(value) / world
-        for key, value in zip(keys, values, strict=True)
-    }
+        key: float(maxima[i]) if key in MAX_METRICS
+        else float(sums[i]) if key in SUMMED_METRICS else float(sums[i]) / world
+        for i, key in enumerate(keys)
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ one step
@@ -507,9 +512,11 @@ def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
 def _train_step(run: Run) -> dict[str, float]:
     from ngrpo.diagnostics import neighbor_synonym_frac, rollout_diagnostics, split_groups
     from ngrpo.losses import group_advantages
+    from ngrpo.memory_usage import peak_bytes, reset_peak
 
     cfg, acc = run.cfg, run.accelerator
     world, rank = acc.num_processes, acc.process_index
+    reset_peak(acc.device)  # `memory/peak_bytes`: this step's peak, rollout to optimizer step
     # 1-2. this process's slice of the step's prompts (the same global order for every process),
     # rollouts with exploration on and their rewards (dynamic sampling: several rounds)
     started, round_metrics = time.perf_counter(), []
@@ -551,6 +558,7 @@ def _train_step(run: Run) -> dict[str, float]:
         "time/learner_s": learner_s,
         "learner/tokens_per_s": trained_tokens / max(learner_s, 1e-9),
         "train/lr": run.scheduler.get_last_lr()[0],
+        "memory/peak_bytes": float(peak_bytes(acc.device)),
     }
     if run.variant_classes is not None:
         response_ids = batch.soft_inputs.ids[:, batch.prompt_ids.shape[1] :]  # (N, T, K)
