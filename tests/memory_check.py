@@ -50,7 +50,19 @@ def _warm_up() -> None:
     gc.collect()
 
 
+def _rollout(model, args: dict) -> None:
+    """Fixed-length sampling of `rows` rows (`n` per prompt) with the static decoder."""
+    from ngrpo.rollout import SamplingParams, generate
+
+    prompts = [[2 + (i + j) % 50 for j in range(args["prompt"])]
+               for i in range(args["rows"] // args["n"])]  # fmt: skip
+    generate(model, prompts, SamplingParams(n=args["n"], max_new_tokens=args["length"]),
+             eos_token_id=[], pad_token_id=0)  # fmt: skip
+
+
 def main(argv: list[str]) -> dict:
+    from accelerate import Accelerator
+
     from ngrpo.bench_learner import PeakMemory, synthetic_rollouts
     from ngrpo.learner import LearnerParams, disable_dropout, update_policy
 
@@ -58,15 +70,25 @@ def main(argv: list[str]) -> dict:
     torch.set_num_threads(1)
     memory = PeakMemory(torch.device("cpu"))  # glibc mmap threshold from here on
     _warm_up()
+    bf16 = args.get("dtype", "float32") == "bfloat16"  # the trainer's path: accelerate autocast
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16" if bf16 else "no")
     baseline = memory.start()
     model = _model(args["model"])
+    parameters = sum(p.numel() for p in model.parameters())
+    if args.get("phase") == "rollout":  # fp32 weights only (no gradients, no optimizer)
+        with accelerator.autocast():
+            _rollout(model, args)  # warm-up (allocator, lazy initialisation)
+            memory.start()
+            _rollout(model, args)
+        return {"peak_bytes": memory.peak() - baseline, "parameters": parameters}
     if args.get("ckpt"):
         model.gradient_checkpointing_enable()
     disable_dropout(model)
     model.train()
     ref = None
     if args.get("beta", 0.0) > 0:
-        ref = _model(args["model"]).requires_grad_(False)
+        ref = _model(args["model"]).requires_grad_(False).to(torch.bfloat16 if bf16 else
+                                                                torch.float32)  # fmt: skip
     rows = args["rows"]
     batch = synthetic_rollouts(model, rows, args["prompt"], args["length"], k=args.get("k", 3),
                                mix_rate=0.2)  # fmt: skip
@@ -78,12 +100,19 @@ def main(argv: list[str]) -> dict:
                            beta=args.get("beta", 0.0),
                            chunk_elements=args.get("chunk_elements"))  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    update_policy(model, optimizer, None, batch, advantages, params, ref_model=ref)
+    embedding = model.get_input_embeddings()
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+
+    def update() -> None:
+        update_policy(wrapped, optimizer, None, batch, advantages, params, ref_model=ref,
+                      accelerator=accelerator, embedding=embedding)  # fmt: skip
+
+    update()
     held = memory.start()
-    update_policy(model, optimizer, None, batch, advantages, params, ref_model=ref)
+    update()
     peak = memory.peak()
     return {"peak_bytes": peak - baseline, "held_bytes": held - baseline, "baseline": baseline,
-            "parameters": sum(p.numel() for p in model.parameters()), "method": memory.method}
+            "parameters": parameters, "method": memory.method}
 
 
 if __name__ == "__main__":
