@@ -13,7 +13,7 @@ keys left at `???` are not needed except `model.path`, whose shape is read from 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import copy
 import json
 
 HELP = "Estimate peak memory per GPU for a config (strategy, world size, LoRA, micro-batch)"
@@ -45,12 +45,12 @@ def load_plan_config(source: str, overrides: list[str]):
     from ngrpo.config import load_config, missing_keys, validate_config
 
     cfg = load_config(source, overrides, validate=False)
-    probe = dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model), data=dataclasses.replace(cfg.data)
-    )
+    probe = copy.deepcopy(cfg)  # validated with placeholders in the required keys
     for key in missing_keys(cfg):
-        section, name = key.split(".", 1) if "." in key else (None, key)
-        target = getattr(probe, section) if section else probe
+        *path, name = key.split(".")
+        target = probe
+        for part in path:
+            target = getattr(target, part)
         setattr(target, name, "plan-placeholder")
     validate_config(probe)
     return cfg
