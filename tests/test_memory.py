@@ -219,6 +219,17 @@ def test_plan_cli_required_model_path_without_a_shape(tmp_path, capsys):
 # ------------------------------------------------------------------------ memory/peak_bytes
 
 
+def test_peak_bytes_follows_a_large_allocation_on_cpu():
+    from ngrpo.memory.usage import peak_bytes, reset_peak
+
+    cpu = torch.device("cpu")
+    reset_peak(cpu)
+    before = peak_bytes(cpu)
+    block = torch.ones(50_000_000)  # 200 MB, written: resident
+    del block
+    assert peak_bytes(cpu) >= before + 190_000_000
+
+
 def test_reduce_takes_the_maximum_of_peak_bytes_over_processes():
     from ngrpo.trainer import _reduce
 

@@ -512,7 +512,7 @@ def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
 def _train_step(run: Run) -> dict[str, float]:
     from ngrpo.diagnostics import neighbor_synonym_frac, rollout_diagnostics, split_groups
     from ngrpo.losses import group_advantages
-    from ngrpo.memory_usage import peak_bytes, reset_peak
+    from ngrpo.memory.usage import peak_bytes, reset_peak
 
     cfg, acc = run.cfg, run.accelerator
     world, rank = acc.num_processes, acc.process_index

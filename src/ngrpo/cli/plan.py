@@ -4,10 +4,10 @@
     ngrpo plan --config tiny_ngrpo --lora-r 16 --json
     ngrpo plan --config my.yaml model.path=/models/x train.micro_batch_size=2
 
-Prints the components of the estimate (`ngrpo.memory`), the total of each phase (rollout,
-learner, optimizer step), the peak, and whether it fits on 24 / 40 / 80 / 141 GB GPUs. Required
-keys left at `???` are not needed except `model.path`, whose shape is read from its config.json
-(or `--model-shape PRESET`, or guessed from an R1 config's name).
+Prints the components of the estimate (`ngrpo.memory.estimate`), the total of each phase
+(rollout, learner, optimizer step), the peak, and whether it fits on 24 / 40 / 80 / 141 GB GPUs.
+Required keys left at `???` are not needed except `model.path`, whose shape is read from its
+config.json (or `--model-shape PRESET`, or guessed from an R1 config's name).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ HELP = "Estimate peak memory per GPU for a config (strategy, world size, LoRA, m
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "plan", help=HELP,
-        description=HELP + ". An estimate from the model's shape and the config (ngrpo.memory).",
+        description=HELP + ". An estimate from the model's shape and the config "
+        "(ngrpo.memory.estimate).",
     )  # fmt: skip
     parser.add_argument("--config", required=True,
                         help="YAML file, or a shipped name (r1_distill_qwen_7b_ngrpo, ...)")
@@ -107,4 +108,4 @@ def _render(plan, name: str) -> None:
     fits = "  ".join(f"{gb}: {'yes' if ok else 'no'}" for gb, ok in plan.fits().items())
     console.print(f"peak {_gb(plan.peak_bytes)} GB per process ({plan.peak_phase}) · fits {fits}")
     console.print("estimate: upper bound at the longest prompt + response, no allocator overhead "
-                  "(keep ~10-20% headroom); see ngrpo.memory", style="dim")  # fmt: skip
+                  "(keep ~10-20% headroom); see ngrpo.memory.estimate", style="dim")  # fmt: skip

@@ -1,4 +1,4 @@
-"""Memory planning: the estimated peak memory of one training process, before anything runs.
+"""The estimated peak memory of one training process, before anything runs (`ngrpo plan`).
 
 `estimate(MemoryInputs)` is a pure function of the model's shape and the run's settings; it
 returns a `MemoryPlan`: named components (bytes) and the moments ("phases") at which each one is
@@ -37,7 +37,8 @@ What is modelled, from the code (factors in `_learner_components` etc.):
   runs it, see `_layer_activation_bytes`), or with gradient checkpointing the layer inputs plus one
   layer recomputed; the backward's working set at one layer; the padding mask (rows × T² bytes)
   and, with a mask, keys / values repeated to the query heads (transformers' SDPA path); the
-  chunked head's chunk buffers and its (V, d) fp32 weight-gradient buffer (`ngrpo.scoring`).
+  chunked head's chunk buffers and its (V, d) fp32 weight-gradient buffer (`ngrpo.scoring`);
+  under FSDP one layer's unsharded fp32 gradient before its reduce-scatter.
 
 Approximations (say so when quoting numbers):
 - every prompt is taken at `max_prompt_length` and every response at `max_completion_length`
@@ -47,19 +48,22 @@ Approximations (say so when quoting numbers):
   tensor. On a backend that materialises scores, add rows × heads × T² × 4 bytes per layer;
 - allocator overheads (CUDA caching-allocator fragmentation, the CUDA context, NCCL buffers,
   CUDA graph pools) are not included: leave ~10-20% headroom on a GPU;
-- the bf16 / FSDP / LoRA factors are read from the code and the design, not measured here; the
-  CPU measurements (tests/test_memory.py) validate the fp32 full-weight learner terms.
+- not counted: the soft-input embedding's (tokens, K, d) rows at the start of the forward (freed
+  before the activations peak), the reference model's no-grad forward (before the policy's),
+  the neighbour index's similarity rows (a few (rows, V) tensors on a cache miss);
+- the bf16-on-GPU / FSDP / LoRA factors are read from the code and the design, not measured on a
+  GPU; the CPU measurements (tests/test_memory.py) validate the fp32 learner terms (plain and
+  with checkpointing), the learner under bf16 autocast, a reference model and the rollout.
 """
+
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from ngrpo.errors import NgrpoError
+from ngrpo.memory.shape import LORA_TARGETS, ModelShape
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 STRATEGIES = ("ddp", "fsdp")
@@ -67,114 +71,9 @@ PHASES = ("rollout", "learner", "step")
 CAPACITIES_GB = (24, 40, 80, 141)
 """GPU memory sizes the plan reports on (GB = 10⁹ bytes, as GPUs are sold: 24 GB consumer cards,
 A100 40 / 80 GB, H100 80 GB, H200 141 GB)."""
+DEVICES = ("cuda", "cpu")
 FSDP_GATHERED_LAYERS = 2
 """Decoder layers whose full parameters FSDP holds at once (the current one and the prefetched)."""
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-"""Default LoRA targets (`model.lora.target_modules`): every projection of the decoder layers."""
-DEFAULT_CHUNK_ELEMENTS = {"cuda": 2**26, "cpu": 2**22}  # as `ngrpo.scoring.CHUNK_ELEMENTS`
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The shape of a Llama-family decoder (Qwen2, Llama): what memory depends on."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    tie_word_embeddings: bool = False
-    attention_bias: bool = True  # Qwen2: q, k, v projections have biases
-
-    @classmethod
-    def from_config(cls, config: Mapping, source: str = "config.json") -> ModelShape:
-        """From a Hugging Face `config.json` mapping; an `NgrpoError` naming a missing key."""
-        keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads")  # fmt: skip
-        missing = [k for k in keys if not isinstance(config.get(k), int)]
-        if missing:
-            raise NgrpoError(f"{source}: needs integer {', '.join(missing)} for a memory plan")
-        heads = config["num_attention_heads"]
-        bias = config.get("attention_bias", config.get("model_type") == "qwen2")
-        return cls(
-            vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
-            intermediate_size=config["intermediate_size"],
-            num_layers=config["num_hidden_layers"], num_heads=heads,
-            num_kv_heads=config.get("num_key_value_heads") or heads,
-            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            attention_bias=bool(bias),
-        )  # fmt: skip
-
-    @classmethod
-    def from_preset(cls, name: str) -> ModelShape:
-        """The shape of a preset of `ngrpo.presets.PRESETS` (Qwen2)."""
-        from ngrpo.presets import PRESETS
-
-        if name not in PRESETS:
-            raise NgrpoError(f"unknown model shape {name!r}; choose one of {', '.join(PRESETS)}")
-        return cls.from_config({**PRESETS[name], "model_type": "qwen2"}, source=f"preset {name}")
-
-    @classmethod
-    def from_model_dir(cls, path: str | Path) -> ModelShape:
-        """From `path/config.json` (a Hugging Face model directory)."""
-        file = Path(path).expanduser() / "config.json"
-        try:
-            config = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise NgrpoError(f"{file}: cannot read the model's shape ({err})") from None
-        return cls.from_config(config.get("text_config", config), source=str(file))
-
-    @property
-    def q_dim(self) -> int:
-        return self.num_heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.num_kv_heads * self.head_dim
-
-    def projections(self) -> dict[str, tuple[int, int]]:
-        """(in, out) features of each linear projection of one decoder layer."""
-        d, i = self.hidden_size, self.intermediate_size
-        return {"q_proj": (d, self.q_dim), "k_proj": (d, self.kv_dim), "v_proj": (d, self.kv_dim),
-                "o_proj": (self.q_dim, d), "gate_proj": (d, i), "up_proj": (d, i),
-                "down_proj": (i, d)}  # fmt: skip
-
-    @property
-    def layer_matmul_params(self) -> int:
-        """Weights of one layer's projections (no biases, no norms)."""
-        return sum(a * b for a, b in self.projections().values())
-
-    @property
-    def layer_params(self) -> int:
-        bias = (self.q_dim + 2 * self.kv_dim) if self.attention_bias else 0
-        return self.layer_matmul_params + bias + 2 * self.hidden_size  # + two RMSNorm weights
-
-    @property
-    def embedding_params(self) -> int:
-        return self.vocab_size * self.hidden_size
-
-    @property
-    def head_params(self) -> int:
-        """The output projection's own weight (0 when tied to the input embedding)."""
-        return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
-
-    @property
-    def parameters(self) -> int:
-        return (self.embedding_params + self.head_params + self.num_layers * self.layer_params
-                + self.hidden_size)  # fmt: skip  (+ the final norm)
-
-    def lora_params(self, r: int, targets: tuple[str, ...] = LORA_TARGETS) -> int:
-        """Adapter parameters: r · (in + out) per targeted projection per layer."""
-        shapes = self.projections()
-        unknown = [t for t in targets if t.split(".")[-1] not in shapes]
-        if unknown:
-            raise NgrpoError(f"LoRA target {unknown[0]!r} is not a projection of this model "
-                             f"(plan knows {', '.join(shapes)})")  # fmt: skip
-        per_layer = sum(r * sum(shapes[t.split(".")[-1]]) for t in targets)
-        return self.num_layers * per_layer
 
 
 @dataclass(frozen=True)
@@ -218,10 +117,10 @@ class MemoryInputs:
                              f"{self.strategy!r}")  # fmt: skip
         if self.dtype not in DTYPE_BYTES:
             raise NgrpoError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {self.dtype!r}")
-        if self.device not in DEFAULT_CHUNK_ELEMENTS:
+        if self.device not in DEVICES:
             raise NgrpoError(f"device must be cuda or cpu, got {self.device!r}")
-        for name in ("world_size", "micro_rows", "micro_width", "rollout_rows", "prompt_tokens",
-                     "new_tokens", "num_generations", "candidates"):  # fmt: skip
+        for name in ("world_size", "micro_rows", "micro_width", "response_tokens", "rollout_rows",
+                     "prompt_tokens", "new_tokens", "num_generations", "candidates"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise NgrpoError(f"{name} must be an integer >= 1, got {value!r}")
@@ -384,6 +283,8 @@ def _learner_components(x: MemoryInputs, lora: bool, c: int) -> list[Component]:
             s.layer_params)  # the root: embeddings, head, final norm
         out.append(Component("FSDP gathered parameters", gathered * c, phase,
                              f"{FSDP_GATHERED_LAYERS} decoder layers + root, {x.dtype}"))
+        out.append(Component("FSDP unsharded gradients", s.layer_params * 4, phase,
+                             "one layer's fp32 gradient before its reduce-scatter"))
     elif c != 4 and not lora:
         out.append(Component("autocast weight copies", s.num_layers * s.layer_matmul_params * c,
                              phase, f"{x.dtype} casts of the body's weights, saved for the "
@@ -406,7 +307,9 @@ def _learner_components(x: MemoryInputs, lora: bool, c: int) -> list[Component]:
     # final norm output + the picked (M, d) hidden states and their gradient, fp32
     head_in = tokens * 2 * 4 * s.hidden_size + scored * 2 * 4 * s.hidden_size
     out.append(Component("head inputs", head_in, phase, "final hidden states, fp32"))
-    elements = x.chunk_elements or DEFAULT_CHUNK_ELEMENTS[x.device]
+    from ngrpo.scoring import CHUNK_ELEMENTS  # the learner's default chunk size per device
+
+    elements = x.chunk_elements or CHUNK_ELEMENTS[x.device]
     chunk_rows = min(scored, max(1, elements // s.vocab_size))
     out.append(Component("head chunk buffers", 2 * chunk_rows * s.vocab_size * 4, phase,
                          f"{chunk_rows} positions × V fp32, twice (log-softmax, softmax)"))
@@ -442,74 +345,3 @@ def estimate(x: MemoryInputs) -> MemoryPlan:
     )
     phase_bytes = {p: sum(k.bytes for k in components if p in k.phases) for p in PHASES}
     return MemoryPlan(x, tuple(components), x.shape.parameters, trainable, phase_bytes)
-
-
-# ------------------------------------------------------------------------ from a training config
-
-SHAPE_HINTS = {"7b": "r1-distill-7b", "1.5b": "r1-distill-1.5b"}
-"""Config-name fragments -> preset shapes, for the R1 configs whose `model.path` is `???`."""
-
-
-def shape_for_config(cfg, config_name: str = "", preset: str | None = None) -> ModelShape:
-    """The model shape of a training config: `preset` when given, else `model.path`'s
-    config.json (`base`: the embedded base model, once built), else for a required (`???`) path
-    the preset named by the config's name (`..._7b_...` -> r1-distill-7b)."""
-    from ngrpo.config import MISSING
-
-    if preset is not None:
-        return ModelShape.from_preset(preset)
-    path = str(cfg.model.path)
-    if path == MISSING:
-        name = Path(config_name).name.lower()
-        for hint, shape in SHAPE_HINTS.items():
-            if f"_{hint}_" in f"_{name}_".replace(".yaml", "_"):
-                return ModelShape.from_preset(shape)
-        raise NgrpoError(f"model.path is {MISSING}: give model.path=DIR or --model-shape PRESET")
-    if path == "base":
-        from ngrpo.base_model import default_base_dir, is_complete_build
-
-        if not is_complete_build(default_base_dir()):
-            raise NgrpoError("the embedded base model is not built yet: run `ngrpo build-base` "
-                             "or give --model-shape PRESET")  # fmt: skip
-        return ModelShape.from_model_dir(default_base_dir())
-    return ModelShape.from_model_dir(path)
-
-
-def inputs_from_config(
-    cfg, shape: ModelShape, *, world_size: int = 1, strategy: str | None = None,
-    lora_r: int | None = None, device: str = "cuda",
-) -> MemoryInputs:  # fmt: skip
-    """`MemoryInputs` for a `TrainConfig` run on `world_size` processes of `device`.
-
-    `strategy` / `lora_r` default to the config's `train.strategy` / `model.lora.r` when the
-    config has them (else ddp / 0). `model.dtype: auto` plans bfloat16 on CUDA, float32 on CPU.
-    Micro-batches are `train.micro_batch_size` rows of prompt + response at their maximum
-    lengths, or as many such rows as `train.max_tokens_per_micro_batch` holds (at least one)."""
-    from ngrpo.exploration import NOISE_STRATEGIES
-
-    if not isinstance(world_size, int) or world_size < 1:
-        raise NgrpoError(f"world size must be an integer >= 1, got {world_size!r}")
-    lora = getattr(cfg.model, "lora", None)
-    if lora_r is None:
-        lora_r = getattr(lora, "r", 0) or 0
-    targets = tuple(getattr(lora, "target_modules", None) or LORA_TARGETS)
-    strategy = strategy or getattr(cfg.train, "strategy", "ddp")
-    dtype = cfg.model.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" else "float32"
-    prompt, new = cfg.data.max_prompt_length, cfg.rollout.max_completion_length
-    width = prompt + new
-    rows = cfg.train.micro_batch_size
-    if cfg.train.max_tokens_per_micro_batch is not None:
-        rows = max(1, cfg.train.max_tokens_per_micro_batch // width)
-    step_rows = max(1, cfg.train.prompts_per_step // world_size) * cfg.rollout.num_generations
-    explore = cfg.exploration
-    k = explore.mix_top_k if explore.strategy == "neighbor" else 1
-    return MemoryInputs(
-        shape=shape, micro_rows=rows, micro_width=width, response_tokens=new,
-        rollout_rows=cfg.rollout.generation_batch_size or step_rows, step_rows=step_rows,
-        prompt_tokens=prompt, new_tokens=new, num_generations=cfg.rollout.num_generations,
-        strategy=strategy, world_size=world_size, dtype=dtype, device=device, lora_r=lora_r,
-        lora_targets=targets, gradient_checkpointing=cfg.model.gradient_checkpointing,
-        reference=cfg.train.beta > 0, candidates=k, noise=explore.strategy in NOISE_STRATEGIES,
-    )  # fmt: skip
