@@ -91,17 +91,29 @@ class MemoryInputs:
     """Sequences decoded together by this process (`rollout.generation_batch_size`, else the
     step's prompts per process × `rollout.num_generations`)."""
     prompt_tokens: int
+    """Longest prompt (`data.max_prompt_length`): the KV cache and the prefill are sized for it."""
     new_tokens: int
+    """Tokens decoded per row (`rollout.max_completion_length`)."""
     num_generations: int = 1
+    """Rows per prompt (G): the prefill runs each distinct prompt once."""
     strategy: str = "ddp"
+    """ddp | fsdp (`train.strategy`)."""
     world_size: int = 1
+    """Processes (GPUs); FSDP shards by it, DDP adds gradient buckets when above 1."""
     dtype: str = "bfloat16"
+    """Compute dtype: float32 | bfloat16 | float16 (master weights are fp32 regardless)."""
     device: str = "cuda"
+    """cuda | cpu: the default head chunk size and AdamW's implementation (foreach on CUDA)."""
     lora_r: int = 0
+    """LoRA rank (0: full-weight training)."""
     lora_targets: tuple[str, ...] = LORA_TARGETS
+    """Projections that get adapters (`model.lora.target_modules`)."""
     gradient_checkpointing: bool = False
+    """`model.gradient_checkpointing`: only layer inputs are kept for the backward."""
     reference: bool = False
+    """A KL reference model is used (`train.beta > 0`)."""
     chunk_elements: int | None = None
+    """Logits elements per head chunk (None: `ngrpo.scoring.CHUNK_ELEMENTS` for the device)."""
     candidates: int = 1
     """K, soft-input candidates per position (`exploration.mix_top_k` with neighbour mixing)."""
     noise: bool = False
@@ -190,17 +202,17 @@ def _layer_activation_bytes(s: ModelShape, c: int, residual: int, casts: bool, p
       and the compute-dtype output (4·d + 4·d + c·d);
     - under autocast with fp32 weights every projection casts its input to the compute dtype and
       saves that copy: 3 (q, k, v) + 2 (gate, up) copies of c·d;
-    - attention: q and k after the rotary embedding, v, SDPA's output and o_proj's input (the
-      output made contiguous); with a padding mask transformers repeats k and v to the query
-      heads before SDPA (no GQA path), so they are q-sized; rotary sin / cos are per position;
-    - MLP: gate, SiLU(gate), up and their product, each c·I.
-    The rotary products promote q and k to the residual dtype (fp32 cos / sin) under autocast:
-    counted at `residual` bytes."""
+    - attention: SDPA's inputs q, k, v, its output and o_proj's input (the output made
+      contiguous), each in the compute dtype (under autocast the rotary products come out fp32,
+      as cos / sin follow the fp32 residual, and SDPA saves its own compute-dtype casts of them);
+      with a padding mask transformers repeats k and v to the query heads before SDPA (no GQA
+      path), so they are q-sized; rotary sin / cos are per position, shared by the layers;
+    - MLP: gate, SiLU(gate), up and their product, each c·I."""
     d, i, q = s.hidden_size, s.intermediate_size, s.q_dim
     kv = q if padded else s.kv_dim
     norm = 12 * d if residual == 4 else (8 + c) * d
     cast = 5 * c * d if casts else 0
-    attention = residual * (q + kv) + c * kv + 2 * c * q
+    attention = c * (q + 2 * kv) + 2 * c * q
     mlp = 4 * c * i
     return 2 * norm + cast + attention + mlp
 
