@@ -244,3 +244,31 @@ def test_reduce_takes_the_maximum_of_peak_bytes_over_processes():
                                                       gather=gather))  # fmt: skip
     assert _reduce(run, mine) == {"memory/peak_bytes": 7e9, "rollout/tokens": 40.0,
                                   "reward/mean": 0.5}  # fmt: skip
+
+
+def test_readme_memory_tables_match_ngrpo_plan():
+    """Every cell of README's "Memory planning" tables is what `ngrpo plan` estimates now."""
+    import re
+
+    from ngrpo.cli.plan import load_plan_config
+    from ngrpo.memory import inputs_from_config, shape_for_config
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Memory planning") : readme.index("## Scale")]
+    tables = section.split("| config | GPUs | DDP | FSDP | LoRA r=16 (DDP) |")[1:]
+    assert len(tables) == 2
+    strategies = (("ddp", 0), ("fsdp", 0), ("ddp", 16))
+    checked = 0
+    for table, overrides in zip(tables, ([], ["rollout.generation_batch_size=32"]), strict=True):
+        for name, gpus, *cells in re.findall(r"^\| `(\S+)` \| (\d+) \| (.+?) \| (.+?) \| (.+?) \|$",
+                                             table, re.M):  # fmt: skip
+            cfg = load_plan_config(name, overrides)
+            for cell, (strategy, r) in zip(cells, strategies, strict=True):
+                plan = estimate(inputs_from_config(cfg, shape_for_config(cfg, name),
+                                                   world_size=int(gpus), strategy=strategy,
+                                                   lora_r=r))  # fmt: skip
+                fits = "/".join(k.removesuffix("GB") for k, ok in plan.fits().items() if ok)
+                expected = f"{plan.peak_bytes / 1e9:.1f} ({plan.peak_phase}) · {fits or 'none'}"
+                assert cell == expected, (name, gpus, strategy, r, cell, expected)
+                checked += 1
+    assert checked == 18
