@@ -33,9 +33,9 @@ out full groups for its own slice of each step's prompts; gradients are averaged
 parallelism (accelerate wraps the policy in DDP; the replay forward goes through the wrapper with
 the unwrapped model's input embedding); metrics are averaged over processes, totals and
 throughputs (`SUMMED_METRICS`) summed, `memory/peak_bytes` the largest (`MAX_METRICS`), and
-`train/world_size` is logged. Only rank 0 evaluates and
-writes files; the others wait at a barrier. With token-mean aggregation the loss is a token mean
-per process, averaged over processes (not one global token mean): the usual DDP approximation.
+`train/world_size` is logged. Only rank 0 evaluates and writes files; the others wait at a
+barrier. With token-mean aggregation the loss is a token mean per process, averaged over processes
+(not one global token mean): the usual DDP approximation.
 """
 
 from __future__ import annotations
