@@ -30,6 +30,11 @@ def _checked_update(*args, **kwargs) -> dict[str, float]:
 def _checked_step(run) -> dict[str, float]:
     if not run.sharded:
         raise SystemExit("train.strategy=fsdp did not shard the policy")
+    if run.ref_model is not None:
+        from torch.distributed.fsdp import FSDPModule
+
+        if not isinstance(run.ref_model, FSDPModule):
+            raise SystemExit("train.strategy=fsdp did not shard the KL reference")
     metrics = _train_step(run)
     copy = dict(run.policy.named_parameters())
     for name, param in run.model.named_parameters():

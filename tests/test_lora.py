@@ -22,7 +22,7 @@ from ngrpo.neighbors import NeighborIndex
 from ngrpo.rollout import EngineOptions, SamplingParams, generate
 from ngrpo.trainer import checkpoint_dirs, load_run_config, read_metrics, train
 
-TIMING = ("time/", "rollout/seconds")
+TIMING = ("time/", "rollout/seconds", "memory/")  # measured, not reproducible
 
 
 def _overrides(base: Path, out: Path, steps: int, *extra: str) -> list[str]:
@@ -367,7 +367,8 @@ def test_bf16_base_is_held_in_bf16_and_scored_through_the_chunked_head(base_mode
     mp = pytest.MonkeyPatch()
     mp.setattr(ngrpo.trainer, "_setup", setup)
     try:
-        train(_cfg(base_model_dir, tmp_path / "bf16", 1, "model.dtype=bfloat16", "model.device=cpu"))
+        train(_cfg(base_model_dir, tmp_path / "bf16", 1, "model.dtype=bfloat16",
+                   "model.device=cpu"))
     finally:
         mp.undo()
     run = captured["run"]

@@ -169,7 +169,8 @@ def test_bench_rollout_preset_bad_arguments(capsys):
     from ngrpo.cli import main
 
     assert main(["bench", "rollout", "--preset", "huge"]) == 2
-    assert "unknown preset 'huge'; choose one of r1-distill-1.5b, tiny" in capsys.readouterr().err
+    message = "unknown preset 'huge'; choose one of r1-distill-1.5b, r1-distill-7b, tiny"
+    assert message in capsys.readouterr().err
     assert main(["bench", "rollout", "--preset", "tiny", "--lengths", "8,x"]) == 2
     assert "--lengths must be positive integers" in capsys.readouterr().err
     assert main(["bench", "rollout", "--preset", "tiny", "--strategies", "none,fast"]) == 2

@@ -25,7 +25,7 @@ from ngrpo.trainer import (
     train,
 )
 
-TIMING = ("time/", "rollout/seconds")
+TIMING = ("time/", "rollout/seconds", "memory/")  # measured, not reproducible: left out
 THROUGHPUT = ("tokens_per_s",)
 
 
@@ -161,6 +161,7 @@ METRIC_KEYS = (
     "actor/entropy", "actor/grad_norm", "rollout/mixed_frac", "rollout/embed_shift",
     "time/rollout_s", "time/learner_s", "learner/tokens_per_s", "rollout/tokens_per_s",
     "train/skipped_updates", "train/skipped_total", "train/world_size", "loss/pg", "train/lr",
+    "memory/peak_bytes",
 )  # fmt: skip
 
 
@@ -181,6 +182,7 @@ def test_cli_run_directory_layout(base_model_dir, tmp_path, capsys):
         if row["type"] == "train":
             assert set(METRIC_KEYS) <= set(row)
             assert row["train/world_size"] == 1.0
+            assert row["memory/peak_bytes"] > 10**8  # CPU: peak RSS, the runtime included
         else:
             assert "eval/arith-id/pass@1" in row
     (checkpoint,) = checkpoint_dirs(out)

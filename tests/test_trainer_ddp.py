@@ -38,6 +38,7 @@ def test_two_process_cpu_run(base_model_dir, tmp_path):
     ]  # fmt: skip
     rows = [r for r in lines if r["type"] == "train"]
     assert all(r["train/world_size"] == 2.0 for r in rows)
+    assert all(r["memory/peak_bytes"] > 10**8 for r in rows)  # the larger process's peak RSS
     assert all(math.isfinite(r["loss/pg"]) and math.isfinite(r["loss/total"]) for r in rows)
     assert rows[0]["rollout/tokens"] > 0 and any(r["actor/grad_norm"] > 0 for r in rows)
     assert [p.name for p in checkpoint_dirs(out)] == ["step-000001", "step-000002"]

@@ -25,6 +25,7 @@ COMMON = [
     "rollout.num_generations=4", "rollout.max_completion_length=40",
     "rollout.generation_batch_size=4", "train.micro_batch_size=2", "train.entropy_coef=0.01",
     "eval.at_start=false", "eval.every=0", "logging.save_every=1", "logging.keep_last=3",
+    "train.beta=0.05",  # a KL reference: sharded under FSDP, its log-probs enter the gradient
 ]  # fmt: skip
 CHECK = Path(__file__).with_name("fsdp_train_check.py")
 
@@ -84,6 +85,7 @@ def test_fsdp_equals_one_process(runs):
         for key in ("loss/pg", "loss/kl", "loss/total", "actor/entropy", "actor/grad_norm"):
             assert abs(a[key] - b[key]) < 1e-5, key
         assert b["actor/replay_logp_err"] <= 1e-4
+    assert two[1]["loss/kl"] > 1e-7  # the policy left the reference: the KL term is live
     names = sorted(p.name for p in (sharded / "checkpoints" / "step-000002").iterdir())
     assert "optimizer" in names and "model.safetensors" in names and "trainer_state.pt" in names
 

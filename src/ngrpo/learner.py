@@ -200,17 +200,25 @@ def _micro_batches(batch: RolloutBatch, rows: torch.Tensor, params: LearnerParam
 
 @torch.no_grad()
 def reference_logprobs(
-    ref_model, batch: RolloutBatch, temperature: float, params: LearnerParams
+    ref_model, batch: RolloutBatch, temperature: float, params: LearnerParams, accelerator=None
 ) -> torch.Tensor:
     """Log-probs (N, T) of the sampled tokens under the frozen reference, on the same inputs and
-    micro-batches as the learner; 0 outside `response_mask`."""
-    rows = torch.arange(len(batch.response_ids), device=batch.response_ids.device)
-    out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=rows.device)  # (N, T)
-    for micro, sub, width in _micro_batches(batch, rows, params):
-        logp, _ = sequence_logprobs(ref_model, sub, temperature,
-                                    chunk_elements=params.chunk_elements,
-                                    full_logits=params.full_logits)  # fmt: skip
-        out[micro, :width] = logp
+    micro-batches as the learner; 0 outside `response_mask`. `ref_model`: a causal LM or a
+    `SoftInputPolicy` (under FSDP a sharded one: every process then runs as many forwards as the
+    busiest, and the root's gathered parameters are released afterwards)."""
+    ref = as_policy(ref_model)
+    device = batch.response_ids.device
+    rows = torch.arange(len(batch.response_ids), device=device)
+    out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=device)  # (N, T)
+    parts = list(_micro_batches(batch, rows, params))
+    for i in range(len(parts) + _padding(len(parts), accelerator, device)):
+        micro, sub, width = parts[min(i, len(parts) - 1)]
+        logp, _ = policy_scores(ref, sub, temperature, chunk_elements=params.chunk_elements,
+                                full_logits=params.full_logits)  # fmt: skip
+        if i < len(parts):  # the rest is padding (FSDP: the same collectives on every process)
+            out[micro, :width] = logp
+    if hasattr(ref, "reshard"):  # FSDP2 keeps the root unsharded after a forward without backward
+        ref.reshard()
     return out
 
 
@@ -303,7 +311,9 @@ def update_policy(
     ref_logp = None
     if params.beta > 0:
         with ref_context() if ref_context is not None else contextlib.nullcontext():
-            ref_logp = reference_logprobs(ref_model, batch, params.temperature, params)  # (N, T)
+            ref_logp = reference_logprobs(
+                ref_model, batch, params.temperature, params, accelerator
+            )  # (N, T)
     rows_per_mini = params.mini_batch_groups * params.group_size
     averages = _Averages()
     skipped, grad_norms, first = 0, [], True

@@ -1,7 +1,9 @@
 """Model shapes for benchmarks at scale: random weights of a known architecture, no hub.
 
 `r1-distill-1.5b` is DeepSeek-R1-Distill-Qwen-1.5B's shape (Qwen2, vocabulary 151,936, hidden
-1,536, MLP 8,960, 28 layers, 12 query / 2 key-value heads, untied embeddings); `tiny` is the same
+1,536, MLP 8,960, 28 layers, 12 query / 2 key-value heads, untied embeddings); `r1-distill-7b`
+DeepSeek-R1-Distill-Qwen-7B's (vocabulary 152,064, hidden 3,584, MLP 18,944, 28 layers, 28 query /
+4 key-value heads, untied; used by `ngrpo plan`, too big to build on most CPUs); `tiny` is the same
 architecture small enough to run on a CPU in seconds (what CI exercises).
 """
 
@@ -15,6 +17,11 @@ PRESETS: dict[str, dict] = {
     "r1-distill-1.5b": dict(
         vocab_size=151_936, hidden_size=1_536, intermediate_size=8_960, num_hidden_layers=28,
         num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131_072,
+        tie_word_embeddings=False,
+    ),
+    "r1-distill-7b": dict(
+        vocab_size=152_064, hidden_size=3_584, intermediate_size=18_944, num_hidden_layers=28,
+        num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=131_072,
         tie_word_embeddings=False,
     ),
     "tiny": dict(

@@ -54,9 +54,10 @@ first prompt), and each process takes its slice of every mini-batch of the step'
 (`ngrpo.sharding.data_parallel.process_prompt_slots`), so N processes produce one process's
 rollouts and optimizer steps when each process's slice of a mini-batch is a whole number of
 generation batches (a 1-process run with `generation_batch_size: null` keeps its old seeds).
-Metrics are averaged over processes, totals and throughputs (`SUMMED_METRICS`) summed, and
-`train/world_size` is logged. Only rank 0 evaluates and writes files (under FSDP every rank
-writes its optimizer shard); the others wait at a barrier.
+Metrics are averaged over processes, totals and throughputs (`SUMMED_METRICS`) summed,
+`memory/peak_bytes` the largest (`MAX_METRICS`), and `train/world_size` is logged. Only rank 0
+evaluates and writes files (under FSDP every rank writes its optimizer shard); the others wait at a
+barrier.
 """
 
 from __future__ import annotations
@@ -388,6 +389,9 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         rollout_model = load_model(weights, accelerator.device, dtype)  # full, compute dtype
         disable_dropout(rollout_model)
         shard_policy(module, dtype, accelerator.num_processes, accelerator.device.type)
+        if ref_model is not None:  # the KL reference is sharded too (compute dtype, no grads)
+            ref_model = shard_policy(SoftInputPolicy(ref_model), dtype,
+                                     accelerator.num_processes, accelerator.device.type)
         copy, policy = RolloutCopy(module, rollout_model), rollout_model
         accelerator = FsdpStrategy(accelerator)
     optimizer = torch.optim.AdamW(  # LoRA: the adapters only (everything else is frozen)
@@ -493,21 +497,25 @@ def _truncate_metrics(path: Path, step: int) -> None:
 SUMMED_METRICS = (
     "rollout/tokens", "rollout/mixed_tokens", "rollout/tokens_per_s", "learner/tokens_per_s",
 )  # fmt: skip
+MAX_METRICS = ("memory/peak_bytes",)  # the largest over processes (what must fit on each)
 
 
 def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
-    """Metrics over all processes: sums for `SUMMED_METRICS`, means for the rest (identity in a
-    single process). Every process must hold the same keys (they do: same code, same config)."""
+    """Metrics over all processes: sums for `SUMMED_METRICS`, maxima for `MAX_METRICS`, means for
+    the rest (identity in a single process). Every process must hold the same keys (they do: same
+    code, same config)."""
     world = run.accelerator.num_processes
     if world == 1:
         return metrics
     keys = sorted(metrics)
     values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
-    values = run.accelerator.reduce(values.to(run.accelerator.device), reduction="sum").cpu()
+    gathered = run.accelerator.gather(values.to(run.accelerator.device)).view(world, -1).cpu()
+    sums, maxima = gathered.sum(0), gathered.max(0).values  # (K,), (K,)
     return {
-        key: float(value) if key in SUMMED_METRICS else float(value) / world
-        for key, value in zip(keys, values, strict=True)
-    }
+        key: float(maxima[i]) if key in MAX_METRICS
+        else float(sums[i]) if key in SUMMED_METRICS else float(sums[i]) / world
+        for i, key in enumerate(keys)
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ one step
@@ -587,10 +595,12 @@ def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
 def _train_step(run: Run) -> dict[str, float]:
     from ngrpo.diagnostics import neighbor_synonym_frac, rollout_diagnostics, split_groups
     from ngrpo.losses import group_advantages
+    from ngrpo.memory.usage import peak_bytes, reset_peak
     from ngrpo.sharding.data_parallel import process_prompt_slots
 
     cfg, acc = run.cfg, run.accelerator
     world, rank = acc.num_processes, acc.process_index
+    reset_peak(acc.device)  # `memory/peak_bytes`: this step's peak, rollout to optimizer step
     # 1-2. this process's slice of each mini-batch of the step's prompts (the same global order
     # for every process),
     # rollouts with exploration on and their rewards (dynamic sampling: several rounds)
@@ -639,6 +649,7 @@ def _train_step(run: Run) -> dict[str, float]:
         "time/learner_s": learner_s,
         "learner/tokens_per_s": trained_tokens / max(learner_s, 1e-9),
         "train/lr": run.scheduler.get_last_lr()[0],
+        "memory/peak_bytes": float(peak_bytes(acc.device)),
     }
     if run.variant_classes is not None:
         response_ids = batch.soft_inputs.ids[:, batch.prompt_ids.shape[1] :]  # (N, T, K)

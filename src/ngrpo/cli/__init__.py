@@ -17,7 +17,8 @@ from ngrpo.errors import NgrpoError
 
 # Order is the order shown by `ngrpo --help`.
 COMMANDS = (
-    "build-base", "demo", "train", "eval", "export", "grade", "bench", "neighbors", "probe", "task",
+    "build-base", "demo", "train", "eval", "export", "grade", "bench", "neighbors", "probe",
+    "task", "plan",
 )  # fmt: skip
 
 

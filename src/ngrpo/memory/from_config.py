@@ -1,0 +1,77 @@
+"""Memory-plan inputs from a training config (`ngrpo plan`): the shape and the settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ngrpo.errors import NgrpoError
+from ngrpo.memory.estimate import MemoryInputs
+from ngrpo.memory.shape import LORA_TARGETS, ModelShape
+
+SHAPE_HINTS = {"7b": "r1-distill-7b", "1.5b": "r1-distill-1.5b"}
+"""Config-name fragments -> preset shapes, for the R1 configs whose `model.path` is `???`."""
+
+
+def shape_for_config(cfg, config_name: str = "", preset: str | None = None) -> ModelShape:
+    """The model shape of a training config: `preset` when given, else `model.path`'s
+    config.json (`base`: the embedded base model, once built), else for a required (`???`) path
+    the preset named by the config's name (`..._7b_...` -> r1-distill-7b)."""
+    from ngrpo.config import MISSING
+
+    if preset is not None:
+        return ModelShape.from_preset(preset)
+    path = str(cfg.model.path)
+    if path == MISSING:
+        name = Path(config_name).name.lower()
+        for hint, shape in SHAPE_HINTS.items():
+            if f"_{hint}_" in f"_{name}_".replace(".yaml", "_"):
+                return ModelShape.from_preset(shape)
+        raise NgrpoError(f"model.path is {MISSING}: give model.path=DIR or --model-shape PRESET")
+    if path == "base":
+        from ngrpo.base_model import default_base_dir, is_complete_build
+
+        if not is_complete_build(default_base_dir()):
+            raise NgrpoError("the embedded base model is not built yet: run `ngrpo build-base` "
+                             "or give --model-shape PRESET")  # fmt: skip
+        return ModelShape.from_model_dir(default_base_dir())
+    return ModelShape.from_model_dir(path)
+
+
+def inputs_from_config(
+    cfg, shape: ModelShape, *, world_size: int = 1, strategy: str | None = None,
+    lora_r: int | None = None, device: str = "cuda",
+) -> MemoryInputs:  # fmt: skip
+    """`MemoryInputs` for a `TrainConfig` run on `world_size` processes of `device`.
+
+    `strategy` / `lora_r` default to the config's `train.strategy` / `model.lora.r` when the
+    config has them (else ddp / 0). `model.dtype: auto` plans bfloat16 on CUDA, float32 on CPU.
+    Micro-batches are `train.micro_batch_size` rows of prompt + response at their maximum
+    lengths, or as many such rows as `train.max_tokens_per_micro_batch` holds (at least one)."""
+    from ngrpo.exploration import NOISE_STRATEGIES
+
+    if not isinstance(world_size, int) or world_size < 1:
+        raise NgrpoError(f"world size must be an integer >= 1, got {world_size!r}")
+    lora = getattr(cfg.model, "lora", None)
+    if lora_r is None:
+        lora_r = getattr(lora, "r", 0) or 0
+    targets = tuple(getattr(lora, "target_modules", None) or LORA_TARGETS)
+    strategy = strategy or getattr(cfg.train, "strategy", "ddp")
+    dtype = cfg.model.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    prompt, new = cfg.data.max_prompt_length, cfg.rollout.max_completion_length
+    width = prompt + new
+    rows = cfg.train.micro_batch_size
+    if cfg.train.max_tokens_per_micro_batch is not None:
+        rows = max(1, cfg.train.max_tokens_per_micro_batch // width)
+    step_rows = max(1, cfg.train.prompts_per_step // world_size) * cfg.rollout.num_generations
+    explore = cfg.exploration
+    k = explore.mix_top_k if explore.strategy == "neighbor" else 1
+    return MemoryInputs(
+        shape=shape, micro_rows=rows, micro_width=width, response_tokens=new,
+        rollout_rows=cfg.rollout.generation_batch_size or step_rows, step_rows=step_rows,
+        prompt_tokens=prompt, new_tokens=new, num_generations=cfg.rollout.num_generations,
+        strategy=strategy, world_size=world_size, dtype=dtype, device=device, lora_r=lora_r,
+        lora_targets=targets, gradient_checkpointing=cfg.model.gradient_checkpointing,
+        reference=cfg.train.beta > 0, candidates=k, noise=explore.strategy in NOISE_STRATEGIES,
+    )  # fmt: skip
