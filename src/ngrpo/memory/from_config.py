@@ -46,7 +46,8 @@ def inputs_from_config(
     `strategy` / `lora_r` default to the config's `train.strategy` / `model.lora.r` when the
     config has them (else ddp / 0). `model.dtype: auto` plans bfloat16 on CUDA, float32 on CPU.
     Micro-batches are `train.micro_batch_size` rows of prompt + response at their maximum
-    lengths, or as many such rows as `train.max_tokens_per_micro_batch` holds (at least one)."""
+    lengths, or as many such rows as `train.max_tokens_per_micro_batch` holds (at least one), and
+    never more than a process's share of a mini-batch."""
     from ngrpo.exploration import NOISE_STRATEGIES
 
     if not isinstance(world_size, int) or world_size < 1:
@@ -65,6 +66,9 @@ def inputs_from_config(
     if cfg.train.max_tokens_per_micro_batch is not None:
         rows = max(1, cfg.train.max_tokens_per_micro_batch // width)
     step_rows = max(1, cfg.train.prompts_per_step // world_size) * cfg.rollout.num_generations
+    # a micro-batch never holds more than this process's share of a mini-batch
+    mini_rows = max(1, cfg.train.mini_batch_prompts // world_size) * cfg.rollout.num_generations
+    rows = min(rows, mini_rows)
     explore = cfg.exploration
     k = explore.mix_top_k if explore.strategy == "neighbor" else 1
     return MemoryInputs(
