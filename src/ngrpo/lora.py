@@ -10,14 +10,13 @@ only them. What follows from that, and how it deviates from a full-weight run:
   disabled (peft's `disable_adapter` context): no second copy of the weights in memory;
 - adapter dropout must be 0: the rollout samples in train mode and the learner must score exactly
   what was sampled (the replay invariant); a stochastic adapter would break it;
-- the frozen base is held in fp32, like the full-weight path's master weights, and bf16 / fp16
-  compute comes from accelerate's autocast as there; the adapters are fp32. Holding the frozen
-  base in the compute dtype would halve its memory, but then the model's (bf16) hidden states
-  reach the learner as the fp32 copy accelerate's output conversion makes, and
-  `ngrpo.scoring.score_tokens` falls back to full (N, T, V) logits (measured on CPU with
-  model.dtype=bfloat16): not done until the scoring path takes half-precision bases. What LoRA
-  saves is the gradients and the two AdamW moments of every base weight (12 of 16 bytes per
-  parameter);
+- the frozen base is held in the compute dtype (bf16 on a GPU that supports it, fp32 on CPU): it
+  needs no fp32 master copy; the adapters are fp32 (peft upcasts them) and compute goes through
+  accelerate's autocast as in full-weight training. Accelerate wraps the policy module
+  (`ngrpo.policy.SoftInputPolicy`), not the model, so the learner's chunked head sees the model's
+  own hidden states and keeps its chunked path with a bf16 base (tested). Per base parameter a
+  bf16 LoRA run holds 2 bytes where full-weight training holds 16 (fp32 weights, gradients and
+  two AdamW moments);
 - checkpoints hold the adapter in peft's own format (`adapter_config.json`,
   `adapter_model.safetensors`, written by `save_pretrained`) next to the tokenizer; the adapter
   config's `base_model_name_or_path` is the resolved local base directory, so `load_model` on a

@@ -117,8 +117,9 @@ def names_to_ids(state: dict, names: list[str]) -> dict:
 
 
 def parameter_names(module: torch.nn.Module) -> list[str]:
-    """The policy module's parameter names in `parameters()` order (the optimizer's ids)."""
-    return [name for name, _ in module.named_parameters()]
+    """The policy module's trainable parameter names in `parameters()` order: the optimizer's ids
+    (the trainer builds AdamW on the parameters that require grad, in this order)."""
+    return [name for name, p in module.named_parameters() if p.requires_grad]
 
 
 def load_optimizer_state(
