@@ -1,0 +1,257 @@
+"""Validation of a config, in one place (`validate_config`), and what a valid config implies.
+
+Every check raises `NgrpoError` naming the key and what is allowed. Required values: a string
+field set to `???` must be overridden (the R1 configs leave `model.path` and `data.train` so);
+validation reports every such key with the override to add. `null` is never "required": it is a
+real value of an optional field.
+
+Also here: `derived_values` (tokens per step, total rollouts, … for the start-up summary and the
+LR schedule) and `resolve_device_dtype` (`auto` device / dtype to what runs).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ngrpo.config.aliases import _VALUE_CANONICALIZERS, _reward_items
+from ngrpo.config.schema import MISSING, TrainConfig, _flatten, config_to_dict
+from ngrpo.errors import NgrpoError
+from ngrpo.losses import IMPORTANCE_LEVELS
+from ngrpo.rewards.functions import ERROR_POLICIES, check_spec
+from ngrpo.rollout.engine import CUDA_GRAPHS, KV_CACHES
+
+DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None,  # resolved by `resolve_device_dtype`
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+LONG_PROMPT_POLICIES = ("drop", "reject")
+SOFT_INPUT_GRAD = ("all", "none")
+STRATEGIES = ("ddp", "fsdp")  # train.strategy (ngrpo.sharding)
+
+# Example values shown when a required key is missing.
+_REQUIRED_EXAMPLES = {
+    "model.path": "/path/to/hf_model_dir",
+    "data.train": "/path/to/train.parquet",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (the one place)
+# ---------------------------------------------------------------------------------------------
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise NgrpoError(message)
+
+
+def _check_int(key: str, value: Any, low: int) -> None:
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= low,
+        f"{key} must be an integer >= {low}, got {value!r}",
+    )
+
+
+def _check_choice(key: str, value: Any, choices: Sequence) -> None:
+    _require(value in choices, f"{key}: {value!r} is not allowed; choose one of "
+             + ", ".join("null" if c is None else str(c) for c in choices))
+
+
+def _check_device(device: str) -> None:
+    _require(DEVICE_PATTERN.fullmatch(device) is not None,
+             f"model.device: {device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+
+
+def _check_named(key: str, resolve: Any, value: str) -> None:
+    """`value` must be known to a registry's `resolve` function (which raises NgrpoError)."""
+    try:
+        resolve(value)
+    except NgrpoError as err:
+        raise NgrpoError(f"{key}: {err}") from None
+
+
+def _check_range(key: str, value: float, low: float, high: float, *, open_low: bool = False,
+                 open_high: bool = False) -> None:
+    above = value > low if open_low else value >= low
+    below = value < high if open_high else value <= high
+    interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    _require(above and below, f"{key} must be in {interval}, got {value!r}")
+
+
+def missing_keys(cfg: TrainConfig) -> list[str]:
+    """Keys still set to the required marker `???`."""
+    flat = _flatten(config_to_dict(cfg))
+    return [key for key, value in flat.items() if value == MISSING]
+
+
+def validate_config(cfg: TrainConfig) -> TrainConfig:
+    """Check every value; raise `NgrpoError` naming the key and what is allowed. Returns `cfg`.
+
+    Checks that need the model (`exploration.mix_top_k` <= vocabulary size) or the file system
+    (paths exist) belong to the code that loads them: call `cfg.exploration.validate(vocab_size)`
+    once the model is loaded.
+    """
+    missing = missing_keys(cfg)
+    if missing:
+        example = " ".join(f"{k}={_REQUIRED_EXAMPLES.get(k, '<value>')}" for k in missing)
+        raise NgrpoError(
+            f"required setting{'s' if len(missing) > 1 else ''} not set: {', '.join(missing)}; "
+            f"set {'them' if len(missing) > 1 else 'it'} on the command line, e.g. {example}"
+        )
+
+    _check_int("seed", cfg.seed, 0)
+    _require(bool(cfg.output_dir.strip()), "output_dir must not be empty")
+
+    m = cfg.model
+    _require(bool(m.path.strip()), "model.path must not be empty (a model directory or `base`)")
+    _check_choice("model.dtype", m.dtype, list(DTYPES))
+    _check_device(m.device)
+    _check_choice("model.attn_implementation", m.attn_implementation, [None, *ATTN_IMPLEMENTATIONS])
+    m.lora.validate()
+
+    d = cfg.data
+    _require(bool(d.train.strip()), "data.train must not be empty (a task split or a file)")
+    if d.train_limit is not None:
+        _check_int("data.train_limit", d.train_limit, 1)
+    _require(all(s.strip() for s in d.eval_sets), "data.eval_sets must not contain empty names")
+    _check_int("data.max_prompt_length", d.max_prompt_length, 1)
+    _check_choice("data.long_prompts", d.long_prompts, LONG_PROMPT_POLICIES)
+
+    r = cfg.rollout
+    _require(isinstance(r.num_generations, int) and r.num_generations >= 2,
+             f"rollout.num_generations must be an integer >= 2 (group-relative advantages need "
+             f"two responses per prompt), got {r.num_generations!r}")
+    _require(r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature!r}")
+    _check_range("rollout.top_p", r.top_p, 0.0, 1.0, open_low=True)
+    _check_int("rollout.top_k", r.top_k, 0)
+    _check_int("rollout.max_completion_length", r.max_completion_length, 1)
+    if r.generation_batch_size is not None:
+        _check_int("rollout.generation_batch_size", r.generation_batch_size, 1)
+    _check_choice("rollout.kv_cache", r.kv_cache, KV_CACHES)
+    _check_choice("rollout.cuda_graphs", r.cuda_graphs, CUDA_GRAPHS)
+
+    cfg.exploration.validate()
+
+    t = cfg.train
+    _check_int("train.steps", t.steps, 1)
+    _check_int("train.prompts_per_step", t.prompts_per_step, 1)
+    _check_int("train.mini_batch_prompts", t.mini_batch_prompts, 1)
+    _require(t.prompts_per_step % t.mini_batch_prompts == 0,
+             f"train.mini_batch_prompts ({t.mini_batch_prompts}) must divide "
+             f"train.prompts_per_step ({t.prompts_per_step})")
+    _check_int("train.micro_batch_size", t.micro_batch_size, 1)
+    if t.max_tokens_per_micro_batch is not None:
+        _check_int("train.max_tokens_per_micro_batch", t.max_tokens_per_micro_batch, 1)
+    _check_int("train.num_iterations", t.num_iterations, 1)
+    _require(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate!r}")
+    _check_int("train.warmup_steps", t.warmup_steps, 0)
+    _require(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay!r}")
+    _require(t.max_grad_norm is None or t.max_grad_norm > 0,
+             f"train.max_grad_norm must be > 0 or null, got {t.max_grad_norm!r}")
+    _require(t.beta >= 0, f"train.beta must be >= 0, got {t.beta!r}")
+    for key in ("train.kl_estimator", "train.loss_type"):
+        _check_named(key, _VALUE_CANONICALIZERS[key], getattr(t, key.split(".")[1]))
+    _check_range("train.epsilon", t.epsilon, 0.0, 1.0, open_high=True)
+    if t.epsilon_high is not None:
+        _require(t.epsilon_high >= 0, f"train.epsilon_high must be >= 0, got {t.epsilon_high!r}")
+    _check_choice("train.importance_sampling_level", t.importance_sampling_level,
+                  list(IMPORTANCE_LEVELS))
+    _reward_items(t.rewards)  # entries set from Python are checked as YAML ones are
+    for i, (spec, _) in enumerate(t.reward_items()):
+        key = f"train.rewards[{i}].fn" if t.rewards else "train.reward"
+        _check_named(key, check_spec, spec)
+    _require(t.reward_timeout_s > 0,
+             f"train.reward_timeout_s must be > 0, got {t.reward_timeout_s!r}")
+    _check_choice("train.reward_errors", t.reward_errors, list(ERROR_POLICIES))
+    if t.clip_ratio_c is not None:
+        _require(isinstance(t.clip_ratio_c, (int, float)) and not isinstance(t.clip_ratio_c, bool)
+                 and t.clip_ratio_c > 1, f"train.clip_ratio_c must be > 1 or null (off), "
+                 f"got {t.clip_ratio_c!r}")
+    _check_choice("train.soft_input_grad", t.soft_input_grad, list(SOFT_INPUT_GRAD))
+    _check_choice("train.strategy", t.strategy, list(STRATEGIES))
+    _require(not (t.strategy == "fsdp" and m.lora.enabled),
+             "train.strategy=fsdp with model.lora.r > 0 is not supported yet (LoRA keeps the base "
+             "frozen: 7B adapters fit one GPU); use train.strategy=ddp for LoRA runs")
+    _check_choice("train.dynamic_sampling", t.dynamic_sampling, [True, False])
+    _check_int("train.max_sampling_rounds", t.max_sampling_rounds, 1)
+
+    e = cfg.eval
+    _check_int("eval.every", e.every, 0)
+    _check_int("eval.n", e.n, 1)
+    _require(e.temperature > 0, f"eval.temperature must be > 0, got {e.temperature!r}")
+    _check_range("eval.top_p", e.top_p, 0.0, 1.0, open_low=True)
+    _check_int("eval.max_new_tokens", e.max_new_tokens, 1)
+    if e.limit is not None:
+        _check_int("eval.limit", e.limit, 1)
+    _require(not ((e.every > 0 or e.at_start) and not d.eval_sets),
+             "evaluation is on (eval.every > 0 or eval.at_start) but data.eval_sets is empty; "
+             "set data.eval_sets=NAME,... or eval.every=0 eval.at_start=false")
+    _require(e.best_metric is None or e.best_metric.startswith("eval/"),
+             f"eval.best_metric must name an evaluation metric (eval/<set>/<metric>), "
+             f"got {e.best_metric!r}")
+
+    lg = cfg.logging
+    _check_int("logging.save_every", lg.save_every, 0)
+    _check_int("logging.keep_last", lg.keep_last, 1)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived values and device resolution
+# ---------------------------------------------------------------------------------------------
+
+
+def derived_values(cfg: TrainConfig) -> dict[str, int]:
+    """Quantities implied by the config, for the start-up summary and the LR schedule."""
+    t, r = cfg.train, cfg.rollout
+    rollouts = t.prompts_per_step * r.num_generations
+    mini_batches = t.prompts_per_step // t.mini_batch_prompts
+    mini_batch_sequences = t.mini_batch_prompts * r.num_generations
+    optimizer_steps = mini_batches * t.num_iterations
+    rows_per_micro_batch = t.micro_batch_size
+    if t.max_tokens_per_micro_batch is not None:  # at full length: the most micro-batches
+        full_row = cfg.data.max_prompt_length + r.max_completion_length
+        rows_per_micro_batch = max(1, t.max_tokens_per_micro_batch // full_row)
+    return {
+        "rollouts_per_step": rollouts,
+        "mini_batches_per_step": mini_batches,
+        "sequences_per_mini_batch": mini_batch_sequences,
+        "micro_batches_per_mini_batch": math.ceil(mini_batch_sequences / rows_per_micro_batch),
+        "optimizer_steps_per_step": optimizer_steps,
+        "total_optimizer_steps": optimizer_steps * t.steps,
+        "total_rollouts": rollouts * t.steps,
+        "max_response_tokens_per_step": rollouts * r.max_completion_length,
+        "max_tokens_per_step": rollouts * (cfg.data.max_prompt_length + r.max_completion_length),
+    }
+
+
+def resolve_device_dtype(
+    device: str, dtype: str, cuda_available: bool, bf16_supported: bool = True
+) -> tuple[str, torch.dtype]:
+    """(device, compute dtype) for the requested `model.device` / `model.dtype`.
+
+    `auto` device: `cuda` when available, else `cpu`. `auto` dtype: bfloat16 on a CUDA device that
+    supports it, float32 otherwise (CPU, or an older GPU: float16 would need loss scaling). An
+    explicit request that cannot be met is an error, never a silent substitute.
+    """
+    _check_device(device)
+    _check_choice("model.dtype", dtype, list(DTYPES))
+    if device == "auto":
+        device = "cuda" if cuda_available else "cpu"
+    elif device.startswith("cuda") and not cuda_available:
+        raise NgrpoError(f"model.device={device} but CUDA is not available; use model.device=cpu")
+    on_cuda = device.startswith("cuda")
+    if dtype == "auto":
+        return device, torch.bfloat16 if on_cuda and bf16_supported else torch.float32
+    if dtype == "bfloat16" and on_cuda and not bf16_supported:
+        raise NgrpoError("model.dtype=bfloat16 but this GPU does not support it; use float32")
+    return device, DTYPES[dtype]
