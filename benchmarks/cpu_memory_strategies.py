@@ -26,7 +26,7 @@ from pathlib import Path
 
 WRAPPER = r'''
 import json, os, resource, sys
-import ngrpo.trainer
+import ngrpo.trainer.loop
 from ngrpo.cli import main
 from ngrpo.memory.usage import peak_bytes
 
@@ -36,14 +36,14 @@ def rss():
             return int(line.split()[1]) * 1024
 
 runtime, steps = rss(), []
-inner = ngrpo.trainer._train_step
+inner = ngrpo.trainer.loop._train_step
 
 def step(run):
     metrics = inner(run)
     steps.append(peak_bytes(run.accelerator.device))  # this step's peak, this process
     return metrics
 
-ngrpo.trainer._train_step = step
+ngrpo.trainer.loop._train_step = step
 code = main(sys.argv[1:])
 print("MEMORY " + json.dumps({"rank": int(os.environ.get("RANK", 0)), "runtime_bytes": runtime,
       "step_peaks_bytes": steps,

@@ -11,10 +11,10 @@ import sys
 import torch
 import torch.distributed as dist
 
-import ngrpo.trainer
+import ngrpo.trainer.loop
 from ngrpo.cli import main
 
-_train_step = ngrpo.trainer._train_step
+_train_step = ngrpo.trainer.loop._train_step
 
 
 def _checked_step(run) -> dict[str, float]:
@@ -28,5 +28,5 @@ def _checked_step(run) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    ngrpo.trainer._train_step = _checked_step
+    ngrpo.trainer.loop._train_step = _checked_step
     sys.exit(main(sys.argv[1:]))

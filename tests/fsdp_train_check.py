@@ -13,11 +13,12 @@ import sys
 import torch
 
 import ngrpo.learner
-import ngrpo.trainer
+import ngrpo.trainer.loop
+import ngrpo.trainer.step
 from ngrpo.cli import main
 
-_train_step = ngrpo.trainer._train_step
-_update_policy = ngrpo.trainer.update_policy
+_train_step = ngrpo.trainer.loop._train_step
+_update_policy = ngrpo.trainer.step.update_policy
 
 
 def _checked_update(*args, **kwargs) -> dict[str, float]:
@@ -45,6 +46,6 @@ def _checked_step(run) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    ngrpo.trainer._train_step = _checked_step
-    ngrpo.trainer.update_policy = _checked_update
+    ngrpo.trainer.loop._train_step = _checked_step
+    ngrpo.trainer.step.update_policy = _checked_update
     sys.exit(main(sys.argv[1:]))

@@ -13,7 +13,8 @@ from conftest import tiny_qwen2
 from ngrpo.cli import main
 from ngrpo.config import load_config, save_config
 from ngrpo.models import PINNED_TOKENIZER_MODULE, load_model, load_tokenizer
-from ngrpo.trainer import STATE_FILE, _save_model
+from ngrpo.trainer import STATE_FILE
+from ngrpo.trainer.checkpoints import _save_model
 
 TEXTS = [
     "Mia has 7 shells . Mia finds 5 more . How many shells does Mia have now ?",

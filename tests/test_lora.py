@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import ngrpo.models
-import ngrpo.trainer
+import ngrpo.trainer.loop
 from ngrpo.cli import main
 from ngrpo.config import load_config, save_config
 from ngrpo.errors import NgrpoError
@@ -54,7 +54,7 @@ def lora_run(base_model_dir, tmp_path_factory):
     invalidations and model loads it made."""
     mp = pytest.MonkeyPatch()
     captured, invalidations, loads = {}, [], []
-    real_setup, real_invalidate = ngrpo.trainer._setup, NeighborIndex.invalidate
+    real_setup, real_invalidate = ngrpo.trainer.loop._setup, NeighborIndex.invalidate
     real_load = ngrpo.models.load_model
 
     def setup(*args, **kwargs):
@@ -69,7 +69,7 @@ def lora_run(base_model_dir, tmp_path_factory):
         loads.append(args[0])
         return real_load(*args, **kwargs)
 
-    mp.setattr(ngrpo.trainer, "_setup", setup)
+    mp.setattr(ngrpo.trainer.loop, "_setup", setup)
     mp.setattr(NeighborIndex, "invalidate", invalidate)
     mp.setattr(ngrpo.models, "load_model", load_model)
     try:
@@ -357,7 +357,7 @@ def test_bf16_base_is_held_in_bf16_and_scored_through_the_chunked_head(base_mode
     import ngrpo.scoring
 
     captured = {}
-    real_setup = ngrpo.trainer._setup
+    real_setup = ngrpo.trainer.loop._setup
 
     def setup(*args, **kwargs):
         captured["run"] = real_setup(*args, **kwargs)
@@ -365,7 +365,7 @@ def test_bf16_base_is_held_in_bf16_and_scored_through_the_chunked_head(base_mode
 
     ngrpo.scoring._FULL_LOGITS_CLASSES.clear()
     mp = pytest.MonkeyPatch()
-    mp.setattr(ngrpo.trainer, "_setup", setup)
+    mp.setattr(ngrpo.trainer.loop, "_setup", setup)
     try:
         train(_cfg(base_model_dir, tmp_path / "bf16", 1, "model.dtype=bfloat16",
                    "model.device=cpu"))

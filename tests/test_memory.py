@@ -231,7 +231,7 @@ def test_peak_bytes_follows_a_large_allocation_on_cpu():
 
 
 def test_reduce_takes_the_maximum_of_peak_bytes_over_processes():
-    from ngrpo.trainer import _reduce
+    from ngrpo.trainer.step import _reduce
 
     other = {"memory/peak_bytes": 7e9, "rollout/tokens": 30.0, "reward/mean": 0.0}
     mine = {"memory/peak_bytes": 5e9, "rollout/tokens": 10.0, "reward/mean": 1.0}

@@ -17,13 +17,8 @@ import ngrpo.models
 from ngrpo.cli import main
 from ngrpo.config import load_config
 from ngrpo.models import load_model
-from ngrpo.trainer import (
-    _recover_interrupted_writes,
-    checkpoint_dirs,
-    load_run_config,
-    read_metrics,
-    train,
-)
+from ngrpo.trainer import checkpoint_dirs, load_run_config, read_metrics, train
+from ngrpo.trainer.checkpoints import _recover_interrupted_writes
 
 TIMING = ("time/", "rollout/seconds", "memory/")  # measured, not reproducible: left out
 THROUGHPUT = ("tokens_per_s",)

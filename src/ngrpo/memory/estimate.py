@@ -246,7 +246,7 @@ def _persistent(x: MemoryInputs, lora: bool, trainable: int, c: int) -> list[Com
     if x.strategy == "ddp" and x.world_size > 1:
         out.append(Component("DDP gradient buckets", trainable * 4, every,
                              "one fp32 copy of the gradients for the all-reduce"))  # fmt: skip
-    if x.reference and not lora:  # sharded like the policy under FSDP (ngrpo.trainer._setup)
+    if x.reference and not lora:  # sharded like the policy under FSDP (ngrpo.trainer.setup._setup)
         out.append(Component("reference model", math.ceil(s.parameters * c / shard), every,
                              f"train.beta > 0: frozen copy in {x.dtype}{sharded}"))  # fmt: skip
     if x.strategy == "fsdp":

@@ -177,7 +177,12 @@ def save_sharded_checkpoint(run, step: int, trainer_state: dict) -> Path:
     )
 
     from ngrpo.tokenizer import save_tokenizer
-    from ngrpo.trainer import CHECKPOINTS, STATE_FILE, _write_atomically, checkpoint_dirs
+    from ngrpo.trainer.checkpoints import (
+        CHECKPOINTS,
+        STATE_FILE,
+        _write_atomically,
+        checkpoint_dirs,
+    )
 
     root = run.run_dir / CHECKPOINTS
     target = root / f"step-{step:06d}"

@@ -1,0 +1,155 @@
+"""Checkpoints of a run: atomic directory writes, recovery after an interruption, the model and
+trainer state saved at a step and read back on `--resume`.
+
+Run directory (`output_dir`) parts written here:
+- `checkpoints/step-NNNNNN/`: Hugging Face model (a LoRA run: the peft adapter, `ngrpo.lora`) +
+  tokenizer (safetensors) and `trainer_state.pt`
+  (optimizer, scheduler, RNG states, step, data position, best metric). The state holds only
+  tensors, numbers, strings and plain containers (RNG states as tensors) and is read back with
+  `torch.load(weights_only=True)`: a run directory from elsewhere cannot run code on `--resume`.
+  Each is written to a temporary directory and renamed into place, so a process killed while
+  saving leaves the previous checkpoint intact; only complete `step-*` directories are read back.
+  Under FSDP the optimizer state is in `optimizer/` instead (`ngrpo.sharding.checkpoint`, which
+  writes through `_write_atomically` too);
+- `best/` goes through the same atomic write (`ngrpo.trainer.loop`).
+
+Resume (`resume=True`): continues from the newest complete checkpoint with the same data order,
+RNG streams and optimizer state, so 2 + 2 steps equal 4 straight steps (tested). Metrics lines of
+steps after that checkpoint (written before a crash) are dropped and redone (all of them when there
+is no checkpoint yet; `_truncate_metrics`); leftovers of an interrupted save are cleaned up, and a
+`best/` caught between its two renames gets its previous version back
+(`_recover_interrupted_writes`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ngrpo.errors import NgrpoError
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.pt"
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary directories are never listed)."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp_dir)`, then rename into `target` (replacing it): never a half-written target."""
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = target.parent / f".old-{target.name}-{os.getpid()}"
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _recover_interrupted_writes(run_dir: Path) -> None:
+    """Clean up after a process killed inside `_write_atomically`: a target renamed away but not
+    yet replaced gets its previous version back; unfinished temporary directories are deleted."""
+    for parent in (run_dir, run_dir / CHECKPOINTS):
+        if not parent.is_dir():
+            continue
+        for old in parent.glob(".old-*"):
+            target = parent / old.name.removeprefix(".old-").rsplit("-", 1)[0]
+            if target.exists():
+                shutil.rmtree(old)
+            else:
+                old.rename(target)
+        for tmp in parent.glob(".tmp-*"):
+            shutil.rmtree(tmp)
+
+
+def _save_model(directory: Path, model, tokenizer) -> None:
+    """A Hugging Face model directory (safetensors) that transformers and vLLM can load; the
+    tokenizer loads back with a plain `AutoTokenizer` (`ngrpo.tokenizer.save_tokenizer`)."""
+    from ngrpo.tokenizer import save_tokenizer
+
+    model.save_pretrained(str(directory), safe_serialization=True)
+    save_tokenizer(tokenizer, directory)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep: int):
+    def write(tmp: Path) -> None:
+        _save_model(tmp, model, tokenizer)
+        torch.save(trainer_state, tmp / STATE_FILE)  # written last: marks completeness
+
+    target = run_dir / CHECKPOINTS / f"step-{step:06d}"
+    _write_atomically(target, write)
+    for stale in checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(stale)
+    return target
+
+
+def _rng_state() -> dict:
+    """RNG states as tensors (loadable with `weights_only=True`)."""
+    version, internal, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": torch.tensor(internal, dtype=torch.int64),  # (625,) Mersenne Twister words
+        "python_version": version,
+        "python_gauss": gauss,
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    internal = tuple(int(x) for x in state["python"].tolist())
+    random.setstate((state["python_version"], internal, state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+STATE_KEYS = ("step", "best", "skipped", "optimizer", "scheduler", "sampler", "rng")
+
+
+def load_trainer_state(path: Path) -> dict:
+    """A checkpoint's `trainer_state.pt`, unpickled with `weights_only=True`, or `NgrpoError`."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, zip errors, EOF: all unreadable
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise NgrpoError(
+            f"{path} cannot be loaded safely ({type(err).__name__}: {reason}); it holds objects "
+            "other than tensors and plain containers, or is damaged"
+        ) from None
+    missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise NgrpoError(f"{path} is not an ngrpo trainer state (missing {', '.join(missing)})")
+    return state
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines of steps after `step` (logged before an interruption; redone)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by the interruption
+        if row.get("step", 0) <= step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    path.write_text("".join(keep), encoding="utf-8")

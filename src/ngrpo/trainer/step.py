@@ -1,0 +1,193 @@
+"""One training step, top to bottom in `_train_step`: this process's prompts -> rollouts with
+exploration on (`ngrpo.rollout.generate`) -> rewards (`ngrpo.rewards.functions.RewardSet`) ->
+group advantages (`ngrpo.losses.group_advantages`) -> policy update
+(`ngrpo.learner.update_policy`) -> metrics reduced over processes. With `train.dynamic_sampling`
+`ngrpo.dynamic_sampling.collect` draws several rounds of prompts per step and only groups whose
+rewards vary are trained on (single process only).
+
+Several processes: the mini-batch's loss normaliser (token or sequence count) is summed over
+processes and each process's loss scaled by the world size, so the averaged gradient is exactly the
+global token (or sequence) mean of one process holding the whole mini-batch. Rollouts are world-size
+invariant: each generation batch (`rollout.generation_batch_size` rows of whole groups; with
+`null` a process's whole share) gets its own seed from (seed, step, round, global index of its
+first prompt), and each process takes its slice of every mini-batch of the step's prompts
+(`ngrpo.sharding.data_parallel.process_prompt_slots`), so N processes produce one process's
+rollouts and optimizer steps when each process's slice of a mini-batch is a whole number of
+generation batches (a 1-process run with `generation_batch_size: null` keeps its old seeds).
+Metrics are averaged over processes, totals and throughputs (`SUMMED_METRICS`) summed,
+`memory/peak_bytes` the largest (`MAX_METRICS`), and `train/world_size` is logged.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ngrpo.learner import update_policy
+from ngrpo.trainer.setup import Run
+
+# Metrics summed over processes (totals and throughputs); every other metric is averaged.
+SUMMED_METRICS = (
+    "rollout/tokens", "rollout/mixed_tokens", "rollout/tokens_per_s", "learner/tokens_per_s",
+)  # fmt: skip
+MAX_METRICS = ("memory/peak_bytes",)  # the largest over processes (what must fit on each)
+
+
+def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics over all processes: sums for `SUMMED_METRICS`, maxima for `MAX_METRICS`, means for
+    the rest (identity in a single process). Every process must hold the same keys (they do: same
+    code, same config)."""
+    world = run.accelerator.num_processes
+    if world == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    gathered = run.accelerator.gather(values.to(run.accelerator.device)).view(world, -1).cpu()
+    sums, maxima = gathered.sum(0), gathered.max(0).values  # (K,), (K,)
+    return {
+        key: float(maxima[i]) if key in MAX_METRICS
+        else float(sums[i]) if key in SUMMED_METRICS else float(sums[i]) / world
+        for i, key in enumerate(keys)
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ one step
+
+
+def _rollout_round(
+    run: Run, indices: list[int], round_: int, reward_metrics: list[dict],
+    slots: list[int] | None = None,
+):  # fmt: skip
+    """Rollouts with exploration on for this process's prompt `indices`, and their rewards.
+
+    Returns (batch, texts, rewards (N,)) and appends the round's reward metrics to
+    `reward_metrics`. `slots`: each prompt's position in the round's global prompt list (default
+    0, 1, ...). Each generation batch is seeded from (seed, step, round, global position of its
+    first prompt) (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size."""
+    from ngrpo.rollout import EngineOptions, SamplingParams, generate
+    from ngrpo.rollout.batch import concat_batches
+    from ngrpo.sharding.data_parallel import generation_batches, rollout_seed
+
+    cfg, acc = run.cfg, run.accelerator
+    first = list(range(len(indices))) if slots is None else slots
+    parts = []
+    for start, count in generation_batches(
+        len(indices), cfg.rollout.num_generations, cfg.rollout.generation_batch_size
+    ):
+        with acc.autocast():
+            parts.append(generate(
+                run.policy, [run.prompts[i] for i in indices[start : start + count]],
+                SamplingParams(
+                    n=cfg.rollout.num_generations, temperature=cfg.rollout.temperature,
+                    top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                    max_new_tokens=cfg.rollout.max_completion_length,
+                ),
+                eos_token_id=run.tokenizer.eos_token_id, pad_token_id=run.tokenizer.pad_token_id,
+                exploration=cfg.exploration, answer_start_ids=run.answer_start_ids,
+                training=True, seed=rollout_seed(cfg.seed, run.step, round_, first[start]),
+                batch_size=cfg.rollout.generation_batch_size, neighbor_index=run.neighbor_index,
+                engine=EngineOptions(cfg.rollout.kv_cache, cfg.rollout.cuda_graphs),
+            ))  # fmt: skip
+    batch = concat_batches(parts, run.tokenizer.pad_token_id)
+    # weighted reward components (built-in graders and user functions)
+    response_ids = batch.responses()
+    texts = [run.tokenizer.decode(r, skip_special_tokens=True) for r in response_ids]
+    examples = [run.examples[indices[int(i)]] for i in batch.prompt_index]
+    totals, metrics = run.rewards.compute(
+        texts, [e.prompt for e in examples], [e.columns for e in examples],
+        [e.answer for e in examples], response_ids,
+    )  # fmt: skip
+    reward_metrics.append(metrics)
+    return batch, texts, torch.tensor(totals)  # (N,)
+
+
+def _merge_round_metrics(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Reward-component metrics of a step's rollout rounds: error counts summed, means averaged
+    over rounds (dynamic sampling: every round drawn, not only the kept groups)."""
+    merged: dict[str, float] = {}
+    for key in rounds[0]:
+        values = [r[key] for r in rounds if key in r]
+        merged[key] = sum(values) if key.endswith("/errors") else sum(values) / len(values)
+    return merged
+
+
+def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
+    """DAPO dynamic sampling (single process): `ngrpo.dynamic_sampling.collect` with this run's
+    sampler and rollouts."""
+    from ngrpo.dynamic_sampling import collect
+
+    cfg = run.cfg
+    return collect(
+        run.sampler.take,
+        lambda indices, round_: _rollout_round(run, indices, round_, reward_metrics),
+        need=cfg.train.prompts_per_step, group_size=cfg.rollout.num_generations,
+        max_rounds=cfg.train.max_sampling_rounds, pad_token_id=run.tokenizer.pad_token_id,
+    )  # fmt: skip
+
+
+def _train_step(run: Run) -> dict[str, float]:
+    from ngrpo.diagnostics import neighbor_synonym_frac, rollout_diagnostics, split_groups
+    from ngrpo.losses import group_advantages
+    from ngrpo.memory.usage import peak_bytes, reset_peak
+    from ngrpo.sharding.data_parallel import process_prompt_slots
+
+    cfg, acc = run.cfg, run.accelerator
+    world, rank = acc.num_processes, acc.process_index
+    reset_peak(acc.device)  # `memory/peak_bytes`: this step's peak, rollout to optimizer step
+    # 1-2. this process's slice of each mini-batch of the step's prompts (the same global order
+    # for every process),
+    # rollouts with exploration on and their rewards (dynamic sampling: several rounds)
+    started, round_metrics = time.perf_counter(), []
+    if cfg.train.dynamic_sampling:
+        batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run, round_metrics)
+    else:
+        indices = run.sampler.take(cfg.train.prompts_per_step)
+        slots = process_prompt_slots(
+            cfg.train.prompts_per_step, cfg.train.mini_batch_prompts, world, rank
+        )  # this process's slice of every mini-batch
+        batch, texts, rewards = _rollout_round(
+            run, [indices[i] for i in slots], 0, round_metrics, slots=slots
+        )
+        sampling_metrics = {}
+    rollout_s = time.perf_counter() - started
+    reward_metrics = _merge_round_metrics(round_metrics)
+    # 3. group-normalised advantages
+    groups = rewards.view(-1, cfg.rollout.num_generations)  # (P, G)
+    advantages = group_advantages(groups, scale=cfg.train.scale_rewards).reshape(-1)  # (N,)
+    # 4. policy update on the recorded inputs
+    started = time.perf_counter()
+    learner = update_policy(
+        run.model, run.optimizer, run.scheduler, batch, advantages.to(batch.logprobs.device),
+        run.params, ref_model=run.ref_model, accelerator=acc, neighbor_index=run.neighbor_index,
+        ref_context=run.ref_context,
+    )  # fmt: skip
+    if run.sharded:  # the rollout copy takes the new weights; the neighbour index follows
+        run.rollout_copy.refresh()
+        if run.neighbor_index is not None:
+            run.neighbor_index.invalidate()
+    learner_s = time.perf_counter() - started
+    trained_tokens = float(batch.response_mask.sum()) * cfg.train.num_iterations  # × PPO epochs
+    metrics = {
+        "reward/mean": float(rewards.mean()),
+        "reward/accuracy": float((rewards > 0).float().mean()),
+        "reward/std_in_group": float(groups.std(dim=1).mean()) if groups.shape[1] > 1 else 0.0,
+        **reward_metrics,
+        **{k: v for k, v in batch.stats.items() if k != "rollout/seconds"},
+        **sampling_metrics,
+        **learner,
+        **rollout_diagnostics(
+            split_groups(texts, cfg.rollout.num_generations), groups.tolist(), batch.stats
+        ),
+        "time/rollout_s": rollout_s,
+        "time/learner_s": learner_s,
+        "learner/tokens_per_s": trained_tokens / max(learner_s, 1e-9),
+        "train/lr": run.scheduler.get_last_lr()[0],
+        "memory/peak_bytes": float(peak_bytes(acc.device)),
+    }
+    if run.variant_classes is not None:
+        response_ids = batch.soft_inputs.ids[:, batch.prompt_ids.shape[1] :]  # (N, T, K)
+        metrics["rollout/neighbor_synonym_frac"] = neighbor_synonym_frac(
+            response_ids, batch.mixed, run.variant_classes
+        )
+    return {**_reduce(run, metrics), "train/world_size": float(world)}
