@@ -35,20 +35,21 @@ def rss():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
 
-runtime, steps = rss(), []
-inner = ngrpo.trainer.loop._train_step
-
 def step(run):
     metrics = inner(run)
     steps.append(peak_bytes(run.accelerator.device))  # this step's peak, this process
     return metrics
 
-ngrpo.trainer.loop._train_step = step
-code = main(sys.argv[1:])
-print("MEMORY " + json.dumps({"rank": int(os.environ.get("RANK", 0)), "runtime_bytes": runtime,
-      "step_peaks_bytes": steps,
-      "lifetime_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
-sys.exit(code)
+if __name__ == "__main__":  # not in worker processes that re-import the main module
+    runtime, steps = rss(), []
+    inner = ngrpo.trainer.loop._train_step
+    ngrpo.trainer.loop._train_step = step
+    code = main(sys.argv[1:])
+    print("MEMORY " + json.dumps({
+        "rank": int(os.environ.get("RANK", 0)), "runtime_bytes": runtime,
+        "step_peaks_bytes": steps,
+        "lifetime_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    sys.exit(code)
 '''
 
 SHAPE = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
