@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_trainer import _overrides as trainer_overrides
+from test_trainer import _untimed
 
 import ngrpo.models
 import ngrpo.trainer.loop
@@ -22,30 +24,18 @@ from ngrpo.neighbors import NeighborIndex
 from ngrpo.rollout import EngineOptions, SamplingParams, generate
 from ngrpo.trainer import checkpoint_dirs, load_run_config, read_metrics, train
 
-TIMING = ("time/", "rollout/seconds", "memory/")  # measured, not reproducible
+LORA = ("exploration.entropy_threshold=null", "model.lora.r=4", "model.lora.alpha=8",
+        "train.beta=0.05", "train.learning_rate=1e-2")  # fmt: skip
 
 
 def _overrides(base: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return [
-        f"model.path={base}", f"output_dir={out}", f"train.steps={steps}",
-        "train.prompts_per_step=2", "train.mini_batch_prompts=1", "rollout.num_generations=2",
-        "rollout.max_completion_length=16", "eval.every=0", "eval.at_start=false",
-        "logging.save_every=1", "logging.keep_last=5", "exploration.mix_rate=0.3",
-        "exploration.entropy_threshold=null", "train.entropy_coef=0.01",
-        "model.lora.r=4", "model.lora.alpha=8", "train.beta=0.05", "train.learning_rate=1e-2",
-        *extra,
-    ]  # fmt: skip
+    """test_trainer's small run with adapters, a KL reference and a learning rate that moves
+    them."""
+    return trainer_overrides(base, out, steps, *LORA, *extra)
 
 
 def _cfg(base: Path, out: Path, steps: int, *extra: str):
     return load_config("tiny_ngrpo", _overrides(base, out, steps, *extra))
-
-
-def _untimed(rows: list[dict]) -> list[dict]:
-    return [
-        {k: v for k, v in r.items() if not k.startswith(TIMING) and not k.endswith("tokens_per_s")}
-        for r in rows
-    ]
 
 
 @pytest.fixture(scope="module")
