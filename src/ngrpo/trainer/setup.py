@@ -12,7 +12,8 @@ head inside one forward), which `train.strategy` distributes:
 - `fsdp`: FSDP2 shards it (`ngrpo.sharding`: each decoder layer, then the root with the embedding
   and head; compute-dtype parameters in the forward, fp32 reductions and master weights); the
   rollout, evaluation and neighbour index run on a rollout copy (a plain model with the full
-  parameters in the compute dtype) refreshed after every update. Checkpoints: the same Hugging
+  parameters in the compute dtype) refreshed after every update; the KL reference (`beta > 0`)
+  is sharded the same way, in the compute dtype, without gradients. Checkpoints: the same Hugging
   Face directory (full state dict gathered on rank 0) with the optimizer state in `optimizer/`
   (`torch.distributed.checkpoint`, sharded, by parameter name; its pickled `.metadata` is checked
   with a restricted unpickler before loading); either format resumes under either strategy and
