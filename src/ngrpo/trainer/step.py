@@ -162,10 +162,8 @@ def _train_step(run: Run) -> dict[str, float]:
         run.params, ref_model=run.ref_model, accelerator=acc, neighbor_index=run.neighbor_index,
         ref_context=run.ref_context,
     )  # fmt: skip
-    if run.sharded:  # the rollout copy takes the new weights; the neighbour index follows
-        run.rollout_copy.refresh()
-        if run.neighbor_index is not None:
-            run.neighbor_index.invalidate()
+    if run.sharded:  # the rollout copy takes the new weights (its in-place copies bump the
+        run.rollout_copy.refresh()  # tables' version counters: the neighbour index refreshes)
     learner_s = time.perf_counter() - started
     trained_tokens = float(batch.response_mask.sum()) * cfg.train.num_iterations  # × PPO epochs
     metrics = {
