@@ -28,12 +28,7 @@ WRAPPER = r'''
 import json, os, resource, sys
 import ngrpo.trainer.loop
 from ngrpo.cli import main
-from ngrpo.memory.usage import peak_bytes
-
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
+from ngrpo.memory.usage import peak_bytes, status_bytes
 
 def step(run):
     metrics = inner(run)
@@ -41,7 +36,7 @@ def step(run):
     return metrics
 
 if __name__ == "__main__":  # not in worker processes that re-import the main module
-    runtime, steps = rss(), []
+    runtime, steps = status_bytes("VmRSS"), []
     inner = ngrpo.trainer.loop._train_step
     ngrpo.trainer.loop._train_step = step
     code = main(sys.argv[1:])

@@ -40,6 +40,7 @@ import torch
 from ngrpo.bench import sync_device
 from ngrpo.errors import NgrpoError
 from ngrpo.learner import LearnerParams, update_policy
+from ngrpo.memory.usage import status_bytes
 from ngrpo.rollout import RolloutBatch
 from ngrpo.scoring import default_chunk_elements
 
@@ -138,10 +139,10 @@ class _KeepGrads(torch.optim.SGD):
 
 
 def _rss_status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise NgrpoError(f"/proc/self/status has no {field}")
+    value = status_bytes(field)
+    if value is None:
+        raise NgrpoError(f"/proc/self/status has no {field}")
+    return value
 
 
 def _glibc():

@@ -31,13 +31,21 @@ def reset_peak(device: torch.device) -> None:
             _CLEAR_REFS.write_text("5")  # VmHWM := VmRSS
 
 
+def status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status (`VmRSS`, `VmHWM`, ...) in bytes; None without it."""
+    if _STATUS.exists():
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
 def peak_bytes(device: torch.device) -> int:
     """The most memory held since the last `reset_peak` (see the module docstring)."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    if _STATUS.exists():
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+    peak = status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
