@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
+from ngrpo.config import DTYPES
 from ngrpo.errors import NgrpoError
 from ngrpo.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_base_path, is_adapter_dir
 
 # Files of a checkpoint that are not part of the exported model.
 TRAINER_FILES = ("trainer_state.pt", "best.json")
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md")  # README.md: peft's model card
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "latest") -> Path:
@@ -59,7 +59,7 @@ def _saved_dtype(model_dir: Path) -> torch.dtype:
     """The dtype a model directory's config.json says its weights are stored in (fp32 if none)."""
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     name = config.get("dtype") or config.get("torch_dtype") or "float32"
-    return DTYPE_NAMES.get(name, torch.float32)
+    return DTYPES.get(name) or torch.float32  # `auto` or an unknown name: fp32
 
 
 def _copy_files(source: Path, out_dir: Path, skip: tuple[str, ...]) -> None:
