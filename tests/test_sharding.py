@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from test_rollout import _tiny as tiny_model
 
 from ngrpo.config import load_config
 from ngrpo.errors import NgrpoError
@@ -39,13 +39,7 @@ PAD, EOS, MARKER = 0, 1, [5]
 
 
 def _tiny(seed: int = 0):
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        initializer_range=0.3, tie_word_embeddings=False,
-    )  # fmt: skip
-    return Qwen2ForCausalLM(config).eval()
+    return tiny_model("qwen2", vocab=64, seed=seed)  # eval mode
 
 
 def _rollouts(model, prompts, seed=0):
