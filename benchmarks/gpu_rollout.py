@@ -28,7 +28,7 @@ import traceback
 import torch
 
 from ngrpo import bench_scale
-from ngrpo.exploration import ExplorationConfig
+from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.presets import preset_model
 from ngrpo.rollout import EngineOptions, SamplingParams, generate, replay_logprobs
 

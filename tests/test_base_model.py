@@ -16,9 +16,9 @@ from ngrpo.base_model import (
     make_model,
     sample_accuracy,
 )
-from ngrpo.errors import NgrpoError
 from ngrpo.models import load_model, load_model_and_tokenizer
 from ngrpo.tasks import generate
+from ngrpo.utils.errors import NgrpoError
 
 TINY = BaseModelRecipe(
     hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
@@ -96,7 +96,7 @@ def test_base_policy_is_right_sometimes_not_always(base_model_dir):
 
 def test_base_model_embeds_surface_variants_as_nearest_neighbours(base_model_dir):
     """What N-GRPO's neighbours are on this testbed: `7`'s nearest token is `seven`, and so on."""
-    from ngrpo.neighbors import bruteforce_neighbors
+    from ngrpo.method.neighbors import bruteforce_neighbors
     from ngrpo.tasks.arith import surface_variants
 
     model, tok = load_model_and_tokenizer(base_model_dir)

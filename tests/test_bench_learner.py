@@ -9,7 +9,7 @@ import pytest
 
 from ngrpo.bench_learner import Variant, parse_variant
 from ngrpo.cli import main
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 
 def test_variants_parse_and_reject_unknown_parts():

@@ -10,7 +10,7 @@ from conftest import tiny_qwen2
 
 from ngrpo.cli import eval as eval_cli
 from ngrpo.cli import grade as grade_cli
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 
 def run(argv: list[str]) -> int:

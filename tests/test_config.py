@@ -22,7 +22,7 @@ from ngrpo.config import (
     shipped_configs,
     validate_config,
 )
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 R1_PATHS = ["model.path=/models/r1", "data.train=/data/train.parquet"]

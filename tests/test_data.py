@@ -14,8 +14,8 @@ from ngrpo.data import (
     benchmark_names,
     load_benchmark,
 )
-from ngrpo.errors import NgrpoError
 from ngrpo.tasks import generate
+from ngrpo.utils.errors import NgrpoError
 
 SHIPPED = {
     "aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "minervamath": 272,

@@ -22,7 +22,7 @@ from ngrpo.demo_report import (
     summarize,
     verdict_lines,
 )
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 
 @pytest.mark.parametrize(

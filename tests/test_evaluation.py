@@ -7,11 +7,11 @@ from conftest import tiny_qwen2
 
 import ngrpo.rollout
 from ngrpo.data import Example, load_benchmark
-from ngrpo.errors import NgrpoError
 from ngrpo.evaluation import SampleResult, build_prompts, eval_metrics, evaluate
 from ngrpo.metrics import pass_at_k
 from ngrpo.rewards import GradingPool
 from ngrpo.tokenizer import build_tokenizer
+from ngrpo.utils.errors import NgrpoError
 
 
 @pytest.fixture(scope="module")

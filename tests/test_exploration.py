@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from ngrpo.errors import NgrpoError
-from ngrpo.exploration import (
+from ngrpo.method.exploration import (
     NOISE_STRATEGIES,
     STRATEGIES,
     ExplorationConfig,
@@ -16,8 +15,9 @@ from ngrpo.exploration import (
     entropy,
     mixing_gate,
 )
-from ngrpo.neighbors import NeighborIndex, bruteforce_neighbors
+from ngrpo.method.neighbors import NeighborIndex, bruteforce_neighbors
 from ngrpo.rollout import warp_logits
+from ngrpo.utils.errors import NgrpoError
 
 V, D, B = 30, 16, 64
 

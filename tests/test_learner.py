@@ -11,8 +11,8 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import ngrpo.learner
-from ngrpo.exploration import ExplorationConfig
 from ngrpo.learner import LearnerParams, sequence_logprobs, update_policy
+from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.rollout import SamplingParams, generate
 
 PAD, EOS, MARKER = 0, [1], [4]

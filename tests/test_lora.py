@@ -17,12 +17,12 @@ import ngrpo.models
 import ngrpo.trainer.loop
 from ngrpo.cli import main
 from ngrpo.config import load_config, save_config
-from ngrpo.errors import NgrpoError
 from ngrpo.learner import reference_logprobs
 from ngrpo.lora import adapter_parameters, check_targets
-from ngrpo.neighbors import NeighborIndex
+from ngrpo.method.neighbors import NeighborIndex
 from ngrpo.rollout import EngineOptions, SamplingParams, generate
 from ngrpo.trainer import checkpoint_dirs, load_run_config, read_metrics, train
+from ngrpo.utils.errors import NgrpoError
 
 LORA = ("exploration.entropy_threshold=null", "model.lora.r=4", "model.lora.alpha=8",
         "train.beta=0.05", "train.learning_rate=1e-2")  # fmt: skip

@@ -8,8 +8,7 @@ import statistics
 import pytest
 import torch
 
-from ngrpo.errors import NgrpoError
-from ngrpo.losses import (
+from ngrpo.method.losses import (
     AGGREGATIONS,
     aggregate,
     entropy_from_logits,
@@ -23,6 +22,7 @@ from ngrpo.losses import (
     resolve_aggregation,
     resolve_kl_estimator,
 )
+from ngrpo.utils.errors import NgrpoError
 
 
 def _random_batch(seed: int = 0, n: int = 5, t: int = 7):

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from ngrpo.cli import main
-from ngrpo.errors import NgrpoError
 from ngrpo.memory import LORA_TARGETS, MemoryInputs, ModelShape, estimate
+from ngrpo.utils.errors import NgrpoError
 
 SEVEN_B = ModelShape.from_preset("r1-distill-7b")
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ngrpo.errors import NgrpoError
-from ngrpo.neighbors import SIMILARITIES, NeighborIndex, bruteforce_neighbors
+from ngrpo.method.neighbors import SIMILARITIES, NeighborIndex, bruteforce_neighbors
+from ngrpo.utils.errors import NgrpoError
 
 METRICS = tuple(SIMILARITIES)
 

@@ -9,8 +9,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from ngrpo.cli import main
-from ngrpo.errors import NgrpoError
-from ngrpo.exploration import STRATEGIES, StepView
+from ngrpo.method.exploration import STRATEGIES, StepView
 from ngrpo.probe import (
     aggregate_probe,
     mean_ci,
@@ -22,6 +21,7 @@ from ngrpo.probe import (
 from ngrpo.rollout import SamplingParams, generate
 from ngrpo.tasks import generate as task_problems
 from ngrpo.tokenizer import build_tokenizer
+from ngrpo.utils.errors import NgrpoError
 
 V, D, B = 40, 16, 32
 

@@ -10,9 +10,9 @@ import time
 import pytest
 
 from ngrpo.config import load_config
-from ngrpo.errors import NgrpoError
 from ngrpo.rewards import GradingPool
 from ngrpo.rewards.functions import build_reward_set, check_spec
+from ngrpo.utils.errors import NgrpoError
 
 USER_MODULE = '''
 import os

@@ -9,7 +9,6 @@ from fractions import Fraction
 import pytest
 
 from ngrpo.data import benchmark_names, load_benchmark
-from ngrpo.errors import NgrpoError
 from ngrpo.rewards import (
     GRADERS,
     REWARD_FUNCTIONS,
@@ -22,6 +21,7 @@ from ngrpo.rewards import (
     normalize_gold,
 )
 from ngrpo.rewards.equivalence import plain_number, quick_equal
+from ngrpo.utils.errors import NgrpoError
 
 
 @pytest.fixture(scope="module")

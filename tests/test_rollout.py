@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from ngrpo.errors import NgrpoError
-from ngrpo.exploration import STRATEGIES, ExplorationConfig
-from ngrpo.neighbors import bruteforce_neighbors
+from ngrpo.method.exploration import STRATEGIES, ExplorationConfig
+from ngrpo.method.neighbors import bruteforce_neighbors
+from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.rollout import (
     SamplingParams,
     generate,
@@ -21,7 +21,7 @@ from ngrpo.rollout import (
     sample_tokens,
     warp_logits,
 )
-from ngrpo.soft_inputs import SoftInputs
+from ngrpo.utils.errors import NgrpoError
 
 PAD, EOS = 0, [1, 2, 3]
 MARKER = [4]

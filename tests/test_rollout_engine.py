@@ -6,11 +6,11 @@ import torch
 from test_rollout import EOS, MARKER, PAD, PROMPTS, _tiny
 from transformers import MistralConfig, MistralForCausalLM
 
-from ngrpo.errors import NgrpoError
-from ngrpo.exploration import ExplorationConfig
+from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.rollout import EngineOptions, SamplingParams, generate, replay_logprobs
 from ngrpo.rollout.cache import StaticKVCache
 from ngrpo.rollout.step import attend, static_unsupported
+from ngrpo.utils.errors import NgrpoError
 
 STATIC = EngineOptions(kv_cache="static")
 DYNAMIC = EngineOptions(kv_cache="dynamic")

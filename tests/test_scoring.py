@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from ngrpo.exploration import ExplorationConfig
 from ngrpo.learner import trim_padding
+from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.rollout import SamplingParams, generate
 from ngrpo.scoring import chunked_scores, score_tokens
 

@@ -12,9 +12,8 @@ import torch
 from test_rollout import _tiny as tiny_model
 
 from ngrpo.config import load_config
-from ngrpo.errors import NgrpoError
-from ngrpo.exploration import ExplorationConfig
-from ngrpo.losses import aggregate
+from ngrpo.method.exploration import ExplorationConfig
+from ngrpo.method.losses import aggregate
 from ngrpo.policy import SoftInputPolicy, policy_scores
 from ngrpo.rollout import SamplingParams, generate, replay_logprobs
 from ngrpo.rollout.batch import concat_batches
@@ -34,6 +33,7 @@ from ngrpo.sharding.data_parallel import (
     process_prompt_slots,
     rollout_seed,
 )
+from ngrpo.utils.errors import NgrpoError
 
 PAD, EOS, MARKER = 0, 1, [5]
 

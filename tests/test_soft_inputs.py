@@ -2,7 +2,7 @@
 
 import torch
 
-from ngrpo.soft_inputs import SoftInputs, embed
+from ngrpo.method.soft_inputs import SoftInputs, embed
 
 
 def _records(b=3, t=4, k=3, v=11, d=5, noise=True, seed=0):

@@ -12,13 +12,13 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from ngrpo.config import load_config
-from ngrpo.errors import NgrpoError
-from ngrpo.exploration import STRATEGIES, ExplorationConfig, StepView, release_weights
 from ngrpo.learner import sequence_logprobs
-from ngrpo.losses import policy_loss
-from ngrpo.neighbors import NeighborIndex, bruteforce_neighbors
+from ngrpo.method.exploration import STRATEGIES, ExplorationConfig, StepView, release_weights
+from ngrpo.method.losses import policy_loss
+from ngrpo.method.neighbors import NeighborIndex, bruteforce_neighbors
+from ngrpo.method.soft_inputs import SoftInputs, embed
 from ngrpo.rollout import SamplingParams, generate, neighbor_search_table
-from ngrpo.soft_inputs import SoftInputs, embed
+from ngrpo.utils.errors import NgrpoError
 
 PAD, EOS, MARKER = 0, [1], [4]
 PROMPTS = [[10, 11, 12, 13], [20, 21], [30, 31, 32]]

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from ngrpo.errors import NgrpoError
 from ngrpo.tasks import generate
 from ngrpo.tasks.arith import MAX_VALUE, SPLITS, sloppy_solution, surface_variants
+from ngrpo.utils.errors import NgrpoError
 
 # Written out by hand, not imported: the test's own reading of the number words.
 WORDS = {

@@ -29,7 +29,7 @@ _EXPORTS = {
     "grade": "ngrpo.rewards",
     "load_model": "ngrpo.models",
     "load_tokenizer": "ngrpo.models",
-    "NgrpoError": "ngrpo.errors",
+    "NgrpoError": "ngrpo.utils.errors",
 }
 
 __all__ = [
@@ -42,10 +42,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from ngrpo.api import RewardFunc, evaluate, read_metrics, train
     from ngrpo.config import TrainConfig, load_config
     from ngrpo.data import Example, load_benchmark
-    from ngrpo.errors import NgrpoError
     from ngrpo.evaluation import EvalResult
     from ngrpo.models import load_model, load_tokenizer
     from ngrpo.rewards import grade
+    from ngrpo.utils.errors import NgrpoError
 
 
 def __getattr__(name: str) -> Any:

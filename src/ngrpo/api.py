@@ -25,9 +25,9 @@ from typing import Any
 
 from ngrpo.config import TrainConfig, apply_overrides, load_config, validate_config
 from ngrpo.data import Example, load_benchmark
-from ngrpo.errors import NgrpoError
 from ngrpo.evaluation import EvalResult
 from ngrpo.trainer import Progress, read_metrics
+from ngrpo.utils.errors import NgrpoError
 
 RewardFunc = Callable[..., list[float | None]]
 

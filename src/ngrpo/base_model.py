@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from collections.abc import Callable
 
 import torch
 
-from ngrpo.exploration import ExplorationConfig
-from ngrpo.neighbors import NeighborIndex, bruteforce_neighbors
+from ngrpo.method.exploration import ExplorationConfig
+from ngrpo.method.neighbors import NeighborIndex, bruteforce_neighbors
+from ngrpo.method.soft_inputs import SoftInputs, embed
 from ngrpo.rollout import SamplingParams, generate, left_pad
-from ngrpo.soft_inputs import SoftInputs, embed
 
 
 def sync_device(device: torch.device) -> None:

@@ -38,11 +38,11 @@ from pathlib import Path
 import torch
 
 from ngrpo.bench import sync_device
-from ngrpo.errors import NgrpoError
 from ngrpo.learner import LearnerParams, update_policy
 from ngrpo.memory.usage import status_bytes
 from ngrpo.rollout import RolloutBatch
 from ngrpo.scoring import default_chunk_elements
+from ngrpo.utils.errors import NgrpoError
 
 VOCAB_SHAPE = dict(
     hidden_size=512, intermediate_size=1_536, num_hidden_layers=2, num_attention_heads=8,

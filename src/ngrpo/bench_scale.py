@@ -72,7 +72,7 @@ def _prompts(vocab: int, rows: int, prompt_tokens: int, low: int, seed: int = 1)
 
 
 def _engine_run(model, prompts, strategy, new_tokens, mix_rate, eos, engine=None):
-    from ngrpo.exploration import ExplorationConfig
+    from ngrpo.method.exploration import ExplorationConfig
 
     vocab = model.get_input_embeddings().weight.shape[0]
     exploration = ExplorationConfig(strategy=strategy, mix_top_k=2, mix_rate=mix_rate)

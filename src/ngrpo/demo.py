@@ -35,8 +35,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ngrpo.errors import NgrpoError
 from ngrpo.stats import sampling_se
+from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
 

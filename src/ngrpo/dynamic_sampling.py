@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.rollout import RolloutBatch
-from ngrpo.soft_inputs import SoftInputs
 
 
 def varied_groups(rewards: torch.Tensor) -> torch.Tensor:

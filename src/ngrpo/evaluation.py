@@ -26,10 +26,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from ngrpo.data import Example
-from ngrpo.errors import NgrpoError
 from ngrpo.metrics import summarize_problem_set
 from ngrpo.rewards import GradingPool, grade_batch
 from ngrpo.rewards.classes import equivalence_classes
+from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from ngrpo.config import DTYPES
-from ngrpo.errors import NgrpoError
 from ngrpo.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_base_path, is_adapter_dir
+from ngrpo.utils.errors import NgrpoError
 
 # Files of a checkpoint that are not part of the exported model.
 TRAINER_FILES = ("trainer_state.pt", "best.json")

@@ -4,14 +4,14 @@ One call of `update_policy` learns from one step's rollouts: `num_iterations` ep
 rows, each split into mini-batches of whole groups (one optimizer step each), each split into
 micro-batches (gradient accumulation). Log-probabilities are recomputed by one full-sequence
 forward over the *recorded* inputs (`ngrpo.rollout.replay_logits`, which calls the shared
-`ngrpo.soft_inputs.embed`), so the policy is trained on exactly the perturbed inputs the rollout
-fed it; mixing weights and noise are constants and the gradient flows into the embedding rows of
-every candidate (`soft_input_grad: all`, the paper's text). With `soft_input_grad: none` (our
-reading of the release, which builds the soft embeddings under FSDP's parameter gather without
+`ngrpo.method.soft_inputs.embed`), so the policy is trained on exactly the perturbed inputs the
+rollout fed it; mixing weights and noise are constants and the gradient flows into the embedding
+rows of every candidate (`soft_input_grad: all`, the paper's text). With `soft_input_grad: none`
+(our reading of the release, which builds the soft embeddings under FSDP's parameter gather without
 writing gradients back) the candidate rows of *mixed* positions are detached: those positions give
 no embedding gradient at all, while plain positions train their token's row as usual. The forward
 values are identical either way, so the replay invariant holds for both. The loss is
-`ngrpo.losses.grpo_loss`.
+`ngrpo.method.losses.grpo_loss`.
 
 Choices worth knowing:
 - π_old is the rollout's own log-probabilities (`RolloutBatch.logprobs`). Before the first update
@@ -55,12 +55,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ngrpo.losses import AGGREGATIONS, grpo_loss, resolve_aggregation
+from ngrpo.method.losses import AGGREGATIONS, grpo_loss, resolve_aggregation
+from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.policy import as_policy, policy_scores
 from ngrpo.rollout import RolloutBatch
 from ngrpo.scoring import score_tokens
 from ngrpo.sharding.data_parallel import global_loss_normalizer
-from ngrpo.soft_inputs import SoftInputs
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,23 @@
 """The policy module: recorded soft inputs in, per-token log-probabilities and entropy out.
 
 `SoftInputPolicy` holds the Hugging Face causal LM as `self.model`; its `forward` is the body of
-`ngrpo.scoring.score_tokens` (`ngrpo.scoring.score_records`: the one `ngrpo.soft_inputs.embed`,
-the body's forward with the head bypassed, the chunked head). Because the embedding and the head
-run *inside* this module's forward, a data-parallel wrapper around it sees them as ordinary
-parameters: under FSDP2 (`ngrpo.sharding`) the root's hooks gather the embedding and lm_head rows
-before the forward and reduce-scatter their gradients after the backward, as for any parameter;
-under DDP the wrapper all-reduces them. The learner scores through this module for every
-strategy (`policy_scores`); the rollout and evaluation call the bare `model`.
+`ngrpo.scoring.score_tokens` (`ngrpo.scoring.score_records`: the one
+`ngrpo.method.soft_inputs.embed`, the body's forward with the head bypassed, the chunked head).
+Because the embedding and the head run *inside* this module's forward, a data-parallel wrapper
+around it sees them as ordinary parameters: under FSDP2 (`ngrpo.sharding`) the root's hooks gather
+the embedding and lm_head rows before the forward and reduce-scatter their gradients after the
+backward, as for any parameter; under DDP the wrapper all-reduces them. The learner scores through
+this module for every strategy (`policy_scores`); the rollout and evaluation call the bare `model`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.rollout import RolloutBatch
 from ngrpo.rollout.replay import mixed_detach_mask
 from ngrpo.scoring import score_records
-from ngrpo.soft_inputs import SoftInputs
 
 
 class SoftInputPolicy(torch.nn.Module):

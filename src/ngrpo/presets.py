@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 PRESETS: dict[str, dict] = {
     "r1-distill-1.5b": dict(

@@ -54,11 +54,11 @@ import time
 from collections.abc import Callable, Sequence
 
 from ngrpo.diagnostics import group_diversity, split_groups
-from ngrpo.errors import NgrpoError
-from ngrpo.exploration import ExplorationConfig, answer_start_ids
+from ngrpo.method.exploration import ExplorationConfig, answer_start_ids
 from ngrpo.rewards import GradingPool, get_grader, grade_batch
 from ngrpo.rewards.equivalence import normalize_text
 from ngrpo.stats import mean_ci as seed_ci
+from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ positions by one autograd function (`_ChunkedHead`) that keeps only its inputs: 
 recomputes each chunk's logits, writes that chunk's hidden-state gradient and adds its share into
 a single (V, d) weight-gradient buffer, so at most one chunk's logits (c, V) exist at a time. The
 inputs come from `ngrpo.rollout.replay.replay_records` (and through it the one
-`ngrpo.soft_inputs.embed`).
+`ngrpo.method.soft_inputs.embed`).
 
 Deviations from the full-logits path, all deliberate:
 - Positions outside `response_mask` are not scored at all (no head FLOPs on padding): their
@@ -38,10 +38,10 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from ngrpo.losses import entropy_from_logits
+from ngrpo.method.losses import entropy_from_logits
+from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.rollout import RolloutBatch, token_logprobs
 from ngrpo.rollout.replay import mixed_detach_mask, replay_records
-from ngrpo.soft_inputs import SoftInputs
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ngrpo import __version__
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 # Order is the order shown by `ngrpo --help`.
 COMMANDS = (

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ngrpo.errors import NgrpoError, NotAvailableError
+from ngrpo.utils.errors import NgrpoError, NotAvailableError
 
 
 def not_available(issue: str):

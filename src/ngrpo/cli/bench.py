@@ -111,7 +111,7 @@ def _common_options(parser) -> None:
 
 def _dtype_name(args) -> str:
     """`--dtype`, or bfloat16 on CUDA and float32 elsewhere; an error for anything else."""
-    from ngrpo.errors import NgrpoError
+    from ngrpo.utils.errors import NgrpoError
 
     name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     if name not in ("bfloat16", "float32"):
@@ -120,7 +120,7 @@ def _dtype_name(args) -> str:
 
 
 def _set_threads(threads: int | None) -> None:
-    from ngrpo.errors import NgrpoError
+    from ngrpo.utils.errors import NgrpoError
 
     if threads is None:
         return
@@ -154,9 +154,9 @@ def run_rollout(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ngrpo.bench import rollout_report
-    from ngrpo.errors import NgrpoError
-    from ngrpo.exploration import answer_start_ids
+    from ngrpo.method.exploration import answer_start_ids
     from ngrpo.models import load_model_and_tokenizer
+    from ngrpo.utils.errors import NgrpoError
 
     for name in ("batch", "new_tokens", "repeats", "lookup_vocab", "lookup_dim"):
         if getattr(args, name) < 1:
@@ -196,7 +196,7 @@ def run_rollout(args: argparse.Namespace) -> int:
 
 
 def _int_list(option: str, text: str) -> list[int]:
-    from ngrpo.errors import NgrpoError
+    from ngrpo.utils.errors import NgrpoError
 
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
@@ -214,9 +214,9 @@ def run_rollout_preset(args: argparse.Namespace) -> int:
     import torch
 
     from ngrpo.bench_scale import scale_report
-    from ngrpo.errors import NgrpoError
-    from ngrpo.exploration import STRATEGIES
+    from ngrpo.method.exploration import STRATEGIES
     from ngrpo.presets import PRESETS, preset_model
+    from ngrpo.utils.errors import NgrpoError
 
     if args.preset not in PRESETS:
         raise NgrpoError(f"--preset: unknown preset {args.preset!r}; choose one of "
@@ -271,8 +271,8 @@ def run_learner(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ngrpo.bench import learner_report
-    from ngrpo.errors import NgrpoError
     from ngrpo.models import load_model
+    from ngrpo.utils.errors import NgrpoError
 
     for name in ("batch", "repeats", "k"):
         if getattr(args, name) < 1:
@@ -322,8 +322,8 @@ def run_learner_scale(args: argparse.Namespace) -> int:
     import torch
 
     from ngrpo.bench_learner import learner_scale_report, parse_variant, vocab_model
-    from ngrpo.errors import NgrpoError
     from ngrpo.presets import PRESETS, preset_model
+    from ngrpo.utils.errors import NgrpoError
 
     if args.preset is not None and args.preset not in PRESETS:
         raise NgrpoError(f"--preset: unknown preset {args.preset!r}; choose one of "

@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ngrpo.errors import NgrpoError
 from ngrpo.rewards import GRADERS
+from ngrpo.utils.errors import NgrpoError
 
 # Settings that change the samples: a resumed run must use the same values.
 GENERATION_KEYS = (

@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ngrpo.errors import NgrpoError
 from ngrpo.rewards import GRADERS, GradingPool, grade, grade_batch
+from ngrpo.utils.errors import NgrpoError
 
 CHUNK = 1024  # rows graded per pool call (progress granularity)
 

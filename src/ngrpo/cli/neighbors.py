@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ngrpo.errors import NgrpoError
-from ngrpo.neighbors import SIMILARITIES
+from ngrpo.method.neighbors import SIMILARITIES
+from ngrpo.utils.errors import NgrpoError
 
 
 def register(subparsers) -> None:
@@ -36,8 +36,8 @@ def handler(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from ngrpo.method.neighbors import bruteforce_neighbors
     from ngrpo.models import load_model_and_tokenizer
-    from ngrpo.neighbors import bruteforce_neighbors
 
     model, tokenizer = load_model_and_tokenizer(args.model)
     token_id = single_token_id(tokenizer, args.token)

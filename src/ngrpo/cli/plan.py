@@ -58,8 +58,8 @@ def load_plan_config(source: str, overrides: list[str]):
 
 
 def handler(args: argparse.Namespace) -> int:
-    from ngrpo.errors import NgrpoError
     from ngrpo.memory import estimate, inputs_from_config, shape_for_config
+    from ngrpo.utils.errors import NgrpoError
 
     if args.world_size < 1:
         raise NgrpoError(f"--world-size must be >= 1, got {args.world_size}")

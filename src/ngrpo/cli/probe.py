@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 
 from ngrpo.cli._common import parse_seeds, progress_bar
-from ngrpo.errors import NgrpoError
 from ngrpo.rewards import GRADERS
+from ngrpo.utils.errors import NgrpoError
 
 HELP = "Semantic-consistency probe: Gaussian noise vs neighbour mixing"
 DTYPES = ("float32", "bfloat16", "float16")

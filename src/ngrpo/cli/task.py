@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from ngrpo.errors import NgrpoError
 from ngrpo.tasks import SPLITS
+from ngrpo.utils.errors import NgrpoError
 
 
 def register(subparsers) -> None:

@@ -1,7 +1,7 @@
 """Typed training configuration: dataclasses, YAML loading, `key.sub=value` overrides, validation.
 
 A config is a `TrainConfig` with two top-level fields (`seed`, `output_dir`) and one dataclass per
-section: `model`, `data`, `rollout`, `exploration` (`ngrpo.exploration.ExplorationConfig`),
+section: `model`, `data`, `rollout`, `exploration` (`ngrpo.method.exploration.ExplorationConfig`),
 `train`, `eval`, `logging`. Every field is documented where it is declared.
 
 Loading (`load_config`): a YAML file (a path, or the name of a config shipped in

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ngrpo.config.coercion import _coerce
-from ngrpo.errors import NgrpoError
-from ngrpo.losses import resolve_aggregation, resolve_kl_estimator
+from ngrpo.method.losses import resolve_aggregation, resolve_kl_estimator
+from ngrpo.utils.errors import NgrpoError
 
 # Other names for keys (see the module docstring). Value: the canonical dotted key.
 _TRL_SHORTCUTS = {

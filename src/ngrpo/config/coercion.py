@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ngrpo.config.schema import MISSING
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}

@@ -32,7 +32,7 @@ from ngrpo.config.schema import (
     config_to_dict,
 )
 from ngrpo.config.validation import _check_named, validate_config
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 CONFIG_DIR = Path(__file__).parent.parent / "configs"  # configs shipped with the package
 

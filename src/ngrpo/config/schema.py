@@ -1,7 +1,7 @@
 """The config schema: one dataclass per section, `TrainConfig` over them, and its dotted keys.
 
 A config is a `TrainConfig` with two top-level fields (`seed`, `output_dir`) and one dataclass per
-section: `model`, `data`, `rollout`, `exploration` (`ngrpo.exploration.ExplorationConfig`),
+section: `model`, `data`, `rollout`, `exploration` (`ngrpo.method.exploration.ExplorationConfig`),
 `train`, `eval`, `logging`. Every field is documented where it is declared.
 
 Every setting has a canonical dotted key (`train.steps`, `model.lora.r`): `config_keys` lists them,
@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ngrpo.exploration import ExplorationConfig
 from ngrpo.lora import LoraConfig
+from ngrpo.method.exploration import ExplorationConfig
 
 MISSING = "???"  # a required value: the user must override it
 
@@ -106,7 +106,8 @@ class RolloutConfig:
 
 @dataclass
 class GRPOConfig:
-    """The `train` section: budget, optimiser and GRPO loss (DESIGN section 2, `ngrpo.losses`)."""
+    """The `train` section: budget, optimiser and GRPO loss (DESIGN section 2,
+    `ngrpo.method.losses`)."""
 
     steps: int = 40
     """Training steps; one step = one batch of prompts rolled out and learned from."""

@@ -64,8 +64,8 @@ import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
-from ngrpo.errors import NgrpoError
 from ngrpo.memory.shape import LORA_TARGETS, ModelShape
+from ngrpo.utils.errors import NgrpoError
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 STRATEGIES = ("ddp", "fsdp")

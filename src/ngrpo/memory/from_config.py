@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ngrpo.errors import NgrpoError
 from ngrpo.memory.estimate import MemoryInputs
 from ngrpo.memory.shape import LORA_TARGETS, ModelShape
+from ngrpo.utils.errors import NgrpoError
 
 SHAPE_HINTS = {"7b": "r1-distill-7b", "1.5b": "r1-distill-1.5b"}
 """Config-name fragments -> preset shapes, for the R1 configs whose `model.path` is `???`."""
@@ -48,7 +48,7 @@ def inputs_from_config(
     Micro-batches are `train.micro_batch_size` rows of prompt + response at their maximum
     lengths, or as many such rows as `train.max_tokens_per_micro_batch` holds (at least one), and
     never more than a process's share of a mini-batch."""
-    from ngrpo.exploration import NOISE_STRATEGIES
+    from ngrpo.method.exploration import NOISE_STRATEGIES
 
     if not isinstance(world_size, int) or world_size < 1:
         raise NgrpoError(f"world size must be an integer >= 1, got {world_size!r}")

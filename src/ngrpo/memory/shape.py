@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """Default LoRA targets (`model.lora.target_modules`): every projection of the decoder layers."""

@@ -45,10 +45,10 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from ngrpo.errors import NgrpoError
 from ngrpo.rewards.grader import GRADERS, batch_rewards
 from ngrpo.rewards.pool import TIMEOUT_S, GradingPool
 from ngrpo.rewards.user import RewardCallError, UserRewardWorker, picklable_target
+from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
 

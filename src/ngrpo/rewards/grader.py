@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ngrpo.errors import NgrpoError
 from ngrpo.rewards.equivalence import normalize_gold, normalize_text, quick_equal, screen_answer
 from ngrpo.rewards.extract import extract_answer, extract_choice
 from ngrpo.rewards.pool import GradingPool, default_pool
+from ngrpo.utils.errors import NgrpoError
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ngrpo.errors import NgrpoError
 from ngrpo.rewards.pool import STARTUP_TIMEOUT_S, TIMEOUT_S, _context
+from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
 

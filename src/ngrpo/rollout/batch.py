@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ngrpo.soft_inputs import SoftInputs
+from ngrpo.method.soft_inputs import SoftInputs
 
 
 @dataclass

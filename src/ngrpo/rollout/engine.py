@@ -3,8 +3,8 @@
 `generate` samples `n` responses per prompt from any Hugging Face causal LM that accepts
 `inputs_embeds`. Prompts are left-padded; position ids are `cumsum(attention_mask) − 1` (the same
 helper builds them for replay). Every input, prompt and response alike, goes through
-`ngrpo.soft_inputs.embed`, and every response position's input is recorded as a `SoftInputs` row,
-so `replay_logprobs` (one full-sequence forward over the recorded inputs, the learner's path)
+`ngrpo.method.soft_inputs.embed`, and every response position's input is recorded as a `SoftInputs`
+row, so `replay_logprobs` (one full-sequence forward over the recorded inputs, the learner's path)
 reproduces the rollout's log-probabilities (fp32: within 1e-4, tested).
 
 Decoding (`EngineOptions`, DESIGN section 6): Llama-family models run on the static decoder
@@ -30,8 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ngrpo.errors import NgrpoError
-from ngrpo.exploration import (
+from ngrpo.method.exploration import (
     NOISE_STRATEGIES,
     STRATEGIES,
     ExplorationConfig,
@@ -39,7 +38,8 @@ from ngrpo.exploration import (
     mixing_gate,
     plain,
 )
-from ngrpo.neighbors import NeighborIndex
+from ngrpo.method.neighbors import NeighborIndex
+from ngrpo.method.soft_inputs import SoftInputs, embed, embedding_table
 from ngrpo.rollout.batch import RolloutBatch
 from ngrpo.rollout.hf import DynamicDecoder, input_embeddings
 from ngrpo.rollout.sampling import (
@@ -51,7 +51,7 @@ from ngrpo.rollout.sampling import (
     warp_logits,
 )
 from ngrpo.rollout.step import StaticDecoder, static_unsupported
-from ngrpo.soft_inputs import SoftInputs, embed, embedding_table
+from ngrpo.utils.errors import NgrpoError
 
 EXPLORATION_SALT = 0x5EED_1234
 KV_CACHES = ("auto", "static", "dynamic")
@@ -321,7 +321,8 @@ def _make_plan(
     if not answer_start_ids:
         raise NgrpoError(
             "mixing needs the tokenised answer marker: pass answer_start_ids="
-            "ngrpo.exploration.answer_start_ids(tokenizer, exploration.answer_start) (non-empty)"
+            "ngrpo.method.exploration.answer_start_ids(tokenizer, exploration.answer_start) "
+            "(non-empty)"
         )
     marker = torch.tensor(answer_start_ids, dtype=torch.long, device=device)  # (M,)
     k, index = explore.mix_top_k, None
@@ -361,11 +362,11 @@ def generate(
     """Sample `sampling.n` responses for each prompt (token-id lists); see the module docstring.
 
     Mixing happens only when `training` is true and `exploration.strategy != "none"`; then
-    `answer_start_ids` (see `ngrpo.exploration.answer_start_ids`) is required. `eos_token_id=[]`
-    disables early stopping (fixed-length generation, used by the benchmark). `batch_size` splits
-    the N = len(prompts) * n rows into sequential chunks (the generators carry over). Pass a
-    long-lived `neighbor_index` to keep its cache warm across calls (it refreshes itself after
-    optimizer steps). `engine` chooses the decoder (default `EngineOptions()`).
+    `answer_start_ids` (see `ngrpo.method.exploration.answer_start_ids`) is required.
+    `eos_token_id=[]` disables early stopping (fixed-length generation, used by the benchmark).
+    `batch_size` splits the N = len(prompts) * n rows into sequential chunks (the generators carry
+    over). Pass a long-lived `neighbor_index` to keep its cache warm across calls (it refreshes
+    itself after optimizer steps). `engine` chooses the decoder (default `EngineOptions()`).
     """
     sampling.validate()
     engine = engine or EngineOptions()

@@ -14,7 +14,7 @@ import inspect
 
 import torch
 
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 
 def input_embeddings(model) -> torch.nn.Module:

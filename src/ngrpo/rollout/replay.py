@@ -1,18 +1,19 @@
 """Replay: the learner's full-sequence forward over the recorded soft inputs.
 
 Every response position's input was recorded as a `SoftInputs` row; one forward over prompt +
-response records, embedded by the same `ngrpo.soft_inputs.embed` the engine called, reproduces the
-rollout's log-probabilities (fp32: within 1e-4, tested) — the project's central invariant.
+response records, embedded by the same `ngrpo.method.soft_inputs.embed` the engine called,
+reproduces the rollout's log-probabilities (fp32: within 1e-4, tested) — the project's central
+invariant.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ngrpo.method.soft_inputs import SoftInputs, embed
 from ngrpo.rollout.batch import RolloutBatch
 from ngrpo.rollout.hf import hf_forward, input_embeddings
 from ngrpo.rollout.sampling import position_ids_from_mask, token_logprobs
-from ngrpo.soft_inputs import SoftInputs, embed
 
 
 def mixed_detach_mask(batch: RolloutBatch, detach_mixed: bool) -> torch.Tensor | None:

@@ -9,7 +9,7 @@ Recorded `logprobs`: log softmax(z_t / temperature) at the sampled token, i.e. t
 temperature-scaled policy *before* top-k/top-p truncation (temperature 0 records temperature 1).
 This is the distribution the learner differentiates (as in TRL and verl); with the training
 defaults (top_k = 0, top_p = 1) it is exactly the sampling distribution. Mixing weights, in
-contrast, use the truncated p_t (see `ngrpo.exploration`).
+contrast, use the truncated p_t (see `ngrpo.method.exploration`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 
 @dataclass

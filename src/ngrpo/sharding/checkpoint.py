@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ngrpo.errors import NgrpoError
 from ngrpo.sharding.strategy import PREFIX
+from ngrpo.utils.errors import NgrpoError
 
 OPTIMIZER_DIR = "optimizer"
 OPTIMIZER_IN_DCP = {"format": "torch.distributed.checkpoint", "path": OPTIMIZER_DIR}

@@ -1,11 +1,12 @@
 """Data parallelism's pure arithmetic: the global loss normaliser and world-size-invariant
 rollout seeds (used by `ngrpo.learner` and `ngrpo.trainer` under DDP and FSDP alike).
 
-- The loss normaliser of a mini-batch (its token or sequence count, `ngrpo.losses.loss_normalizer`)
-  is summed over the processes, and each process divides by that global count over the world size
-  (i.e. its loss is scaled by the world size). Data parallelism averages gradients over processes,
-  so the average equals the gradient of one process holding the whole mini-batch: Σ_r Σ_{i∈r} g_i /
-  N_global — exactly, not the per-process token mean averaged (the usual DDP approximation).
+- The loss normaliser of a mini-batch (its token or sequence count,
+  `ngrpo.method.losses.loss_normalizer`) is summed over the processes, and each process divides by
+  that global count over the world size (i.e. its loss is scaled by the world size). Data
+  parallelism averages gradients over processes, so the average equals the gradient of one process
+  holding the whole mini-batch: Σ_r Σ_{i∈r} g_i / N_global — exactly, not the per-process token mean
+  averaged (the usual DDP approximation).
 - Each process takes its slice of every mini-batch of the step's prompts
   (`process_prompt_slots`), so its k-th mini-batch is its part of the global k-th one.
 - A step's rollouts are generated in generation batches of whole prompts, each with its own seed

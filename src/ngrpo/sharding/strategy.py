@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 PREFIX = "model."  # SoftInputPolicy's parameter names: the model's, under `model.`
 

@@ -230,7 +230,7 @@ def generate(split: str, num: int | None = None, seed: int = 0) -> list[Problem]
     Distinct means distinct stories (name, item, start, events), whatever the surface forms;
     `arith-train` never contains a paraphrase of a problem of the evaluation splits for `seed`.
     """
-    from ngrpo.errors import NgrpoError
+    from ngrpo.utils.errors import NgrpoError
 
     if split not in SPLITS:
         raise NgrpoError(f"unknown task split {split!r}; choose one of {', '.join(SPLITS)}")

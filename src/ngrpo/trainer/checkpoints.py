@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"

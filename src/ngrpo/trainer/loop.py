@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ngrpo.config import TrainConfig, derived_values, save_config
-from ngrpo.errors import NgrpoError
 from ngrpo.trainer.checkpoints import (
     _rng_state,
     _save_model,
@@ -26,6 +25,7 @@ from ngrpo.trainer.checkpoints import (
 )
 from ngrpo.trainer.setup import Run, _setup
 from ngrpo.trainer.step import _train_step
+from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
 

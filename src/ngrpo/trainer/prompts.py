@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ngrpo.config import TrainConfig
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 
 @dataclass

@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 
 from ngrpo.config import TrainConfig
-from ngrpo.errors import NgrpoError
 from ngrpo.learner import LearnerParams, disable_dropout
 from ngrpo.trainer.checkpoints import (
     STATE_FILE,
@@ -42,6 +41,7 @@ from ngrpo.trainer.checkpoints import (
     load_trainer_state,
 )
 from ngrpo.trainer.prompts import PromptSampler, encode_prompts
+from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,9 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
 
     from ngrpo.config import resolve_device_dtype
     from ngrpo.data import load_benchmark
-    from ngrpo.exploration import answer_start_ids
+    from ngrpo.method.exploration import answer_start_ids
+    from ngrpo.method.neighbors import NeighborIndex
     from ngrpo.models import load_model, load_tokenizer, resolve_model_path
-    from ngrpo.neighbors import NeighborIndex
     from ngrpo.policy import SoftInputPolicy
     from ngrpo.rewards import GradingPool
     from ngrpo.rewards.functions import build_reward_set

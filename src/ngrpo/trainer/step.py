@@ -1,6 +1,6 @@
 """One training step, top to bottom in `_train_step`: this process's prompts -> rollouts with
 exploration on (`ngrpo.rollout.generate`) -> rewards (`ngrpo.rewards.functions.RewardSet`) ->
-group advantages (`ngrpo.losses.group_advantages`) -> policy update
+group advantages (`ngrpo.method.losses.group_advantages`) -> policy update
 (`ngrpo.learner.update_policy`) -> metrics reduced over processes. With `train.dynamic_sampling`
 `ngrpo.dynamic_sampling.collect` draws several rounds of prompts per step and only groups whose
 rewards vary are trained on (single process only).
@@ -128,8 +128,8 @@ def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
 
 def _train_step(run: Run) -> dict[str, float]:
     from ngrpo.diagnostics import neighbor_synonym_frac, rollout_diagnostics, split_groups
-    from ngrpo.losses import group_advantages
     from ngrpo.memory.usage import peak_bytes, reset_peak
+    from ngrpo.method.losses import group_advantages
     from ngrpo.sharding.data_parallel import process_prompt_slots
 
     cfg, acc = run.cfg, run.accelerator

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 
 def _cosine(table: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:

@@ -54,8 +54,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ngrpo.errors import NgrpoError
-from ngrpo.neighbors import SIMILARITIES, bruteforce_neighbors
+from ngrpo.method.neighbors import SIMILARITIES, bruteforce_neighbors
+from ngrpo.utils.errors import NgrpoError
 
 ANCHORS = ("greedy", "sampled")
 NEIGHBOR_WEIGHTS = ("policy", "release")

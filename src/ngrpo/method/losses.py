@@ -63,7 +63,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ngrpo.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError
 
 LOG_RATIO_CLAMP = 20.0  # |log ρ| bound before exp (verl)
 K3_CLAMP = 10.0  # |k3| bound (verl low_var_kl)

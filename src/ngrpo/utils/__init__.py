@@ -1,0 +1,4 @@
+"""Small utilities every layer may import; they import nothing from ngrpo.
+
+- `errors`: `NgrpoError`, the error a user can fix (the CLI prints it on one line).
+"""
