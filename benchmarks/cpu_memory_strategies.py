@@ -72,7 +72,7 @@ def build_model(directory: Path) -> int:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from ngrpo.models import resolve_model_path
+    from ngrpo.models.load import resolve_model_path
 
     base = resolve_model_path("base")
     config = json.loads((base / "config.json").read_text())

@@ -29,7 +29,7 @@ import torch
 
 from ngrpo import bench_scale
 from ngrpo.method.exploration import ExplorationConfig
-from ngrpo.presets import preset_model
+from ngrpo.models.presets import preset_model
 from ngrpo.rollout import EngineOptions, SamplingParams, generate, replay_logprobs
 
 SMALL = os.environ.get("SMALL") == "1"

@@ -10,14 +10,14 @@ import pytest
 @pytest.fixture(scope="session")
 def base_model_dir() -> Path:
     """Directory of the embedded base model; the first use on a machine builds it (minutes)."""
-    from ngrpo.base_model import ensure_base_model
+    from ngrpo.models.base_model import ensure_base_model
 
     return ensure_base_model()
 
 
 @pytest.fixture(scope="session")
 def embedded_tokenizer():
-    from ngrpo.tokenizer import build_tokenizer
+    from ngrpo.models.tokenizer import build_tokenizer
 
     return build_tokenizer()
 

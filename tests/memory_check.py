@@ -24,7 +24,7 @@ import torch
 def _model(spec):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from ngrpo.models import load_model, resolve_model_path
+    from ngrpo.models.load import load_model, resolve_model_path
 
     if spec == "base":
         return load_model(resolve_model_path("base"), torch.device("cpu"), torch.float32)

@@ -23,7 +23,7 @@ FAST = [
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(embedded_tokenizer, tmp_path_factory) -> Path:
-    from ngrpo.tokenizer import save_tokenizer
+    from ngrpo.models.tokenizer import save_tokenizer
 
     directory = tmp_path_factory.mktemp("tiny")
     tiny_qwen2(embedded_tokenizer).save_pretrained(str(directory))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ngrpo.base_model import (
+from ngrpo.models.base_model import (
     BUILD_INFO,
     BaseModelRecipe,
     build_base_model,
@@ -16,7 +16,7 @@ from ngrpo.base_model import (
     make_model,
     sample_accuracy,
 )
-from ngrpo.models import load_model, load_model_and_tokenizer
+from ngrpo.models.load import load_model, load_model_and_tokenizer
 from ngrpo.tasks import generate
 from ngrpo.utils.errors import NgrpoError
 

@@ -12,7 +12,7 @@ from conftest import tiny_qwen2
 
 from ngrpo.cli import main
 from ngrpo.config import load_config, save_config
-from ngrpo.models import PINNED_TOKENIZER_MODULE, load_model, load_tokenizer
+from ngrpo.models.load import PINNED_TOKENIZER_MODULE, load_model, load_tokenizer
 from ngrpo.trainer import STATE_FILE
 from ngrpo.trainer.checkpoints import _save_model
 

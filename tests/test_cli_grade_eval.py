@@ -64,7 +64,7 @@ def test_grade_usage_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from ngrpo.tokenizer import build_tokenizer
+    from ngrpo.models.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     path = tmp_path_factory.mktemp("tiny")

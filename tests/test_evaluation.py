@@ -9,8 +9,8 @@ import ngrpo.rollout
 from ngrpo.data import Example, load_benchmark
 from ngrpo.evaluation import SampleResult, build_prompts, eval_metrics, evaluate
 from ngrpo.metrics import pass_at_k
+from ngrpo.models.tokenizer import build_tokenizer
 from ngrpo.rewards import GradingPool
-from ngrpo.tokenizer import build_tokenizer
 from ngrpo.utils.errors import NgrpoError
 
 

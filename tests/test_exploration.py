@@ -161,7 +161,7 @@ def test_config_errors_name_the_key_and_choices(overrides, message):
 
 def test_valid_config_and_answer_marker_tokenisation():
     ExplorationConfig(strategy="neighbor", mix_top_k=50).validate(vocab_size=50)
-    from ngrpo.tokenizer import THINK_END, build_tokenizer
+    from ngrpo.models.tokenizer import THINK_END, build_tokenizer
 
     tokenizer = build_tokenizer()
     ids = answer_start_ids(tokenizer, THINK_END)

@@ -1,4 +1,4 @@
-"""LoRA (`model.lora`, ngrpo.lora): config and its errors, training only adapters on a frozen
+"""LoRA (`model.lora`, ngrpo.models.lora): config and its errors, training only adapters on a frozen
 base, the disabled-adapter reference, peft checkpoints + exact resume, loading adapters, export."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 from test_trainer import _overrides as trainer_overrides
 from test_trainer import _untimed
 
-import ngrpo.models
+import ngrpo.models.load
 import ngrpo.trainer.loop
 from ngrpo.cli import main
 from ngrpo.config import load_config, save_config
 from ngrpo.learner import reference_logprobs
-from ngrpo.lora import adapter_parameters, check_targets
 from ngrpo.method.neighbors import NeighborIndex
+from ngrpo.models.lora import adapter_parameters, check_targets
 from ngrpo.rollout import EngineOptions, SamplingParams, generate
 from ngrpo.trainer import checkpoint_dirs, load_run_config, read_metrics, train
 from ngrpo.utils.errors import NgrpoError
@@ -45,7 +45,7 @@ def lora_run(base_model_dir, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     captured, invalidations, loads = {}, [], []
     real_setup, real_invalidate = ngrpo.trainer.loop._setup, NeighborIndex.invalidate
-    real_load = ngrpo.models.load_model
+    real_load = ngrpo.models.load.load_model
 
     def setup(*args, **kwargs):
         captured["run"] = real_setup(*args, **kwargs)
@@ -61,7 +61,7 @@ def lora_run(base_model_dir, tmp_path_factory):
 
     mp.setattr(ngrpo.trainer.loop, "_setup", setup)
     mp.setattr(NeighborIndex, "invalidate", invalidate)
-    mp.setattr(ngrpo.models, "load_model", load_model)
+    mp.setattr(ngrpo.models.load, "load_model", load_model)
     try:
         out = train(_cfg(base_model_dir, tmp_path_factory.mktemp("lora_straight"), 4))
     finally:
@@ -110,7 +110,7 @@ def test_lora_dropout_error_says_why():
 
 
 def test_targets_are_checked_against_the_model(base_model_dir, tmp_path):
-    model = ngrpo.models.load_model(base_model_dir)
+    model = ngrpo.models.load.load_model(base_model_dir)
     check_targets(model, ["q_proj", "mlp.down_proj"])  # names and dotted suffixes both match
     with pytest.raises(NgrpoError, match=r"qkv_proj, w1 match no module of Qwen2ForCausalLM"):
         check_targets(model, ["q_proj", "qkv_proj", "w1"])
@@ -162,7 +162,7 @@ def test_beta_uses_the_policy_with_adapters_disabled_as_reference(lora_run, base
     )  # fmt: skip
     with run.ref_context():
         ref = reference_logprobs(run.ref_model, batch, 1.0, run.params)  # (N, T)
-    base = reference_logprobs(ngrpo.models.load_model(base_model_dir), batch, 1.0, run.params)
+    base = reference_logprobs(ngrpo.models.load.load_model(base_model_dir), batch, 1.0, run.params)
     torch.testing.assert_close(ref, base, rtol=0, atol=1e-6)
     adapted = reference_logprobs(run.policy, batch, 1.0, run.params)  # adapters back on
     assert (adapted - base).abs().max() > 1e-3
@@ -223,13 +223,13 @@ def test_two_steps_then_resume_two_equals_four_straight(lora_run, base_model_dir
 def test_load_model_accepts_an_adapter_directory(lora_run, base_model_dir, tmp_path):
     run_dir, run, _, _ = lora_run
     last = checkpoint_dirs(run_dir)[-1]
-    merged = ngrpo.models.load_model(last)
+    merged = ngrpo.models.load.load_model(last)
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     ids = torch.tensor([run.prompts[0]])  # (1, P)
     with torch.no_grad():
         want = run.peft_model(input_ids=ids).logits  # the in-memory adapter model, step 4
         torch.testing.assert_close(merged(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
-    assert ngrpo.models.load_tokenizer(last).get_vocab() == run.tokenizer.get_vocab()
+    assert ngrpo.models.load.load_tokenizer(last).get_vocab() == run.tokenizer.get_vocab()
     # a moved base: the error names the missing directory and the field
     moved = tmp_path / "adapter"
     shutil.copytree(last, moved)
@@ -237,7 +237,7 @@ def test_load_model_accepts_an_adapter_directory(lora_run, base_model_dir, tmp_p
     config["base_model_name_or_path"] = str(tmp_path / "gone")
     (moved / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(NgrpoError, match=r"gone. named in .* does not exist"):
-        ngrpo.models.load_model(moved)
+        ngrpo.models.load.load_model(moved)
 
 
 def test_best_checkpoint_is_an_adapter_too(base_model_dir, tmp_path):
@@ -316,7 +316,7 @@ def test_adapters_get_the_same_gradient_with_gradient_checkpointing(lora_run, ba
     """Checkpointed layers still pass the same gradients to the adapters although the inputs
     come from a frozen embedding table (a known pitfall of checkpointing with frozen inputs)."""
     from ngrpo.learner import sequence_logprobs
-    from ngrpo.lora import LoraConfig, load_policy
+    from ngrpo.models.lora import LoraConfig, load_policy
 
     _, run, _, _ = lora_run
     batch = generate(

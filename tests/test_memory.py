@@ -39,7 +39,7 @@ def test_parameter_counts_match_hand_computation_and_the_real_model():
     # k and v (3,584·512 + 512 each), o 3,584², MLP 3·3,584·18,944, two norms; final norm.
     layer = (3584**2 + 3584) + 2 * (3584 * 512 + 512) + 3584**2 + 3 * 3584 * 18944 + 2 * 3584
     assert SEVEN_B.parameters == 2 * 152_064 * 3_584 + 28 * layer + 3_584 == 7_615_616_512
-    from ngrpo.presets import preset_model
+    from ngrpo.models.presets import preset_model
 
     model = preset_model("tiny")
     assert ModelShape.from_preset("tiny").parameters == sum(p.numel() for p in model.parameters())
@@ -52,7 +52,7 @@ def test_lora_count_matches_hand_computation_and_peft():
     assert SEVEN_B.lora_params(16) == 28 * per_layer == 40_370_176
     import peft
 
-    from ngrpo.presets import preset_model
+    from ngrpo.models.presets import preset_model
 
     lora = peft.get_peft_model(preset_model("tiny"),
                                peft.LoraConfig(r=4, target_modules=list(LORA_TARGETS)))

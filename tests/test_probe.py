@@ -10,6 +10,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from ngrpo.cli import main
 from ngrpo.method.exploration import STRATEGIES, StepView
+from ngrpo.models.tokenizer import build_tokenizer
 from ngrpo.probe import (
     aggregate_probe,
     mean_ci,
@@ -20,7 +21,6 @@ from ngrpo.probe import (
 )
 from ngrpo.rollout import SamplingParams, generate
 from ngrpo.tasks import generate as task_problems
-from ngrpo.tokenizer import build_tokenizer
 from ngrpo.utils.errors import NgrpoError
 
 V, D, B = 40, 16, 32
@@ -314,7 +314,7 @@ def test_cli_probe_errors_in_one_line(model_dir, tmp_path, capsys, argv, fragmen
 
 
 def test_probe_on_the_base_model_is_wired_end_to_end(base_model_dir):
-    from ngrpo.models import load_model_and_tokenizer
+    from ngrpo.models.load import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(base_model_dir)
     result = run_probe(

@@ -324,7 +324,7 @@ def test_bad_input_errors(model):
 
 def test_bench_rollout_cli_writes_the_json(tmp_path):
     from ngrpo.cli import main
-    from ngrpo.tokenizer import build_tokenizer
+    from ngrpo.models.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     model = _tiny("qwen2", vocab=len(tokenizer))

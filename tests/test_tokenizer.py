@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
+from ngrpo.models.tokenizer import (
+    ASSISTANT,
+    THINK_END,
+    THINK_START,
+    USER,
+    encode_prompt,
+    prompt_text,
+)
 from ngrpo.tasks import generate
-from ngrpo.tokenizer import ASSISTANT, THINK_END, THINK_START, USER, encode_prompt, prompt_text
 
 
 def test_round_trip_on_every_split(embedded_tokenizer):
@@ -53,8 +60,8 @@ def test_model_directory_keeps_the_word_level_tokenizer(embedded_tokenizer, tmp_
     """transformers 5 swaps Qwen2Tokenizer in for qwen2 model directories; our loader must not."""
     import torch
 
-    from ngrpo.base_model import BaseModelRecipe, make_model
-    from ngrpo.models import load_tokenizer
+    from ngrpo.models.base_model import BaseModelRecipe, make_model
+    from ngrpo.models.load import load_tokenizer
 
     torch.manual_seed(0)
     make_model(len(embedded_tokenizer), embedded_tokenizer, BaseModelRecipe(

@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 import ngrpo.learner
-import ngrpo.models
+import ngrpo.models.load
 from ngrpo.cli import main
 from ngrpo.config import load_config
-from ngrpo.models import load_model
+from ngrpo.models.load import load_model
 from ngrpo.trainer import checkpoint_dirs, load_run_config, read_metrics, train
 from ngrpo.trainer.checkpoints import _recover_interrupted_writes
 
@@ -127,7 +127,7 @@ def test_non_finite_loss_skips_the_step_and_kl_zero_loads_no_reference(
     base_model_dir, tmp_path, monkeypatch, caplog
 ):
     real_loss, calls, loads = ngrpo.learner.grpo_loss, [], []
-    real_load = ngrpo.models.load_model
+    real_load = ngrpo.models.load.load_model
 
     def nan_once(*args, **kwargs):
         loss, metrics = real_loss(*args, **kwargs)
@@ -139,7 +139,7 @@ def test_non_finite_loss_skips_the_step_and_kl_zero_loads_no_reference(
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(ngrpo.learner, "grpo_loss", nan_once)
-    monkeypatch.setattr(ngrpo.models, "load_model", counting_load)
+    monkeypatch.setattr(ngrpo.models.load, "load_model", counting_load)
     out = train(_cfg(base_model_dir, tmp_path / "nan", 2, "train.beta=0"))
     assert len(loads) == 1  # the policy only: no reference model at beta = 0
     assert "optimizer step skipped" in caplog.text

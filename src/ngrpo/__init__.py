@@ -27,8 +27,8 @@ _EXPORTS = {
     "load_benchmark": "ngrpo.data",
     "EvalResult": "ngrpo.evaluation",
     "grade": "ngrpo.rewards",
-    "load_model": "ngrpo.models",
-    "load_tokenizer": "ngrpo.models",
+    "load_model": "ngrpo.models.load",
+    "load_tokenizer": "ngrpo.models.load",
     "NgrpoError": "ngrpo.utils.errors",
 }
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from ngrpo.config import TrainConfig, load_config
     from ngrpo.data import Example, load_benchmark
     from ngrpo.evaluation import EvalResult
-    from ngrpo.models import load_model, load_tokenizer
+    from ngrpo.models.load import load_model, load_tokenizer
     from ngrpo.rewards import grade
     from ngrpo.utils.errors import NgrpoError
 

@@ -108,7 +108,7 @@ def evaluate(
     summary with `mean@n`, `pass@k`, `maj@n` (equivalence classes) and `unparsed`.
     """
     from ngrpo.evaluation import evaluate as run_evaluation
-    from ngrpo.models import load_model, load_tokenizer
+    from ngrpo.models.load import load_model, load_tokenizer
     from ngrpo.rewards import GradingPool
 
     if isinstance(model, (str, os.PathLike)):

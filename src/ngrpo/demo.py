@@ -218,9 +218,9 @@ def run_demo(settings: DemoSettings, progress: Progress | None = None) -> dict:
     """Run the whole comparison; returns the results written to `results.json`."""
     import torch
 
-    from ngrpo.base_model import ensure_base_model
     from ngrpo.demo_report import compare, render_report, summarize, write_plots
-    from ngrpo.models import load_model_and_tokenizer
+    from ngrpo.models.base_model import ensure_base_model
+    from ngrpo.models.load import load_model_and_tokenizer
     from ngrpo.probe import aggregate_probe, run_probe
     from ngrpo.rewards import GradingPool
     from ngrpo.tasks import generate

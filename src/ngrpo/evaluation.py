@@ -3,9 +3,10 @@
 `evaluate(model, tokenizer, examples, n=..., ...)` is the Python API used by `ngrpo eval` and by
 the trainer's periodic evaluation. Generation goes through the project's rollout engine
 (`ngrpo.rollout.generate` with `exploration=None, training=False`: plain sampling, never mixing);
-prompts are the tokenizer's chat template around the problem text (`ngrpo.tokenizer.encode_prompt`,
-the raw problem text when the tokenizer has no chat template); grading is `ngrpo.rewards`
-(`grade_batch`, math-verify in the worker pool); metrics are `ngrpo.metrics`.
+prompts are the tokenizer's chat template around the problem text
+(`ngrpo.models.tokenizer.encode_prompt`, the raw problem text when the tokenizer has no chat
+template); grading is `ngrpo.rewards` (`grade_batch`, math-verify in the worker pool); metrics are
+`ngrpo.metrics`.
 
 Problems are processed in chunks of `max(1, batch_size // n)` prompts. Chunk c is sampled with seed
 `seed + index of its first problem`, so a resumed run reproduces the samples a full run would have
@@ -62,7 +63,7 @@ def build_prompts(
     """Token ids of each problem wrapped in the tokenizer's chat template (generation prompt on).
 
     A problem is a text (one user turn) or a whole chat conversation (a list of messages)."""
-    from ngrpo.tokenizer import encode_messages, encode_prompt
+    from ngrpo.models.tokenizer import encode_messages, encode_prompt
 
     if getattr(tokenizer, "chat_template", None):
         return [

@@ -1,11 +1,11 @@
 """`ngrpo export`: a run's checkpoint as a standalone Hugging Face model directory.
 
-A LoRA run's checkpoint holds only the adapter (`ngrpo.lora`); exporting loads its base, merges the
-adapter into the weights (in fp32, then cast to the dtype the base was saved in) and writes a plain
-model directory (config.json, model.safetensors, generation config) + the checkpoint's tokenizer:
-`AutoModelForCausalLM.from_pretrained` loads it without peft, and vLLM serves it like any model.
-A full-weight checkpoint is already such a directory: its model and tokenizer files are copied.
-Trainer files (`trainer_state.pt`, `best.json`) are never exported.
+A LoRA run's checkpoint holds only the adapter (`ngrpo.models.lora`); exporting loads its base,
+merges the adapter into the weights (in fp32, then cast to the dtype the base was saved in) and
+writes a plain model directory (config.json, model.safetensors, generation config) + the
+checkpoint's tokenizer: `AutoModelForCausalLM.from_pretrained` loads it without peft, and vLLM
+serves it like any model. A full-weight checkpoint is already such a directory: its model and
+tokenizer files are copied. Trainer files (`trainer_state.pt`, `best.json`) are never exported.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ngrpo.config import DTYPES
-from ngrpo.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_base_path, is_adapter_dir
+from ngrpo.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_base_path, is_adapter_dir
 from ngrpo.utils.errors import NgrpoError
 
 # Files of a checkpoint that are not part of the exported model.
@@ -77,7 +77,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, which: str = "la
         raise NgrpoError(f"output directory {str(out_dir)!r} exists and is not empty")
     adapter = is_adapter_dir(checkpoint)
     if adapter:
-        from ngrpo.lora import load_merged
+        from ngrpo.models.lora import load_merged
 
         dtype = _saved_dtype(adapter_base_path(checkpoint))
         merged = load_merged(checkpoint, "cpu", dtype)  # base named by the adapter + adapter

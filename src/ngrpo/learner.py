@@ -29,7 +29,7 @@ Choices worth knowing:
   `train/skipped_updates`, logged as a warning); training goes on. Every micro-batch still runs
   its backward and the decision is all-reduced, so data-parallel processes skip together.
 - After every optimizer step the neighbour index is invalidated (embeddings changed), unless the
-  searched table is frozen (LoRA, `ngrpo.lora`): then its cache is built once for the run.
+  searched table is frozen (LoRA, `ngrpo.models.lora`): then its cache is built once for the run.
 - Log-probabilities and entropy never go through full logits: `ngrpo.scoring.score_tokens` runs the
   body once and the head over chunks of the scored positions, recomputed in the backward
   (`full_logits=True` restores the full-logits path, for comparisons).

@@ -138,8 +138,8 @@ def _write_json(path: Path | None, report: dict) -> None:
 
 
 def _prompts(tokenizer, batch: int) -> list[list[int]]:
+    from ngrpo.models.tokenizer import encode_prompt
     from ngrpo.tasks import generate as generate_problems
-    from ngrpo.tokenizer import encode_prompt
 
     problems = generate_problems("arith-train", num=batch, seed=0)
     if tokenizer.chat_template:
@@ -155,7 +155,7 @@ def run_rollout(args: argparse.Namespace) -> int:
 
     from ngrpo.bench import rollout_report
     from ngrpo.method.exploration import answer_start_ids
-    from ngrpo.models import load_model_and_tokenizer
+    from ngrpo.models.load import load_model_and_tokenizer
     from ngrpo.utils.errors import NgrpoError
 
     for name in ("batch", "new_tokens", "repeats", "lookup_vocab", "lookup_dim"):
@@ -215,7 +215,7 @@ def run_rollout_preset(args: argparse.Namespace) -> int:
 
     from ngrpo.bench_scale import scale_report
     from ngrpo.method.exploration import STRATEGIES
-    from ngrpo.presets import PRESETS, preset_model
+    from ngrpo.models.presets import PRESETS, preset_model
     from ngrpo.utils.errors import NgrpoError
 
     if args.preset not in PRESETS:
@@ -271,7 +271,7 @@ def run_learner(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ngrpo.bench import learner_report
-    from ngrpo.models import load_model
+    from ngrpo.models.load import load_model
     from ngrpo.utils.errors import NgrpoError
 
     for name in ("batch", "repeats", "k"):
@@ -322,7 +322,7 @@ def run_learner_scale(args: argparse.Namespace) -> int:
     import torch
 
     from ngrpo.bench_learner import learner_scale_report, parse_variant, vocab_model
-    from ngrpo.presets import PRESETS, preset_model
+    from ngrpo.models.presets import PRESETS, preset_model
     from ngrpo.utils.errors import NgrpoError
 
     if args.preset is not None and args.preset not in PRESETS:

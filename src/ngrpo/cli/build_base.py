@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from ngrpo.base_model import BUILD_INFO, ensure_base_model
+    from ngrpo.models.base_model import BUILD_INFO, ensure_base_model
 
     with progress_bar() as update:
         model_dir = ensure_base_model(args.out, seed=args.seed, force=args.force, progress=update)

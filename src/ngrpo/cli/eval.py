@@ -136,7 +136,7 @@ def handler(args: argparse.Namespace) -> int:
 
     from ngrpo.data import load_benchmark
     from ngrpo.evaluation import evaluate
-    from ngrpo.models import load_model_and_tokenizer
+    from ngrpo.models.load import load_model_and_tokenizer
     from ngrpo.rewards import GradingPool
 
     if args.n < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):

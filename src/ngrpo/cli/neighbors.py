@@ -37,7 +37,7 @@ def handler(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ngrpo.method.neighbors import bruteforce_neighbors
-    from ngrpo.models import load_model_and_tokenizer
+    from ngrpo.models.load import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(args.model)
     token_id = single_token_id(tokenizer, args.token)

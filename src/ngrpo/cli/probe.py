@@ -118,7 +118,7 @@ def handler(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from ngrpo.models import load_model_and_tokenizer
+    from ngrpo.models.load import load_model_and_tokenizer
     from ngrpo.plots import plot_probe
     from ngrpo.probe import aggregate_probe, check_settings, run_probe
     from ngrpo.tasks import generate

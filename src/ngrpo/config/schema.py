@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ngrpo.lora import LoraConfig
 from ngrpo.method.exploration import ExplorationConfig
+from ngrpo.models.lora import LoraConfig
 
 MISSING = "???"  # a required value: the user must override it
 
@@ -46,7 +46,7 @@ class ModelConfig:
     """eager | sdpa | flash_attention_2 | flash_attention_3 | flex_attention; null: transformers'
     default for the model."""
     lora: LoraConfig = field(default_factory=LoraConfig)
-    """LoRA adapters (peft): `r` > 0 trains only adapters on a frozen base (`ngrpo.lora`)."""
+    """LoRA adapters (peft): `r` > 0 trains only adapters on a frozen base (`ngrpo.models.lora`)."""
 
 
 @dataclass

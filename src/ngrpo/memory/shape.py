@@ -49,8 +49,8 @@ class ModelShape:
 
     @classmethod
     def from_preset(cls, name: str) -> ModelShape:
-        """The shape of a preset of `ngrpo.presets.PRESETS` (Qwen2)."""
-        from ngrpo.presets import PRESETS
+        """The shape of a preset of `ngrpo.models.presets.PRESETS` (Qwen2)."""
+        from ngrpo.models.presets import PRESETS
 
         if name not in PRESETS:
             raise NgrpoError(f"unknown model shape {name!r}; choose one of {', '.join(PRESETS)}")

@@ -176,7 +176,7 @@ def save_sharded_checkpoint(run, step: int, trainer_state: dict) -> Path:
         get_optimizer_state_dict,
     )
 
-    from ngrpo.tokenizer import save_tokenizer
+    from ngrpo.models.tokenizer import save_tokenizer
     from ngrpo.trainer.checkpoints import (
         CHECKPOINTS,
         STATE_FILE,

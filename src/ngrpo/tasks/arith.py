@@ -35,7 +35,7 @@ Splits (all deterministic from a seed):
   supervised warm-up and RL prompts.
 
 `sloppy_solution` writes the imperfect teacher's solutions the base model is warmed up on (each
-event skipped with some probability): see `ngrpo.base_model`.
+event skipped with some probability): see `ngrpo.models.base_model`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 trainer state saved at a step and read back on `--resume`.
 
 Run directory (`output_dir`) parts written here:
-- `checkpoints/step-NNNNNN/`: Hugging Face model (a LoRA run: the peft adapter, `ngrpo.lora`) +
-  tokenizer (safetensors) and `trainer_state.pt`
+- `checkpoints/step-NNNNNN/`: Hugging Face model (a LoRA run: the peft adapter, `ngrpo.models.lora`)
+  + tokenizer (safetensors) and `trainer_state.pt`
   (optimizer, scheduler, RNG states, step, data position, best metric). The state holds only
   tensors, numbers, strings and plain containers (RNG states as tensors) and is read back with
   `torch.load(weights_only=True)`: a run directory from elsewhere cannot run code on `--resume`.
@@ -80,8 +80,8 @@ def _recover_interrupted_writes(run_dir: Path) -> None:
 
 def _save_model(directory: Path, model, tokenizer) -> None:
     """A Hugging Face model directory (safetensors) that transformers and vLLM can load; the
-    tokenizer loads back with a plain `AutoTokenizer` (`ngrpo.tokenizer.save_tokenizer`)."""
-    from ngrpo.tokenizer import save_tokenizer
+    tokenizer loads back with a plain `AutoTokenizer` (`ngrpo.models.tokenizer.save_tokenizer`)."""
+    from ngrpo.models.tokenizer import save_tokenizer
 
     model.save_pretrained(str(directory), safe_serialization=True)
     save_tokenizer(tokenizer, directory)

@@ -105,7 +105,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     from ngrpo.data import load_benchmark
     from ngrpo.method.exploration import answer_start_ids
     from ngrpo.method.neighbors import NeighborIndex
-    from ngrpo.models import load_model, load_tokenizer, resolve_model_path
+    from ngrpo.models.load import load_model, load_tokenizer, resolve_model_path
     from ngrpo.policy import SoftInputPolicy
     from ngrpo.rewards import GradingPool
     from ngrpo.rewards.functions import build_reward_set
@@ -136,17 +136,17 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     weights = latest if latest is not None else base_path
     lora = cfg.model.lora.enabled
     if latest is not None:
-        from ngrpo.lora import check_checkpoint_kind, resume_base
+        from ngrpo.models.lora import check_checkpoint_kind, resume_base
 
         check_checkpoint_kind(latest, lora)  # model.lora.r changed since the run started
         if lora:
             base_path = resume_base(latest, base_path)  # the base the adapter was trained on
     tokenizer = load_tokenizer(base_path)
     peft_model = None
-    # Master weights stay fp32 (LoRA: the frozen base and the adapters, `ngrpo.lora`); bf16 /
+    # Master weights stay fp32 (LoRA: the frozen base and the adapters, `ngrpo.models.lora`); bf16 /
     # fp16 compute comes from accelerate's autocast.
     if lora:
-        from ngrpo.lora import load_policy
+        from ngrpo.models.lora import load_policy
 
         # The frozen base needs no fp32 master copy: it is held in the compute dtype.
         peft_model, policy = load_policy(

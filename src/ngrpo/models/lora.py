@@ -159,7 +159,7 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 def adapter_base_path(adapter_dir: str | Path) -> Path:
     """The local base-model directory recorded in an adapter's `adapter_config.json`."""
-    from ngrpo.models import resolve_model_path
+    from ngrpo.models.load import resolve_model_path
 
     config_path = Path(adapter_dir) / ADAPTER_CONFIG
     try:
@@ -228,7 +228,7 @@ def load_policy(
     with the trainable adapter of checkpoint `adapter_dir` (resume); the adapters are fp32 either
     way (peft upcasts them). The policy is the injected transformers model that rollout, learner
     and evaluation call."""
-    from ngrpo.models import load_model
+    from ngrpo.models.load import load_model
 
     model = load_model(base_dir, device, base_dtype)
     if adapter_dir is None:
@@ -247,7 +247,7 @@ def adapter_parameters(peft_model) -> dict[str, torch.Tensor]:
 def load_merged(adapter_dir: str | Path, device: str | torch.device, dtype: torch.dtype):
     """The base named by the adapter with the adapter merged in: a plain transformers model (no
     peft layers), in eval mode. Merging is done in fp32 and the result cast to `dtype`."""
-    from ngrpo.models import load_model
+    from ngrpo.models.load import load_model
 
     base = load_model(adapter_base_path(adapter_dir), "cpu", torch.float32)
     merged = load_adapter(base, adapter_dir, trainable=False).merge_and_unload()

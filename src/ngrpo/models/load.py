@@ -1,8 +1,9 @@
 """Loading local Hugging Face causal language models, with errors a user can act on.
 
 Any local directory written by `save_pretrained` works (no remote code, no hub access), and a peft
-LoRA adapter directory whose adapter_config.json names a local base (`ngrpo.lora`). The special
-path `base` means the embedded base model (built on first use, see `ngrpo.base_model`).
+LoRA adapter directory whose adapter_config.json names a local base (`ngrpo.models.lora`). The
+special path `base` means the embedded base model (built on first use, see
+`ngrpo.models.base_model`).
 
 Damaged files are reported by name before transformers sees them: every JSON file the loader reads
 must parse, and every safetensors file must have a complete header that covers the file (a
@@ -73,14 +74,14 @@ def check_weight_files(model_dir: Path) -> None:
 def resolve_model_path(path: str | Path) -> Path:
     """`base` -> the embedded base model directory; otherwise a checked local directory."""
     if str(path) == "base":
-        from ngrpo.base_model import ensure_base_model
+        from ngrpo.models.base_model import ensure_base_model
 
         return ensure_base_model()
     model_dir = Path(path).expanduser()
     if not model_dir.is_dir():
         raise NgrpoError(f"model directory {str(model_dir)!r} does not exist")
     if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
-        return model_dir  # a LoRA adapter (ngrpo.lora): `load_model` loads its base + adapter
+        return model_dir  # a LoRA adapter (`ngrpo.models.lora`): `load_model` loads base + adapter
     if not (model_dir / "config.json").is_file():
         raise NgrpoError(
             f"{str(model_dir)!r} is not a model directory: no config.json "
@@ -181,10 +182,10 @@ def load_model(
     """A causal LM from a local directory, in eval mode, on `device` with parameters in `dtype`.
 
     A LoRA adapter directory (a LoRA run's checkpoint) loads as its base model (the directory in
-    its adapter_config.json) with the adapter merged in (`ngrpo.lora.load_merged`)."""
+    its adapter_config.json) with the adapter merged in (`ngrpo.models.lora.load_merged`)."""
     from transformers import AutoModelForCausalLM
 
-    from ngrpo.lora import is_adapter_dir, load_merged
+    from ngrpo.models.lora import is_adapter_dir, load_merged
 
     model_dir = resolve_model_path(path)
     if is_adapter_dir(model_dir) and not (model_dir / "config.json").is_file():

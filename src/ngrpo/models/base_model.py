@@ -152,8 +152,8 @@ def _sft_examples(tokenizer, problems, skip_rate: float, seed: int) -> list[tupl
     """(full token ids, number of prompt tokens) per teacher solution (see module docstring)."""
     import random
 
+    from ngrpo.models.tokenizer import encode_prompt
     from ngrpo.tasks.arith import sloppy_solution
-    from ngrpo.tokenizer import encode_prompt
 
     rng = random.Random(seed)
     examples = []
@@ -229,8 +229,8 @@ def sample_accuracy(
     seed: int = 0, batch_prompts: int = 32,
 ) -> dict[str, float]:
     """pass@1 (mean accuracy over n samples) and pass@n (any correct) by exact boxed match."""
+    from ngrpo.models.tokenizer import encode_prompt
     from ngrpo.rollout import left_pad
-    from ngrpo.tokenizer import encode_prompt
 
     torch.manual_seed(seed)
     per_problem = []
@@ -254,8 +254,8 @@ def sample_accuracy(
 
 def build_base_model(out_dir: Path, seed: int, recipe: BaseModelRecipe, progress=None) -> dict:
     """Tokenizer + warm-started model + measured accuracy, saved into `out_dir`."""
+    from ngrpo.models.tokenizer import build_tokenizer, save_tokenizer
     from ngrpo.tasks import generate
-    from ngrpo.tokenizer import build_tokenizer, save_tokenizer
 
     started = time.time()
     torch.manual_seed(seed)

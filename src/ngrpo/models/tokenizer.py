@@ -64,8 +64,8 @@ def build_tokenizer(extra_words: list[str] | None = None):
 
 def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
     """`save_pretrained`, pinned so that a plain `AutoTokenizer` loads it back unchanged
-    (`ngrpo.models.pin_tokenizer`)."""
-    from ngrpo.models import pin_tokenizer
+    (`ngrpo.models.load.pin_tokenizer`)."""
+    from ngrpo.models.load import pin_tokenizer
 
     tokenizer.save_pretrained(str(out_dir))
     pin_tokenizer(out_dir)
