@@ -14,8 +14,8 @@ import sys
 import torch
 
 from ngrpo.bench_learner import synthetic_rollouts, vocab_model
-from ngrpo.learner import LearnerParams, update_policy
-from ngrpo.scoring import score_tokens
+from ngrpo.learner.scoring import score_tokens
+from ngrpo.learner.update import LearnerParams, update_policy
 
 TOLERANCE = 1e-5
 

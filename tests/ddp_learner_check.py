@@ -15,8 +15,8 @@ import torch.distributed as dist
 from accelerate import Accelerator
 
 from ngrpo.bench_learner import synthetic_rollouts, vocab_model
-from ngrpo.learner import LearnerParams, micro_batches, update_policy
-from ngrpo.policy import SoftInputPolicy
+from ngrpo.learner.policy import SoftInputPolicy
+from ngrpo.learner.update import LearnerParams, micro_batches, update_policy
 
 PROMPT, LENGTH, BUDGET = 8, 24, 30
 

@@ -16,8 +16,8 @@ import torch
 from accelerate import Accelerator
 
 from ngrpo.bench_learner import synthetic_rollouts, vocab_model
-from ngrpo.learner import LearnerParams, micro_batches, update_policy
-from ngrpo.policy import SoftInputPolicy
+from ngrpo.learner.policy import SoftInputPolicy
+from ngrpo.learner.update import LearnerParams, micro_batches, update_policy
 from ngrpo.rollout.batch import concat_batches
 from ngrpo.sharding import FsdpStrategy, shard_policy
 

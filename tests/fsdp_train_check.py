@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-import ngrpo.learner
+import ngrpo.learner.update
 import ngrpo.trainer.loop
 import ngrpo.trainer.step
 from ngrpo.cli import main
@@ -23,8 +23,9 @@ _update_policy = ngrpo.trainer.step.update_policy
 
 def _checked_update(*args, **kwargs) -> dict[str, float]:
     metrics = _update_policy(*args, **kwargs)
-    if not metrics[ngrpo.learner.REPLAY_ERR] <= 1e-4:
-        raise SystemExit(f"replay invariant broken under FSDP: {metrics[ngrpo.learner.REPLAY_ERR]}")
+    err = metrics[ngrpo.learner.update.REPLAY_ERR]
+    if not err <= 1e-4:
+        raise SystemExit(f"replay invariant broken under FSDP: {err}")
     return metrics
 
 

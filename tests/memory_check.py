@@ -39,8 +39,8 @@ def _warm_up(accelerator, spec, ckpt: bool) -> None:
     kernel caches and lazy imports are paid for before the baseline is read (a fresh virtual
     environment imports ~14 MB more lazily than a used one otherwise)."""
     from ngrpo.bench_learner import synthetic_rollouts
-    from ngrpo.learner import LearnerParams, update_policy
-    from ngrpo.policy import SoftInputPolicy
+    from ngrpo.learner.policy import SoftInputPolicy
+    from ngrpo.learner.update import LearnerParams, update_policy
 
     if spec == "base":  # the loader's lazy imports (the model itself is small, and freed)
         _model(spec)
@@ -74,8 +74,8 @@ def main(argv: list[str]) -> dict:
     from accelerate import Accelerator
 
     from ngrpo.bench_learner import PeakMemory, synthetic_rollouts
-    from ngrpo.learner import LearnerParams, disable_dropout, update_policy
-    from ngrpo.policy import SoftInputPolicy
+    from ngrpo.learner.policy import SoftInputPolicy
+    from ngrpo.learner.update import LearnerParams, disable_dropout, update_policy
 
     args = json.loads(argv[0])
     torch.set_num_threads(1)

@@ -11,11 +11,11 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import ngrpo.rewards
 from ngrpo.config import load_config
-from ngrpo.dynamic_sampling import cat_batches, merge_stats, varied_groups
-from ngrpo.learner import sequence_logprobs
+from ngrpo.learner.update import sequence_logprobs
 from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.rollout import SamplingParams, generate
 from ngrpo.trainer import load_run_config, read_metrics, train
+from ngrpo.trainer.dynamic_sampling import cat_batches, merge_stats, varied_groups
 
 PAD, EOS, MARKER = 0, [1], [4]
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-import ngrpo.learner
-from ngrpo.learner import LearnerParams, sequence_logprobs, update_policy
+import ngrpo.learner.update
+from ngrpo.learner.update import LearnerParams, sequence_logprobs, update_policy
 from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.rollout import SamplingParams, generate
 
@@ -172,18 +172,18 @@ def test_non_finite_loss_or_gradient_skips_the_step_and_training_goes_on(monkeyp
     model = _tiny()
     batch = _rollouts(model, "neighbor", mix_rate=0.5)
     advantages = _advantages(len(batch.response_ids))
-    real_loss, calls = ngrpo.learner.grpo_loss, []
+    real_loss, calls = ngrpo.learner.update.grpo_loss, []
 
     def nan_once(*args, **kwargs):  # the first micro-batch's loss is NaN
         loss, metrics = real_loss(*args, **kwargs)
         calls.append(1)
         return (loss * float("nan") if len(calls) == 1 else loss), metrics
 
-    monkeypatch.setattr(ngrpo.learner, "grpo_loss", nan_once)
+    monkeypatch.setattr(ngrpo.learner.update, "grpo_loss", nan_once)
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     params = _params(mini_batch_groups=2, micro_batch_size=2)  # 2 mini-batches, 2 micro each
-    with caplog.at_level(logging.WARNING, logger="ngrpo.learner"):
+    with caplog.at_level(logging.WARNING, logger="ngrpo.learner.update"):
         metrics = update_policy(model, optimizer, None, batch, advantages, params)
     assert "optimizer step skipped" in caplog.text
     assert metrics["train/skipped_updates"] == 1.0 and metrics["train/optimizer_steps"] == 1.0
@@ -212,7 +212,7 @@ def test_non_finite_loss_or_gradient_skips_the_step_and_training_goes_on(monkeyp
 def test_disable_dropout_zeroes_modules_and_config():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ngrpo.learner import disable_dropout
+    from ngrpo.learner.update import disable_dropout
 
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -232,11 +232,17 @@ def test_micro_batches_by_token_budget_pack_longest_first():
     responses = torch.tensor([10, 2, 7, 1, 30])  # (n,) totals 13, 7, 9, 5, 35
     # Longest first: 4 (35 > budget: alone), then 0 (13), 2 (2 × (3 + 10) = 26 fits),
     # 1 (3 × (5 + 10) = 45 does not), then 1 (7) with 3: 2 × (5 + 2) = 14.
-    parts = ngrpo.learner.micro_batches(prompts, responses, micro_batch_size=2, max_tokens=30)
+    parts = ngrpo.learner.update.micro_batches(
+        prompts, responses, micro_batch_size=2, max_tokens=30
+    )
     assert [p.tolist() for p in parts] == [[4], [0, 2], [1, 3]]
-    parts = ngrpo.learner.micro_batches(prompts, responses, micro_batch_size=2, max_tokens=None)
+    parts = ngrpo.learner.update.micro_batches(
+        prompts, responses, micro_batch_size=2, max_tokens=None
+    )
     assert [p.tolist() for p in parts] == [[0, 1], [2, 3], [4]]  # today's: consecutive rows
-    parts = ngrpo.learner.micro_batches(prompts, responses, micro_batch_size=2, max_tokens=10**6)
+    parts = ngrpo.learner.update.micro_batches(
+        prompts, responses, micro_batch_size=2, max_tokens=10**6
+    )
     assert [p.tolist() for p in parts] == [[4, 0, 2, 1, 3]]
 
 
@@ -246,7 +252,7 @@ def test_token_budget_micro_batches_give_the_one_micro_batch_update(loss_type):
     n = len(batch.response_ids)
     lengths = batch.prompt_mask.sum(-1) + batch.response_mask.sum(-1)  # (N,)
     assert lengths.min() < lengths.max()  # rows of different lengths to pack
-    packed = ngrpo.learner.micro_batches(
+    packed = ngrpo.learner.update.micro_batches(
         batch.prompt_mask.sum(-1), batch.response_mask.sum(-1), n, 3 * int(lengths.max())
     )
     assert 1 < len(packed) < n and any(len(p) > 1 for p in packed)  # really packs

@@ -17,7 +17,7 @@ import ngrpo.models.load
 import ngrpo.trainer.loop
 from ngrpo.cli import main
 from ngrpo.config import load_config, save_config
-from ngrpo.learner import reference_logprobs
+from ngrpo.learner.update import reference_logprobs
 from ngrpo.method.neighbors import NeighborIndex
 from ngrpo.models.lora import adapter_parameters, check_targets
 from ngrpo.rollout import EngineOptions, SamplingParams, generate
@@ -315,7 +315,7 @@ def test_export_errors(lora_run, tmp_path, capsys):
 def test_adapters_get_the_same_gradient_with_gradient_checkpointing(lora_run, base_model_dir):
     """Checkpointed layers still pass the same gradients to the adapters although the inputs
     come from a frozen embedding table (a known pitfall of checkpointing with frozen inputs)."""
-    from ngrpo.learner import sequence_logprobs
+    from ngrpo.learner.update import sequence_logprobs
     from ngrpo.models.lora import LoraConfig, load_policy
 
     _, run, _, _ = lora_run
@@ -344,7 +344,7 @@ def test_adapters_get_the_same_gradient_with_gradient_checkpointing(lora_run, ba
 def test_bf16_base_is_held_in_bf16_and_scored_through_the_chunked_head(base_model_dir, tmp_path):
     """model.dtype=bfloat16: the frozen base is held in bf16 (no fp32 master copy), the adapters
     stay fp32, and the learner keeps its chunked head (no fallback to full logits)."""
-    import ngrpo.scoring
+    import ngrpo.learner.scoring
 
     captured = {}
     real_setup = ngrpo.trainer.loop._setup
@@ -353,7 +353,7 @@ def test_bf16_base_is_held_in_bf16_and_scored_through_the_chunked_head(base_mode
         captured["run"] = real_setup(*args, **kwargs)
         return captured["run"]
 
-    ngrpo.scoring._FULL_LOGITS_CLASSES.clear()
+    ngrpo.learner.scoring._FULL_LOGITS_CLASSES.clear()
     mp = pytest.MonkeyPatch()
     mp.setattr(ngrpo.trainer.loop, "_setup", setup)
     try:
@@ -365,6 +365,6 @@ def test_bf16_base_is_held_in_bf16_and_scored_through_the_chunked_head(base_mode
     frozen = {p.dtype for p in run.policy.parameters() if not p.requires_grad}
     trainable = {p.dtype for p in run.policy.parameters() if p.requires_grad}
     assert frozen == {torch.bfloat16} and trainable == {torch.float32}
-    assert not ngrpo.scoring._FULL_LOGITS_CLASSES
+    assert not ngrpo.learner.scoring._FULL_LOGITS_CLASSES
     row = read_metrics(tmp_path / "bf16")[-1]
     assert row["actor/grad_norm"] > 0 and row["actor/replay_logp_err"] < 0.2

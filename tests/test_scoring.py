@@ -1,6 +1,6 @@
-"""Chunked scoring (`ngrpo.scoring`) against the full-logits path it replaces: log-probs, entropy
-and their gradients on a tiny random Qwen2 with recorded soft inputs (fp32), the fallback to full
-logits for models whose logits are not the head's output, and padding trimming."""
+"""Chunked scoring (`ngrpo.learner.scoring`) against the full-logits path it replaces: log-probs,
+entropy and their gradients on a tiny random Qwen2 with recorded soft inputs (fp32), the fallback to
+full logits for models whose logits are not the head's output, and padding trimming."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from ngrpo.learner import trim_padding
+from ngrpo.learner.scoring import chunked_scores, score_tokens
+from ngrpo.learner.update import trim_padding
 from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.rollout import SamplingParams, generate
-from ngrpo.scoring import chunked_scores, score_tokens
 
 PROMPTS = [[10, 11, 12, 13], [20, 21], [30, 31, 32], [40, 41, 42, 43, 44]]
 VOCAB = 100
@@ -98,7 +98,7 @@ class _ScaledLogits(Qwen2ForCausalLM):
 def test_models_transforming_the_head_output_fall_back_to_full_logits(caplog):
     model = _tiny(cls=_ScaledLogits)
     batch = _rollouts(_tiny(), "none")
-    with caplog.at_level(logging.WARNING, logger="ngrpo.scoring"):
+    with caplog.at_level(logging.WARNING, logger="ngrpo.learner.scoring"):
         logp, entropy, grad = _grads(model, batch, 0.8, chunk_elements=64)
     assert "scoring with full logits" in caplog.text
     full_logp, full_entropy, full_grad = _grads(model, batch, 0.8, chunk_elements=None)

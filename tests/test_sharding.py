@@ -12,12 +12,12 @@ import torch
 from test_rollout import _tiny as tiny_model
 
 from ngrpo.config import load_config
+from ngrpo.learner.policy import SoftInputPolicy, policy_scores
+from ngrpo.learner.scoring import score_tokens
 from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.method.losses import aggregate
-from ngrpo.policy import SoftInputPolicy, policy_scores
 from ngrpo.rollout import SamplingParams, generate, replay_logprobs
 from ngrpo.rollout.batch import concat_batches
-from ngrpo.scoring import score_tokens
 from ngrpo.sharding.checkpoint import (
     OPTIMIZER_DIR,
     OPTIMIZER_IN_DCP,

@@ -12,7 +12,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from ngrpo.config import load_config
-from ngrpo.learner import sequence_logprobs
+from ngrpo.learner.update import sequence_logprobs
 from ngrpo.method.exploration import STRATEGIES, ExplorationConfig, StepView, release_weights
 from ngrpo.method.losses import policy_loss
 from ngrpo.method.neighbors import NeighborIndex, bruteforce_neighbors

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import ngrpo.learner
+import ngrpo.learner.update
 import ngrpo.models.load
 from ngrpo.cli import main
 from ngrpo.config import load_config
@@ -126,7 +126,7 @@ def test_interrupted_replacement_of_best_is_rolled_back(tmp_path):
 def test_non_finite_loss_skips_the_step_and_kl_zero_loads_no_reference(
     base_model_dir, tmp_path, monkeypatch, caplog
 ):
-    real_loss, calls, loads = ngrpo.learner.grpo_loss, [], []
+    real_loss, calls, loads = ngrpo.learner.update.grpo_loss, [], []
     real_load = ngrpo.models.load.load_model
 
     def nan_once(*args, **kwargs):
@@ -138,7 +138,7 @@ def test_non_finite_loss_skips_the_step_and_kl_zero_loads_no_reference(
         loads.append(args[0])
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(ngrpo.learner, "grpo_loss", nan_once)
+    monkeypatch.setattr(ngrpo.learner.update, "grpo_loss", nan_once)
     monkeypatch.setattr(ngrpo.models.load, "load_model", counting_load)
     out = train(_cfg(base_model_dir, tmp_path / "nan", 2, "train.beta=0"))
     assert len(loads) == 1  # the policy only: no reference model at beta = 0

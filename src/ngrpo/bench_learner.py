@@ -1,9 +1,9 @@
 """`ngrpo bench learner`: one learner update at a real shape, random weights, no hub.
 
-An update is `ngrpo.learner.update_policy` on synthetic rollouts (R rows of P prompt tokens and T
-response tokens, soft-input records padded to K candidates with a `mix_rate` fraction mixed with
-nearest neighbours, as N-GRPO records them), one mini-batch, gradient clipping and one SGD step at
-learning rate 0 (the weights stay put, so every repeat does the same work; no optimizer state).
+An update is `ngrpo.learner.update.update_policy` on synthetic rollouts (R rows of P prompt tokens
+and T response tokens, soft-input records padded to K candidates with a `mix_rate` fraction mixed
+with nearest neighbours, as N-GRPO records them), one mini-batch, gradient clipping and one SGD step
+at learning rate 0 (the weights stay put, so every repeat does the same work; no optimizer state).
 Variants name how the update is run: `+`-joined parts, e.g. `full+mb1` (today's: full logits,
 one row per micro-batch), `chunked+mb1`, `chunked+tok16896` (token budget), `chunked+mb1+ckpt`
 (gradient checkpointing of the body).
@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 
 from ngrpo.bench import sync_device
-from ngrpo.learner import LearnerParams, update_policy
+from ngrpo.learner.scoring import default_chunk_elements
+from ngrpo.learner.update import LearnerParams, update_policy
 from ngrpo.memory.usage import status_bytes
 from ngrpo.rollout import RolloutBatch
-from ngrpo.scoring import default_chunk_elements
 from ngrpo.utils.errors import NgrpoError
 
 VOCAB_SHAPE = dict(

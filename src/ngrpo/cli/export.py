@@ -2,8 +2,9 @@
 
     ngrpo export RUN_DIR OUT_DIR [--checkpoint latest|best|step-N]
 
-A LoRA run's adapter is merged into its base (`ngrpo.export`); a full-weight checkpoint is copied.
-The result loads with `AutoModelForCausalLM.from_pretrained(OUT_DIR)` (no peft) and with vLLM.
+A LoRA run's adapter is merged into its base (`ngrpo.trainer.export`); a full-weight checkpoint is
+copied. The result loads with `AutoModelForCausalLM.from_pretrained(OUT_DIR)` (no peft) and with
+vLLM.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from ngrpo.export import export_checkpoint
+    from ngrpo.trainer.export import export_checkpoint
 
     checkpoint = export_checkpoint(args.run_dir, args.out_dir, args.checkpoint)
     print(f"exported {checkpoint} -> {args.out_dir}")

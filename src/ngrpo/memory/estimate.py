@@ -38,7 +38,7 @@ What is modelled, from the code (factors in `_learner_components` etc.):
   runs it, see `_layer_activation_bytes`), or with gradient checkpointing the layer inputs plus one
   layer recomputed; the backward's working set at one layer; the padding mask (rows × T² bytes)
   and, with a mask, keys / values repeated to the query heads (transformers' SDPA path); the
-  chunked head's chunk buffers and its (V, d) fp32 weight-gradient buffer (`ngrpo.scoring`);
+  chunked head's chunk buffers and its (V, d) fp32 weight-gradient buffer (`ngrpo.learner.scoring`);
   under FSDP one layer's unsharded fp32 gradient before its reduce-scatter.
 
 Approximations (say so when quoting numbers):
@@ -115,7 +115,8 @@ class MemoryInputs:
     reference: bool = False
     """A KL reference model is used (`train.beta > 0`)."""
     chunk_elements: int | None = None
-    """Logits elements per head chunk (None: `ngrpo.scoring.CHUNK_ELEMENTS` for the device)."""
+    """Logits elements per head chunk (None: `ngrpo.learner.scoring.CHUNK_ELEMENTS` for the
+    device)."""
     candidates: int = 1
     """K, soft-input candidates per position (`exploration.mix_top_k` with neighbour mixing)."""
     noise: bool = False
@@ -323,7 +324,7 @@ def _learner_components(x: MemoryInputs, lora: bool, c: int) -> list[Component]:
     # final norm output + the picked (M, d) hidden states and their gradient, fp32
     head_in = tokens * 2 * 4 * s.hidden_size + scored * 2 * 4 * s.hidden_size
     out.append(Component("head inputs", head_in, phase, "final hidden states, fp32"))
-    from ngrpo.scoring import CHUNK_ELEMENTS  # the learner's default chunk size per device
+    from ngrpo.learner.scoring import CHUNK_ELEMENTS  # the learner's default chunk size per device
 
     elements = x.chunk_elements or CHUNK_ELEMENTS[x.device]
     chunk_rows = min(scored, max(1, elements // s.vocab_size))

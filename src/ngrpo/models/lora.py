@@ -4,8 +4,8 @@ With `model.lora.r > 0` the trainer injects LoRA adapters into the policy with p
 only them. What follows from that, and how it deviates from a full-weight run:
 - the input-embedding table (and the output projection) are frozen and may not be adapter targets:
   the neighbour index searches one of those tables, so with a frozen table its cache is built once
-  and never invalidated (`ngrpo.learner.update_policy` invalidates only when the searched table
-  requires grad). Consequently `train.soft_input_grad` has no effect: no embedding row trains;
+  and never invalidated (`ngrpo.learner.update.update_policy` invalidates only when the searched
+  table requires grad). Consequently `train.soft_input_grad` has no effect: no embedding row trains;
 - the reference policy of the KL term (`train.beta > 0`) is the same model with its adapters
   disabled (peft's `disable_adapter` context): no second copy of the weights in memory;
 - adapter dropout must be 0: the rollout samples in train mode and the learner must score exactly
@@ -13,9 +13,9 @@ only them. What follows from that, and how it deviates from a full-weight run:
 - the frozen base is held in the compute dtype (bf16 on a GPU that supports it, fp32 on CPU): it
   needs no fp32 master copy; the adapters are fp32 (peft upcasts them) and compute goes through
   accelerate's autocast as in full-weight training. Accelerate wraps the policy module
-  (`ngrpo.policy.SoftInputPolicy`), not the model, so the learner's chunked head sees the model's
-  own hidden states and keeps its chunked path with a bf16 base (tested). Per base parameter a
-  bf16 LoRA run holds 2 bytes where full-weight training holds 16 (fp32 weights, gradients and
+  (`ngrpo.learner.policy.SoftInputPolicy`), not the model, so the learner's chunked head sees the
+  model's own hidden states and keeps its chunked path with a bf16 base (tested). Per base parameter
+  a bf16 LoRA run holds 2 bytes where full-weight training holds 16 (fp32 weights, gradients and
   two AdamW moments);
 - checkpoints hold the adapter in peft's own format (`adapter_config.json`,
   `adapter_model.safetensors`, written by `save_pretrained`) next to the tokenizer; the adapter

@@ -34,7 +34,7 @@ def replay_records(
     detach: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`replay_logits` on bare tensors: records (N, P + T, K), attention mask (N, P + T), response
-    width T -> logits (N, T, V) (what the policy module's forward calls; `ngrpo.policy`)."""
+    width T -> logits (N, T, V) (what the policy module's forward calls; `ngrpo.learner.policy`)."""
     embedding = input_embeddings(model) if embedding is None else embedding
     mask = attention_mask  # (N, P + T)
     inputs = embed(embedding, soft.to(mask.device), detach)  # (N, P + T, d)

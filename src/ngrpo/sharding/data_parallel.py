@@ -1,5 +1,5 @@
 """Data parallelism's pure arithmetic: the global loss normaliser and world-size-invariant
-rollout seeds (used by `ngrpo.learner` and `ngrpo.trainer` under DDP and FSDP alike).
+rollout seeds (used by `ngrpo.learner.update` and `ngrpo.trainer` under DDP and FSDP alike).
 
 - The loss normaliser of a mini-batch (its token or sequence count,
   `ngrpo.method.losses.loss_normalizer`) is summed over the processes, and each process divides by

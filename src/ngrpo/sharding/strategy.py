@@ -1,14 +1,14 @@
 """FSDP2 for the policy module: wrapping, the learner's strategy calls, and the rollout copy.
 
 - `shard_policy` applies `torch.distributed.fsdp.fully_shard` to every decoder layer (the model's
-  `_no_split_modules` classes), then to the root `ngrpo.policy.SoftInputPolicy`, whose own
+  `_no_split_modules` classes), then to the root `ngrpo.learner.policy.SoftInputPolicy`, whose own
   parameters are then the embedding, the final norm and the head: the root's hooks gather them
   around its forward (where `embed` and the chunked head run) and reduce-scatter their gradients.
   Mixed precision: parameters cast to the compute dtype for the forward / backward, gradients
   reduced in fp32, the sharded master weights (and so AdamW's state) stay fp32. Gradient
   checkpointing (enabled on the model before sharding) recomputes each layer inside its FSDP
   unit: the layer is gathered again for the recomputation.
-- `FsdpStrategy` has the methods of accelerate's `Accelerator` that `ngrpo.learner` and
+- `FsdpStrategy` has the methods of accelerate's `Accelerator` that `ngrpo.learner.update` and
   `ngrpo.trainer` call (backward, `no_sync`, `clip_grad_norm_` on DTensors, `reduce`, ...), the
   rest delegated to the accelerator (process group, device, autocast).
 - `RolloutCopy`: the rollout, evaluation and neighbour index run on a plain Hugging Face model with

@@ -5,8 +5,8 @@ and the state of a resumed checkpoint).
 Several processes (`torchrun --nproc_per_node N -m ngrpo train ...`; on CPU accelerate 1.15's
 `accelerate launch --cpu --num_processes N` starts one process, not a group): each process rolls
 out full groups for its own slice of each step's prompts (`ngrpo.trainer.step`). The learner scores
-through the policy module (`ngrpo.policy.SoftInputPolicy`: soft-input embedding, body and chunked
-head inside one forward), which `train.strategy` distributes:
+through the policy module (`ngrpo.learner.policy.SoftInputPolicy`: soft-input embedding, body and
+chunked head inside one forward), which `train.strategy` distributes:
 - `ddp` (default): accelerate wraps it in DDP, gradients are all-reduced; the rollout runs on the
   unwrapped model;
 - `fsdp`: FSDP2 shards it (`ngrpo.sharding`: each decoder layer, then the root with the embedding
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ngrpo.config import TrainConfig
-from ngrpo.learner import LearnerParams, disable_dropout
+from ngrpo.learner.update import LearnerParams, disable_dropout
 from ngrpo.trainer.checkpoints import (
     STATE_FILE,
     _recover_interrupted_writes,
@@ -53,7 +53,7 @@ class Run:
     cfg: TrainConfig
     run_dir: Path
     accelerator: object  # accelerate's Accelerator, or ngrpo.sharding.FsdpStrategy around it
-    model: object  # the policy module (ngrpo.policy), wrapped by DDP or sharded by FSDP
+    model: object  # the policy module (ngrpo.learner.policy), wrapped by DDP or sharded by FSDP
     policy: object  # the plain model the rollout runs on (FSDP: the rollout copy)
     ref_model: object | None
     tokenizer: object
@@ -103,10 +103,10 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
 
     from ngrpo.config import resolve_device_dtype
     from ngrpo.data import load_benchmark
+    from ngrpo.learner.policy import SoftInputPolicy
     from ngrpo.method.exploration import answer_start_ids
     from ngrpo.method.neighbors import NeighborIndex
     from ngrpo.models.load import load_model, load_tokenizer, resolve_model_path
-    from ngrpo.policy import SoftInputPolicy
     from ngrpo.rewards import GradingPool
     from ngrpo.rewards.functions import build_reward_set
     from ngrpo.rollout import neighbor_search_table

@@ -1,9 +1,9 @@
 """One training step, top to bottom in `_train_step`: this process's prompts -> rollouts with
 exploration on (`ngrpo.rollout.generate`) -> rewards (`ngrpo.rewards.functions.RewardSet`) ->
 group advantages (`ngrpo.method.losses.group_advantages`) -> policy update
-(`ngrpo.learner.update_policy`) -> metrics reduced over processes. With `train.dynamic_sampling`
-`ngrpo.dynamic_sampling.collect` draws several rounds of prompts per step and only groups whose
-rewards vary are trained on (single process only).
+(`ngrpo.learner.update.update_policy`) -> metrics reduced over processes. With
+`train.dynamic_sampling` `ngrpo.trainer.dynamic_sampling.collect` draws several rounds of prompts
+per step and only groups whose rewards vary are trained on (single process only).
 
 Several processes: the mini-batch's loss normaliser (token or sequence count) is summed over
 processes and each process's loss scaled by the world size, so the averaged gradient is exactly the
@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from ngrpo.learner import update_policy
+from ngrpo.learner.update import update_policy
 from ngrpo.trainer.setup import Run
 
 # Metrics summed over processes (totals and throughputs); every other metric is averaged.
@@ -113,9 +113,9 @@ def _merge_round_metrics(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
-    """DAPO dynamic sampling (single process): `ngrpo.dynamic_sampling.collect` with this run's
-    sampler and rollouts."""
-    from ngrpo.dynamic_sampling import collect
+    """DAPO dynamic sampling (single process): `ngrpo.trainer.dynamic_sampling.collect` with this
+    run's sampler and rollouts."""
+    from ngrpo.trainer.dynamic_sampling import collect
 
     cfg = run.cfg
     return collect(

@@ -240,7 +240,7 @@ def score_records(
     chunk_elements: int | None = None,
     full_logits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`score_tokens` on bare tensors (the body of `ngrpo.policy.SoftInputPolicy.forward`):
+    """`score_tokens` on bare tensors (the body of `ngrpo.learner.policy.SoftInputPolicy.forward`):
     records (N, P + T, K), `detach` (N, P + T) bool or None, attention mask (N, P + T), sampled
     tokens `labels` (N, T) and their `response_mask` (N, T) -> log-probs, entropies (N, T)."""
     mask = response_mask.bool()  # (N, T)

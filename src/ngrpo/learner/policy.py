@@ -1,7 +1,7 @@
 """The policy module: recorded soft inputs in, per-token log-probabilities and entropy out.
 
 `SoftInputPolicy` holds the Hugging Face causal LM as `self.model`; its `forward` is the body of
-`ngrpo.scoring.score_tokens` (`ngrpo.scoring.score_records`: the one
+`ngrpo.learner.scoring.score_tokens` (`ngrpo.learner.scoring.score_records`: the one
 `ngrpo.method.soft_inputs.embed`, the body's forward with the head bypassed, the chunked head).
 Because the embedding and the head run *inside* this module's forward, a data-parallel wrapper
 around it sees them as ordinary parameters: under FSDP2 (`ngrpo.sharding`) the root's hooks gather
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
+from ngrpo.learner.scoring import score_records
 from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.rollout import RolloutBatch
 from ngrpo.rollout.replay import mixed_detach_mask
-from ngrpo.scoring import score_records
 
 
 class SoftInputPolicy(torch.nn.Module):

@@ -23,15 +23,15 @@ Choices worth knowing:
   data parallelism it is summed over the processes and each process's loss scaled by the world
   size (`ngrpo.sharding.data_parallel.global_loss_normalizer`): the averaged gradient is the global
   token (or sequence) mean exactly.
-- Scoring goes through the policy module (`ngrpo.policy.SoftInputPolicy`, wrapped by DDP or
+- Scoring goes through the policy module (`ngrpo.learner.policy.SoftInputPolicy`, wrapped by DDP or
   sharded by FSDP2), so the soft-input embedding and the head run inside the wrapped forward.
 - A non-finite loss or gradient skips that optimizer step (gradients dropped, counted in
   `train/skipped_updates`, logged as a warning); training goes on. Every micro-batch still runs
   its backward and the decision is all-reduced, so data-parallel processes skip together.
 - After every optimizer step the neighbour index is invalidated (embeddings changed), unless the
   searched table is frozen (LoRA, `ngrpo.models.lora`): then its cache is built once for the run.
-- Log-probabilities and entropy never go through full logits: `ngrpo.scoring.score_tokens` runs the
-  body once and the head over chunks of the scored positions, recomputed in the backward
+- Log-probabilities and entropy never go through full logits: `ngrpo.learner.scoring.score_tokens`
+  runs the body once and the head over chunks of the scored positions, recomputed in the backward
   (`full_logits=True` restores the full-logits path, for comparisons).
 - Micro-batches: `micro_batch_size` rows in order, or, with `max_tokens_per_micro_batch`, rows
   sorted by length and packed greedily so that rows × (longest prompt + longest response) stays
@@ -55,11 +55,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ngrpo.learner.policy import as_policy, policy_scores
+from ngrpo.learner.scoring import score_tokens
 from ngrpo.method.losses import AGGREGATIONS, grpo_loss, resolve_aggregation
 from ngrpo.method.soft_inputs import SoftInputs
-from ngrpo.policy import as_policy, policy_scores
 from ngrpo.rollout import RolloutBatch
-from ngrpo.scoring import score_tokens
 from ngrpo.sharding.data_parallel import global_loss_normalizer
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def sequence_logprobs(
     """Log-probs (N, T) of the sampled tokens from the recorded inputs, and optionally the
     entropy (N, T) of the temperature-scaled policy; 0 outside `response_mask`. Gradients flow
     when enabled; with `soft_input_grad="none"` not into the candidate rows of mixed positions.
-    See `ngrpo.scoring.score_tokens`."""
+    See `ngrpo.learner.scoring.score_tokens`."""
     logp, entropy = score_tokens(
         model, batch, temperature, embedding=embedding, head=head,
         chunk_elements=chunk_elements, full_logits=full_logits,
@@ -295,13 +295,14 @@ def update_policy(
 ) -> dict[str, float]:
     """Learn from one step's rollouts; returns averaged metrics (loss/*, actor/*, train/*).
 
-    `advantages` is per row (N,). `model`: a `ngrpo.policy.SoftInputPolicy`, possibly wrapped for
-    data parallelism, or a bare causal LM (wrapped in one here). `accelerator` does backward,
-    clipping, reductions and gradient synchronisation when given: Hugging Face accelerate's
-    `Accelerator` (DDP) or `ngrpo.sharding.FsdpStrategy` (same methods). Metrics of skipped
-    mini-batches are left out of the averages; `actor/grad_norm` is the mean pre-clipping norm of
-    the applied steps. `ref_context`: a context-manager factory the reference is scored under
-    (LoRA: the policy itself as `ref_model`, with peft's `disable_adapter`, so no second model).
+    `advantages` is per row (N,). `model`: a `ngrpo.learner.policy.SoftInputPolicy`, possibly
+    wrapped for data parallelism, or a bare causal LM (wrapped in one here). `accelerator` does
+    backward, clipping, reductions and gradient synchronisation when given: Hugging Face
+    accelerate's `Accelerator` (DDP) or `ngrpo.sharding.FsdpStrategy` (same methods). Metrics of
+    skipped mini-batches are left out of the averages; `actor/grad_norm` is the mean pre-clipping
+    norm of the applied steps. `ref_context`: a context-manager factory the reference is scored
+    under (LoRA: the policy itself as `ref_model`, with peft's `disable_adapter`, so no second
+    model).
     """
     model = as_policy(model)
     parameters = [p for p in model.parameters() if p.requires_grad]

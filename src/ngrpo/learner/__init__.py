@@ -1,0 +1,8 @@
+"""The learner: GRPO / N-GRPO updates on recorded rollouts.
+
+- `update`: `update_policy`, one step's epochs of mini-batches and micro-batches (the loss is
+  `ngrpo.method.losses.grpo_loss`);
+- `policy`: the policy module the learner scores through (soft inputs -> embed -> body -> head),
+  which data-parallel wrappers and FSDP2 wrap whole;
+- `scoring`: per-token log-probabilities and entropy of recorded sequences without full logits.
+"""
