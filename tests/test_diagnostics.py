@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from ngrpo.diagnostics import (
+from ngrpo.evaluation.diagnostics import (
     distinct_answers,
     distinct_n,
     group_diversity,
@@ -175,7 +175,7 @@ def test_shape_errors_and_split_groups():
 def test_neighbor_synonym_frac_on_a_hand_example(embedded_tokenizer):
     import torch
 
-    from ngrpo.diagnostics import neighbor_synonym_frac
+    from ngrpo.evaluation.diagnostics import neighbor_synonym_frac
     from ngrpo.tasks.arith import variant_classes
 
     vocab = embedded_tokenizer.get_vocab()

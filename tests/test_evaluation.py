@@ -8,7 +8,7 @@ from conftest import tiny_qwen2
 import ngrpo.rollout
 from ngrpo.data import Example, load_benchmark
 from ngrpo.evaluation import SampleResult, build_prompts, eval_metrics, evaluate
-from ngrpo.metrics import pass_at_k
+from ngrpo.evaluation.metrics import pass_at_k
 from ngrpo.models.tokenizer import build_tokenizer
 from ngrpo.rewards import GradingPool
 from ngrpo.utils.errors import NgrpoError

@@ -6,7 +6,7 @@ from itertools import combinations
 
 import pytest
 
-from ngrpo.metrics import (
+from ngrpo.evaluation.metrics import (
     maj_at_n,
     mean_at_n,
     pass_at_k,

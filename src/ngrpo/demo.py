@@ -155,8 +155,8 @@ def _train_one(key: str, seed: int, settings: DemoSettings, progress: Progress |
 
 
 def _evaluate(model, tokenizer, split: str, limit: int, n: int, seed: int, pool) -> dict:
-    """One split's summary (see `ngrpo.metrics.summarize_problem_set`) plus `mean@n_se`, the
-    sampling standard error of mean@n on these problems (`ngrpo.stats.sampling_se`)."""
+    """One split's summary (see `ngrpo.evaluation.metrics.summarize_problem_set`) plus `mean@n_se`,
+    the sampling standard error of mean@n on these problems (`ngrpo.stats.sampling_se`)."""
     from ngrpo.data import load_benchmark
     from ngrpo.evaluation import evaluate
 

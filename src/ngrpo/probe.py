@@ -36,8 +36,8 @@ token sampling has its own random stream, separate from the perturbation's, so t
 only by the perturbation (common random numbers). Per run: accuracy (mean@n, with a normal 95%
 interval over problems), answer agreement (fraction of samples whose normalised extracted answer
 equals the unperturbed run's answer for the same problem and sample index; two missing answers
-agree), and within-group diversity from `ngrpo.diagnostics` (distinct answers, pairwise edit
-distance, distinct-2/3 of the reasoning).
+agree), and within-group diversity from `ngrpo.evaluation.diagnostics` (distinct answers, pairwise
+edit distance, distinct-2/3 of the reasoning).
 
 Deviations from the paper: its pilot used a 1.5B model on math benchmarks and its exact
 perturbation recipe is not published; here the magnitudes are matched exactly per position, the
@@ -53,7 +53,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from ngrpo.diagnostics import group_diversity, split_groups
+from ngrpo.evaluation.diagnostics import group_diversity, split_groups
 from ngrpo.method.exploration import ExplorationConfig, answer_start_ids
 from ngrpo.rewards import GradingPool, get_grader, grade_batch
 from ngrpo.rewards.equivalence import normalize_text

@@ -113,7 +113,7 @@ def _write_summary(out: Path, summaries: dict, config: dict) -> None:
 def _table(summaries: dict, n: int):
     from rich.table import Table
 
-    from ngrpo.metrics import powers_of_two_up_to
+    from ngrpo.evaluation.metrics import powers_of_two_up_to
 
     ks = powers_of_two_up_to(n)
     table = Table(title=f"evaluation (n = {n})")

@@ -5,7 +5,7 @@ reads top to bottom in `ngrpo.trainer.step._train_step`. Pieces it composes:
 `ngrpo.rollout.generate` (exploration on), `ngrpo.rewards.functions.RewardSet` (built-in graders
 and user functions, weighted), `ngrpo.method.losses.group_advantages`,
 `ngrpo.learner.update.update_policy`, `ngrpo.evaluation.evaluate` (exploration off),
-`ngrpo.diagnostics` (diversity of each step's groups), and with `train.dynamic_sampling`
+`ngrpo.evaluation.diagnostics` (diversity of each step's groups), and with `train.dynamic_sampling`
 `ngrpo.trainer.dynamic_sampling.collect` (several rounds of prompts per step, only groups whose
 rewards vary are trained on; single process only).
 

@@ -127,7 +127,11 @@ def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
 
 
 def _train_step(run: Run) -> dict[str, float]:
-    from ngrpo.diagnostics import neighbor_synonym_frac, rollout_diagnostics, split_groups
+    from ngrpo.evaluation.diagnostics import (
+        neighbor_synonym_frac,
+        rollout_diagnostics,
+        split_groups,
+    )
     from ngrpo.memory.usage import peak_bytes, reset_peak
     from ngrpo.method.losses import group_advantages
     from ngrpo.sharding.data_parallel import process_prompt_slots

@@ -40,7 +40,7 @@ from ngrpo.utils.errors import NgrpoError
 log = logging.getLogger(__name__)
 
 BENCH_DIR_ENV = "NGRPO_BENCH_DIR"
-PACKAGE_BENCH_DIR = Path(__file__).parent / "data" / "benchmarks"
+PACKAGE_BENCH_DIR = Path(__file__).parent / "benchmarks"
 SHARED_BENCH_DIR = Path("..") / "shared" / "data" / "benchmarks"
 PROBLEM_FIELDS = ("problem", "question", "prompt")
 ANSWER_FIELDS = ("answer",)

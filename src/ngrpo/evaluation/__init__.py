@@ -6,7 +6,7 @@ the trainer's periodic evaluation. Generation goes through the project's rollout
 prompts are the tokenizer's chat template around the problem text
 (`ngrpo.models.tokenizer.encode_prompt`, the raw problem text when the tokenizer has no chat
 template); grading is `ngrpo.rewards` (`grade_batch`, math-verify in the worker pool); metrics are
-`ngrpo.metrics`.
+`ngrpo.evaluation.metrics`.
 
 Problems are processed in chunks of `max(1, batch_size // n)` prompts. Chunk c is sampled with seed
 `seed + index of its first problem`, so a resumed run reproduces the samples a full run would have
@@ -18,6 +18,10 @@ Deviation from the paper's protocol: none in the metrics (unbiased pass@k, mean 
 τ = 0.6, top-p = 0.95 are the defaults of `ngrpo eval`). maj@n votes on equivalence classes
 (`ngrpo.rewards.classes`): `0.5`, `1/2` and `\\frac{1}{2}` are one vote, decided by the grader under
 its time bounds.
+
+The package's modules: this one (the sampling and grading loop), `metrics` (pass@k, mean@n, maj@n:
+pure functions) and `diagnostics` (diversity of a training step's rollout groups, logged by the
+trainer).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from ngrpo.data import Example
-from ngrpo.metrics import summarize_problem_set
+from ngrpo.evaluation.metrics import summarize_problem_set
 from ngrpo.rewards import GradingPool, grade_batch
 from ngrpo.rewards.classes import equivalence_classes
 from ngrpo.utils.errors import NgrpoError
@@ -54,7 +58,7 @@ class EvalResult:
     """All samples of one benchmark (problem order, then sample order) and their summary."""
 
     samples: list[SampleResult]
-    summary: dict  # see `ngrpo.metrics.summarize_problem_set`
+    summary: dict  # see `ngrpo.evaluation.metrics.summarize_problem_set`
 
 
 def build_prompts(
