@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from ngrpo.bench_learner import synthetic_rollouts, vocab_model
+from ngrpo.bench.learner import synthetic_rollouts, vocab_model
 from ngrpo.learner.scoring import score_tokens
 from ngrpo.learner.update import LearnerParams, update_policy
 

@@ -11,7 +11,7 @@ cut short still reports; a section is skipped when less than its estimate of BUD
    the dynamic-cache decoder — same tokens; replay invariant (learner log-probs == rollout
    log-probs, <= 1e-4); compaction and shared prefill visible in the stats. bf16: token agreement
    of graph vs eager (informational: bf16 rounding may differ between kernels).
-2. `paper`: `bench_scale.scale_report` on random weights of DeepSeek-R1-Distill-Qwen-1.5B's shape,
+2. `paper`: `rollout_scale.scale_report` on random weights of DeepSeek-R1-Distill-Qwen-1.5B's shape,
    bf16, 256 rows x 256 prompt tokens: ms per decoding step at 1,024 (none, neighbor), 2,048 and
    4,096 (none) new tokens, tokens/s, fraction of the memory roofline (measured copy bandwidth).
 3. `varied`: the same model, a batch with very different response lengths (EOS hazard 1/1000 per
@@ -27,7 +27,7 @@ import traceback
 
 import torch
 
-from ngrpo import bench_scale
+from ngrpo.bench import rollout_scale
 from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.models.presets import preset_model
 from ngrpo.rollout import EngineOptions, SamplingParams, generate, replay_logprobs
@@ -177,7 +177,7 @@ def paper() -> dict:
         partial.update(report)
         save()
 
-    report = bench_scale.scale_report(
+    report = rollout_scale.scale_report(
         paper_model(), rows=ROWS, prompt_tokens=PROMPT, lengths=LENGTHS[:1],
         strategies=("none", "neighbor"), repeats=1, progress=say, checkpoint=checkpoint,
         engine=ENGINE,
@@ -187,7 +187,7 @@ def paper() -> dict:
         if BUDGET - (time.time() - T0) < 25 * length / 1024 + 10:
             partial["lengths"][str(length)] = "skipped: budget"
             continue
-        more = bench_scale.scale_report(
+        more = rollout_scale.scale_report(
             paper_model(), rows=ROWS, prompt_tokens=PROMPT, lengths=[length], strategies=("none",),
             repeats=1, progress=say, engine=ENGINE,
         )  # fmt: skip
@@ -202,19 +202,21 @@ def paper() -> dict:
 def varied() -> dict:
     model = paper_model()
     vocab = model.get_input_embeddings().weight.shape[0]
-    prompts = bench_scale._prompts(vocab, ROWS, PROMPT, low=2 + round(vocab / 1000))
-    return bench_scale._varied_lengths(model, prompts, VARIED, 1 / 1000, DEVICE, ENGINE.cuda_graphs)
+    prompts = rollout_scale._prompts(vocab, ROWS, PROMPT, low=2 + round(vocab / 1000))
+    return rollout_scale._varied_lengths(
+        model, prompts, VARIED, 1 / 1000, DEVICE, ENGINE.cuda_graphs
+    )
 
 
 def graphs_off() -> dict:
     model = paper_model()
     vocab = model.get_input_embeddings().weight.shape[0]
-    prompts = bench_scale._prompts(vocab, ROWS, PROMPT, low=2)
+    prompts = rollout_scale._prompts(vocab, ROWS, PROMPT, low=2)
     length = LENGTHS[0]
     engine = EngineOptions(cuda_graphs="off")
     generate(model, prompts, SamplingParams(n=1, max_new_tokens=16), eos_token_id=[],
              pad_token_id=0, engine=engine)  # fmt: skip
-    seconds, batch, peak = bench_scale._timed_batch(
+    seconds, batch, peak = rollout_scale._timed_batch(
         lambda: generate(model, prompts, SamplingParams(n=1, max_new_tokens=length),
                          eos_token_id=[], pad_token_id=0, engine=engine),
         DEVICE,

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 
-from ngrpo.bench_learner import synthetic_rollouts, vocab_model
+from ngrpo.bench.learner import synthetic_rollouts, vocab_model
 from ngrpo.learner.policy import SoftInputPolicy
 from ngrpo.learner.update import LearnerParams, micro_batches, update_policy
 

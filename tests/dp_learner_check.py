@@ -15,7 +15,7 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from ngrpo.bench_learner import synthetic_rollouts, vocab_model
+from ngrpo.bench.learner import synthetic_rollouts, vocab_model
 from ngrpo.learner.policy import SoftInputPolicy
 from ngrpo.learner.update import LearnerParams, micro_batches, update_policy
 from ngrpo.rollout.batch import concat_batches

@@ -9,7 +9,7 @@ the second `update_policy` call (the first one allocates AdamW's moments and the
 training from the second step on), minus the resident set of the process before the model was
 built (Python, torch and transformers loaded, their thread pools warmed up by a throw-away
 forward + backward). glibc maps every block from 128 KiB up on its own, so the resident set
-follows the live tensors (`ngrpo.bench_learner.PeakMemory`).
+follows the live tensors (`ngrpo.bench.learner.PeakMemory`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _warm_up(accelerator, spec, ckpt: bool) -> None:
     checkpointing when measured, the accelerate-prepared policy module, AdamW): thread pools,
     kernel caches and lazy imports are paid for before the baseline is read (a fresh virtual
     environment imports ~14 MB more lazily than a used one otherwise)."""
-    from ngrpo.bench_learner import synthetic_rollouts
+    from ngrpo.bench.learner import synthetic_rollouts
     from ngrpo.learner.policy import SoftInputPolicy
     from ngrpo.learner.update import LearnerParams, update_policy
 
@@ -73,7 +73,7 @@ def _rollout(model, args: dict) -> None:
 def main(argv: list[str]) -> dict:
     from accelerate import Accelerator
 
-    from ngrpo.bench_learner import PeakMemory, synthetic_rollouts
+    from ngrpo.bench.learner import PeakMemory, synthetic_rollouts
     from ngrpo.learner.policy import SoftInputPolicy
     from ngrpo.learner.update import LearnerParams, disable_dropout, update_policy
 

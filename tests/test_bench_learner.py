@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ngrpo.bench_learner import Variant, parse_variant
+from ngrpo.bench.learner import Variant, parse_variant
 from ngrpo.cli import main
 from ngrpo.utils.errors import NgrpoError
 
@@ -61,16 +61,16 @@ def test_bench_learner_scale_bad_options(argv, message, capsys):
 def test_a_variant_out_of_memory_is_recorded_and_the_rest_still_run(tmp_path, monkeypatch, capsys):
     import torch
 
-    import ngrpo.bench_learner
+    import ngrpo.bench.learner
 
-    real = ngrpo.bench_learner._time_variant
+    real = ngrpo.bench.learner._time_variant
 
     def full_runs_out(model, optimizer, batch, advantages, params, *rest):
         if params.full_logits:
             raise torch.OutOfMemoryError("simulated")
         return real(model, optimizer, batch, advantages, params, *rest)
 
-    monkeypatch.setattr(ngrpo.bench_learner, "_time_variant", full_runs_out)
+    monkeypatch.setattr(ngrpo.bench.learner, "_time_variant", full_runs_out)
     out = tmp_path / "learner.json"
     argv = ["bench", "learner", "--vocab", "300", "--length", "8", "--prompt-tokens", "4",
             "--rows", "2", "--repeats", "1", "--variants", "full+mb1,chunked+mb1",

@@ -11,8 +11,8 @@ import pytest
 from ngrpo.cli import main
 from ngrpo.cli._common import parse_seeds
 from ngrpo.config import load_config
-from ngrpo.demo import FULL_METHODS, METHODS, DemoSettings
-from ngrpo.demo_report import (
+from ngrpo.study.demo import FULL_METHODS, METHODS, DemoSettings
+from ngrpo.study.report import (
     compare,
     comparison_pairs,
     effect_table,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ngrpo.plots import (
+from ngrpo.study.plots import (
     plot_accuracy_over_steps,
     plot_diversity,
     plot_pass_at_k,

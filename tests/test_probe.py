@@ -11,7 +11,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from ngrpo.cli import main
 from ngrpo.method.exploration import STRATEGIES, StepView
 from ngrpo.models.tokenizer import build_tokenizer
-from ngrpo.probe import (
+from ngrpo.rollout import SamplingParams, generate
+from ngrpo.study.probe import (
     aggregate_probe,
     mean_ci,
     ngrpo_config,
@@ -19,7 +20,6 @@ from ngrpo.probe import (
     run_probe,
     summarize_run,
 )
-from ngrpo.rollout import SamplingParams, generate
 from ngrpo.tasks import generate as task_problems
 from ngrpo.utils.errors import NgrpoError
 
@@ -235,7 +235,7 @@ def test_aggregate_probe_over_seeds_by_hand():
 
 
 def test_probe_plot_over_seeds(tmp_path):
-    from ngrpo.plots import plot_probe
+    from ngrpo.study.plots import plot_probe
 
     combined = aggregate_probe([_probe_result(0, 0.4, 0.1), _probe_result(1, 0.5, 0.2)])
     for row in combined["rows"]:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ngrpo.stats import mean_ci, paired_difference, sampling_se, t_critical, verdict
+from ngrpo.study.stats import mean_ci, paired_difference, sampling_se, t_critical, verdict
 
 
 def test_mean_ci_uses_student_t_over_seeds():

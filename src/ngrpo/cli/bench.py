@@ -153,7 +153,7 @@ def run_rollout(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ngrpo.bench import rollout_report
+    from ngrpo.bench.rollout import rollout_report
     from ngrpo.method.exploration import answer_start_ids
     from ngrpo.models.load import load_model_and_tokenizer
     from ngrpo.utils.errors import NgrpoError
@@ -213,7 +213,7 @@ def run_rollout_preset(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ngrpo.bench_scale import scale_report
+    from ngrpo.bench.rollout_scale import scale_report
     from ngrpo.method.exploration import STRATEGIES
     from ngrpo.models.presets import PRESETS, preset_model
     from ngrpo.utils.errors import NgrpoError
@@ -270,7 +270,7 @@ def run_learner(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ngrpo.bench import learner_report
+    from ngrpo.bench.rollout import learner_report
     from ngrpo.models.load import load_model
     from ngrpo.utils.errors import NgrpoError
 
@@ -321,7 +321,7 @@ def run_learner_scale(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ngrpo.bench_learner import learner_scale_report, parse_variant, vocab_model
+    from ngrpo.bench.learner import learner_scale_report, parse_variant, vocab_model
     from ngrpo.models.presets import PRESETS, preset_model
     from ngrpo.utils.errors import NgrpoError
 

@@ -41,8 +41,8 @@ def handler(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ngrpo.cli._common import progress_bar
-    from ngrpo.demo import DemoSettings, run_demo
-    from ngrpo.demo_report import main_table, verdict_lines
+    from ngrpo.study.demo import DemoSettings, run_demo
+    from ngrpo.study.report import main_table, verdict_lines
 
     preset = DemoSettings.quick if args.quick else DemoSettings.default
     seeds = None if args.seeds is None else parse_seeds(args.seeds)

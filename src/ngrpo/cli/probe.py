@@ -3,12 +3,12 @@
     ngrpo probe --model base --problems 64 --n 8 --shifts 0.05,0.1,0.2,0.3,0.5 --out runs/probe
 
 Perturbs the input embeddings of the reasoning (before `</think>`) at matched relative shifts with
-isotropic Gaussian noise and with neighbour mixing (definitions in `ngrpo.probe`), and measures
-accuracy, agreement with the unperturbed answers and within-group diversity against the shift.
-Writes `DIR/probe.json` (settings and one row per run) and `DIR/probe.png`, and prints the table.
-The problems are the first `--problems` of the task split (fixed); `--seed` seeds the sampling.
-`--seeds 3` (or `--seeds 7,8,9`) repeats the probe per sampling seed and reports every column as a
-mean with its 95% interval over seeds (`ngrpo.probe.aggregate_probe`).
+isotropic Gaussian noise and with neighbour mixing (definitions in `ngrpo.study.probe`), and
+measures accuracy, agreement with the unperturbed answers and within-group diversity against the
+shift. Writes `DIR/probe.json` (settings and one row per run) and `DIR/probe.png`, and prints the
+table. The problems are the first `--problems` of the task split (fixed); `--seed` seeds the
+sampling. `--seeds 3` (or `--seeds 7,8,9`) repeats the probe per sampling seed and reports every
+column as a mean with its 95% interval over seeds (`ngrpo.study.probe.aggregate_probe`).
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ def handler(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ngrpo.models.load import load_model_and_tokenizer
-    from ngrpo.plots import plot_probe
-    from ngrpo.probe import aggregate_probe, check_settings, run_probe
+    from ngrpo.study.plots import plot_probe
+    from ngrpo.study.probe import aggregate_probe, check_settings, run_probe
     from ngrpo.tasks import generate
 
     shifts = parse_floats(args.shifts, "--shifts")

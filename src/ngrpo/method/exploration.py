@@ -30,9 +30,9 @@ candidate ids (B, K), weights (B, K) and optional additive noise (B, d).
   is the unit component of `e(c_j) − e(a)` orthogonal to `e(a)`, `w_j` its `topk` weight and
   `ξ_j ~ N(0, 1)`. Recorded as ids = top-k, weights = (1, 0, ...), noise = the sum.
 - `shift_gaussian`, `shift_neighbor`: the semantic-consistency probe's matched perturbations (not in
-  the paper's method; `ngrpo.probe`), both at an exact relative shift `s = noise_scale` from the
-  anchor `a` (option `anchor`, as for `neighbor`): `shift_gaussian` feeds `e(a) + s‖e(a)‖·u` with
-  `u` uniform on the unit sphere (recorded as noise); `shift_neighbor` feeds
+  the paper's method; `ngrpo.study.probe`), both at an exact relative shift `s = noise_scale` from
+  the anchor `a` (option `anchor`, as for `neighbor`): `shift_gaussian` feeds `e(a) + s‖e(a)‖·u`
+  with `u` uniform on the unit sphere (recorded as noise); `shift_neighbor` feeds
   `(1 − w)·e(a) + w·e(n)` for the cosine-nearest neighbour `n` of `a`, with
   `w = min(1/2, s‖e(a)‖ / ‖e(n) − e(a)‖)` (recorded as ids (a, n), weights (1 − w, w)). The cap
   keeps the input closer to `a` than to `n`; where it binds, the shift is below `s`. With

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from ngrpo.bench import sync_device
+from ngrpo.bench.rollout import sync_device
 from ngrpo.rollout import EngineOptions, RolloutBatch, SamplingParams, generate
 
 PAD = 0
@@ -126,7 +126,7 @@ def _fixed_length(
 
 
 def _hf_static(model, prompts, length, repeats, device) -> dict:
-    from ngrpo.bench import hf_generate_runner
+    from ngrpo.bench.rollout import hf_generate_runner
 
     run = hf_generate_runner(model, prompts, new_tokens=length, pad_token_id=PAD, static=True)
     run()  # warm-up

@@ -1,7 +1,7 @@
 """The demo's statistics and report: pure functions from per-seed results to tables and markdown.
 
-Inputs are the plain dicts `ngrpo.demo.run_demo` collects: `base` (one evaluation, shared by every
-seed) and `per_seed[method]` (one entry per seed, in seed order). Each evaluation is
+Inputs are the plain dicts `ngrpo.study.demo.run_demo` collects: `base` (one evaluation, shared by
+every seed) and `per_seed[method]` (one entry per seed, in seed order). Each evaluation is
 `{"final": {split: summary}}` where a summary has `mean@n`, `mean@n_se` (sampling standard error)
 and `pass@k` (`{"1": ..., "2": ..., str(n): ...}`).
 
@@ -10,7 +10,7 @@ and `pass@k` (`{"1": ..., "2": ..., str(n): ...}`).
 - `compare`: effect sizes, paired by seed: every method vs the base (mean@n; the base's sampling
   error added in quadrature), every other method vs each of `BASELINES` (GRPO, STHT-style) and the
   two N-GRPO weightings against each other (mean@n and pass@n), with a verdict each
-  (`ngrpo.stats.verdict`).
+  (`ngrpo.study.stats.verdict`).
 - `render_report`: `report.md`; `write_plots`: the PNGs.
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ngrpo.demo import BASELINES, DIVERSITY_KEYS, EVAL_SPLITS, DemoSettings
-from ngrpo.stats import Z_975, mean_ci, paired_difference, verdict
+from ngrpo.study.demo import BASELINES, DIVERSITY_KEYS, EVAL_SPLITS, DemoSettings
+from ngrpo.study.stats import Z_975, mean_ci, paired_difference, verdict
 
 EXTRA_PAIRS = (("n-grpo-paper", "n-grpo"),)  # compared when both ran
 SPLIT_NAMES = {"arith-id": "ID", "arith-ood": "OOD"}
@@ -107,7 +107,12 @@ def _labels(results: dict) -> dict[str, str]:
 
 
 def write_plots(results: dict, out: Path) -> dict[str, str]:
-    from ngrpo.plots import plot_accuracy_over_steps, plot_diversity, plot_pass_at_k, plot_probe
+    from ngrpo.study.plots import (
+        plot_accuracy_over_steps,
+        plot_diversity,
+        plot_pass_at_k,
+        plot_probe,
+    )
 
     summary, labels = results["summary"], _labels(results)
     methods = list(results["methods"])

@@ -170,7 +170,7 @@ def plot_probe(
     path: str | Path,
     title: str = "Semantic consistency under matched embedding shifts",
 ) -> Path:
-    """The probe's `{"rows": [...]}` (see `ngrpo.probe.run_probe`) -> 2×2 panels of accuracy,
+    """The probe's `{"rows": [...]}` (see `ngrpo.study.probe.run_probe`) -> 2×2 panels of accuracy,
     answer agreement, distinct answers and edit distance vs the measured shift, one line per
     perturbation; the unperturbed row is drawn as each line's point at shift 0, and rows without a
     target shift (the N-GRPO reference) as lone stars. A row key `<metric>_ci = [low, high]` adds

@@ -5,7 +5,7 @@
 overrides in `METHODS`, which differ only in their `exploration` section), evaluates every trained
 policy on `arith-id` and `arith-ood` with mixing off (mean@n and pass@k up to n), runs the
 semantic-consistency probe on the base model once per seed (the seed changes its sampling), and
-writes `report.md`, `results.json` and PNG plots (`ngrpo.demo_report`).
+writes `report.md`, `results.json` and PNG plots (`ngrpo.study.report`).
 
 Methods: the default run compares GRPO, N-GRPO with the authors' released weighting
 (`exploration.neighbor_weights=release`) and the STHT-style Gaussian baseline; `full` adds N-GRPO
@@ -16,11 +16,11 @@ Shared work (it does not change what is compared): the base model does not depen
 seed and its evaluation is deterministic given the sampling seed, so it is evaluated once (final
 evaluation and the step-0 point of the training curves, sampling seed `base_seed`) instead of once
 per seed and method. The base's own sampling error is then a constant across seeds, so the
-"vs base" intervals add it in quadrature (`ngrpo.stats.paired_difference`). Each trained policy is
-evaluated with its training seed as sampling seed.
+"vs base" intervals add it in quadrature (`ngrpo.study.stats.paired_difference`). Each trained
+policy is evaluated with its training seed as sampling seed.
 
-Statistics (`ngrpo.stats`): every number over seeds is a mean with a 95% Student-t interval, seeds
-as the unit; a difference between two methods is paired by seed and called "within noise" when
+Statistics (`ngrpo.study.stats`): every number over seeds is a mean with a 95% Student-t interval,
+seeds as the unit; a difference between two methods is paired by seed and called "within noise" when
 its 95% interval contains 0 (one seed: nothing can be told from noise).
 """
 
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ngrpo.stats import sampling_se
+from ngrpo.study.stats import sampling_se
 from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def _train_one(key: str, seed: int, settings: DemoSettings, progress: Progress |
 
 def _evaluate(model, tokenizer, split: str, limit: int, n: int, seed: int, pool) -> dict:
     """One split's summary (see `ngrpo.evaluation.metrics.summarize_problem_set`) plus `mean@n_se`,
-    the sampling standard error of mean@n on these problems (`ngrpo.stats.sampling_se`)."""
+    the sampling standard error of mean@n on these problems (`ngrpo.study.stats.sampling_se`)."""
     from ngrpo.data import load_benchmark
     from ngrpo.evaluation import evaluate
 
@@ -218,11 +218,11 @@ def run_demo(settings: DemoSettings, progress: Progress | None = None) -> dict:
     """Run the whole comparison; returns the results written to `results.json`."""
     import torch
 
-    from ngrpo.demo_report import compare, render_report, summarize, write_plots
     from ngrpo.models.base_model import ensure_base_model
     from ngrpo.models.load import load_model_and_tokenizer
-    from ngrpo.probe import aggregate_probe, run_probe
     from ngrpo.rewards import GradingPool
+    from ngrpo.study.probe import aggregate_probe, run_probe
+    from ngrpo.study.report import compare, render_report, summarize, write_plots
     from ngrpo.tasks import generate
     from ngrpo.trainer import checkpoint_dirs
 

@@ -29,7 +29,7 @@ reference row is followed by a `gaussian` run at exactly the shift that referenc
 
 **Over seeds.** `aggregate_probe` combines runs of the same probe with different sampling seeds
 (same problems): every numeric column becomes the mean over seeds with `<column>_ci`, its 95%
-Student-t interval (`ngrpo.stats.mean_ci`), which the probe plot draws.
+Student-t interval (`ngrpo.study.stats.mean_ci`), which the probe plot draws.
 
 **Protocol.** One unperturbed run and one run per (perturbation, shift), all with the same seed:
 token sampling has its own random stream, separate from the perturbation's, so the runs differ
@@ -57,7 +57,7 @@ from ngrpo.evaluation.diagnostics import group_diversity, split_groups
 from ngrpo.method.exploration import ExplorationConfig, answer_start_ids
 from ngrpo.rewards import GradingPool, get_grader, grade_batch
 from ngrpo.rewards.equivalence import normalize_text
-from ngrpo.stats import mean_ci as seed_ci
+from ngrpo.study.stats import mean_ci as seed_ci
 from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ngrpo.bench import sync_device
+from ngrpo.bench.rollout import sync_device
 from ngrpo.learner.scoring import default_chunk_elements
 from ngrpo.learner.update import LearnerParams, update_policy
 from ngrpo.memory.usage import status_bytes
@@ -106,7 +106,7 @@ def synthetic_rollouts(
 ) -> RolloutBatch:  # fmt: skip
     """R rows of random prompt and response tokens, full length, with N-GRPO-style soft inputs;
     π_old is log(1/V) everywhere (its value changes no cost)."""
-    from ngrpo.bench import learner_inputs
+    from ngrpo.bench.rollout import learner_inputs
 
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().weight.shape[0]
