@@ -11,7 +11,8 @@ import pytest
 
 from ngrpo.config import load_config
 from ngrpo.rewards import GradingPool
-from ngrpo.rewards.functions import build_reward_set, check_spec
+from ngrpo.rewards.functions import build_reward_set
+from ngrpo.rewards.specs import check_spec
 from ngrpo.utils.errors import NgrpoError
 
 USER_MODULE = '''

@@ -66,7 +66,7 @@ def train(
     be defined at the top level of a module (or of a script under `if __name__ == "__main__":`):
     they run in a worker process with a deadline.
     """
-    from ngrpo.rewards.functions import absolute_spec, spec_of
+    from ngrpo.rewards.specs import absolute_spec, spec_of
     from ngrpo.trainer import train as run_training
 
     if isinstance(config, TrainConfig):

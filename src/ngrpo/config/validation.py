@@ -21,7 +21,8 @@ import torch
 from ngrpo.config.aliases import _VALUE_CANONICALIZERS, _reward_items
 from ngrpo.config.schema import MISSING, TrainConfig, _flatten, config_to_dict
 from ngrpo.method.losses import IMPORTANCE_LEVELS
-from ngrpo.rewards.functions import ERROR_POLICIES, check_spec
+from ngrpo.rewards.functions import ERROR_POLICIES
+from ngrpo.rewards.specs import check_spec
 from ngrpo.rollout.engine import CUDA_GRAPHS, KV_CACHES
 from ngrpo.utils.errors import NgrpoError
 

@@ -5,7 +5,9 @@
     grade_batch(responses, golds, kind="math")  # -> list[Grade]; math-verify in a process pool
 
 Modules: `extract` (which text is the answer), `equivalence` (quick check, screening, math-verify),
-`pool` (worker processes with hard deadlines), `grader` (putting them together, the registry).
+`pool` (worker processes with hard deadlines), `grader` (putting them together, the registry),
+`classes` (equivalence classes for maj@n); training rewards: `specs` (the strings that name a
+reward), `user` (a user function in a worker process), `functions` (the weighted reward set).
 """
 
 from ngrpo.rewards.equivalence import GoldAnswer, normalize_gold

@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ngrpo.rewards.pool import STARTUP_TIMEOUT_S, TIMEOUT_S, _context
+from ngrpo.rewards.specs import import_function
 from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ class RewardCallError(Exception):
 
 def _serve(conn: Connection, target: str | bytes) -> None:
     """Worker main loop: resolve the function, then answer ("ok", value) / ("error", text)."""
-    from ngrpo.rewards.functions import import_function
-
     try:
         fn = pickle.loads(target) if isinstance(target, bytes) else import_function(target)
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises
