@@ -11,7 +11,6 @@ import pytest
 from ngrpo.cli import main
 from ngrpo.cli._common import parse_seeds
 from ngrpo.config import load_config
-from ngrpo.study.demo import FULL_METHODS, METHODS, DemoSettings
 from ngrpo.study.report import (
     compare,
     comparison_pairs,
@@ -22,6 +21,7 @@ from ngrpo.study.report import (
     summarize,
     verdict_lines,
 )
+from ngrpo.study.settings import FULL_METHODS, METHODS, DemoSettings
 from ngrpo.utils.errors import NgrpoError
 
 

@@ -41,8 +41,9 @@ def handler(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ngrpo.cli._common import progress_bar
-    from ngrpo.study.demo import DemoSettings, run_demo
+    from ngrpo.study.demo import run_demo
     from ngrpo.study.report import main_table, verdict_lines
+    from ngrpo.study.settings import DemoSettings
 
     preset = DemoSettings.quick if args.quick else DemoSettings.default
     seeds = None if args.seeds is None else parse_seeds(args.seeds)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ngrpo.study.demo import BASELINES, DIVERSITY_KEYS, EVAL_SPLITS, DemoSettings
+from ngrpo.study.settings import BASELINES, DIVERSITY_KEYS, EVAL_SPLITS, DemoSettings
 from ngrpo.study.stats import Z_975, mean_ci, paired_difference, verdict
 
 EXTRA_PAIRS = (("n-grpo-paper", "n-grpo"),)  # compared when both ran
