@@ -1,6 +1,7 @@
 """Checkpoints of sharded runs, and cross-loading between sharded and 1-process checkpoints.
 
-A sharded run's `checkpoints/step-N/` is:
+A sharded run's `checkpoints/step-N/` (written by
+`ngrpo.trainer.checkpoints.save_sharded_checkpoint`) is:
 - a plain Hugging Face model directory (safetensors, fp32 master weights): the full state dict is
   gathered on rank 0 with CPU offload (`get_model_state_dict(full_state_dict=True,
   cpu_offload=True)`) and written by `save_pretrained(state_dict=...)`; plus the tokenizer;
@@ -23,16 +24,13 @@ a run directory from elsewhere cannot run code on `--resume` (as `trainer_state.
 
 from __future__ import annotations
 
-import os
 import pickle
-import shutil
 import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from ngrpo.sharding.strategy import PREFIX
 from ngrpo.utils.errors import NgrpoError
 
 OPTIMIZER_DIR = "optimizer"
@@ -154,60 +152,3 @@ def load_optimizer_state(
         set_optimizer_state_dict(module, optimizer, target)
     else:
         optimizer.load_state_dict(names_to_ids(target, names))
-
-
-# ------------------------------------------------------------------------------------- saving
-
-
-def _rank0_pid() -> int:
-    pid = torch.tensor([os.getpid()], dtype=torch.int64)
-    dist.broadcast(pid, src=0)
-    return int(pid.item())
-
-
-def save_sharded_checkpoint(run, step: int, trainer_state: dict) -> Path:
-    """Write `checkpoints/step-N/` of a sharded run (all ranks call this; see the module
-    docstring); returns its path. `run` is the trainer's `Run` (sharded policy in `run.model`,
-    the rollout copy in `run.policy`)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    from ngrpo.models.tokenizer import save_tokenizer
-    from ngrpo.trainer.checkpoints import (
-        CHECKPOINTS,
-        STATE_FILE,
-        _write_atomically,
-        checkpoint_dirs,
-    )
-
-    root = run.run_dir / CHECKPOINTS
-    target = root / f"step-{step:06d}"
-    staging = root / f".tmp-{target.name}-{OPTIMIZER_DIR}-{_rank0_pid()}"
-    main = dist.get_rank() == 0
-    if main:
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-    dist.barrier()
-    dcp.save(get_optimizer_state_dict(run.model, run.optimizer), checkpoint_id=str(staging))
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    gathered = get_model_state_dict(run.model, options=options)  # full on rank 0, else empty
-    if main:
-        weights = {name.removeprefix(PREFIX): value for name, value in gathered.items()}
-
-        def write(tmp: Path) -> None:
-            run.policy.save_pretrained(str(tmp), state_dict=weights, safe_serialization=True)
-            save_tokenizer(run.tokenizer, tmp)
-            staging.rename(tmp / OPTIMIZER_DIR)
-            torch.save(trainer_state, tmp / STATE_FILE)  # written last: marks completeness
-
-        _write_atomically(target, write)
-        for stale in checkpoint_dirs(run.run_dir)[: -run.cfg.logging.keep_last]:
-            shutil.rmtree(stale)
-    del gathered
-    dist.barrier()
-    return target

@@ -1,5 +1,5 @@
-"""Checkpoints of a run: atomic directory writes, recovery after an interruption, the model and
-trainer state saved at a step and read back on `--resume`.
+"""Checkpoints of a run: the model and trainer state saved at a step (atomically,
+`ngrpo.utils.io`), recovery after an interruption, and reading them back on `--resume`.
 
 Run directory (`output_dir`) parts written here:
 - `checkpoints/step-NNNNNN/`: Hugging Face model (a LoRA run: the peft adapter, `ngrpo.models.lora`)
@@ -9,8 +9,8 @@ Run directory (`output_dir`) parts written here:
   `torch.load(weights_only=True)`: a run directory from elsewhere cannot run code on `--resume`.
   Each is written to a temporary directory and renamed into place, so a process killed while
   saving leaves the previous checkpoint intact; only complete `step-*` directories are read back.
-  Under FSDP the optimizer state is in `optimizer/` instead (`ngrpo.sharding.checkpoint`, which
-  writes through `_write_atomically` too);
+  Under FSDP the optimizer state is in `optimizer/` instead (`save_sharded_checkpoint`; the
+  format and its loading are `ngrpo.sharding.checkpoint`);
 - `best/` goes through the same atomic write (`ngrpo.trainer.loop`).
 
 Resume (`resume=True`): continues from the newest complete checkpoint with the same data order,
@@ -27,12 +27,15 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
+from ngrpo.sharding.checkpoint import OPTIMIZER_DIR
+from ngrpo.sharding.strategy import PREFIX
 from ngrpo.utils.errors import NgrpoError
+from ngrpo.utils.io import TMP_PREFIX, recover_interrupted_writes, write_atomically
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -47,35 +50,11 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp_dir)`, then rename into `target` (replacing it): never a half-written target."""
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = target.parent / f".old-{target.name}-{os.getpid()}"
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def _recover_interrupted_writes(run_dir: Path) -> None:
-    """Clean up after a process killed inside `_write_atomically`: a target renamed away but not
-    yet replaced gets its previous version back; unfinished temporary directories are deleted."""
+    """Clean up after a process killed while writing a checkpoint or `best/`
+    (`ngrpo.utils.io.recover_interrupted_writes` on the run directory and on `checkpoints/`)."""
     for parent in (run_dir, run_dir / CHECKPOINTS):
-        if not parent.is_dir():
-            continue
-        for old in parent.glob(".old-*"):
-            target = parent / old.name.removeprefix(".old-").rsplit("-", 1)[0]
-            if target.exists():
-                shutil.rmtree(old)
-            else:
-                old.rename(target)
-        for tmp in parent.glob(".tmp-*"):
-            shutil.rmtree(tmp)
+        recover_interrupted_writes(parent)
 
 
 def _save_model(directory: Path, model, tokenizer) -> None:
@@ -93,9 +72,58 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
         torch.save(trainer_state, tmp / STATE_FILE)  # written last: marks completeness
 
     target = run_dir / CHECKPOINTS / f"step-{step:06d}"
-    _write_atomically(target, write)
+    write_atomically(target, write)
     for stale in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(stale)
+    return target
+
+
+def _rank0_pid() -> int:
+    pid = torch.tensor([os.getpid()], dtype=torch.int64)
+    dist.broadcast(pid, src=0)
+    return int(pid.item())
+
+
+def save_sharded_checkpoint(run, step: int, trainer_state: dict) -> Path:
+    """Write `checkpoints/step-N/` of a sharded run (all ranks call this; the layout is in
+    `ngrpo.sharding.checkpoint`'s docstring); returns its path. `run` is the trainer's `Run`
+    (sharded policy in `run.model`, the rollout copy in `run.policy`)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    from ngrpo.models.tokenizer import save_tokenizer
+
+    root = run.run_dir / CHECKPOINTS
+    target = root / f"step-{step:06d}"
+    # the optimizer shards' staging directory: an unfinished one is deleted on resume
+    staging = root / f"{TMP_PREFIX}{target.name}-{OPTIMIZER_DIR}-{_rank0_pid()}"
+    main = dist.get_rank() == 0
+    if main:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+    dist.barrier()
+    dcp.save(get_optimizer_state_dict(run.model, run.optimizer), checkpoint_id=str(staging))
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    gathered = get_model_state_dict(run.model, options=options)  # full on rank 0, else empty
+    if main:
+        weights = {name.removeprefix(PREFIX): value for name, value in gathered.items()}
+
+        def write(tmp: Path) -> None:
+            run.policy.save_pretrained(str(tmp), state_dict=weights, safe_serialization=True)
+            save_tokenizer(run.tokenizer, tmp)
+            staging.rename(tmp / OPTIMIZER_DIR)
+            torch.save(trainer_state, tmp / STATE_FILE)  # written last: marks completeness
+
+        write_atomically(target, write)
+        for stale in checkpoint_dirs(run.run_dir)[: -run.cfg.logging.keep_last]:
+            shutil.rmtree(stale)
+    del gathered
+    dist.barrier()
     return target
 
 

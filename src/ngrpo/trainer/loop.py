@@ -20,12 +20,13 @@ from ngrpo.config import TrainConfig, derived_values, save_config
 from ngrpo.trainer.checkpoints import (
     _rng_state,
     _save_model,
-    _write_atomically,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from ngrpo.trainer.setup import Run, _setup
 from ngrpo.trainer.step import _train_step
 from ngrpo.utils.errors import NgrpoError
+from ngrpo.utils.io import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def _maybe_eval(run: Run, writer, progress: Progress | None) -> None:
                 _save_model(tmp, _saved_model(run), run.tokenizer)
                 (tmp / "best.json").write_text(json.dumps({"step": run.step, "value": value}))
 
-            _write_atomically(run.run_dir / "best", write)
+            write_atomically(run.run_dir / "best", write)
     run.accelerator.wait_for_everyone()
 
 
@@ -161,8 +162,6 @@ def train(
             save_every = cfg.logging.save_every
             if run.step == cfg.train.steps or (save_every and run.step % save_every == 0):
                 if run.sharded:
-                    from ngrpo.sharding.checkpoint import save_sharded_checkpoint
-
                     save_sharded_checkpoint(run, run.step, _trainer_state(run))
                 elif run.accelerator.is_main_process:
                     save_checkpoint(
