@@ -75,7 +75,8 @@ def main(argv: list[str]) -> dict:
 
     from ngrpo.bench.learner import PeakMemory, synthetic_rollouts
     from ngrpo.learner.policy import SoftInputPolicy
-    from ngrpo.learner.update import LearnerParams, disable_dropout, update_policy
+    from ngrpo.learner.update import LearnerParams, update_policy
+    from ngrpo.models.load import disable_dropout
 
     args = json.loads(argv[0])
     torch.set_num_threads(1)

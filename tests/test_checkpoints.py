@@ -12,7 +12,8 @@ from conftest import tiny_qwen2
 
 from ngrpo.cli import main
 from ngrpo.config import load_config, save_config
-from ngrpo.models.load import PINNED_TOKENIZER_MODULE, load_model, load_tokenizer
+from ngrpo.models.load import load_model, load_tokenizer
+from ngrpo.models.tokenizer import PINNED_TOKENIZER_MODULE
 from ngrpo.trainer import STATE_FILE
 from ngrpo.trainer.checkpoints import _save_model
 

@@ -212,7 +212,7 @@ def test_non_finite_loss_or_gradient_skips_the_step_and_training_goes_on(monkeyp
 def test_disable_dropout_zeroes_modules_and_config():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ngrpo.learner.update import disable_dropout
+    from ngrpo.models.load import disable_dropout
 
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,

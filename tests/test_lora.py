@@ -316,7 +316,8 @@ def test_adapters_get_the_same_gradient_with_gradient_checkpointing(lora_run, ba
     """Checkpointed layers still pass the same gradients to the adapters although the inputs
     come from a frozen embedding table (a known pitfall of checkpointing with frozen inputs)."""
     from ngrpo.learner.update import sequence_logprobs
-    from ngrpo.models.lora import LoraConfig, load_policy
+    from ngrpo.models.load import load_lora
+    from ngrpo.models.lora import LoraConfig
 
     _, run, _, _ = lora_run
     batch = generate(
@@ -326,7 +327,7 @@ def test_adapters_get_the_same_gradient_with_gradient_checkpointing(lora_run, ba
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)  # the same adapter init (lora_A is random) both times
-        peft_model, policy = load_policy(LoraConfig(r=4), base_model_dir, None, "cpu")
+        peft_model, policy = load_lora(LoraConfig(r=4), base_model_dir, None, "cpu")
         if checkpointing:
             policy.gradient_checkpointing_enable()
         policy.train()

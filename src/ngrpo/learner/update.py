@@ -92,23 +92,6 @@ class LearnerParams:
     full_logits: bool = False  # score through full logits (the old path, for comparisons)
 
 
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Zero every dropout probability: dropout modules, attention-dropout rates, the config.
-
-    Training mode stays on (gradient checkpointing needs it), but a stochastic forward would break
-    the replay invariant: the learner must score exactly the computation the rollout sampled from.
-    """
-    names = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop",
-             "attn_pdrop")  # fmt: skip
-    # Attention layers copy their rate from the config at construction: zero both.
-    for owner in [model.config, *model.modules()]:
-        if isinstance(owner, torch.nn.Dropout):
-            owner.p = 0.0
-        for name in names:
-            if isinstance(getattr(owner, name, None), float):
-                setattr(owner, name, 0.0)
-
-
 def sequence_logprobs(
     model,
     batch: RolloutBatch,

@@ -1,24 +1,42 @@
-"""Loading local Hugging Face causal language models, with errors a user can act on.
+"""Loading local Hugging Face causal language models, with errors a user can act on: one path.
+
+    resolve_model_path          `base` -> the embedded base model (built on first use); a LoRA
+                                adapter directory -> itself; else a checked model directory
+    check_json_files,           every JSON file read must parse; every safetensors file must have
+      check_weight_files        an intact header covering the file
+    load_tokenizer              the directory's tokenizer, exactly as saved
+    load_model                  full weights, or the adapter's base with the adapter merged in
+                                (inference: evaluation, export, the Python API, benchmarks)
+    load_policy                 what the trainer trains: full weights in fp32, or the frozen base
+                                with fresh or resumed LoRA adapters; dropout off, train mode
 
 Any local directory written by `save_pretrained` works (no remote code, no hub access), and a peft
-LoRA adapter directory whose adapter_config.json names a local base (`ngrpo.models.lora`). The
-special path `base` means the embedded base model (built on first use, see
-`ngrpo.models.base_model`).
-
-Damaged files are reported by name before transformers sees them: every JSON file the loader reads
-must parse, and every safetensors file must have a complete header that covers the file (a
-truncated download or an interrupted copy). Damage inside the tensor data itself, past an intact
-header, cannot be detected without checksums.
+LoRA adapter directory whose adapter_config.json names a local base (`ngrpo.models.lora`). Damage
+inside the tensor data itself, past an intact header (a truncated download or an interrupted copy
+is caught by the header check), cannot be detected without checksums.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ngrpo.models.base_model import ensure_base_model
+from ngrpo.models.lora import (
+    ADAPTER_CONFIG,
+    LoraConfig,
+    check_checkpoint_kind,
+    check_targets,
+    inject,
+    is_adapter_dir,
+    load_adapter,
+    recorded_base,
+)
+from ngrpo.models.tokenizer import GENERIC_TOKENIZER_CLASSES, declared_tokenizer_class
 from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
@@ -74,13 +92,11 @@ def check_weight_files(model_dir: Path) -> None:
 def resolve_model_path(path: str | Path) -> Path:
     """`base` -> the embedded base model directory; otherwise a checked local directory."""
     if str(path) == "base":
-        from ngrpo.models.base_model import ensure_base_model
-
         return ensure_base_model()
     model_dir = Path(path).expanduser()
     if not model_dir.is_dir():
         raise NgrpoError(f"model directory {str(model_dir)!r} does not exist")
-    if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
+    if _adapter_only(model_dir):
         return model_dir  # a LoRA adapter (`ngrpo.models.lora`): `load_model` loads base + adapter
     if not (model_dir / "config.json").is_file():
         raise NgrpoError(
@@ -94,56 +110,26 @@ def resolve_model_path(path: str | Path) -> Path:
     return model_dir
 
 
-# Tokenizer classes that mean "exactly what tokenizer.json says" (no model-specific rebuild).
-GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+def _adapter_only(model_dir: Path) -> bool:
+    """A peft adapter directory without full weights of its own (a LoRA run's checkpoint)."""
+    return is_adapter_dir(model_dir) and not (model_dir / "config.json").is_file()
 
 
-PINNED_TOKENIZER_MODULE = "tokenization_ngrpo"
-_PINNED_TOKENIZER_SOURCE = '''"""Written by ngrpo next to a tokenizer.json that must load as saved.
-
-transformers 5 swaps in its own tokenizer class for some model types (qwen2: Qwen2Tokenizer, a
-byte-level BPE rebuilt from the vocabulary) whatever tokenizer_config.json declares, except when the
-config has an `auto_map`. ngrpo writes one pointing here, so that a plain
-`AutoTokenizer.from_pretrained(dir)` reads tokenizer.json as it is (without trust_remote_code the
-`auto_map` is not followed; with it, this class does the same).
-"""
-
-from transformers import PreTrainedTokenizerFast
+def adapter_base_path(adapter_dir: str | Path) -> Path:
+    """The local base-model directory recorded in an adapter's `adapter_config.json`, checked."""
+    return resolve_model_path(recorded_base(adapter_dir))
 
 
-class NgrpoTokenizer(PreTrainedTokenizerFast):
-    """The tokenizer serialised in tokenizer.json, unchanged."""
-'''
-
-
-def pin_tokenizer(model_dir: str | Path) -> None:
-    """Make plain `AutoTokenizer.from_pretrained(model_dir)` load the saved tokenizer.json as is.
-
-    Only for generic tokenizers (`GENERIC_TOKENIZER_CLASSES`, e.g. the embedded word-level one):
-    transformers 5.24 maps the `qwen2` model type to `Qwen2Tokenizer`, ignoring the declared
-    class, and rebuilds a byte-level BPE from the vocabulary, which splits words and numbers the
-    embedded model never saw. An `auto_map` entry in tokenizer_config.json takes AutoTokenizer off
-    that path (for model types it lists as having wrong hub tokenizer classes, it then loads the
-    declared class without following the map). Model-specific tokenizers are left as saved.
-    """
-    model_dir = Path(model_dir)
-    config_path = model_dir / "tokenizer_config.json"
-    if declared_tokenizer_class(model_dir) not in GENERIC_TOKENIZER_CLASSES:
-        return
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["auto_map"] = {"AutoTokenizer": [None, f"{PINNED_TOKENIZER_MODULE}.NgrpoTokenizer"]}
-    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    (model_dir / f"{PINNED_TOKENIZER_MODULE}.py").write_text(_PINNED_TOKENIZER_SOURCE, "utf-8")
-
-
-def declared_tokenizer_class(model_dir: Path) -> str | None:
-    config = model_dir / "tokenizer_config.json"
-    if not config.is_file():
-        return None
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
-    except (OSError, json.JSONDecodeError):
-        return None
+def resume_base(adapter_dir: Path, configured: Path) -> Path:
+    """The base to resume a LoRA run on: the one recorded in the checkpoint's adapter config,
+    which must be the run's `model.path` (resolved), else `NgrpoError` naming both."""
+    recorded = adapter_base_path(adapter_dir)
+    if recorded.resolve() != Path(configured).resolve():
+        raise NgrpoError(
+            f"{adapter_dir / ADAPTER_CONFIG} was trained on the base {str(recorded)!r} but "
+            f"model.path resolves to {str(configured)!r}; resume with model.path={recorded}"
+        )
+    return recorded
 
 
 def load_tokenizer(path: str | Path):
@@ -182,14 +168,15 @@ def load_model(
     """A causal LM from a local directory, in eval mode, on `device` with parameters in `dtype`.
 
     A LoRA adapter directory (a LoRA run's checkpoint) loads as its base model (the directory in
-    its adapter_config.json) with the adapter merged in (`ngrpo.models.lora.load_merged`)."""
+    its adapter_config.json) with the adapter merged in: a plain transformers model (no peft
+    layers); the merge is done in fp32 and the result cast to `dtype`."""
     from transformers import AutoModelForCausalLM
 
-    from ngrpo.models.lora import is_adapter_dir, load_merged
-
     model_dir = resolve_model_path(path)
-    if is_adapter_dir(model_dir) and not (model_dir / "config.json").is_file():
-        return load_merged(model_dir, device, dtype)
+    if _adapter_only(model_dir):
+        base = load_model(adapter_base_path(model_dir), "cpu", torch.float32)
+        merged = load_adapter(base, model_dir, trainable=False).merge_and_unload()
+        return merged.to(device=device, dtype=dtype).eval()
     check_weight_files(model_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -208,3 +195,91 @@ def load_model_and_tokenizer(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ):
     return load_model(path, device, dtype), load_tokenizer(path)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout probability: dropout modules, attention-dropout rates, the config.
+
+    Training mode stays on (gradient checkpointing needs it), but a stochastic forward would break
+    the replay invariant: the learner must score exactly the computation the rollout sampled from.
+    """
+    names = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop",
+             "attn_pdrop")  # fmt: skip
+    # Attention layers copy their rate from the config at construction: zero both.
+    for owner in [model.config, *model.modules()]:
+        if isinstance(owner, torch.nn.Dropout):
+            owner.p = 0.0
+        for name in names:
+            if isinstance(getattr(owner, name, None), float):
+                setattr(owner, name, 0.0)
+
+
+def load_lora(
+    cfg: LoraConfig,
+    base_dir: Path,
+    adapter_dir: Path | None,
+    device: str | torch.device,
+    base_dtype: torch.dtype = torch.float32,
+):
+    """(peft model, policy) for training: the frozen base in `base_dtype` with fresh adapters, or
+    with the trainable adapter of checkpoint `adapter_dir` (resume); the adapters are fp32 either
+    way (peft upcasts them). The policy is the injected transformers model that rollout, learner
+    and evaluation call."""
+    model = load_model(base_dir, device, base_dtype)
+    if adapter_dir is None:
+        peft_model = inject(model, cfg, base_dir)
+    else:
+        check_targets(model, cfg.target_modules)
+        peft_model = load_adapter(model, adapter_dir, trainable=True)
+    return peft_model, peft_model.get_base_model()
+
+
+@dataclass
+class TrainingPolicy:
+    """What the trainer trains, as `load_policy` loaded it."""
+
+    policy: torch.nn.Module  # train mode, dropout off (LoRA: the peft-injected transformers model)
+    tokenizer: object
+    base_dir: Path  # the base model (LoRA resume: the one the adapter was trained on)
+    weights_dir: Path  # where the trained weights came from: the resumed checkpoint, else the base
+    peft_model: object | None = None  # LoRA: the PeftModel around `policy` (saving, reference)
+
+
+def load_policy(
+    path: str | Path,
+    lora: LoraConfig,
+    checkpoint: Path | None,
+    device: str | torch.device,
+    compute_dtype: torch.dtype,
+    *,
+    gradient_checkpointing: bool = False,
+) -> TrainingPolicy:
+    """The policy a run trains, from the run's `model.path` and the checkpoint it resumes (None:
+    a new run).
+
+    Resolve `path`; a checkpoint must hold what `lora` says (an adapter, or full weights), and a
+    LoRA run resumes on the base its adapter was trained on; the base's tokenizer; then the
+    weights. Master weights stay fp32 (bf16 / fp16 compute comes from accelerate's autocast): a
+    full-weight run loads the checkpoint (or the base) in fp32; a LoRA run holds the frozen base in
+    `compute_dtype` (it needs no fp32 master copy) with fresh adapters or the checkpoint's (fp32,
+    `ngrpo.models.lora`). Dropout is zeroed (`disable_dropout`) and the policy is in train mode.
+    """
+    base_dir = resolve_model_path(path)
+    if checkpoint is not None:
+        check_checkpoint_kind(checkpoint, lora.enabled)  # model.lora.r changed since the run began
+        if lora.enabled:
+            base_dir = resume_base(checkpoint, base_dir)  # the base the adapter was trained on
+    tokenizer = load_tokenizer(base_dir)
+    peft_model = None
+    if lora.enabled:
+        peft_model, policy = load_lora(lora, base_dir, checkpoint, device, compute_dtype)
+    else:
+        policy = load_model(checkpoint or base_dir, device, torch.float32)
+    if gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    disable_dropout(policy)  # the learner must see exactly what the rollout saw (replay)
+    policy.train()
+    return TrainingPolicy(policy, tokenizer, base_dir, checkpoint or base_dir, peft_model)

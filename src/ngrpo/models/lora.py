@@ -1,4 +1,4 @@
-"""LoRA adapters (peft) on a frozen base: configuration, injection, adapter checkpoints, loading.
+"""LoRA adapters (peft) on a frozen base: configuration, injection, adapter checkpoints.
 
 With `model.lora.r > 0` the trainer injects LoRA adapters into the policy with peft and trains
 only them. What follows from that, and how it deviates from a full-weight run:
@@ -22,6 +22,9 @@ only them. What follows from that, and how it deviates from a full-weight run:
   config's `base_model_name_or_path` is the resolved local base directory, so `load_model` on a
   checkpoint (and `--resume`) find the base without the run's config. `ngrpo export` merges an
   adapter into a plain Hugging Face model directory.
+
+Loading (the frozen base with fresh or saved adapters for training, a merged model otherwise) is
+`ngrpo.models.load`, which calls the pieces here; this module loads no model itself.
 
 The policy the rest of ngrpo sees (rollout, learner, evaluation) is the peft-injected transformers
 model itself (`PeftModel.get_base_model()`): its q/k/v/o and MLP projections are peft's
@@ -157,10 +160,9 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
-def adapter_base_path(adapter_dir: str | Path) -> Path:
-    """The local base-model directory recorded in an adapter's `adapter_config.json`."""
-    from ngrpo.models.load import resolve_model_path
-
+def recorded_base(adapter_dir: str | Path) -> Path:
+    """The base-model directory recorded in an adapter's `adapter_config.json`, which must exist
+    (`ngrpo.models.load.adapter_base_path` checks it as a model directory)."""
     config_path = Path(adapter_dir) / ADAPTER_CONFIG
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -176,7 +178,7 @@ def adapter_base_path(adapter_dir: str | Path) -> Path:
             f"the base model {base!r} named in {config_path} (base_model_name_or_path) does not "
             "exist; restore it there or edit that field to the base model's directory"
         )
-    return resolve_model_path(base)
+    return Path(base)
 
 
 def check_checkpoint_kind(checkpoint: Path, lora: bool) -> None:
@@ -194,18 +196,6 @@ def check_checkpoint_kind(checkpoint: Path, lora: bool) -> None:
         )
 
 
-def resume_base(adapter_dir: Path, configured: Path) -> Path:
-    """The base to resume a LoRA run on: the one recorded in the checkpoint's adapter config,
-    which must be the run's `model.path` (resolved), else `NgrpoError` naming both."""
-    recorded = adapter_base_path(adapter_dir)
-    if recorded.resolve() != Path(configured).resolve():
-        raise NgrpoError(
-            f"{adapter_dir / ADAPTER_CONFIG} was trained on the base {str(recorded)!r} but "
-            f"model.path resolves to {str(configured)!r}; resume with model.path={recorded}"
-        )
-    return recorded
-
-
 def load_adapter(model: torch.nn.Module, adapter_dir: str | Path, trainable: bool):
     """`model` wrapped with the adapter saved in `adapter_dir` (a `PeftModel`)."""
     from peft import PeftModel
@@ -217,38 +207,6 @@ def load_adapter(model: torch.nn.Module, adapter_dir: str | Path, trainable: boo
         raise NgrpoError(f"cannot load the adapter in {str(adapter_dir)!r}: {err}") from err
 
 
-def load_policy(
-    cfg: LoraConfig,
-    base_dir: Path,
-    adapter_dir: Path | None,
-    device: str | torch.device,
-    base_dtype: torch.dtype = torch.float32,
-):
-    """(peft model, policy) for training: the frozen base in `base_dtype` with fresh adapters, or
-    with the trainable adapter of checkpoint `adapter_dir` (resume); the adapters are fp32 either
-    way (peft upcasts them). The policy is the injected transformers model that rollout, learner
-    and evaluation call."""
-    from ngrpo.models.load import load_model
-
-    model = load_model(base_dir, device, base_dtype)
-    if adapter_dir is None:
-        peft_model = inject(model, cfg, base_dir)
-    else:
-        check_targets(model, cfg.target_modules)
-        peft_model = load_adapter(model, adapter_dir, trainable=True)
-    return peft_model, peft_model.get_base_model()
-
-
 def adapter_parameters(peft_model) -> dict[str, torch.Tensor]:
     """The trainable (adapter) parameters by name."""
     return {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
-
-
-def load_merged(adapter_dir: str | Path, device: str | torch.device, dtype: torch.dtype):
-    """The base named by the adapter with the adapter merged in: a plain transformers model (no
-    peft layers), in eval mode. Merging is done in fp32 and the result cast to `dtype`."""
-    from ngrpo.models.load import load_model
-
-    base = load_model(adapter_base_path(adapter_dir), "cpu", torch.float32)
-    merged = load_adapter(base, adapter_dir, trainable=False).merge_and_unload()
-    return merged.to(device=device, dtype=dtype).eval()

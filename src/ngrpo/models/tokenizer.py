@@ -5,10 +5,16 @@ vocabulary stays at about 140 tokens and an embedding's nearest neighbours are o
 numbers, not byte fragments (after warm-up, mostly the task's surface variants: `7` / `seven`).
 Saved as a Hugging Face tokenizer directory (loads with `AutoTokenizer.from_pretrained`) with
 bos / eos / pad / unk, `<think>` / `</think>` and a chat template.
+
+Also here, for any tokenizer: `save_tokenizer` (pinned with `pin_tokenizer`, so that a plain
+`AutoTokenizer` loads a generic tokenizer back exactly as saved; loading is
+`ngrpo.models.load.load_tokenizer`) and the chat prompts (`prompt_text`, `encode_prompt`,
+`encode_messages`).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ngrpo.tasks.arith import vocabulary_words
@@ -64,11 +70,61 @@ def build_tokenizer(extra_words: list[str] | None = None):
 
 def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
     """`save_pretrained`, pinned so that a plain `AutoTokenizer` loads it back unchanged
-    (`ngrpo.models.load.pin_tokenizer`)."""
-    from ngrpo.models.load import pin_tokenizer
-
+    (`pin_tokenizer`)."""
     tokenizer.save_pretrained(str(out_dir))
     pin_tokenizer(out_dir)
+
+
+# Tokenizer classes that mean "exactly what tokenizer.json says" (no model-specific rebuild).
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+PINNED_TOKENIZER_MODULE = "tokenization_ngrpo"
+_PINNED_TOKENIZER_SOURCE = '''"""Written by ngrpo next to a tokenizer.json that must load as saved.
+
+transformers 5 swaps in its own tokenizer class for some model types (qwen2: Qwen2Tokenizer, a
+byte-level BPE rebuilt from the vocabulary) whatever tokenizer_config.json declares, except when the
+config has an `auto_map`. ngrpo writes one pointing here, so that a plain
+`AutoTokenizer.from_pretrained(dir)` reads tokenizer.json as it is (without trust_remote_code the
+`auto_map` is not followed; with it, this class does the same).
+"""
+
+from transformers import PreTrainedTokenizerFast
+
+
+class NgrpoTokenizer(PreTrainedTokenizerFast):
+    """The tokenizer serialised in tokenizer.json, unchanged."""
+'''
+
+
+def pin_tokenizer(model_dir: str | Path) -> None:
+    """Make plain `AutoTokenizer.from_pretrained(model_dir)` load the saved tokenizer.json as is.
+
+    Only for generic tokenizers (`GENERIC_TOKENIZER_CLASSES`, e.g. the embedded word-level one):
+    transformers 5.24 maps the `qwen2` model type to `Qwen2Tokenizer`, ignoring the declared
+    class, and rebuilds a byte-level BPE from the vocabulary, which splits words and numbers the
+    embedded model never saw. An `auto_map` entry in tokenizer_config.json takes AutoTokenizer off
+    that path (for model types it lists as having wrong hub tokenizer classes, it then loads the
+    declared class without following the map). Model-specific tokenizers are left as saved.
+    """
+    model_dir = Path(model_dir)
+    config_path = model_dir / "tokenizer_config.json"
+    if declared_tokenizer_class(model_dir) not in GENERIC_TOKENIZER_CLASSES:
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["auto_map"] = {"AutoTokenizer": [None, f"{PINNED_TOKENIZER_MODULE}.NgrpoTokenizer"]}
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    (model_dir / f"{PINNED_TOKENIZER_MODULE}.py").write_text(_PINNED_TOKENIZER_SOURCE, "utf-8")
+
+
+def declared_tokenizer_class(model_dir: Path) -> str | None:
+    config = model_dir / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def prompt_text(tokenizer, problem: str) -> str:

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from ngrpo.config import DTYPES
-from ngrpo.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_base_path, is_adapter_dir
+from ngrpo.models.load import adapter_base_path, load_model
+from ngrpo.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_dir
 from ngrpo.utils.errors import NgrpoError
 
 # Files of a checkpoint that are not part of the exported model.
@@ -77,10 +78,8 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, which: str = "la
         raise NgrpoError(f"output directory {str(out_dir)!r} exists and is not empty")
     adapter = is_adapter_dir(checkpoint)
     if adapter:
-        from ngrpo.models.lora import load_merged
-
         dtype = _saved_dtype(adapter_base_path(checkpoint))
-        merged = load_merged(checkpoint, "cpu", dtype)  # base named by the adapter + adapter
+        merged = load_model(checkpoint, "cpu", dtype)  # base named by the adapter + adapter
     out_dir.mkdir(parents=True, exist_ok=True)
     if adapter:
         merged.save_pretrained(str(out_dir), safe_serialization=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ngrpo.config import TrainConfig
-from ngrpo.learner.update import LearnerParams, disable_dropout
+from ngrpo.learner.update import LearnerParams
 from ngrpo.trainer.checkpoints import (
     STATE_FILE,
     _recover_interrupted_writes,
@@ -106,7 +106,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     from ngrpo.learner.policy import SoftInputPolicy
     from ngrpo.method.exploration import answer_start_ids
     from ngrpo.method.neighbors import NeighborIndex
-    from ngrpo.models.load import load_model, load_tokenizer, resolve_model_path
+    from ngrpo.models.load import disable_dropout, load_model, load_policy
     from ngrpo.rewards import GradingPool
     from ngrpo.rewards.functions import build_reward_set
     from ngrpo.rollout import neighbor_search_table
@@ -128,49 +128,29 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         reward_funcs if reward_funcs is not None else cfg.train.reward_items(),
         timeout_s=cfg.train.reward_timeout_s, on_error=cfg.train.reward_errors,
     )  # fmt: skip  (resolved first: a missing function fails before any model is loaded)
-    base_path = resolve_model_path(cfg.model.path)
     latest = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
     state = load_trainer_state(latest / STATE_FILE) if latest is not None else None
     if resume and latest is None:
         log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
-    weights = latest if latest is not None else base_path
+    loaded = load_policy(
+        cfg.model.path, cfg.model.lora, latest, accelerator.device, dtype,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+    )  # fmt: skip
+    policy, tokenizer, peft_model = loaded.policy, loaded.tokenizer, loaded.peft_model
     lora = cfg.model.lora.enabled
-    if latest is not None:
-        from ngrpo.models.lora import check_checkpoint_kind, resume_base
-
-        check_checkpoint_kind(latest, lora)  # model.lora.r changed since the run started
-        if lora:
-            base_path = resume_base(latest, base_path)  # the base the adapter was trained on
-    tokenizer = load_tokenizer(base_path)
-    peft_model = None
-    # Master weights stay fp32 (LoRA: the frozen base and the adapters, `ngrpo.models.lora`); bf16 /
-    # fp16 compute comes from accelerate's autocast.
-    if lora:
-        from ngrpo.models.lora import load_policy
-
-        # The frozen base needs no fp32 master copy: it is held in the compute dtype.
-        peft_model, policy = load_policy(
-            cfg.model.lora, base_path, latest, accelerator.device, base_dtype=dtype
-        )
-    else:
-        policy = load_model(weights, accelerator.device, torch.float32)
-    if cfg.model.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-    disable_dropout(policy)  # the learner must see exactly what the rollout saw (replay)
-    policy.train()
     vocab = policy.get_input_embeddings().weight.shape[0]
     cfg.exploration.validate(vocab_size=vocab)
     ref_model = None
     if cfg.train.beta > 0 and lora:  # the policy itself with its adapters disabled: no copy
         ref_model = policy
     elif cfg.train.beta > 0:
-        ref_model = load_model(base_path, accelerator.device, dtype).requires_grad_(False)
+        ref_model = load_model(loaded.base_dir, accelerator.device, dtype).requires_grad_(False)
 
     module, copy = SoftInputPolicy(policy), None
     if cfg.train.strategy == "fsdp" and accelerator.num_processes > 1:
         from ngrpo.sharding import FsdpStrategy, RolloutCopy, shard_policy
 
-        rollout_model = load_model(weights, accelerator.device, dtype)  # full, compute dtype
+        rollout_model = load_model(loaded.weights_dir, accelerator.device, dtype)  # compute dtype
         disable_dropout(rollout_model)
         shard_policy(module, dtype, accelerator.num_processes, accelerator.device.type)
         if ref_model is not None:  # the KL reference is sharded too (compute dtype, no grads)
