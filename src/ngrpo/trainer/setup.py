@@ -1,6 +1,7 @@
-"""Building a run: the `Run` record a step needs, made once by `_setup` (accelerator, policy,
-LoRA, KL reference, distribution strategy, optimizer and scheduler, data, neighbour index, rewards,
-and the state of a resumed checkpoint).
+"""Building a run: the `Run` record a step needs, made once by `_setup` in named steps, in this
+order: accelerator, rewards, resume point, policy (`ngrpo.models.load.load_policy`: full weights or
+LoRA), KL reference, distribution strategy, optimizer and scheduler, data, neighbour index, learner
+settings, and the state of a resumed checkpoint.
 
 Several processes (`torchrun --nproc_per_node N -m ngrpo train ...`; on CPU accelerate 1.15's
 `accelerate launch --cpu --num_processes N` starts one process, not a group): each process rolls
@@ -82,35 +83,66 @@ class Run:
         return self.rollout_copy is not None
 
 
-def _lr_lambda(warmup_steps: int):
-    return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-
-
-def _variant_classes(cfg: TrainConfig, tokenizer) -> torch.Tensor | None:
-    """Surface-variant classes of the vocabulary when training on the embedded task with mixing
-    (for `rollout/neighbor_synonym_frac`); None otherwise (the table means nothing elsewhere)."""
-    from ngrpo.tasks import SPLITS
-    from ngrpo.tasks.arith import variant_classes
-
-    if str(cfg.data.train) not in SPLITS or not cfg.exploration.enabled:
-        return None
-    return torch.tensor(variant_classes(tokenizer.get_vocab(), len(tokenizer)))
-
-
 def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> Run:
+    """Build a run: the steps below, in this order (rewards first, so that a missing reward
+    function fails before any model is loaded; the resumed state last)."""
+    from ngrpo.method.exploration import answer_start_ids
+    from ngrpo.rewards import GradingPool
+
+    accelerator, dtype = _accelerator(cfg)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    rewards = _reward_set(cfg, reward_funcs)
+    latest, state = _resume_point(run_dir, resume)
+    loaded = _policy(cfg, latest, accelerator.device, dtype)
+    ref_model = _reference(cfg, loaded, accelerator.device, dtype)
+    module, policy, ref_model, copy, accelerator = _distribute(
+        cfg, accelerator, loaded, ref_model, dtype
+    )
+    optimizer, scheduler = _optimizer(cfg, module)
+    model = module
+    if copy is None:
+        model, optimizer = accelerator.prepare(module, optimizer)
+    tokenizer = loaded.tokenizer
+    examples, prompts, dropped, eval_sets = _data(cfg, tokenizer, rewards.needs_answer)
+    index = _neighbor_index(cfg, policy)
+    world = accelerator.num_processes
+    _check_world_size(cfg, world)
+    params = _learner_params(cfg, world)
+    peft_model = loaded.peft_model
+    run = Run(
+        cfg=cfg, run_dir=run_dir, accelerator=accelerator, model=model, policy=policy,
+        ref_model=ref_model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
+        sampler=PromptSampler(len(prompts), cfg.seed, cfg.data.shuffle), examples=examples,
+        prompts=prompts, eval_sets=eval_sets,
+        answer_start_ids=answer_start_ids(tokenizer, cfg.exploration.answer_start),
+        neighbor_index=index, params=params, pool=GradingPool(), rewards=rewards,
+        dropped_prompts=dropped, variant_classes=_variant_classes(cfg, tokenizer),
+        peft_model=peft_model,
+        ref_context=peft_model.disable_adapter if peft_model is not None else None,
+        rollout_copy=copy,
+    )  # fmt: skip
+    rewards.pool = run.pool  # the built-in graders share the run's grading workers
+    rewards.start()  # a user function that cannot load fails here, before any step
+    if state is not None:
+        _restore(run, module, latest, state)
+    if resume and accelerator.is_main_process:
+        _recover_interrupted_writes(run_dir)
+        # Lines logged after the checkpoint are redone; without one, everything is redone.
+        _truncate_metrics(run_dir / "metrics.jsonl", run.step if latest is not None else -1)
+    accelerator.wait_for_everyone()
+    return run
+
+
+# ------------------------------------------------------------------------ the steps, in order
+
+
+def _accelerator(cfg: TrainConfig):
+    """accelerate's `Accelerator` for `model.device` / `model.dtype`, and the compute dtype."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     from ngrpo.config import resolve_device_dtype
-    from ngrpo.data import load_benchmark
-    from ngrpo.learner.policy import SoftInputPolicy
-    from ngrpo.method.exploration import answer_start_ids
-    from ngrpo.method.neighbors import NeighborIndex
-    from ngrpo.models.load import disable_dropout, load_model, load_policy
-    from ngrpo.rewards import GradingPool
-    from ngrpo.rewards.functions import build_reward_set
-    from ngrpo.rollout import neighbor_search_table
-    from ngrpo.sharding.checkpoint import load_optimizer_state
 
     device, dtype = resolve_device_dtype(
         cfg.model.device, cfg.model.dtype, torch.cuda.is_available(),
@@ -120,71 +152,124 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     # accelerate keeps one mixed-precision setting per process; a second run in the same process
     # (the Python API, a notebook) may choose another: reset it (the process group is kept).
     AcceleratorState._reset_state()
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
+    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision), dtype
 
-    rewards = build_reward_set(
+
+def _reward_set(cfg: TrainConfig, reward_funcs):
+    """The weighted reward functions (`reward_funcs` from the Python API, else the config's)."""
+    from ngrpo.rewards.functions import build_reward_set
+
+    return build_reward_set(
         reward_funcs if reward_funcs is not None else cfg.train.reward_items(),
         timeout_s=cfg.train.reward_timeout_s, on_error=cfg.train.reward_errors,
-    )  # fmt: skip  (resolved first: a missing function fails before any model is loaded)
+    )  # fmt: skip
+
+
+def _resume_point(run_dir: Path, resume: bool) -> tuple[Path | None, dict | None]:
+    """The newest complete checkpoint and its trainer state when resuming, else (None, None)."""
     latest = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
     state = load_trainer_state(latest / STATE_FILE) if latest is not None else None
     if resume and latest is None:
         log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
+    return latest, state
+
+
+def _policy(cfg: TrainConfig, latest: Path | None, device, dtype):
+    """The policy, its tokenizer and (LoRA) adapters (`ngrpo.models.load.load_policy`); the
+    exploration settings are checked against its vocabulary."""
+    from ngrpo.models.load import load_policy
+
     loaded = load_policy(
-        cfg.model.path, cfg.model.lora, latest, accelerator.device, dtype,
+        cfg.model.path, cfg.model.lora, latest, device, dtype,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
     )  # fmt: skip
-    policy, tokenizer, peft_model = loaded.policy, loaded.tokenizer, loaded.peft_model
-    lora = cfg.model.lora.enabled
-    vocab = policy.get_input_embeddings().weight.shape[0]
-    cfg.exploration.validate(vocab_size=vocab)
-    ref_model = None
-    if cfg.train.beta > 0 and lora:  # the policy itself with its adapters disabled: no copy
-        ref_model = policy
-    elif cfg.train.beta > 0:
-        ref_model = load_model(loaded.base_dir, accelerator.device, dtype).requires_grad_(False)
+    cfg.exploration.validate(vocab_size=loaded.policy.get_input_embeddings().weight.shape[0])
+    return loaded
 
-    module, copy = SoftInputPolicy(policy), None
-    if cfg.train.strategy == "fsdp" and accelerator.num_processes > 1:
-        from ngrpo.sharding import FsdpStrategy, RolloutCopy, shard_policy
 
-        rollout_model = load_model(loaded.weights_dir, accelerator.device, dtype)  # compute dtype
-        disable_dropout(rollout_model)
-        shard_policy(module, dtype, accelerator.num_processes, accelerator.device.type)
-        if ref_model is not None:  # the KL reference is sharded too (compute dtype, no grads)
-            ref_model = shard_policy(SoftInputPolicy(ref_model), dtype,
-                                     accelerator.num_processes, accelerator.device.type)
-        copy, policy = RolloutCopy(module, rollout_model), rollout_model
-        accelerator = FsdpStrategy(accelerator)
-    optimizer = torch.optim.AdamW(  # LoRA: the adapters only (everything else is frozen)
+def _reference(cfg: TrainConfig, loaded, device, dtype):
+    """The frozen KL reference (`train.beta > 0`): under LoRA the policy itself (scored with its
+    adapters disabled: no copy), else the base model in the compute dtype; None at beta 0."""
+    from ngrpo.models.load import load_model
+
+    if cfg.train.beta > 0 and cfg.model.lora.enabled:
+        return loaded.policy
+    if cfg.train.beta > 0:
+        return load_model(loaded.base_dir, device, dtype).requires_grad_(False)
+    return None
+
+
+def _distribute(cfg: TrainConfig, accelerator, loaded, ref_model, dtype):
+    """The policy module and what the rollout runs on: (module, rollout model, reference,
+    rollout copy, accelerator). DDP (accelerate wraps the module later) and one process: the
+    module around the policy, the rollout on the policy itself. FSDP over several processes: the
+    module and the reference sharded (`ngrpo.sharding`), the rollout on a plain copy of the full
+    weights in the compute dtype, the accelerator wrapped in `FsdpStrategy`."""
+    from ngrpo.learner.policy import SoftInputPolicy
+
+    module = SoftInputPolicy(loaded.policy)
+    if cfg.train.strategy != "fsdp" or accelerator.num_processes == 1:
+        return module, loaded.policy, ref_model, None, accelerator
+    from ngrpo.models.load import disable_dropout, load_model
+    from ngrpo.sharding import FsdpStrategy, RolloutCopy, shard_policy
+
+    rollout_model = load_model(loaded.weights_dir, accelerator.device, dtype)  # compute dtype
+    disable_dropout(rollout_model)
+    shard_policy(module, dtype, accelerator.num_processes, accelerator.device.type)
+    if ref_model is not None:  # the KL reference is sharded too (compute dtype, no grads)
+        ref_model = shard_policy(SoftInputPolicy(ref_model), dtype,
+                                 accelerator.num_processes, accelerator.device.type)  # fmt: skip
+    copy = RolloutCopy(module, rollout_model)
+    return module, rollout_model, ref_model, copy, FsdpStrategy(accelerator)
+
+
+def _optimizer(cfg: TrainConfig, module: torch.nn.Module):
+    """AdamW over the trainable parameters (LoRA: the adapters only; everything else is frozen)
+    and the warm-up schedule."""
+    optimizer = torch.optim.AdamW(
         [p for p in module.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
         weight_decay=cfg.train.weight_decay,
     )  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.train.warmup_steps))
-    model = module
-    if copy is None:
-        model, optimizer = accelerator.prepare(module, optimizer)
+    return optimizer, scheduler
+
+
+def _lr_lambda(warmup_steps: int):
+    return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def _data(cfg: TrainConfig, tokenizer, needs_answer: bool):
+    """(training examples, their encoded prompts, prompts dropped as too long, eval sets)."""
+    from ngrpo.data import load_benchmark
 
     train_set = load_benchmark(
         cfg.data.train, limit=cfg.data.train_limit, problem_field=cfg.data.problem_field,
-        answer_field=cfg.data.answer_field, require_answer=rewards.needs_answer,
+        answer_field=cfg.data.answer_field, require_answer=needs_answer,
     )  # fmt: skip
     examples, prompts, dropped = encode_prompts(tokenizer, train_set.examples, cfg)
     if dropped:
         log.warning("dropped %d training prompts longer than %d tokens", dropped,
-                    cfg.data.max_prompt_length)
+                    cfg.data.max_prompt_length)  # fmt: skip
     eval_sets = {
         name: load_benchmark(name, limit=cfg.eval.limit).examples for name in cfg.data.eval_sets
     }
-    index = None
-    if cfg.exploration.strategy == "neighbor" and cfg.exploration.mix_top_k > 1:
-        index = NeighborIndex(
-            neighbor_search_table(policy, cfg.exploration.neighbor_table),
-            cfg.exploration.mix_top_k - 1, cfg.exploration.metric,
-        )  # fmt: skip
-    world = accelerator.num_processes
+    return examples, prompts, dropped, eval_sets
+
+
+def _neighbor_index(cfg: TrainConfig, policy):
+    """N-GRPO's neighbour index on the searched table of the model the rollout runs on."""
+    from ngrpo.method.neighbors import NeighborIndex
+    from ngrpo.rollout import neighbor_search_table
+
+    if cfg.exploration.strategy != "neighbor" or cfg.exploration.mix_top_k <= 1:
+        return None
+    return NeighborIndex(
+        neighbor_search_table(policy, cfg.exploration.neighbor_table),
+        cfg.exploration.mix_top_k - 1, cfg.exploration.metric,
+    )  # fmt: skip
+
+
+def _check_world_size(cfg: TrainConfig, world: int) -> None:
     if cfg.train.prompts_per_step % world or cfg.train.mini_batch_prompts % world:
         raise NgrpoError(
             f"train.prompts_per_step ({cfg.train.prompts_per_step}) and train.mini_batch_prompts "
@@ -195,7 +280,11 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
             "train.dynamic_sampling runs in a single process for now (kept groups would differ "
             "between processes); set train.dynamic_sampling=false or run one process"
         )
-    params = LearnerParams(
+
+
+def _learner_params(cfg: TrainConfig, world: int) -> LearnerParams:
+    """The learner's settings; a mini-batch's groups are split over the `world` processes."""
+    return LearnerParams(
         group_size=cfg.rollout.num_generations,
         mini_batch_groups=cfg.train.mini_batch_prompts // world,
         micro_batch_size=cfg.train.micro_batch_size,
@@ -214,29 +303,25 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         max_grad_norm=cfg.train.max_grad_norm,
         mask_truncated_completions=cfg.train.mask_truncated_completions,
     )
-    run = Run(
-        cfg=cfg, run_dir=run_dir, accelerator=accelerator, model=model, policy=policy,
-        ref_model=ref_model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
-        sampler=PromptSampler(len(prompts), cfg.seed, cfg.data.shuffle), examples=examples,
-        prompts=prompts, eval_sets=eval_sets,
-        answer_start_ids=answer_start_ids(tokenizer, cfg.exploration.answer_start),
-        neighbor_index=index, params=params, pool=GradingPool(), rewards=rewards,
-        dropped_prompts=dropped, variant_classes=_variant_classes(cfg, tokenizer),
-        peft_model=peft_model,
-        ref_context=peft_model.disable_adapter if peft_model is not None else None,
-        rollout_copy=copy,
-    )  # fmt: skip
-    rewards.pool = run.pool  # the built-in graders share the run's grading workers
-    rewards.start()  # a user function that cannot load fails here, before any step
-    if state is not None:
-        load_optimizer_state(module, optimizer, latest, state["optimizer"], run.sharded)
-        scheduler.load_state_dict(state["scheduler"])
-        run.sampler.load_state_dict(state["sampler"])
-        _set_rng_state(state["rng"])
-        run.step, run.best, run.skipped_total = state["step"], state["best"], state["skipped"]
-    if resume and accelerator.is_main_process:
-        _recover_interrupted_writes(run_dir)
-        # Lines logged after the checkpoint are redone; without one, everything is redone.
-        _truncate_metrics(run_dir / "metrics.jsonl", run.step if latest is not None else -1)
-    accelerator.wait_for_everyone()
-    return run
+
+
+def _variant_classes(cfg: TrainConfig, tokenizer) -> torch.Tensor | None:
+    """Surface-variant classes of the vocabulary when training on the embedded task with mixing
+    (for `rollout/neighbor_synonym_frac`); None otherwise (the table means nothing elsewhere)."""
+    from ngrpo.tasks import SPLITS
+    from ngrpo.tasks.arith import variant_classes
+
+    if str(cfg.data.train) not in SPLITS or not cfg.exploration.enabled:
+        return None
+    return torch.tensor(variant_classes(tokenizer.get_vocab(), len(tokenizer)))
+
+
+def _restore(run: Run, module: torch.nn.Module, latest: Path, state: dict) -> None:
+    """A resumed checkpoint's optimizer, scheduler, data position, RNG streams and counters."""
+    from ngrpo.sharding.checkpoint import load_optimizer_state
+
+    load_optimizer_state(module, run.optimizer, latest, state["optimizer"], run.sharded)
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.sampler.load_state_dict(state["sampler"])
+    _set_rng_state(state["rng"])
+    run.step, run.best, run.skipped_total = state["step"], state["best"], state["skipped"]
