@@ -19,7 +19,7 @@ from ngrpo.bench.learner import synthetic_rollouts, vocab_model
 from ngrpo.learner.policy import SoftInputPolicy
 from ngrpo.learner.update import LearnerParams, micro_batches, update_policy
 from ngrpo.rollout.batch import concat_batches
-from ngrpo.sharding import FsdpStrategy, shard_policy
+from ngrpo.sharding import FsdpStrategy, device_mesh, shard_policy
 
 PROMPT, LENGTH, BUDGET = 8, 24, 30
 
@@ -45,7 +45,7 @@ def main(strategy: str) -> int:
     params = LearnerParams(group_size=2, mini_batch_groups=1, micro_batch_size=2,
                            max_tokens_per_micro_batch=BUDGET, max_grad_norm=None)  # fmt: skip
     if strategy == "fsdp":
-        shard_policy(module, torch.float32, 2, "cpu")
+        shard_policy(module, torch.float32, device_mesh(2, "cpu"))
         optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
         wrapped, runner = module, FsdpStrategy(accelerator)
     else:

@@ -43,13 +43,19 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-def shard_policy(policy: torch.nn.Module, compute_dtype: torch.dtype, world: int, device_type: str):
-    """Shard `policy` (a `SoftInputPolicy` with fp32 parameters, on its device) in place over a
-    1-D mesh of `world` processes; returns it (now an FSDPModule)."""
+def device_mesh(world: int, device_type: str):
+    """The 1-D mesh of `world` processes that a run's modules are sharded over (built once, for
+    the policy and the KL reference alike)."""
     from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device_type, (world,))
+
+
+def shard_policy(policy: torch.nn.Module, compute_dtype: torch.dtype, mesh):
+    """Shard `policy` (a `SoftInputPolicy` with fp32 parameters, on its device) in place over
+    `mesh` (`device_mesh`); returns it (now an FSDPModule)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh(device_type, (world,))
     mixed = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     for layer in decoder_layers(policy.model):
         fully_shard(layer, mesh=mesh, mp_policy=mixed)

@@ -211,14 +211,14 @@ def _distribute(cfg: TrainConfig, accelerator, loaded, ref_model, dtype):
     if cfg.train.strategy != "fsdp" or accelerator.num_processes == 1:
         return module, loaded.policy, ref_model, None, accelerator
     from ngrpo.models.load import disable_dropout, load_model
-    from ngrpo.sharding import FsdpStrategy, RolloutCopy, shard_policy
+    from ngrpo.sharding import FsdpStrategy, RolloutCopy, device_mesh, shard_policy
 
     rollout_model = load_model(loaded.weights_dir, accelerator.device, dtype)  # compute dtype
     disable_dropout(rollout_model)
-    shard_policy(module, dtype, accelerator.num_processes, accelerator.device.type)
+    mesh = device_mesh(accelerator.num_processes, accelerator.device.type)
+    shard_policy(module, dtype, mesh)
     if ref_model is not None:  # the KL reference is sharded too (compute dtype, no grads)
-        ref_model = shard_policy(SoftInputPolicy(ref_model), dtype,
-                                 accelerator.num_processes, accelerator.device.type)  # fmt: skip
+        ref_model = shard_policy(SoftInputPolicy(ref_model), dtype, mesh)
     copy = RolloutCopy(module, rollout_model)
     return module, rollout_model, ref_model, copy, FsdpStrategy(accelerator)
 
