@@ -43,16 +43,12 @@ def register(subparsers) -> None:
 def load_plan_config(source: str, overrides: list[str]):
     """The config with overrides applied and validated; keys still `???` (model.path, data.train)
     are allowed: the plan does not read them (model.path then comes from --model-shape)."""
-    from ngrpo.config import load_config, missing_keys, validate_config
+    from ngrpo.config import load_config, missing_keys, set_field, validate_config
 
     cfg = load_config(source, overrides, validate=False)
     probe = copy.deepcopy(cfg)  # validated with placeholders in the required keys
     for key in missing_keys(cfg):
-        *path, name = key.split(".")
-        target = probe
-        for part in path:
-            target = getattr(target, part)
-        setattr(target, name, "plan-placeholder")
+        set_field(probe, key, "plan-placeholder")
     validate_config(probe)
     return cfg
 

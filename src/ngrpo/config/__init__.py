@@ -13,7 +13,7 @@ resolved config is written with `save_config` and loads back to an equal `TrainC
 
 The parts, each importing only the ones listed before it:
 - `schema`: the section dataclasses and `TrainConfig`, the required marker `MISSING`, the dotted
-  keys (`config_keys`), `config_to_dict`;
+  keys (`config_keys`), `config_to_dict`, `set_field` (a dotted key's field, set as given);
 - `coercion`: a value from YAML or an override string as its field's declared type;
 - `aliases`: TRL / verl / shorthand key aliases (`ALIASES`) and value canonicalisers;
 - `validation`: `validate_config` and its checks, `missing_keys`, `derived_values`,
@@ -44,6 +44,7 @@ from ngrpo.config.schema import (
     TrainConfig,
     config_keys,
     config_to_dict,
+    set_field,
 )
 from ngrpo.config.validation import (
     ATTN_IMPLEMENTATIONS,
@@ -64,5 +65,5 @@ __all__ = [
     "GRPOConfig", "LoggingConfig", "ModelConfig", "RolloutConfig", "TrainConfig", "apply_mapping",
     "apply_overrides", "config_keys", "config_to_dict", "derived_values", "load_config",
     "missing_keys", "parse_override", "resolve_config_path", "resolve_device_dtype", "save_config",
-    "shipped_configs", "validate_config",
+    "set_field", "shipped_configs", "validate_config",
 ]  # fmt: skip

@@ -30,6 +30,7 @@ from ngrpo.config.schema import (
     _schema,
     _sections,
     config_to_dict,
+    set_field,
 )
 from ngrpo.config.validation import _check_named, validate_config
 from ngrpo.utils.errors import NgrpoError
@@ -74,11 +75,7 @@ def _set(cfg: TrainConfig, key: str, value: Any) -> None:
     if key in _VALUE_CANONICALIZERS and value != MISSING:
         _check_named(key, _VALUE_CANONICALIZERS[key], value)
         value = _VALUE_CANONICALIZERS[key](value)
-    target: Any = cfg
-    *path, name = key.split(".")
-    for part in path:
-        target = getattr(target, part)
-    setattr(target, name, value)
+    set_field(cfg, key, value)
 
 
 def apply_mapping(cfg: TrainConfig, tree: Mapping, source: str = "config") -> TrainConfig:

@@ -295,6 +295,16 @@ def config_keys() -> list[str]:
     return list(_schema())
 
 
+def set_field(cfg: TrainConfig, key: str, value: Any) -> None:
+    """Set the field a canonical dotted `key` names (`model.lora.r`) to `value` as given (no
+    coercion or check: `ngrpo.config.loading` coerces user values before calling this)."""
+    target: Any = cfg
+    *path, name = key.split(".")
+    for part in path:
+        target = getattr(target, part)
+    setattr(target, name, value)
+
+
 def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for raw_key, value in tree.items():
