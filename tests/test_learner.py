@@ -13,6 +13,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 import ngrpo.learner.update
 from ngrpo.learner.update import LearnerParams, sequence_logprobs, update_policy
 from ngrpo.method.exploration import ExplorationConfig
+from ngrpo.method.neighbors import NeighborIndex, bruteforce_neighbors
 from ngrpo.rollout import SamplingParams, generate
 
 PAD, EOS, MARKER = 0, [1], [4]
@@ -141,31 +142,29 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient():
 
 
 @pytest.mark.parametrize("frozen", [False, True])
-def test_mini_batches_step_the_optimizer_and_scheduler_and_invalidate_neighbours(frozen):
+def test_mini_batches_step_the_optimizer_and_scheduler_and_neighbours_stay_fresh(frozen):
     model = _tiny()
     batch = _rollouts(model, "neighbor", mix_rate=0.5)
     table = model.get_input_embeddings().weight
     table.requires_grad_(not frozen)  # frozen (LoRA): the index keeps its cache
-
-    class Counter:
-        calls = 0
-
-        def table(self):
-            return table
-
-        def invalidate(self):
-            self.calls += 1
+    index, anchors = NeighborIndex(table, 2), torch.arange(table.shape[0])
+    index.lookup(anchors)  # every anchor's neighbours cached before the update
+    cached = index.fills
 
     trainable = [p for p in model.parameters() if p.requires_grad]
-    index, optimizer = Counter(), torch.optim.AdamW(trainable, lr=1e-3)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     params = _params(mini_batch_groups=1, num_iterations=2)  # 4 mini-batches x 2 epochs
     metrics = update_policy(
-        model, optimizer, scheduler, batch, _advantages(len(batch.response_ids)), params,
-        neighbor_index=index,
-    )  # fmt: skip
-    assert metrics["train/optimizer_steps"] == 8.0 and index.calls == (0 if frozen else 8)
+        model, optimizer, scheduler, batch, _advantages(len(batch.response_ids)), params
+    )
+    assert metrics["train/optimizer_steps"] == 8.0
     assert scheduler.last_epoch == 8
+    # the next lookup answers for the updated table: recomputed, unless the table is frozen
+    with torch.no_grad():
+        fresh, _ = bruteforce_neighbors(table, anchors, 2)
+    assert torch.equal(index.lookup(anchors), fresh)
+    assert index.fills == (cached if frozen else 2 * cached)
 
 
 def test_non_finite_loss_or_gradient_skips_the_step_and_training_goes_on(monkeypatch, caplog):

@@ -28,8 +28,9 @@ Choices worth knowing:
 - A non-finite loss or gradient skips that optimizer step (gradients dropped, counted in
   `train/skipped_updates`, logged as a warning); training goes on. Every micro-batch still runs
   its backward and the decision is all-reduced, so data-parallel processes skip together.
-- After every optimizer step the neighbour index is invalidated (embeddings changed), unless the
-  searched table is frozen (LoRA, `ngrpo.models.lora`): then its cache is built once for the run.
+- The neighbour index needs no call from here: every lookup checks the searched table's version
+  counter, which an optimizer step bumps, and rebuilds its cache then
+  (`ngrpo.method.neighbors.NeighborIndex`); a frozen table (LoRA) keeps its cache for the run.
 - Log-probabilities and entropy never go through full logits: `ngrpo.learner.scoring.score_tokens`
   runs the body once and the head over chunks of the scored positions, recomputed in the backward
   (`full_logits=True` restores the full-logits path, for comparisons).
@@ -273,7 +274,6 @@ def update_policy(
     *,
     ref_model=None,
     accelerator=None,
-    neighbor_index=None,
     ref_context=None,
 ) -> dict[str, float]:
     """Learn from one step's rollouts; returns averaged metrics (loss/*, actor/*, train/*).
@@ -359,8 +359,6 @@ def update_policy(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            if neighbor_index is not None and neighbor_index.table().requires_grad:
-                neighbor_index.invalidate()  # a frozen table (LoRA) keeps its cache
     result = averages.result()
     result["actor/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
     result["train/skipped_updates"] = float(skipped)

@@ -4,8 +4,9 @@ With `model.lora.r > 0` the trainer injects LoRA adapters into the policy with p
 only them. What follows from that, and how it deviates from a full-weight run:
 - the input-embedding table (and the output projection) are frozen and may not be adapter targets:
   the neighbour index searches one of those tables, so with a frozen table its cache is built once
-  and never invalidated (`ngrpo.learner.update.update_policy` invalidates only when the searched
-  table requires grad). Consequently `train.soft_input_grad` has no effect: no embedding row trains;
+  and never invalidated (the index rebuilds only when the table's version counter moves, which
+  only an update of that table does). Consequently `train.soft_input_grad` has no effect: no
+  embedding row trains;
 - the reference policy of the KL term (`train.beta > 0`) is the same model with its adapters
   disabled (peft's `disable_adapter` context): no second copy of the weights in memory;
 - adapter dropout must be 0: the rollout samples in train mode and the learner must score exactly

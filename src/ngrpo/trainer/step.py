@@ -163,8 +163,7 @@ def _train_step(run: Run) -> dict[str, float]:
     started = time.perf_counter()
     learner = update_policy(
         run.model, run.optimizer, run.scheduler, batch, advantages.to(batch.logprobs.device),
-        run.params, ref_model=run.ref_model, accelerator=acc, neighbor_index=run.neighbor_index,
-        ref_context=run.ref_context,
+        run.params, ref_model=run.ref_model, accelerator=acc, ref_context=run.ref_context,
     )  # fmt: skip
     if run.sharded:  # the rollout copy takes the new weights (its in-place copies bump the
         run.rollout_copy.refresh()  # tables' version counters: the neighbour index refreshes)
