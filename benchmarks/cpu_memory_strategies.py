@@ -91,7 +91,7 @@ def build_model(directory: Path) -> int:
 def run(processes: int, args: list[str], wrapper: Path) -> list[dict]:
     # glibc serves blocks of 64 KiB and more with mmap and returns them on free, so the resident
     # set follows the live tensors (what a GPU's max_memory_allocated shows) rather than what
-    # malloc keeps for reuse (as `ngrpo.bench.learner.PeakMemory` does in-process)
+    # malloc keeps for reuse (as `ngrpo.memory.usage.PeakMemory` does in-process)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
     if processes == 1:
         command = [sys.executable, str(wrapper), *args]

@@ -9,7 +9,7 @@ the second `update_policy` call (the first one allocates AdamW's moments and the
 training from the second step on), minus the resident set of the process before the model was
 built (Python, torch and transformers loaded, their thread pools warmed up by a throw-away
 forward + backward). glibc maps every block from 128 KiB up on its own, so the resident set
-follows the live tensors (`ngrpo.bench.learner.PeakMemory`).
+follows the live tensors (`ngrpo.memory.usage.PeakMemory`).
 """
 
 from __future__ import annotations
@@ -73,9 +73,10 @@ def _rollout(model, args: dict) -> None:
 def main(argv: list[str]) -> dict:
     from accelerate import Accelerator
 
-    from ngrpo.bench.learner import PeakMemory, synthetic_rollouts
+    from ngrpo.bench.learner import synthetic_rollouts
     from ngrpo.learner.policy import SoftInputPolicy
     from ngrpo.learner.update import LearnerParams, update_policy
+    from ngrpo.memory.usage import PeakMemory
     from ngrpo.models.load import disable_dropout
 
     args = json.loads(argv[0])

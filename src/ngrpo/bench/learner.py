@@ -1,12 +1,21 @@
-"""`ngrpo bench learner`: one learner update at a real shape, random weights, no hub.
+"""`ngrpo bench learner`: the learner's cost, in two measurements (plain functions returning
+JSON-ready dicts).
 
-An update is `ngrpo.learner.update.update_policy` on synthetic rollouts (R rows of P prompt tokens
-and T response tokens, soft-input records padded to K candidates with a `mix_rate` fraction mixed
-with nearest neighbours, as N-GRPO records them), one mini-batch, gradient clipping and one SGD step
-at learning rate 0 (the weights stay put, so every repeat does the same work; no optimizer state).
-Variants name how the update is run: `+`-joined parts, e.g. `full+mb1` (today's: full logits,
-one row per micro-batch), `chunked+mb1`, `chunked+tok16896` (token budget), `chunked+mb1+ckpt`
-(gradient checkpointing of the body).
+**Soft inputs vs token ids** (`learner_report`, on a model directory): one forward + backward of the
+next-token log-likelihood over B × L tokens, fed either as token ids or as soft-input records
+padded to K candidates (a `mix_rate` fraction of positions mixing a token with its nearest
+neighbours, as N-GRPO records them) through `embed`; the difference is the cost of the
+(B, L, K, d) gather and weighted sum, and of the embedding-gradient scatter into K rows per
+position.
+
+**One update at a real shape** (`learner_scale_report`, random weights, no hub): an update is
+`ngrpo.learner.update.update_policy` on synthetic rollouts (R rows of P prompt tokens and T response
+tokens, soft-input records padded to K candidates with a `mix_rate` fraction mixed with nearest
+neighbours, as N-GRPO records them), one mini-batch, gradient clipping and one SGD step at learning
+rate 0 (the weights stay put, so every repeat does the same work; no optimizer state). Variants name
+how the update is run: `+`-joined parts, e.g. `full+mb1` (today's: full logits, one row per
+micro-batch), `chunked+mb1`, `chunked+tok16896` (token budget), `chunked+mb1+ckpt` (gradient
+checkpointing of the body).
 
 Measured per variant (after one warm-up update, which also allocates gradients and optimizer
 state, so that what follows is the steady state of training):
@@ -15,7 +24,7 @@ state, so that what follows is the steady state of training):
   `torch.cuda.max_memory_allocated`; CPU: the kernel's peak resident set, VmHWM, reset before
   each update by writing 5 to /proc/self/clear_refs: exact, no sampling; glibc is told to map
   every block from 128 KiB up on its own so that the resident set follows live tensors rather
-  than malloc's cache of freed ones);
+  than malloc's cache of freed ones: `ngrpo.memory.usage.PeakMemory`);
 - `peak_extra_bytes`: `peak_bytes` minus what was held just before the update (weights,
   gradients, optimizer state), i.e. what the forward + backward + step themselves add;
 - `bf16_peak_fraction` (CUDA): 6 · parameters · tokens / seconds over the device's bf16 matmul
@@ -33,14 +42,15 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from ngrpo.bench.rollout import sync_device
+from ngrpo.bench.timing import sync_device, timed
 from ngrpo.learner.scoring import default_chunk_elements
 from ngrpo.learner.update import LearnerParams, update_policy
-from ngrpo.memory.usage import status_bytes
+from ngrpo.memory.usage import PeakMemory
+from ngrpo.method.neighbors import bruteforce_neighbors
+from ngrpo.method.soft_inputs import SoftInputs, embed
 from ngrpo.rollout import RolloutBatch
 from ngrpo.utils.errors import NgrpoError
 
@@ -88,6 +98,99 @@ def parse_variant(text: str) -> Variant:
     return Variant(name=text.strip(), **fields)
 
 
+# ------------------------------------------------------------------- soft inputs vs token ids
+
+
+def learner_inputs(
+    model, batch: int, length: int, *, k: int = 3, mix_rate: float = 0.1, seed: int = 0
+) -> tuple[torch.LongTensor, SoftInputs]:
+    """Random token ids (B, L) and their soft-input records (B, L, K) as N-GRPO produces them:
+    every position padded to K slots, a `mix_rate` fraction mixing the token with its K − 1
+    nearest embedding neighbours (cosine) under random weights."""
+    table = model.get_input_embeddings().weight.detach()  # (V, d)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, table.shape[0], (batch, length), generator=gen)  # (B, L)
+    soft = SoftInputs.from_token_ids(ids, k)  # (B, L, K) plain records
+    mixed = torch.rand(batch, length, generator=gen) < mix_rate  # (B, L)
+    if k > 1 and mixed.any():
+        neighbors = bruteforce_neighbors(table, ids[mixed].to(table.device), k - 1)[0].cpu()
+        weights = torch.randn(int(mixed.sum()), k, generator=gen).softmax(-1)  # (M, K)
+        soft.ids[mixed] = torch.cat([ids[mixed, None], neighbors], dim=-1)
+        soft.weights[mixed] = weights
+    return ids, soft
+
+
+def learner_runner(model, ids: torch.LongTensor, soft: SoftInputs | None) -> Callable[[], None]:
+    """One forward + backward of the next-token log-likelihood over ids (B, L), fed as token ids
+    (`soft=None`) or as the soft-input records (the learner's path: `embed` + `inputs_embeds`)."""
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    mask = torch.ones_like(ids)  # (B, L)
+    soft = None if soft is None else soft.to(device)
+    embedding = model.get_input_embeddings()
+
+    def run() -> None:
+        model.zero_grad(set_to_none=True)
+        if soft is None:
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        else:
+            inputs = embed(embedding, soft)  # (B, L, d)
+            logits = model(inputs_embeds=inputs, attention_mask=mask, use_cache=False).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L - 1, V)
+        loss = -logp.gather(-1, ids[:, 1:, None]).mean()
+        loss.backward()
+
+    return run
+
+
+def learner_report(
+    model,
+    *,
+    batch: int = 32,
+    length: int = 64,
+    repeats: int = 3,
+    k: int = 3,
+    mix_rate: float = 0.1,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """The `ngrpo bench learner` JSON: forward + backward tokens/s, token ids vs soft inputs."""
+    device = next(model.parameters()).device
+    say = progress or (lambda _: None)
+    model.train()
+    ids, soft = learner_inputs(model, batch, length, k=k, mix_rate=mix_rate)
+    runners = {
+        "token_ids": learner_runner(model, ids, None),
+        "soft_inputs": learner_runner(model, ids, soft),
+    }
+    for name, run in runners.items():
+        say(f"warm-up {name}")
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    for repeat in range(repeats):  # round-robin, as for the rollout benchmark
+        for name, run in runners.items():
+            say(f"repeat {repeat + 1}/{repeats}: {name}")
+            seconds[name].append(timed(run, device)[0])
+    model.zero_grad(set_to_none=True)
+    tokens = batch * length
+    tokens_per_s = {name: tokens / statistics.median(ts) for name, ts in seconds.items()}
+    return {
+        "tokens_per_s": tokens_per_s,
+        "soft_over_token_ids": tokens_per_s["soft_inputs"] / tokens_per_s["token_ids"],
+        "tokens_per_s_best": {name: tokens / min(ts) for name, ts in seconds.items()},
+        "batch": batch,
+        "length": length,
+        "k": k,
+        "mix_rate": mix_rate,
+        "repeats": repeats,
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+# ------------------------------------------------------------------ one update at a real shape
+
+
 def vocab_model(vocab: int, device: str | torch.device = "cpu", dtype=torch.float32, seed=0):
     """A random `Qwen2ForCausalLM` of `VOCAB_SHAPE` with vocabulary `vocab`."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -106,8 +209,6 @@ def synthetic_rollouts(
 ) -> RolloutBatch:  # fmt: skip
     """R rows of random prompt and response tokens, full length, with N-GRPO-style soft inputs;
     π_old is log(1/V) everywhere (its value changes no cost)."""
-    from ngrpo.bench.rollout import learner_inputs
-
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().weight.shape[0]
     ids, soft = learner_inputs(model, rows, prompt_tokens + length, k=k, mix_rate=mix_rate,
@@ -133,80 +234,6 @@ class _KeepGrads(torch.optim.SGD):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none=False)
-
-
-# ---------------------------------------------------------------------------------- memory
-
-
-def _rss_status(field: str) -> int:
-    value = status_bytes(field)
-    if value is None:
-        raise NgrpoError(f"/proc/self/status has no {field}")
-    return value
-
-
-def _glibc():
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    libc = None if name is None else ctypes.CDLL(name)
-    return libc if libc is not None and getattr(libc, "mallopt", None) is not None else None
-
-
-def _follow_live_memory() -> bool:
-    """Make the process's RSS follow its live allocations (glibc only): blocks from 128 KiB up
-    are mapped and unmapped on their own (`mallopt` M_MMAP_THRESHOLD, fixed, and
-    M_TRIM_THRESHOLD), so freed tensors leave the resident set instead of lingering in malloc's
-    heap, where later allocations would reuse them unseen. Returns whether it applied."""
-    libc = _glibc()
-    if libc is None:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 128 * 1024)) and bool(
-        libc.mallopt(m_trim_threshold, 128 * 1024)
-    )
-
-
-def _release_free_heap() -> None:
-    """glibc `malloc_trim(0)`: return freed heap pages to the kernel before a measurement."""
-    libc = _glibc()
-    if libc is not None and getattr(libc, "malloc_trim", None) is not None:
-        libc.malloc_trim(0)
-
-
-class PeakMemory:
-    """Peak memory of a block above what was held at its start (CUDA allocator or CPU VmHWM)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        if device.type != "cuda" and not Path("/proc/self/clear_refs").exists():
-            raise NgrpoError("peak memory on CPU needs Linux /proc/self/clear_refs")
-        self.method = "torch.cuda.max_memory_allocated"
-        if device.type != "cuda":
-            follows = _follow_live_memory()
-            self.method = ("VmHWM after /proc/self/clear_refs (peak RSS)"
-                           + (", glibc mmap threshold 128 KiB" if follows else ""))  # fmt: skip
-
-    def held(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.memory_allocated(self.device)
-        return _rss_status("VmRSS")
-
-    def start(self) -> int:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            _release_free_heap()
-            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-        return self.held()
-
-    def peak(self) -> int:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device)
-        return _rss_status("VmHWM")
 
 
 def bf16_matmul_peak(device: torch.device, n: int = 8192, repeats: int = 5) -> float | None:

@@ -1,4 +1,5 @@
-"""Benchmarks behind `ngrpo bench`: plain functions returning JSON-ready dicts (medians).
+"""`ngrpo bench rollout`: rollout tokens/s per strategy vs `model.generate`, and the neighbour
+lookup (plain functions returning JSON-ready dicts of medians).
 
 Rollout throughput is measured at fixed length (no early stop at EOS, so every engine does exactly
 batch × new_tokens decoding steps' work) with mixing forced at `mix_rate`; `hf_generate` is
@@ -8,45 +9,19 @@ is timed on a random table of DeepSeek-R1-Distill-Qwen-1.5B's embedding shape: b
 recomputes the full V×d similarity for every lookup (what the authors' code does per decoded
 token); the cached index is timed after warm-up on the same anchors (its steady state: during
 training the argmax anchors come from a small part of the vocabulary).
-
-Learner throughput is one forward + backward of the next-token log-likelihood over B × L tokens,
-fed either as token ids or as soft-input records padded to K candidates (a `mix_rate` fraction of
-positions mixing a token with its nearest neighbours, as N-GRPO records them) through `embed`; the
-difference is the cost of the (B, L, K, d) gather and weighted sum, and of the embedding-gradient
-scatter into K rows per position.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
+from ngrpo.bench.timing import median_seconds, timed
 from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.method.neighbors import NeighborIndex, bruteforce_neighbors
-from ngrpo.method.soft_inputs import SoftInputs, embed
 from ngrpo.rollout import SamplingParams, generate, left_pad
-
-
-def sync_device(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA); a no-op elsewhere. Every bench timer calls it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one call."""
-    sync_device(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    fn()
-    sync_device(device)
-    return time.perf_counter() - start, time.process_time() - cpu_start
-
-
-def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    return statistics.median(_timed(fn, device)[0] for _ in range(repeats))
 
 
 def engine_runner(
@@ -115,10 +90,10 @@ def neighbor_lookup(
     anchors = torch.randint(0, vocab, (batch,), generator=gen).to(device)  # (A,)
     index = NeighborIndex(table, k, "cosine")
     index.lookup(anchors)  # warm-up: fills the cache for these anchors
-    brute = _median_seconds(lambda: bruteforce_neighbors(table, anchors, k), repeats, device)
+    brute = median_seconds(lambda: bruteforce_neighbors(table, anchors, k), repeats, device)
     lookups = 200
     cached = (
-        _median_seconds(lambda: [index.lookup(anchors) for _ in range(lookups)], repeats, device)
+        median_seconds(lambda: [index.lookup(anchors) for _ in range(lookups)], repeats, device)
         / lookups
     )
     return {
@@ -165,7 +140,7 @@ def rollout_report(
     for repeat in range(repeats):  # round-robin, so load changes hit every engine alike
         for name, run in runners.items():
             say(f"repeat {repeat + 1}/{repeats}: {name}")
-            wall, cpu = _timed(run, device)
+            wall, cpu = timed(run, device)
             seconds[name].append(wall)
             cpu_seconds[name].append(cpu)
     tokens = len(prompts) * new_tokens
@@ -198,96 +173,6 @@ def rollout_report(
         "new_tokens": new_tokens,
         "mix_rate": mix_rate,
         "fixed_length": True,
-        "repeats": repeats,
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
-
-
-# ------------------------------------------------------------------------------------ learner
-
-
-def learner_inputs(
-    model, batch: int, length: int, *, k: int = 3, mix_rate: float = 0.1, seed: int = 0
-) -> tuple[torch.LongTensor, SoftInputs]:
-    """Random token ids (B, L) and their soft-input records (B, L, K) as N-GRPO produces them:
-    every position padded to K slots, a `mix_rate` fraction mixing the token with its K − 1
-    nearest embedding neighbours (cosine) under random weights."""
-    table = model.get_input_embeddings().weight.detach()  # (V, d)
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, table.shape[0], (batch, length), generator=gen)  # (B, L)
-    soft = SoftInputs.from_token_ids(ids, k)  # (B, L, K) plain records
-    mixed = torch.rand(batch, length, generator=gen) < mix_rate  # (B, L)
-    if k > 1 and mixed.any():
-        neighbors = bruteforce_neighbors(table, ids[mixed].to(table.device), k - 1)[0].cpu()
-        weights = torch.randn(int(mixed.sum()), k, generator=gen).softmax(-1)  # (M, K)
-        soft.ids[mixed] = torch.cat([ids[mixed, None], neighbors], dim=-1)
-        soft.weights[mixed] = weights
-    return ids, soft
-
-
-def learner_runner(model, ids: torch.LongTensor, soft: SoftInputs | None) -> Callable[[], None]:
-    """One forward + backward of the next-token log-likelihood over ids (B, L), fed as token ids
-    (`soft=None`) or as the soft-input records (the learner's path: `embed` + `inputs_embeds`)."""
-    device = next(model.parameters()).device
-    ids = ids.to(device)
-    mask = torch.ones_like(ids)  # (B, L)
-    soft = None if soft is None else soft.to(device)
-    embedding = model.get_input_embeddings()
-
-    def run() -> None:
-        model.zero_grad(set_to_none=True)
-        if soft is None:
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        else:
-            inputs = embed(embedding, soft)  # (B, L, d)
-            logits = model(inputs_embeds=inputs, attention_mask=mask, use_cache=False).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L - 1, V)
-        loss = -logp.gather(-1, ids[:, 1:, None]).mean()
-        loss.backward()
-
-    return run
-
-
-def learner_report(
-    model,
-    *,
-    batch: int = 32,
-    length: int = 64,
-    repeats: int = 3,
-    k: int = 3,
-    mix_rate: float = 0.1,
-    progress: Callable[[str], None] | None = None,
-) -> dict:
-    """The `ngrpo bench learner` JSON: forward + backward tokens/s, token ids vs soft inputs."""
-    device = next(model.parameters()).device
-    say = progress or (lambda _: None)
-    model.train()
-    ids, soft = learner_inputs(model, batch, length, k=k, mix_rate=mix_rate)
-    runners = {
-        "token_ids": learner_runner(model, ids, None),
-        "soft_inputs": learner_runner(model, ids, soft),
-    }
-    for name, run in runners.items():
-        say(f"warm-up {name}")
-        run()
-    seconds: dict[str, list[float]] = {name: [] for name in runners}
-    for repeat in range(repeats):  # round-robin, as for the rollout benchmark
-        for name, run in runners.items():
-            say(f"repeat {repeat + 1}/{repeats}: {name}")
-            seconds[name].append(_timed(run, device)[0])
-    model.zero_grad(set_to_none=True)
-    tokens = batch * length
-    tokens_per_s = {name: tokens / statistics.median(ts) for name, ts in seconds.items()}
-    return {
-        "tokens_per_s": tokens_per_s,
-        "soft_over_token_ids": tokens_per_s["soft_inputs"] / tokens_per_s["token_ids"],
-        "tokens_per_s_best": {name: tokens / min(ts) for name, ts in seconds.items()},
-        "batch": batch,
-        "length": length,
-        "k": k,
-        "mix_rate": mix_rate,
         "repeats": repeats,
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "torch": torch.__version__,

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from ngrpo.bench.rollout import sync_device
+from ngrpo.bench.timing import sync_device
 from ngrpo.rollout import EngineOptions, RolloutBatch, SamplingParams, generate
 
 PAD = 0

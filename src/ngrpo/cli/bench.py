@@ -270,7 +270,7 @@ def run_learner(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ngrpo.bench.rollout import learner_report
+    from ngrpo.bench.learner import learner_report
     from ngrpo.models.load import load_model
     from ngrpo.utils.errors import NgrpoError
 

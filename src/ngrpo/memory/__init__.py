@@ -5,7 +5,8 @@
   docstring says what is modelled and what is approximate);
 - `ngrpo.memory.from_config`: the inputs of a training config (`shape_for_config`,
   `inputs_from_config`);
-- `ngrpo.memory.usage`: the peak memory this process really held (the train metric).
+- `ngrpo.memory.usage`: the peak memory this process really held (the train metric; `PeakMemory`
+  for one block, in the benchmarks).
 """
 
 from ngrpo.memory.estimate import (
