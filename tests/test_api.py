@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_qwen2
+from factories import tiny_qwen2
 
 import ngrpo
 from ngrpo import NgrpoError, TrainConfig, evaluate, read_metrics, train

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_qwen2
+from factories import tiny_qwen2
 
 from ngrpo.cli import main
 from ngrpo.config import load_config, save_config

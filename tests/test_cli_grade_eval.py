@@ -6,7 +6,7 @@ import argparse
 import json
 
 import pytest
-from conftest import tiny_qwen2
+from factories import tiny_qwen2
 
 from ngrpo.cli import eval as eval_cli
 from ngrpo.cli import grade as grade_cli

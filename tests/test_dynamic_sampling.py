@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from factories import tiny_lm
+from transformers import Qwen2ForCausalLM
 
 import ngrpo.rewards
 from ngrpo.config import load_config
@@ -26,13 +27,7 @@ def test_varied_groups_drops_exactly_the_all_equal_groups():
 
 
 def _tiny() -> Qwen2ForCausalLM:
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=60, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-        initializer_range=0.3, tie_word_embeddings=False,
-    )  # fmt: skip
-    return Qwen2ForCausalLM(config).eval()
+    return tiny_lm(60, shape="micro", max_positions=64)
 
 
 @pytest.mark.parametrize("strategy", ["neighbor", "gaussian"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_qwen2
+from factories import tiny_qwen2
 
 import ngrpo.rollout
 from ngrpo.data import Example, load_benchmark

@@ -8,7 +8,8 @@ import logging
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from factories import tiny_lm
+from transformers import Qwen2ForCausalLM
 
 import ngrpo.learner.update
 from ngrpo.learner.update import LearnerParams, sequence_logprobs, update_policy
@@ -22,13 +23,7 @@ G = 2  # responses per prompt
 
 
 def _tiny(seed: int = 0) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        initializer_range=0.3, tie_word_embeddings=False,
-    )  # fmt: skip
-    return Qwen2ForCausalLM(config).train()
+    return tiny_lm(seed=seed, max_positions=128).train()
 
 
 def _rollouts(model, strategy: str, mix_rate: float = 1.0, temperature: float = 1.0, seed=0):

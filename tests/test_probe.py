@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from factories import tiny_lm
 
 from ngrpo.cli import main
 from ngrpo.method.exploration import STRATEGIES, StepView
@@ -84,13 +84,7 @@ def test_shift_neighbor_weight_and_neighbour_match_a_naive_loop(shift):
 
 
 def _tiny_model(vocab: int, seed: int = 0):
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=False,
-    )  # fmt: skip
-    return Qwen2ForCausalLM(config).eval()
+    return tiny_lm(vocab, seed=seed, init_range=0.02)
 
 
 @pytest.fixture(scope="module")

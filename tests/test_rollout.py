@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from factories import tiny_lm
 
 from ngrpo.method.exploration import STRATEGIES, ExplorationConfig
 from ngrpo.method.neighbors import bruteforce_neighbors
@@ -29,18 +29,7 @@ PROMPTS = [[10, 11, 12, 13, 14, 15, 16], [20, 21], [30, 31, 32, 33], [40]]
 
 
 def _tiny(kind: str, vocab: int = 100, seed: int = 0):
-    torch.manual_seed(seed)
-    common = dict(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        initializer_range=0.3, tie_word_embeddings=False,
-    )  # fmt: skip
-    model = (
-        Qwen2ForCausalLM(Qwen2Config(**common))
-        if kind == "qwen2"
-        else LlamaForCausalLM(LlamaConfig(**common))
-    )
-    return model.eval()
+    return tiny_lm(vocab, seed=seed, arch=kind)
 
 
 @pytest.fixture(scope="module", params=["qwen2", "llama"])

@@ -8,7 +8,8 @@ import logging
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from factories import tiny_lm
+from transformers import Qwen2ForCausalLM
 
 from ngrpo.learner.scoring import chunked_scores, score_tokens
 from ngrpo.learner.update import trim_padding
@@ -20,13 +21,7 @@ VOCAB = 100
 
 
 def _tiny(tied: bool = False, cls=Qwen2ForCausalLM, seed: int = 0):
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        initializer_range=0.3, tie_word_embeddings=tied,
-    )  # fmt: skip
-    return cls(config).train()
+    return tiny_lm(VOCAB, seed=seed, max_positions=128, tie=tied, model_class=cls).train()
 
 
 def _rollouts(model, strategy: str, temperature: float = 0.8):

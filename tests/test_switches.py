@@ -9,7 +9,8 @@ import math
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from factories import tiny_lm
+from transformers import Qwen2ForCausalLM
 
 from ngrpo.config import load_config
 from ngrpo.learner.update import sequence_logprobs
@@ -89,13 +90,7 @@ def test_exploration_switches_are_validated(key, value):
 
 
 def _tiny(seed: int = 0, tie: bool = False) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-        initializer_range=0.3, tie_word_embeddings=tie,
-    )  # fmt: skip
-    return Qwen2ForCausalLM(config).eval()
+    return tiny_lm(40, seed=seed, shape="micro", max_positions=64, tie=tie)
 
 
 def _constructed_tables(model) -> None:
