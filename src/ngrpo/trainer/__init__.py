@@ -10,14 +10,17 @@ and user functions, weighted), `ngrpo.method.losses.group_advantages`,
 rewards vary are trained on; single process only).
 
 Parts (each imports only those above it):
-- `checkpoints`: checkpoint directories, atomic writes, recovery after an interruption, model and
-  trainer-state save / load, RNG state;
+- `dynamic_sampling`: DAPO's dynamic sampling (keep the groups whose rewards vary, merge rounds);
+- `checkpoints`: checkpoint directories, model and trainer-state save (1-process and sharded, via
+  `ngrpo.utils.io`'s atomic writes) / load, recovery after an interruption, RNG state;
 - `prompts`: the deterministic prompt order (`PromptSampler`) and prompt encoding;
-- `setup`: the `Run` record and `_setup` (model, LoRA, reference, strategy, optimizer, data,
-  neighbour index, rewards, resumed state); the DDP / FSDP strategies are described there;
+- `setup`: the `Run` record and `_setup` in named steps (rewards, model and LoRA through
+  `ngrpo.models.load.load_policy`, reference, strategy, optimizer, data, neighbour index, resumed
+  state); the DDP / FSDP strategies are described there;
 - `step`: one training step (rollout rounds, advantages, update, metrics reduced over processes);
 - `loop`: `train` (evaluations, `best/`, checkpoints, logging), `load_run_config`,
-  `read_metrics`.
+  `read_metrics`;
+- `export`: a run's checkpoint as a standalone Hugging Face model directory (`ngrpo export`).
 Patch a name where it is looked up: `ngrpo.trainer.loop._setup` / `._train_step`,
 `ngrpo.trainer.step.update_policy` (they are deliberately not re-exported here, so a patch of the
 old `ngrpo.trainer._train_step` fails instead of silently doing nothing).

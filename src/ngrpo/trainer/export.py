@@ -29,7 +29,7 @@ ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md")  # README.md: pef
 def find_checkpoint(run_dir: str | Path, which: str = "latest") -> Path:
     """The checkpoint `which` names in a run directory: `latest`, `best` or `step-N` (N with or
     without zero padding); `NgrpoError` naming what exists otherwise."""
-    from ngrpo.trainer import CHECKPOINTS, checkpoint_dirs
+    from ngrpo.trainer.checkpoints import CHECKPOINTS, checkpoint_dirs
 
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
