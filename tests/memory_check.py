@@ -107,7 +107,7 @@ def main(argv: list[str]) -> dict:
                                mix_rate=0.2)  # fmt: skip
     if args.get("ragged", True):  # rows of different lengths, as rollouts are: padding masks
         for row in range(1, rows, 2):
-            batch.response_mask[row, args["length"] - 1 - row % args["length"]:] = 0
+            batch.response_mask[row, args["length"] - 1 - row % args["length"] :] = 0
     advantages = torch.linspace(-1, 1, rows)  # (R,)
     params = LearnerParams(group_size=rows, mini_batch_groups=1, micro_batch_size=args["micro"],
                            beta=args.get("beta", 0.0),
@@ -125,8 +125,13 @@ def main(argv: list[str]) -> dict:
     held = memory.start()
     update()
     peak = memory.peak()
-    return {"peak_bytes": peak - baseline, "held_bytes": held - baseline, "baseline": baseline,
-            "parameters": parameters, "method": memory.method}
+    return {
+        "peak_bytes": peak - baseline,
+        "held_bytes": held - baseline,
+        "baseline": baseline,
+        "parameters": parameters,
+        "method": memory.method,
+    }
 
 
 if __name__ == "__main__":

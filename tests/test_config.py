@@ -126,25 +126,29 @@ def test_resolve_config_path_by_name_path_and_unknown(tmp_path):
 
 
 def test_required_overrides_from_the_issue():
-    cfg = load_config("tiny_grpo", ["train.steps=3", "output_dir=x", "seed=5",
-                                    "exploration.strategy=neighbor"])
+    cfg = load_config(
+        "tiny_grpo", ["train.steps=3", "output_dir=x", "seed=5", "exploration.strategy=neighbor"]
+    )
     assert (cfg.train.steps, cfg.output_dir, cfg.seed) == (3, "x", 5)
     assert cfg.exploration.strategy == "neighbor"
     assert isinstance(cfg.train.steps, int) and isinstance(cfg.seed, int)
 
 
 def test_override_coercion_by_field_type():
-    cfg = load_config(None, [
-        "train.learning_rate=5e-7",  # YAML 1.1 would read this as a string
-        "model.gradient_checkpointing=yes",
-        "data.shuffle=OFF",
-        "eval.limit=null",
-        "data.train_limit=1e3",
-        "train.epsilon_high=0.28",
-        "data.eval_sets=math500, aime24",
-        "model.attn_implementation=sdpa",
-        "data.prompt_suffix=",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "train.learning_rate=5e-7",  # YAML 1.1 would read this as a string
+            "model.gradient_checkpointing=yes",
+            "data.shuffle=OFF",
+            "eval.limit=null",
+            "data.train_limit=1e3",
+            "train.epsilon_high=0.28",
+            "data.eval_sets=math500, aime24",
+            "model.attn_implementation=sdpa",
+            "data.prompt_suffix=",
+        ],
+    )
     assert cfg.train.learning_rate == 5e-7
     assert cfg.model.gradient_checkpointing is True and cfg.data.shuffle is False
     assert cfg.eval.limit is None and cfg.data.train_limit == 1000
@@ -154,14 +158,17 @@ def test_override_coercion_by_field_type():
     assert cfg.model.attn_implementation == "sdpa" and cfg.data.prompt_suffix == ""
 
 
-@pytest.mark.parametrize(("override", "words"), [
-    ("train.steps=3.5", ["train.steps", "integer"]),
-    ("train.steps=many", ["train.steps", "integer"]),
-    ("data.shuffle=maybe", ["data.shuffle", "boolean"]),
-    ("train.beta=abc", ["train.beta", "number"]),
-    ("train.beta=inf", ["train.beta", "finite"]),
-    ("seed=null", ["seed", "integer"]),
-])
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("train.steps=3.5", ["train.steps", "integer"]),
+        ("train.steps=many", ["train.steps", "integer"]),
+        ("data.shuffle=maybe", ["data.shuffle", "boolean"]),
+        ("train.beta=abc", ["train.beta", "number"]),
+        ("train.beta=inf", ["train.beta", "finite"]),
+        ("seed=null", ["seed", "integer"]),
+    ],
+)
 def test_bad_override_values_name_the_key(override, words):
     with pytest.raises(NgrpoError) as err:
         load_config(None, [override])
@@ -196,19 +203,40 @@ def test_every_alias_points_at_a_real_key():
 
 
 def test_trl_top_level_names_are_accepted():
-    cfg = load_config(None, [
-        "num_generations=4", "max_completion_length=32", "beta=0.05", "epsilon=0.1",
-        "epsilon_high=0.28", "loss_type=grpo", "scale_rewards=false", "num_iterations=2",
-        "importance_sampling_level=sequence", "mask_truncated_completions=true",
-        "temperature=0.9", "top_p=0.8", "top_k=20", "max_steps=7",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "num_generations=4",
+            "max_completion_length=32",
+            "beta=0.05",
+            "epsilon=0.1",
+            "epsilon_high=0.28",
+            "loss_type=grpo",
+            "scale_rewards=false",
+            "num_iterations=2",
+            "importance_sampling_level=sequence",
+            "mask_truncated_completions=true",
+            "temperature=0.9",
+            "top_p=0.8",
+            "top_k=20",
+            "max_steps=7",
+        ],
+    )
     r, t = cfg.rollout, cfg.train
     assert (r.num_generations, r.max_completion_length, r.temperature, r.top_p, r.top_k) == (
-        4, 32, 0.9, 0.8, 20)
+        4,
+        32,
+        0.9,
+        0.8,
+        20,
+    )
     assert (t.beta, t.epsilon, t.epsilon_high, t.num_iterations, t.steps) == (0.05, 0.1, 0.28, 2, 7)
     assert t.loss_type == "seq-mean-token-mean"  # stored canonically
     assert (t.scale_rewards, t.importance_sampling_level, t.mask_truncated_completions) == (
-        False, "sequence", True)
+        False,
+        "sequence",
+        True,
+    )
     assert cfg.eval.temperature == 0.6  # `temperature` is the rollout's
 
 
@@ -258,26 +286,29 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize(("override", "words"), [
-    ("exploration.strategy=bogus", ["exploration.strategy", "neighbor", "gaussian"]),
-    ("exploration.mix_rate=1.5", ["exploration.mix_rate", "[0, 1]"]),
-    ("model.dtype=bf16", ["model.dtype", "bfloat16", "float32"]),
-    ("model.device=tpu", ["model.device", "cuda:N"]),
-    ("train.kl_estimator=k9", ["train.kl_estimator", "k3", "low_var_kl"]),
-    ("train.loss_type=dr_grpo", ["train.loss_type", "seq-mean-token-sum"]),
-    ("train.importance_sampling_level=sentence", ["importance_sampling_level", "sequence"]),
-    ("train.reward=nope", ["train.reward", "math"]),
-    ("train.mini_batch_prompts=3", ["train.mini_batch_prompts (3)", "prompts_per_step (16)"]),
-    ("rollout.num_generations=1", ["rollout.num_generations", ">= 2"]),
-    ("rollout.top_p=0", ["rollout.top_p", "(0.0, 1.0]"]),
-    ("rollout.kv_cache=paged", ["rollout.kv_cache", "static", "dynamic"]),
-    ("rollout.cuda_graphs=yes", ["rollout.cuda_graphs", "auto", "off"]),
-    ("train.epsilon=1.0", ["train.epsilon", "[0.0, 1.0)"]),
-    ("train.steps=0", ["train.steps", ">= 1"]),
-    ("data.long_prompts=truncate", ["data.long_prompts", "drop, reject"]),
-    ("eval.best_metric=accuracy", ["eval.best_metric", "eval/"]),
-    ("data.eval_sets=", ["data.eval_sets is empty", "eval.every=0"]),
-])
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("exploration.strategy=bogus", ["exploration.strategy", "neighbor", "gaussian"]),
+        ("exploration.mix_rate=1.5", ["exploration.mix_rate", "[0, 1]"]),
+        ("model.dtype=bf16", ["model.dtype", "bfloat16", "float32"]),
+        ("model.device=tpu", ["model.device", "cuda:N"]),
+        ("train.kl_estimator=k9", ["train.kl_estimator", "k3", "low_var_kl"]),
+        ("train.loss_type=dr_grpo", ["train.loss_type", "seq-mean-token-sum"]),
+        ("train.importance_sampling_level=sentence", ["importance_sampling_level", "sequence"]),
+        ("train.reward=nope", ["train.reward", "math"]),
+        ("train.mini_batch_prompts=3", ["train.mini_batch_prompts (3)", "prompts_per_step (16)"]),
+        ("rollout.num_generations=1", ["rollout.num_generations", ">= 2"]),
+        ("rollout.top_p=0", ["rollout.top_p", "(0.0, 1.0]"]),
+        ("rollout.kv_cache=paged", ["rollout.kv_cache", "static", "dynamic"]),
+        ("rollout.cuda_graphs=yes", ["rollout.cuda_graphs", "auto", "off"]),
+        ("train.epsilon=1.0", ["train.epsilon", "[0.0, 1.0)"]),
+        ("train.steps=0", ["train.steps", ">= 1"]),
+        ("data.long_prompts=truncate", ["data.long_prompts", "drop, reject"]),
+        ("eval.best_metric=accuracy", ["eval.best_metric", "eval/"]),
+        ("data.eval_sets=", ["data.eval_sets is empty", "eval.every=0"]),
+    ],
+)
 def test_bad_values_name_the_key_and_what_is_allowed(override, words):
     with pytest.raises(NgrpoError) as err:
         load_config("tiny_ngrpo", [override])
@@ -326,15 +357,18 @@ def test_derived_values_for_the_paper_setting():
     assert (tiny["rollouts_per_step"], tiny["optimizer_steps_per_step"]) == (128, 4)
 
 
-@pytest.mark.parametrize(("device", "dtype", "cuda", "bf16", "expected"), [
-    ("auto", "auto", True, True, ("cuda", torch.bfloat16)),
-    ("auto", "auto", False, True, ("cpu", torch.float32)),
-    ("auto", "auto", True, False, ("cuda", torch.float32)),
-    ("cpu", "auto", True, True, ("cpu", torch.float32)),
-    ("cpu", "bfloat16", False, True, ("cpu", torch.bfloat16)),
-    ("cuda:1", "float16", True, True, ("cuda:1", torch.float16)),
-    ("auto", "float32", True, True, ("cuda", torch.float32)),
-])
+@pytest.mark.parametrize(
+    ("device", "dtype", "cuda", "bf16", "expected"),
+    [
+        ("auto", "auto", True, True, ("cuda", torch.bfloat16)),
+        ("auto", "auto", False, True, ("cpu", torch.float32)),
+        ("auto", "auto", True, False, ("cuda", torch.float32)),
+        ("cpu", "auto", True, True, ("cpu", torch.float32)),
+        ("cpu", "bfloat16", False, True, ("cpu", torch.bfloat16)),
+        ("cuda:1", "float16", True, True, ("cuda:1", torch.float16)),
+        ("auto", "float32", True, True, ("cuda", torch.float32)),
+    ],
+)
 def test_resolve_device_dtype(device, dtype, cuda, bf16, expected):
     assert resolve_device_dtype(device, dtype, cuda, bf16) == expected
 

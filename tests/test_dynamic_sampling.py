@@ -103,9 +103,7 @@ def test_dynamic_sampling_drops_equal_groups_draws_more_and_respects_the_cap(
     base_model_dir, tmp_path, monkeypatch
 ):
     # round 1: both groups all-equal; round 2: group 0 varies; round 3: both vary (one is excess)
-    calls = _scripted_rewards(
-        monkeypatch, [[1, 1, 0, 0], [1, 0, 1, 1], [0, 1, 1, 0]]
-    )
+    calls = _scripted_rewards(monkeypatch, [[1, 1, 0, 0], [1, 0, 1, 1], [0, 1, 1, 0]])
     out = train(load_config("tiny_ngrpo", _overrides(
         base_model_dir, tmp_path / "a", 1, "train.max_sampling_rounds=5")))  # fmt: skip
     (row,) = [r for r in read_metrics(out) if r.get("step") == 1]

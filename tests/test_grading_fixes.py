@@ -117,9 +117,7 @@ def test_maj_at_n_votes_on_equivalent_answers(pool):
     # 3 samples say 1/2 in three spellings (right), 2 say 3 (wrong): the text vote would pick 3
     example = Example("p", "q", "0.5")
     answers = ["3", "0.5", "3", "\\frac{1}{2}", "1/2"]
-    samples = [
-        SampleResult("p", j, boxed(a), a, a != "3") for j, a in enumerate(answers)
-    ]
+    samples = [SampleResult("p", j, boxed(a), a, a != "3") for j, a in enumerate(answers)]
     summary = summarize([example], samples, n=5, pool=pool)
     assert summary["maj@n"] == 1.0
     assert summary["mean@n"] == pytest.approx(0.6)

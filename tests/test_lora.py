@@ -123,9 +123,7 @@ def test_targets_are_checked_against_the_model(base_model_dir, tmp_path):
 # --------------------------------------------------------------------------------- training
 
 
-def test_only_adapters_train_and_the_neighbour_cache_is_never_invalidated(
-    lora_run, base_model_dir
-):
+def test_only_adapters_train_and_the_neighbour_cache_is_never_invalidated(lora_run, base_model_dir):
     _, run, invalidations, _ = lora_run
     base = load_file(str(base_model_dir / "model.safetensors"))
     policy = run.policy
@@ -172,10 +170,16 @@ def test_static_and_dynamic_decoders_sample_the_same_tokens_with_adapters(lora_r
     _, run, _, _ = lora_run
     batches = [
         generate(
-            run.policy, run.prompts[:3], SamplingParams(n=4, max_new_tokens=16),
-            eos_token_id=run.tokenizer.eos_token_id, pad_token_id=run.tokenizer.pad_token_id,
-            exploration=run.cfg.exploration, answer_start_ids=run.answer_start_ids,
-            training=True, seed=11, neighbor_index=run.neighbor_index,
+            run.policy,
+            run.prompts[:3],
+            SamplingParams(n=4, max_new_tokens=16),
+            eos_token_id=run.tokenizer.eos_token_id,
+            pad_token_id=run.tokenizer.pad_token_id,
+            exploration=run.cfg.exploration,
+            answer_start_ids=run.answer_start_ids,
+            training=True,
+            seed=11,
+            neighbor_index=run.neighbor_index,
             engine=EngineOptions(kv_cache=kind),
         )  # fmt: skip
         for kind in ("static", "dynamic")
@@ -358,8 +362,9 @@ def test_bf16_base_is_held_in_bf16_and_scored_through_the_chunked_head(base_mode
     mp = pytest.MonkeyPatch()
     mp.setattr(ngrpo.trainer.loop, "_setup", setup)
     try:
-        train(_cfg(base_model_dir, tmp_path / "bf16", 1, "model.dtype=bfloat16",
-                   "model.device=cpu"))
+        train(
+            _cfg(base_model_dir, tmp_path / "bf16", 1, "model.dtype=bfloat16", "model.device=cpu")
+        )
     finally:
         mp.undo()
     run = captured["run"]

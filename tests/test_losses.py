@@ -189,8 +189,16 @@ def test_gspo_token_form_gradient_equals_paper_objective():
     eps_low, eps_high = 0.05, 0.08
 
     logp = base.clone().requires_grad_(True)
-    loss, metrics = grpo_loss(logp, old, adv, mask, clip_low=eps_low, clip_high=eps_high,
-                        level="sequence", loss_type="seq-mean-token-mean")
+    loss, metrics = grpo_loss(
+        logp,
+        old,
+        adv,
+        mask,
+        clip_low=eps_low,
+        clip_high=eps_high,
+        level="sequence",
+        loss_type="seq-mean-token-mean",
+    )
     loss.backward()
     assert 0 < metrics["actor/clip_frac"] < 1  # the case covers clipped and unclipped sequences
 
@@ -288,12 +296,26 @@ def test_grpo_loss_is_pg_plus_beta_kl_minus_entropy_bonus():
     ent = torch.rand(mask.shape, generator=g)
     adv = torch.randn(mask.shape[0], generator=g)
     for mode in AGGREGATIONS:
-        loss, metrics = grpo_loss(logp, old, adv, mask, ref_logp=ref, entropy=ent, beta=0.05,
-                                  kl_estimator="low_var_kl", loss_type=mode, entropy_coef=0.01,
-                                  clip_low=0.2, clip_high=0.28)
+        loss, metrics = grpo_loss(
+            logp,
+            old,
+            adv,
+            mask,
+            ref_logp=ref,
+            entropy=ent,
+            beta=0.05,
+            kl_estimator="low_var_kl",
+            loss_type=mode,
+            entropy_coef=0.01,
+            clip_low=0.2,
+            clip_high=0.28,
+        )
         pg, _ = policy_loss(logp, old, adv, mask, 0.2, 0.28)
-        expected = (aggregate(pg, mask, mode) + 0.05 * aggregate(kl_penalty(logp, ref), mask, mode)
-                    - 0.01 * aggregate(ent, mask, mode))
+        expected = (
+            aggregate(pg, mask, mode)
+            + 0.05 * aggregate(kl_penalty(logp, ref), mask, mode)
+            - 0.01 * aggregate(ent, mask, mode)
+        )
         torch.testing.assert_close(loss, expected)
         assert metrics["loss/total"] == pytest.approx(loss.item(), abs=1e-6)
         kl = aggregate(kl_penalty(logp, ref), mask, mode).item()

@@ -54,8 +54,9 @@ def test_lora_count_matches_hand_computation_and_peft():
 
     from ngrpo.models.presets import preset_model
 
-    lora = peft.get_peft_model(preset_model("tiny"),
-                               peft.LoraConfig(r=4, target_modules=list(LORA_TARGETS)))
+    lora = peft.get_peft_model(
+        preset_model("tiny"), peft.LoraConfig(r=4, target_modules=list(LORA_TARGETS))
+    )
     trained = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert ModelShape.from_preset("tiny").lora_params(4) == trained
     with pytest.raises(NgrpoError, match="'lm_head' is not a projection"):
@@ -118,8 +119,15 @@ def test_bad_inputs_are_named(change, message):
 
 # ------------------------------------------------------------------ estimate vs CPU measurement
 
-MID_SHAPE = dict(vocab_size=32_000, hidden_size=512, intermediate_size=1_536, num_hidden_layers=4,
-                 num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False)
+MID_SHAPE = dict(
+    vocab_size=32_000,
+    hidden_size=512,
+    intermediate_size=1_536,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    tie_word_embeddings=False,
+)
 """A random Qwen2 of 45M parameters (embeddings 2 × 16M): weights, gradients and AdamW state
 dominate its update (~0.9 GB)."""
 

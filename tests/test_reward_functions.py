@@ -15,7 +15,7 @@ from ngrpo.rewards.functions import build_reward_set
 from ngrpo.rewards.specs import check_spec
 from ngrpo.utils.errors import NgrpoError
 
-USER_MODULE = '''
+USER_MODULE = """
 import os
 import time
 
@@ -60,7 +60,7 @@ def maybe(completions, **kwargs):
 def chat_length(completions, prompts, **kwargs):
     assert prompts[0][-1]["role"] == "user"
     return [float(len(c[0]["content"].split())) for c in completions]
-'''
+"""
 
 COMPLETIONS = ["so \\boxed{7}", "7 apples", "skip this"]
 PROMPTS = ["p1", "p2", "p3"]
@@ -153,9 +153,7 @@ def test_a_hanging_function_is_killed_at_its_deadline(user_file, pool):
 
 
 def test_zero_policy_counts_failures_instead_of_stopping(user_file, pool):
-    totals, metrics = _compute(
-        [(f"{user_file}:boom", 1.0), ("math", 1.0)], pool, on_error="zero"
-    )
+    totals, metrics = _compute([(f"{user_file}:boom", 1.0), ("math", 1.0)], pool, on_error="zero")
     assert totals == [1.0, 0.0, 0.0]
     assert metrics["reward/boom"] == 0.0 and metrics["reward/boom/errors"] == 1.0
 

@@ -279,7 +279,10 @@ def test_shipped_tiny_configs_defaults():
         assert cfg.train.dynamic_sampling is False
         grpo = configs["tiny_grpo"]
         assert (cfg.train, cfg.rollout, cfg.data, cfg.eval) == (
-            grpo.train, grpo.rollout, grpo.data, grpo.eval
+            grpo.train,
+            grpo.rollout,
+            grpo.data,
+            grpo.eval,
         )
     mixing = [configs["tiny_ngrpo"].exploration, configs["tiny_stht"].exploration]
     assert {(e.mix_rate, e.entropy_threshold) for e in mixing} == {(0.2, 0.5)}  # one shared gate

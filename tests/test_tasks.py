@@ -96,8 +96,13 @@ def test_ood_is_composed_differently():
 def test_surface_forms_vary_in_problems_and_solutions():
     problems = generate("arith-train", 400, seed=0)
     text = " ".join(p.problem + " " + p.solution for p in problems).split()
-    for group in (("7", "seven"), ("20", "twenty"), ("finds", "gets", "receives", "wins", "buys"),
-                  ("loses", "drops", "uses", "sells", "spends"), ("so", "thus", "then")):
+    for group in (
+        ("7", "seven"),
+        ("20", "twenty"),
+        ("finds", "gets", "receives", "wins", "buys"),
+        ("loses", "drops", "uses", "sells", "spends"),
+        ("so", "thus", "then"),
+    ):
         counts = [text.count(word) for word in group]
         assert min(counts) > 0.4 * max(counts), (group, counts)  # all forms, roughly evenly
     boxed = [p.solution.split("\\boxed{ ")[1].split(" }")[0] for p in problems]

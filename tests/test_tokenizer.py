@@ -27,8 +27,20 @@ def test_round_trip_on_every_split(embedded_tokenizer):
 
 def test_numbers_and_words_are_single_tokens(embedded_tokenizer):
     tok = embedded_tokenizer
-    for word in ["0", "7", "seven", "twenty", "42", "50", "spends", "thus", "apples", "doubles",
-                 "\\boxed{", THINK_END]:
+    for word in [
+        "0",
+        "7",
+        "seven",
+        "twenty",
+        "42",
+        "50",
+        "spends",
+        "thus",
+        "apples",
+        "doubles",
+        "\\boxed{",
+        THINK_END,
+    ]:
         assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, word
     assert 120 <= len(tok) <= 400
 
@@ -64,9 +76,13 @@ def test_model_directory_keeps_the_word_level_tokenizer(embedded_tokenizer, tmp_
     from ngrpo.models.load import load_tokenizer
 
     torch.manual_seed(0)
-    make_model(len(embedded_tokenizer), embedded_tokenizer, BaseModelRecipe(
-        hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32
-    )).save_pretrained(tmp_path)
+    make_model(
+        len(embedded_tokenizer),
+        embedded_tokenizer,
+        BaseModelRecipe(
+            hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32
+        ),
+    ).save_pretrained(tmp_path)
     embedded_tokenizer.save_pretrained(tmp_path)
     tok = load_tokenizer(tmp_path)
     problem = generate("arith-id", 1)[0]

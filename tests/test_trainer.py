@@ -63,8 +63,9 @@ def test_two_steps_stop_resume_two_steps_equals_four_straight(straight_run, base
     assert [p.name for p in checkpoint_dirs(out)] == ["step-000001", "step-000002"]
     train(load_run_config(out, ["train.steps=4"]), resume=True)
 
-    ref, got = _weights(straight_run / "checkpoints/step-000004"), _weights(
-        out / "checkpoints/step-000004"
+    ref, got = (
+        _weights(straight_run / "checkpoints/step-000004"),
+        _weights(out / "checkpoints/step-000004"),
     )
     assert ref.keys() == got.keys()
     assert all(torch.equal(ref[k], got[k]) for k in ref)
@@ -106,8 +107,9 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(
 
     train(load_run_config(out, ["train.steps=3"]), resume=True)  # from step 1: redo 2, then 3
     assert not any(p.name.startswith(".") for p in (out / "checkpoints").iterdir())
-    ref, got = _weights(straight_run / "checkpoints/step-000003"), _weights(
-        out / "checkpoints/step-000003"
+    ref, got = (
+        _weights(straight_run / "checkpoints/step-000003"),
+        _weights(out / "checkpoints/step-000003"),
     )
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     assert _untimed(read_metrics(out)) == _untimed(read_metrics(straight_run)[:3])
@@ -162,9 +164,18 @@ METRIC_KEYS = (
 
 def test_cli_run_directory_layout(base_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    overrides = _overrides(base_model_dir, out, 2, "logging.save_every=0", "eval.every=1",
-                           "eval.at_start=true", "eval.limit=2", "eval.n=2",
-                           "data.eval_sets=arith-id", "eval.best_metric=eval/arith-id/pass@1")
+    overrides = _overrides(
+        base_model_dir,
+        out,
+        2,
+        "logging.save_every=0",
+        "eval.every=1",
+        "eval.at_start=true",
+        "eval.limit=2",
+        "eval.n=2",
+        "data.eval_sets=arith-id",
+        "eval.best_metric=eval/arith-id/pass@1",
+    )
     assert main(["train", "--config", "tiny_ngrpo", *overrides]) == 0
     assert capsys.readouterr().out.strip().endswith(str(out))
 

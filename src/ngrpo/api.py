@@ -38,8 +38,10 @@ def _reward_pairs(
     reward_funcs: RewardFunc | str | Sequence[RewardFunc | str],
     reward_weights: Sequence[float] | None,
 ) -> list[tuple[RewardFunc | str, float]]:
-    funcs = [reward_funcs] if callable(reward_funcs) or isinstance(reward_funcs, str) else list(
-        reward_funcs
+    funcs = (
+        [reward_funcs]
+        if callable(reward_funcs) or isinstance(reward_funcs, str)
+        else list(reward_funcs)
     )
     weights = [1.0] * len(funcs) if reward_weights is None else [float(w) for w in reward_weights]
     if len(weights) != len(funcs):

@@ -324,8 +324,16 @@ def learner_scale_report(
         checkpointing = _set_checkpointing(model, variant.checkpointing, checkpointing)
         entry = None
         with contextlib.suppress(torch.OutOfMemoryError):  # recorded; the next variants run
-            entry = _time_variant(model, optimizer, batch, advantages, params, memory, repeats,
-                                  lambda i, name=variant.name: say(f"{name}: update {i}"))
+            entry = _time_variant(
+                model,
+                optimizer,
+                batch,
+                advantages,
+                params,
+                memory,
+                repeats,
+                lambda i, name=variant.name: say(f"{name}: update {i}"),
+            )
         if entry is None:  # out of memory; the traceback (holding tensors) is gone here
             optimizer.zero_grad()
             if device.type == "cuda":

@@ -89,8 +89,12 @@ def register_learner(benches) -> None:
         help="comma-separated: full|chunked, then +mb<N> (rows per micro-batch) or +tok<N> "
         "(token budget), optionally +ckpt (gradient checkpointing); e.g. full+mb1,chunked+mb1",
     )  # fmt: skip
-    scale.add_argument("--chunk-elements", type=int, default=None,
-                       help="logits elements per head chunk (default: 2^26 on cuda, 2^24 on cpu)")
+    scale.add_argument(
+        "--chunk-elements",
+        type=int,
+        default=None,
+        help="logits elements per head chunk (default: 2^26 on cuda, 2^24 on cpu)",
+    )
     scale.add_argument("--dtype", help="bfloat16 | float32 (default: bfloat16 on cuda, else fp32)")
     parser.set_defaults(func=run_learner_entry)
 
@@ -254,8 +258,12 @@ def run_rollout_preset(args: argparse.Namespace) -> int:
     for length, entry in report["lengths"].items():
         for name, row in entry.items():
             if isinstance(row, dict):
-                extra = (f", roofline {row['roofline_fraction']:.0%}, graph capture "
-                         f"{row['graph_capture_s']:.2f} s" if "roofline_fraction" in row else "")
+                extra = (
+                    f", roofline {row['roofline_fraction']:.0%}, graph capture "
+                    f"{row['graph_capture_s']:.2f} s"
+                    if "roofline_fraction" in row
+                    else ""
+                )
                 print(f"  {length:>6} tokens  {name:<20} {row['ms_per_step']:8.2f} ms/step "
                       f"{row['tokens_per_s']:12,.0f} tokens/s{extra}")  # fmt: skip
     varied = report.get("varied_lengths")

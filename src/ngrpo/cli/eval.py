@@ -151,8 +151,11 @@ def handler(args: argparse.Namespace) -> int:
     }  # fmt: skip
     benchmarks = [
         load_benchmark(
-            source, bench_dir=args.bench_dir, limit=args.limit,
-            problem_field=args.problem_field, answer_field=args.answer_field,
+            source,
+            bench_dir=args.bench_dir,
+            limit=args.limit,
+            problem_field=args.problem_field,
+            answer_field=args.answer_field,
         )  # fmt: skip
         for source in args.bench
     ]

@@ -1,7 +1,7 @@
 """`ngrpo grade`: grade model responses against gold answers (generations from any engine).
 
-    ngrpo grade --answer 0.5 --response '<think> ... </think> \\boxed{\\frac12}' -v
-    ngrpo grade --file generations.jsonl --out graded.jsonl [--response-field response]
+ngrpo grade --answer 0.5 --response '<think> ... </think> \\boxed{\\frac12}' -v
+ngrpo grade --file generations.jsonl --out graded.jsonl [--response-field response]
 """
 
 from __future__ import annotations

@@ -25,17 +25,28 @@ def register(subparsers) -> None:
         description=HELP + ". An estimate from the model's shape and the config "
         "(ngrpo.memory.estimate).",
     )  # fmt: skip
-    parser.add_argument("--config", required=True,
-                        help="YAML file, or a shipped name (r1_distill_qwen_7b_ngrpo, ...)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="YAML file, or a shipped name (r1_distill_qwen_7b_ngrpo, ...)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     parser.add_argument("--world-size", type=int, default=1, help="processes (GPUs), default 1")
-    parser.add_argument("--strategy", choices=("ddp", "fsdp"),
-                        help="default: the config's train.strategy, else ddp")
+    parser.add_argument(
+        "--strategy", choices=("ddp", "fsdp"), help="default: the config's train.strategy, else ddp"
+    )
     parser.add_argument("--lora-r", type=int, help="LoRA rank (0: off); default model.lora.r")
-    parser.add_argument("--model-shape", metavar="PRESET",
-                        help="r1-distill-1.5b | r1-distill-7b | tiny, instead of model.path")
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                        help="what the plan is for (cpu: float32, single-tensor AdamW)")
+    parser.add_argument(
+        "--model-shape",
+        metavar="PRESET",
+        help="r1-distill-1.5b | r1-distill-7b | tiny, instead of model.path",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="what the plan is for (cpu: float32, single-tensor AdamW)",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(func=handler)
 

@@ -42,9 +42,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if origin is list:
         if isinstance(value, str):
             text = value.strip()
-            value = yaml.safe_load(text) if text.startswith("[") else [
-                part.strip() for part in text.split(",") if part.strip()
-            ]
+            value = (
+                yaml.safe_load(text)
+                if text.startswith("[")
+                else [part.strip() for part in text.split(",") if part.strip()]
+            )
         if not isinstance(value, list):
             raise NgrpoError(f"{key} must be a list, got {value!r}")
         return [_coerce(f"{key}[{i}]", item, args[0]) for i, item in enumerate(value)]

@@ -63,13 +63,18 @@ def _check_int(key: str, value: Any, low: int) -> None:
 
 
 def _check_choice(key: str, value: Any, choices: Sequence) -> None:
-    _require(value in choices, f"{key}: {value!r} is not allowed; choose one of "
-             + ", ".join("null" if c is None else str(c) for c in choices))
+    _require(
+        value in choices,
+        f"{key}: {value!r} is not allowed; choose one of "
+        + ", ".join("null" if c is None else str(c) for c in choices),
+    )
 
 
 def _check_device(device: str) -> None:
-    _require(DEVICE_PATTERN.fullmatch(device) is not None,
-             f"model.device: {device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+    _require(
+        DEVICE_PATTERN.fullmatch(device) is not None,
+        f"model.device: {device!r} is not allowed; choose auto, cpu, cuda or cuda:N",
+    )
 
 
 def _check_named(key: str, resolve: Any, value: str) -> None:
@@ -80,8 +85,15 @@ def _check_named(key: str, resolve: Any, value: str) -> None:
         raise NgrpoError(f"{key}: {err}") from None
 
 
-def _check_range(key: str, value: float, low: float, high: float, *, open_low: bool = False,
-                 open_high: bool = False) -> None:
+def _check_range(
+    key: str,
+    value: float,
+    low: float,
+    high: float,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> None:
     above = value > low if open_low else value >= low
     below = value < high if open_high else value <= high
     interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
@@ -128,9 +140,11 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _check_choice("data.long_prompts", d.long_prompts, LONG_PROMPT_POLICIES)
 
     r = cfg.rollout
-    _require(isinstance(r.num_generations, int) and r.num_generations >= 2,
-             f"rollout.num_generations must be an integer >= 2 (group-relative advantages need "
-             f"two responses per prompt), got {r.num_generations!r}")
+    _require(
+        isinstance(r.num_generations, int) and r.num_generations >= 2,
+        f"rollout.num_generations must be an integer >= 2 (group-relative advantages need "
+        f"two responses per prompt), got {r.num_generations!r}",
+    )
     _require(r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature!r}")
     _check_range("rollout.top_p", r.top_p, 0.0, 1.0, open_low=True)
     _check_int("rollout.top_k", r.top_k, 0)
@@ -146,9 +160,11 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _check_int("train.steps", t.steps, 1)
     _check_int("train.prompts_per_step", t.prompts_per_step, 1)
     _check_int("train.mini_batch_prompts", t.mini_batch_prompts, 1)
-    _require(t.prompts_per_step % t.mini_batch_prompts == 0,
-             f"train.mini_batch_prompts ({t.mini_batch_prompts}) must divide "
-             f"train.prompts_per_step ({t.prompts_per_step})")
+    _require(
+        t.prompts_per_step % t.mini_batch_prompts == 0,
+        f"train.mini_batch_prompts ({t.mini_batch_prompts}) must divide "
+        f"train.prompts_per_step ({t.prompts_per_step})",
+    )
     _check_int("train.micro_batch_size", t.micro_batch_size, 1)
     if t.max_tokens_per_micro_batch is not None:
         _check_int("train.max_tokens_per_micro_batch", t.max_tokens_per_micro_batch, 1)
@@ -156,32 +172,41 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _require(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate!r}")
     _check_int("train.warmup_steps", t.warmup_steps, 0)
     _require(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay!r}")
-    _require(t.max_grad_norm is None or t.max_grad_norm > 0,
-             f"train.max_grad_norm must be > 0 or null, got {t.max_grad_norm!r}")
+    _require(
+        t.max_grad_norm is None or t.max_grad_norm > 0,
+        f"train.max_grad_norm must be > 0 or null, got {t.max_grad_norm!r}",
+    )
     _require(t.beta >= 0, f"train.beta must be >= 0, got {t.beta!r}")
     for key in ("train.kl_estimator", "train.loss_type"):
         _check_named(key, _VALUE_CANONICALIZERS[key], getattr(t, key.split(".")[1]))
     _check_range("train.epsilon", t.epsilon, 0.0, 1.0, open_high=True)
     if t.epsilon_high is not None:
         _require(t.epsilon_high >= 0, f"train.epsilon_high must be >= 0, got {t.epsilon_high!r}")
-    _check_choice("train.importance_sampling_level", t.importance_sampling_level,
-                  list(IMPORTANCE_LEVELS))
+    _check_choice(
+        "train.importance_sampling_level", t.importance_sampling_level, list(IMPORTANCE_LEVELS)
+    )
     _reward_items(t.rewards)  # entries set from Python are checked as YAML ones are
     for i, (spec, _) in enumerate(t.reward_items()):
         key = f"train.rewards[{i}].fn" if t.rewards else "train.reward"
         _check_named(key, check_spec, spec)
-    _require(t.reward_timeout_s > 0,
-             f"train.reward_timeout_s must be > 0, got {t.reward_timeout_s!r}")
+    _require(
+        t.reward_timeout_s > 0, f"train.reward_timeout_s must be > 0, got {t.reward_timeout_s!r}"
+    )
     _check_choice("train.reward_errors", t.reward_errors, list(ERROR_POLICIES))
     if t.clip_ratio_c is not None:
-        _require(isinstance(t.clip_ratio_c, (int, float)) and not isinstance(t.clip_ratio_c, bool)
-                 and t.clip_ratio_c > 1, f"train.clip_ratio_c must be > 1 or null (off), "
-                 f"got {t.clip_ratio_c!r}")
+        _require(
+            isinstance(t.clip_ratio_c, (int, float))
+            and not isinstance(t.clip_ratio_c, bool)
+            and t.clip_ratio_c > 1,
+            f"train.clip_ratio_c must be > 1 or null (off), got {t.clip_ratio_c!r}",
+        )
     _check_choice("train.soft_input_grad", t.soft_input_grad, list(SOFT_INPUT_GRAD))
     _check_choice("train.strategy", t.strategy, list(STRATEGIES))
-    _require(not (t.strategy == "fsdp" and m.lora.enabled),
-             "train.strategy=fsdp with model.lora.r > 0 is not supported yet (LoRA keeps the base "
-             "frozen: 7B adapters fit one GPU); use train.strategy=ddp for LoRA runs")
+    _require(
+        not (t.strategy == "fsdp" and m.lora.enabled),
+        "train.strategy=fsdp with model.lora.r > 0 is not supported yet (LoRA keeps the base "
+        "frozen: 7B adapters fit one GPU); use train.strategy=ddp for LoRA runs",
+    )
     _check_choice("train.dynamic_sampling", t.dynamic_sampling, [True, False])
     _check_int("train.max_sampling_rounds", t.max_sampling_rounds, 1)
 
@@ -193,12 +218,16 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _check_int("eval.max_new_tokens", e.max_new_tokens, 1)
     if e.limit is not None:
         _check_int("eval.limit", e.limit, 1)
-    _require(not ((e.every > 0 or e.at_start) and not d.eval_sets),
-             "evaluation is on (eval.every > 0 or eval.at_start) but data.eval_sets is empty; "
-             "set data.eval_sets=NAME,... or eval.every=0 eval.at_start=false")
-    _require(e.best_metric is None or e.best_metric.startswith("eval/"),
-             f"eval.best_metric must name an evaluation metric (eval/<set>/<metric>), "
-             f"got {e.best_metric!r}")
+    _require(
+        not ((e.every > 0 or e.at_start) and not d.eval_sets),
+        "evaluation is on (eval.every > 0 or eval.at_start) but data.eval_sets is empty; "
+        "set data.eval_sets=NAME,... or eval.every=0 eval.at_start=false",
+    )
+    _require(
+        e.best_metric is None or e.best_metric.startswith("eval/"),
+        f"eval.best_metric must name an evaluation metric (eval/<set>/<metric>), "
+        f"got {e.best_metric!r}",
+    )
 
     lg = cfg.logging
     _check_int("logging.save_every", lg.save_every, 0)

@@ -248,7 +248,11 @@ def _answer_text(row: dict[str, Any], answer_field: str | None, required: bool =
 
 
 def _to_example(
-    row: Any, name: str, line_number: int, problem_field: str | None, answer_field: str | None,
+    row: Any,
+    name: str,
+    line_number: int,
+    problem_field: str | None,
+    answer_field: str | None,
     require_answer: bool = True,
 ) -> Example:
     if not isinstance(row, dict):

@@ -184,9 +184,7 @@ def split_groups(items: Sequence, group_size: int) -> list[list]:
     return [list(items[i : i + group_size]) for i in range(0, len(items), group_size)]
 
 
-def neighbor_synonym_frac(
-    ids: torch.Tensor, mixed: torch.Tensor, classes: torch.Tensor
-) -> float:
+def neighbor_synonym_frac(ids: torch.Tensor, mixed: torch.Tensor, classes: torch.Tensor) -> float:
     """Fraction of mixed positions whose candidate 1 is a surface variant of candidate 0.
 
     ids (N, T, K) candidate ids of the recorded inputs, mixed (N, T) bool, classes (V,) a class id

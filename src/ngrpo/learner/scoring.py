@@ -55,6 +55,7 @@ def default_chunk_elements(device: torch.device) -> int:
     """`CHUNK_ELEMENTS` for this device type (the CPU value for anything but CUDA)."""
     return CHUNK_ELEMENTS["cuda" if device.type == "cuda" else "cpu"]
 
+
 _FULL_LOGITS_CLASSES: set[type] = set()  # model classes whose logits are not the head's output
 
 

@@ -320,7 +320,10 @@ def update_policy(
                 sub_mask = mask[micro, :width]  # (n, T')
                 with context:
                     logp, entropy = policy_scores(
-                        model, sub, params.temperature, chunk_elements=params.chunk_elements,
+                        model,
+                        sub,
+                        params.temperature,
+                        chunk_elements=params.chunk_elements,
                         full_logits=params.full_logits,
                         detach_mixed=params.soft_input_grad == "none",
                     )  # (n, T')

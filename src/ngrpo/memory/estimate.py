@@ -57,7 +57,6 @@ Approximations (say so when quoting numbers):
   with checkpointing), the learner under bf16 autocast, a reference model and the rollout.
 """
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -251,13 +250,25 @@ def _persistent(x: MemoryInputs, lora: bool, trainable: int, c: int) -> list[Com
         out.append(Component("reference model", math.ceil(s.parameters * c / shard), every,
                              f"train.beta > 0: frozen copy in {x.dtype}{sharded}"))  # fmt: skip
     if x.strategy == "fsdp":
-        out.append(Component("rollout weight copy", s.parameters * c, every,
-                             f"full parameters in {x.dtype} for rollout / eval, kept all run"))
+        out.append(
+            Component(
+                "rollout weight copy",
+                s.parameters * c,
+                every,
+                f"full parameters in {x.dtype} for rollout / eval, kept all run",
+            )
+        )
     # ids (8 B) + weights (4 B) per candidate; token ids, masks, log-probs; the noise vector
     record = 12 * x.candidates + 40 + (4 * s.hidden_size if x.noise else 0)
     tokens = (x.step_rows or x.rollout_rows) * (x.prompt_tokens + x.new_tokens)
-    out.append(Component("rollout batch", tokens * record, every,
-                         f"recorded soft inputs (K={x.candidates}), ids, masks, log-probs"))
+    out.append(
+        Component(
+            "rollout batch",
+            tokens * record,
+            every,
+            f"recorded soft inputs (K={x.candidates}), ids, masks, log-probs",
+        )
+    )
     return out
 
 
@@ -284,8 +295,14 @@ def _rollout_components(x: MemoryInputs, lora: bool, trainable: int, c: int) -> 
                          * x.prompt_tokens**2, phase,
                          f"{prompts} distinct prompts at once: one layer's MLP, repeated keys "
                          "/ values, the mask"))  # fmt: skip
-    out.append(Component("decode step buffers", 5 * rows * s.vocab_size * 4, phase,
-                         "(rows, V) fp32 logits, warped, probabilities, by-row copies"))
+    out.append(
+        Component(
+            "decode step buffers",
+            5 * rows * s.vocab_size * 4,
+            phase,
+            "(rows, V) fp32 logits, warped, probabilities, by-row copies",
+        )
+    )
     return out
 
 
@@ -296,12 +313,25 @@ def _learner_components(x: MemoryInputs, lora: bool, c: int) -> list[Component]:
     scored = x.micro_rows * x.response_tokens
     out = []
     if x.strategy == "fsdp":
-        gathered = FSDP_GATHERED_LAYERS * s.layer_params + s.parameters - s.num_layers * (
-            s.layer_params)  # the root: embeddings, head, final norm
-        out.append(Component("FSDP gathered parameters", gathered * c, phase,
-                             f"{FSDP_GATHERED_LAYERS} decoder layers + root, {x.dtype}"))
-        out.append(Component("FSDP unsharded gradients", s.layer_params * 4, phase,
-                             "one layer's fp32 gradient before its reduce-scatter"))
+        gathered = (
+            FSDP_GATHERED_LAYERS * s.layer_params + s.parameters - s.num_layers * (s.layer_params)
+        )  # the root: embeddings, head, final norm
+        out.append(
+            Component(
+                "FSDP gathered parameters",
+                gathered * c,
+                phase,
+                f"{FSDP_GATHERED_LAYERS} decoder layers + root, {x.dtype}",
+            )
+        )
+        out.append(
+            Component(
+                "FSDP unsharded gradients",
+                s.layer_params * 4,
+                phase,
+                "one layer's fp32 gradient before its reduce-scatter",
+            )
+        )
     elif c != 4 and not lora:
         out.append(Component("autocast weight copies", s.num_layers * s.layer_matmul_params * c,
                              phase, f"{x.dtype} casts of the body's weights, saved for the "
@@ -319,8 +349,14 @@ def _learner_components(x: MemoryInputs, lora: bool, c: int) -> list[Component]:
     out.append(Component("backward working set", tokens * _backward_working_bytes(s, c), phase,
                          "gradients inside one layer's backward"))  # fmt: skip
     if x.padded:
-        out.append(Component("attention mask", 2 * x.micro_rows * x.micro_width**2, phase,
-                             "(rows, 1, T, T) bool padding mask and its causal combination"))
+        out.append(
+            Component(
+                "attention mask",
+                2 * x.micro_rows * x.micro_width**2,
+                phase,
+                "(rows, 1, T, T) bool padding mask and its causal combination",
+            )
+        )
     # final norm output + the picked (M, d) hidden states and their gradient, fp32
     head_in = tokens * 2 * 4 * s.hidden_size + scored * 2 * 4 * s.hidden_size
     out.append(Component("head inputs", head_in, phase, "final hidden states, fp32"))
@@ -328,11 +364,23 @@ def _learner_components(x: MemoryInputs, lora: bool, c: int) -> list[Component]:
 
     elements = x.chunk_elements or CHUNK_ELEMENTS[x.device]
     chunk_rows = min(scored, max(1, elements // s.vocab_size))
-    out.append(Component("head chunk buffers", 2 * chunk_rows * s.vocab_size * 4, phase,
-                         f"{chunk_rows} positions × V fp32, twice (log-softmax, softmax)"))
+    out.append(
+        Component(
+            "head chunk buffers",
+            2 * chunk_rows * s.vocab_size * 4,
+            phase,
+            f"{chunk_rows} positions × V fp32, twice (log-softmax, softmax)",
+        )
+    )
     if not lora:
-        out.append(Component("head weight-gradient buffer", s.vocab_size * s.hidden_size * 4,
-                             phase, "(V, d) fp32, summed over chunks in the backward"))
+        out.append(
+            Component(
+                "head weight-gradient buffer",
+                s.vocab_size * s.hidden_size * 4,
+                phase,
+                "(V, d) fp32, summed over chunks in the backward",
+            )
+        )
     return out
 
 
@@ -342,8 +390,9 @@ def _step_components(x: MemoryInputs, trainable: int) -> list[Component]:
     if x.device == "cuda":  # foreach AdamW: one temporary per moment tensor, all at once
         temp, note = math.ceil(trainable * 4 / shard), "foreach: sqrt(exp_avg_sq) of every tensor"
     else:  # single-tensor AdamW: the largest parameter's temporary
-        largest = max(s.embedding_params, s.head_params, max(a * b for a, b in
-                                                               s.projections().values()))
+        largest = max(
+            s.embedding_params, s.head_params, max(a * b for a, b in s.projections().values())
+        )
         temp, note = min(trainable, largest) * 4, "one tensor at a time (CPU)"
     return [Component("AdamW temporaries", temp, ("step",), note)]
 

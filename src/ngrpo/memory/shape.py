@@ -102,8 +102,12 @@ class ModelShape:
 
     @property
     def parameters(self) -> int:
-        return (self.embedding_params + self.head_params + self.num_layers * self.layer_params
-                + self.hidden_size)  # fmt: skip  (+ the final norm)
+        return (
+            self.embedding_params
+            + self.head_params
+            + self.num_layers * self.layer_params
+            + self.hidden_size
+        )  # fmt: skip  (+ the final norm)
 
     def lora_params(self, r: int, targets: tuple[str, ...] = LORA_TARGETS) -> int:
         """Adapter parameters: r · (in + out) per targeted projection per layer."""

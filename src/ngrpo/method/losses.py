@@ -164,9 +164,7 @@ def _sequence_log_ratio(
     return logp - logp.detach() + seq_log_ratio.detach()[:, None]  # (N, T)
 
 
-IMPORTANCE_LEVELS: dict[
-    str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-] = {
+IMPORTANCE_LEVELS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "token": _token_log_ratio,
     "sequence": _sequence_log_ratio,
 }

@@ -225,8 +225,14 @@ def boxed_exact_match(response: str, answer: str) -> bool:
 
 @torch.no_grad()
 def sample_accuracy(
-    model, tokenizer, problems, n: int = 8, temperature: float = 1.0, max_new_tokens: int = 96,
-    seed: int = 0, batch_prompts: int = 32,
+    model,
+    tokenizer,
+    problems,
+    n: int = 8,
+    temperature: float = 1.0,
+    max_new_tokens: int = 96,
+    seed: int = 0,
+    batch_prompts: int = 32,
 ) -> dict[str, float]:
     """pass@1 (mean accuracy over n samples) and pass@n (any correct) by exact boxed match."""
     from ngrpo.models.tokenizer import encode_prompt
@@ -236,12 +242,20 @@ def sample_accuracy(
     per_problem = []
     for start in range(0, len(problems), batch_prompts):
         chunk = problems[start : start + batch_prompts]
-        ids, mask = left_pad([encode_prompt(tokenizer, p.problem) for p in chunk],
-                             tokenizer.pad_token_id)  # (B, P)
+        ids, mask = left_pad(
+            [encode_prompt(tokenizer, p.problem) for p in chunk], tokenizer.pad_token_id
+        )  # (B, P)
         out = model.generate(
-            input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
-            top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=n,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=n,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         )
         texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         for i, p in enumerate(chunk):

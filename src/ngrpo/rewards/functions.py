@@ -144,8 +144,9 @@ class RewardSet:
             message = f"reward function {component.name} ({component.spec}) {err}"
             if self.on_error != "zero":
                 raise NgrpoError(message) from None
-            log.warning("%s; its %d rollouts get 0.0 (train.reward_errors=zero)", message,
-                        len(completions))
+            log.warning(
+                "%s; its %d rollouts get 0.0 (train.reward_errors=zero)", message, len(completions)
+            )
             return [0.0] * len(completions), 1
 
 
@@ -205,8 +206,9 @@ def build_reward_set(
     """Resolve (spec or callable, weight) pairs: imports are checked here, in the caller's
     process, so a missing module or function fails before any worker starts."""
     if on_error not in ERROR_POLICIES:
-        raise NgrpoError(f"train.reward_errors: {on_error!r}; choose one of "
-                         f"{', '.join(ERROR_POLICIES)}")
+        raise NgrpoError(
+            f"train.reward_errors: {on_error!r}; choose one of {', '.join(ERROR_POLICIES)}"
+        )
     if not items:
         raise NgrpoError("no reward function: set train.reward or train.rewards")
     components, taken = [], set()

@@ -72,8 +72,9 @@ def _load_file(path_text: str) -> Any:
         loader_spec.loader.exec_module(module)
     except Exception as err:
         del sys.modules[module_name]
-        raise NgrpoError(f"reward file {str(path)!r} failed to load: "
-                         f"{type(err).__name__}: {err}") from err
+        raise NgrpoError(
+            f"reward file {str(path)!r} failed to load: {type(err).__name__}: {err}"
+        ) from err
     return module
 
 
@@ -91,8 +92,10 @@ def import_function(spec: str) -> Callable:
         try:
             module = importlib.import_module(module_text)
         except Exception as err:
-            raise NgrpoError(f"reward {spec!r}: cannot import module {module_text!r}: "
-                             f"{type(err).__name__}: {err}") from err
+            raise NgrpoError(
+                f"reward {spec!r}: cannot import module {module_text!r}: "
+                f"{type(err).__name__}: {err}"
+            ) from err
     target: Any = module
     for part in name.split("."):
         if not hasattr(target, part):

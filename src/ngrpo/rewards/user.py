@@ -97,9 +97,13 @@ class UserRewardWorker:
         try:
             status, detail = self._conn.recv()
         except (EOFError, OSError):
-            status, detail = "error", (
-                "the worker process died while loading it (a script that calls ngrpo.train must "
-                'do so under `if __name__ == "__main__":`, as for any multiprocessing code)'
+            status, detail = (
+                "error",
+                (
+                    "the worker process died while loading it (a script that calls ngrpo.train "
+                    'must do so under `if __name__ == "__main__":`, as for any multiprocessing '
+                    "code)"
+                ),
             )
         if status != "ready":
             self.close()

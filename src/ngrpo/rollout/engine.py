@@ -307,7 +307,13 @@ def neighbor_search_table(model, which: str) -> torch.nn.Module:
 
 
 def _make_plan(
-    sampling, embedding, eos_token_id, pad_token_id, explore, answer_start_ids, neighbor_index,
+    sampling,
+    embedding,
+    eos_token_id,
+    pad_token_id,
+    explore,
+    answer_start_ids,
+    neighbor_index,
     search=None,
 ) -> _Plan:
     """Check the exploration settings against the model and resolve marker, index, record width."""
@@ -382,7 +388,13 @@ def generate(
     if explore is not None and explore.strategy == "neighbor":
         search = neighbor_search_table(model, explore.neighbor_table)
     plan = _make_plan(
-        sampling, embedding, eos_token_id, pad_token_id, explore, answer_start_ids, neighbor_index,
+        sampling,
+        embedding,
+        eos_token_id,
+        pad_token_id,
+        explore,
+        answer_start_ids,
+        neighbor_index,
         search,
     )
 

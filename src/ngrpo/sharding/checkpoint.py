@@ -40,9 +40,16 @@ OPTIMIZER_IN_DCP = {"format": "torch.distributed.checkpoint", "path": OPTIMIZER_
 _DCP_METADATA = "torch.distributed.checkpoint.metadata"
 _ALLOWED = {
     (_DCP_METADATA, name)
-    for name in ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties",
-                 "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
-                 "_MEM_FORMAT_ENCODING")  # fmt: skip
+    for name in (
+        "Metadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
+    )  # fmt: skip
 } | {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch", "Size"),

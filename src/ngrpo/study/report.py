@@ -174,9 +174,7 @@ def effect_table(results: dict) -> list[list[str]]:
     cells: dict[tuple[str, str], dict] = {}
     for row in results["comparisons"]:
         cells.setdefault((row["a"], row["b"]), {})[(row["split"], row["metric"])] = row
-    header = ["comparison"] + [
-        f"{SPLIT_NAMES[s]} {m.replace('@n', f'@{n}')}" for s, m in columns
-    ]
+    header = ["comparison"] + [f"{SPLIT_NAMES[s]} {m.replace('@n', f'@{n}')}" for s, m in columns]
     table = [header]
     for (a, b), by_column in cells.items():
         table.append([f"{labels[a]} − {labels[b]}"] + [
@@ -192,9 +190,7 @@ def verdict_lines(results: dict) -> list[str]:
     for row in results["comparisons"]:
         name = f"{SPLIT_NAMES[row['split']]} {row['metric'].replace('@n', f'@{n}')}"
         low, high = row["ci"]
-        interval = (
-            "" if row["seeds"] < 2 else f" (95% CI {100 * low:+.1f} to {100 * high:+.1f})"
-        )
+        interval = "" if row["seeds"] < 2 else f" (95% CI {100 * low:+.1f} to {100 * high:+.1f})"
         by_pair.setdefault((row["a"], row["b"]), []).append(
             f"{name} {100 * row['difference']:+.1f} points{interval}: {row['verdict']}"
         )
@@ -273,7 +269,8 @@ def render_report(results: dict) -> str:
     labels = _labels(results)
     timings = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in results["timings"].items())
     lines = [
-        "# ngrpo demo: " + " vs ".join(labels[m] for m in results["methods"])
+        "# ngrpo demo: "
+        + " vs ".join(labels[m] for m in results["methods"])
         + " on the embedded task",
         "",
         f"Seeds {seeds} · {settings['steps']} training steps per run · final evaluation: "

@@ -54,16 +54,44 @@ WORD_PROB = 0.5  # probability that a number 0..WORD_MAX is written as a word
 
 NAMES = ("Tom", "Ann", "Sam", "Mia", "Ben", "Lily", "Max", "Zoe", "Leo", "Ivy", "Noah", "Emma")
 ITEMS = (
-    "apples", "pens", "coins", "books", "cards", "stones",
-    "shells", "stickers", "marbles", "cookies", "flowers", "shirts",
+    "apples",
+    "pens",
+    "coins",
+    "books",
+    "cards",
+    "stones",
+    "shells",
+    "stickers",
+    "marbles",
+    "cookies",
+    "flowers",
+    "shirts",
 )
 ADD_VERBS = ("finds", "gets", "receives", "wins", "buys")
 SUB_VERBS = ("loses", "drops", "uses", "sells", "spends")
 CONNECTIVES = ("so", "thus", "then")
 # Vocabulary of the fixed words in templates (besides names, items, verbs and connectives).
 TEMPLATE_WORDS = (
-    "has", "more", "doubles", "the", "How", "many", "does", "have", "now", "?", ".",
-    "The", "answer", "is", "\\boxed{", "}", "+", "-", "*", "=",
+    "has",
+    "more",
+    "doubles",
+    "the",
+    "How",
+    "many",
+    "does",
+    "have",
+    "now",
+    "?",
+    ".",
+    "The",
+    "answer",
+    "is",
+    "\\boxed{",
+    "}",
+    "+",
+    "-",
+    "*",
+    "=",
 )
 
 Event = tuple[str, int]  # ("add", amount) | ("sub", amount) | ("double", 2)
