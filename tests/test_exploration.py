@@ -55,6 +55,7 @@ def test_every_strategy_gives_valid_records(strategy, k):
         assert mix.noise is None
 
 
+@pytest.mark.numerics
 def test_neighbor_weights_are_renormalised_probabilities():
     view = _view()
     mix = STRATEGIES["neighbor"](view, k=4, anchor="greedy")
@@ -77,6 +78,7 @@ def test_neighbor_truncated_by_top_k_gets_weight_zero_and_sampled_anchor():
     assert torch.equal(sampled.ids[:, 0], view.sampled)
 
 
+@pytest.mark.numerics
 def test_topk_weights_are_softmax_of_scaled_logits():
     view = _view()
     mix = STRATEGIES["topk"](view, k=3, mix_temperature=0.5)
@@ -88,6 +90,7 @@ def test_topk_weights_are_softmax_of_scaled_logits():
         torch.testing.assert_close(mix.weights[b], torch.tensor(expect))
 
 
+@pytest.mark.numerics
 def test_gaussian_noise_scale_is_relative_to_the_mixture_rms():
     view = _view()
     view.table = torch.randn(V, 2048, generator=torch.Generator().manual_seed(3))
@@ -97,6 +100,7 @@ def test_gaussian_noise_scale_is_relative_to_the_mixture_rms():
     assert torch.allclose(ratio, torch.full((B,), 0.33), atol=0.02)
 
 
+@pytest.mark.numerics
 def test_orthogonal_noise_is_orthogonal_to_the_anchor():
     view = _view()
     mix = STRATEGIES["orthogonal"](view, k=3)
@@ -132,6 +136,7 @@ def test_mixing_gate():
     assert not gate[500:].any()
 
 
+@pytest.mark.numerics
 def test_entropy_matches_naive():
     probs = torch.tensor([[0.5, 0.25, 0.25, 0.0]])
     expect = -sum(p * math.log(p) for p in (0.5, 0.25, 0.25))

@@ -44,6 +44,7 @@ def _advantages(n: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, generator=torch.Generator().manual_seed(seed))  # (N,)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("strategy", ["none", "neighbor", "gaussian"])
 def test_recomputed_logprobs_equal_rollout_before_the_first_update(strategy):
     model = _tiny()
@@ -121,6 +122,7 @@ def test_one_update_raises_positive_and_lowers_negative_advantage_responses(stra
     assert change[advantages > 0].mean() > 0 > change[advantages < 0].mean()
 
 
+@pytest.mark.numerics
 def test_micro_batches_accumulate_to_the_mini_batch_gradient():
     model = _tiny()
     batch = _rollouts(model, "neighbor", mix_rate=0.5)
@@ -240,6 +242,7 @@ def test_micro_batches_by_token_budget_pack_longest_first():
     assert [p.tolist() for p in parts] == [[4, 0, 2, 1, 3]]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("loss_type", ["token-mean", "seq-mean-token-mean"])
 def test_token_budget_micro_batches_give_the_one_micro_batch_update(loss_type):
     batch = _rollouts(_tiny(), "neighbor", mix_rate=0.5)

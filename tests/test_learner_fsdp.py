@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_update_as_one(strategy):
     script = Path(__file__).with_name("dp_learner_check.py")

@@ -48,6 +48,7 @@ def _naive_nearest(table, a):
     return best
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("shift", [0.05, 0.3, 2.0])
 def test_shift_gaussian_has_the_exact_relative_norm(shift):
     view = _view()
@@ -61,6 +62,7 @@ def test_shift_gaussian_has_the_exact_relative_norm(shift):
     assert (mix.noise.sum(0) / mix.noise.norm(dim=-1).sum()).abs().max() < 0.2  # no preferred axis
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("shift", [0.05, 0.3, 5.0])
 def test_shift_neighbor_weight_and_neighbour_match_a_naive_loop(shift):
     view = _view(3)

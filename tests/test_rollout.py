@@ -52,6 +52,7 @@ def _run(model, sampling=None, exploration=None, training=True, seed=0, prompts=
 # ------------------------------------------------------------------------ sampling math
 
 
+@pytest.mark.numerics
 def test_warp_matches_naive_top_k_top_p():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(20, 15, generator=gen) * 2
@@ -121,6 +122,7 @@ def _naive_sample(model, prompts, sampling, seed):
         SamplingParams(n=1, temperature=0.0, max_new_tokens=12),
     ],
 )
+@pytest.mark.numerics
 def test_engine_equals_naive_loop_without_kv_cache(model, sampling):
     batch = _run(model, sampling, training=False, seed=3)
     tokens, logps = _naive_sample(model, PROMPTS, sampling, seed=3)
@@ -164,6 +166,7 @@ def test_seeded_reproducible_and_prompt_major(model):
 # ------------------------------------------------------------------------ replay invariant
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "none"])
 @pytest.mark.parametrize("mix_rate", [0.5, 1.0])
 def test_replay_reproduces_rollout_logprobs(model, strategy, mix_rate):
@@ -185,6 +188,7 @@ def test_replay_reproduces_rollout_logprobs(model, strategy, mix_rate):
     assert (plain - batch.logprobs)[mask].abs().max() > 1e-3
 
 
+@pytest.mark.numerics
 def test_replay_with_temperature_top_k_and_chunks(model):
     sampling = SamplingParams(n=3, temperature=0.8, top_k=10, top_p=0.9, max_new_tokens=20)
     batch = _run(model, sampling, exploration=_explore("neighbor", k=4), seed=2, batch_size=5)
@@ -213,6 +217,7 @@ def test_replay_backward_reaches_mixed_candidate_rows():
 # ------------------------------------------------------------------------ records and gating
 
 
+@pytest.mark.numerics
 def test_records_are_valid_and_neighbors_are_correct(model):
     batch = _run(model, exploration=_explore("neighbor", mix_rate=0.5, k=3), seed=4)
     p = batch.prompt_ids.shape[1]

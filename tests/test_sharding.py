@@ -53,6 +53,7 @@ def _rollouts(model, prompts, seed=0):
 # ------------------------------------------------------------------------ loss normaliser
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
 def test_global_normaliser_makes_the_averaged_gradient_the_global_mean(mode):
     """Two processes with different token counts (one with none): the average of their
@@ -127,6 +128,7 @@ def test_joined_batches_keep_each_batch_rows_and_offset_prompt_indices():
         "rollout/tokens"]  # fmt: skip
 
 
+@pytest.mark.numerics
 def test_joined_batch_replays_its_own_log_probabilities():
     """Padding added by `concat_batches` (prompts left, responses right, records) scores
     nothing: the replay of the joined batch equals the rollout's log-probs (fp32, 1e-4)."""
@@ -143,6 +145,7 @@ def test_joined_batch_replays_its_own_log_probabilities():
 # --------------------------------------------------------------------------- policy module
 
 
+@pytest.mark.numerics
 def test_policy_module_scores_as_score_tokens_with_the_same_gradients():
     model = _tiny().train()
     batch = _rollouts(model, [[10, 11, 12], [20, 21]])
@@ -158,6 +161,7 @@ def test_policy_module_scores_as_score_tokens_with_the_same_gradients():
         torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
 
 
+@pytest.mark.numerics
 def test_policy_module_under_autocast_scores_with_the_head_outside_it():
     """accelerate's mixed precision wraps the whole policy forward in autocast (DDP, bf16): the
     chunked head still runs in its own dtype and returns fp32 scores near the fp32 ones."""

@@ -1,5 +1,6 @@
 """Soft-input records and `embed`, against naive loops."""
 
+import pytest
 import torch
 
 from ngrpo.method.soft_inputs import SoftInputs, embed
@@ -31,6 +32,7 @@ def test_embed_of_plain_records_is_exactly_the_embedding_lookup():
         assert torch.equal(embed(emb, SoftInputs.from_token_ids(ids, k)), emb(ids))
 
 
+@pytest.mark.numerics
 def test_embed_matches_naive_loop():
     table = torch.randn(11, 5)
     soft = _records()
@@ -44,6 +46,7 @@ def test_embed_matches_naive_loop():
             torch.testing.assert_close(out[i, j], expect)
 
 
+@pytest.mark.numerics
 def test_embed_module_and_tensor_agree_and_module_output_is_used():
     emb = torch.nn.Embedding(11, 5)
     soft = _records()
@@ -59,6 +62,7 @@ def test_embed_module_and_tensor_agree_and_module_output_is_used():
     torch.testing.assert_close(embed(scaled, no_noise), 3.0 * embed(emb, no_noise))
 
 
+@pytest.mark.numerics
 def test_gradient_flows_into_every_candidate_row_by_weight_only():
     table = torch.randn(11, 5, requires_grad=True)
     ids = torch.tensor([[[2, 7, 9]]])
@@ -72,6 +76,7 @@ def test_gradient_flows_into_every_candidate_row_by_weight_only():
     assert weights.grad is None  # weights are constants
 
 
+@pytest.mark.numerics
 def test_cat_pads_k_and_noise_and_select_rows():
     prompt = SoftInputs.from_token_ids(torch.tensor([[1, 2], [3, 4]]))  # K = 1, no noise
     response = _records(b=2, t=3, k=3, d=5)

@@ -111,6 +111,7 @@ def test_output_table_neighbours_differ_from_input_table_ones():
         assert bruteforce_neighbors(table.weight, anchors, 1)[0].tolist() == [[want]]
 
 
+@pytest.mark.numerics
 def test_rollout_mixes_output_table_neighbours_from_input_rows_and_replays():
     model = _tiny(seed=1)
     explore = ExplorationConfig(strategy="neighbor", mix_top_k=2, mix_rate=1.0,
@@ -167,6 +168,7 @@ def test_index_cache_tracks_the_searched_output_table():
 # ------------------------------------------------------------------------ soft_input_grad
 
 
+@pytest.mark.numerics
 def test_embed_detach_cuts_the_gradient_of_mixed_rows_only():
     table = torch.randn(6, 3, requires_grad=True)
     soft = SoftInputs(
@@ -186,6 +188,7 @@ def test_embed_detach_cuts_the_gradient_of_mixed_rows_only():
     assert torch.allclose(grad_none[4], torch.ones(3))
 
 
+@pytest.mark.numerics
 def test_soft_input_grad_none_gives_no_gradient_to_rows_fed_only_at_mixed_positions():
     model = _tiny(seed=2).train()
     explore = ExplorationConfig(strategy="neighbor", mix_top_k=3, mix_rate=1.0)

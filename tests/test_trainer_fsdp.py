@@ -71,6 +71,7 @@ def runs(base_model_dir, tmp_path_factory):
     return root, single, sharded
 
 
+@pytest.mark.numerics
 def test_fsdp_equals_one_process(runs):
     """Same global batch: weights within 1e-5 (fp32), reward exactly, losses within 1e-5."""
     _, single, sharded = runs
@@ -90,6 +91,7 @@ def test_fsdp_equals_one_process(runs):
     assert "optimizer" in names and "model.safetensors" in names and "trainer_state.pt" in names
 
 
+@pytest.mark.numerics
 def test_fsdp_resume_and_cross_loading(runs):
     """Step 3 resumed from a step-2 checkpoint equals 3 straight steps (1 process), whichever
     strategy wrote the checkpoint and whichever resumes it."""
