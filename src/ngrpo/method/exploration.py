@@ -237,11 +237,17 @@ def _none(view: StepView, k: int, **_) -> Mixture:
     return plain(view.sampled, k)
 
 
+def neighbor_anchors(probs: torch.Tensor, sampled: torch.LongTensor, anchor: str) -> torch.Tensor:
+    """The anchor a_t of every row (B,): the most probable token under p_t (`greedy`, the
+    authors' code) or the sampled y_t (`sampled`)."""
+    return probs.argmax(-1) if anchor == "greedy" else sampled
+
+
 def _neighbor(
     view: StepView, k: int, anchor: str = "greedy", weights: str = "policy",
     temperature: float = 1.0, **_,
 ) -> Mixture:  # fmt: skip
-    anchors = view.probs.argmax(-1) if anchor == "greedy" else view.sampled  # (B,)
+    anchors = neighbor_anchors(view.probs, view.sampled, anchor)  # (B,)
     ids = anchors.unsqueeze(-1)  # (B, 1)
     if k > 1:
         ids = torch.cat([ids, view.neighbors(anchors)[:, : k - 1]], dim=-1)  # (B, K)

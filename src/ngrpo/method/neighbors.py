@@ -121,23 +121,41 @@ class NeighborIndex:
         self._filled = torch.zeros(table.shape[0], dtype=torch.bool, device=table.device)
         self._seen = self._fingerprint()
 
-    def lookup(self, anchor_ids: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Neighbour ids (..., k) of anchor ids (...), closest first, the anchor excluded.
-
-        `rows` (bool, same shape as `anchor_ids`) restricts which anchors need correct answers;
-        entries outside it are filled with whatever the cache holds (callers mask them out).
-        """
+    def missing(self, anchor_ids: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Which anchors (bool, same shape) have no cached neighbours yet, within `rows`; no host
+        sync (the engine reads its count together with its own per-step read)."""
         if self._fingerprint() != self._seen:
             self.invalidate()
         anchor_ids = anchor_ids.to(self._filled.device)
         need = ~self._filled[anchor_ids]  # (...)
         if rows is not None:
             need &= rows.to(need.device)
-        if bool(need.any()):  # the one host sync per call
-            missing = torch.unique(anchor_ids[need])  # (M,)
-            with torch.no_grad():
-                ids, _ = bruteforce_neighbors(self._table(), missing, self.k, self.metric)
-            self._neighbors[missing] = ids.to(self._neighbors.device)
-            self._filled[missing] = True
-            self.fills += missing.numel()
+        return need
+
+    def fill(self, anchor_ids: torch.Tensor, need: torch.Tensor) -> None:
+        """Compute and cache the neighbours of the anchors marked in `need` (brute force)."""
+        missing = torch.unique(anchor_ids.to(need.device)[need])  # (M,)
+        if missing.numel() == 0:
+            return
+        with torch.no_grad():
+            ids, _ = bruteforce_neighbors(self._table(), missing, self.k, self.metric)
+        self._neighbors[missing] = ids.to(self._neighbors.device)
+        self._filled[missing] = True
+        self.fills += missing.numel()
+
+    def lookup(
+        self, anchor_ids: torch.Tensor, rows: torch.Tensor | None = None, filled: bool = False
+    ) -> torch.Tensor:
+        """Neighbour ids (..., k) of anchor ids (...), closest first, the anchor excluded.
+
+        `rows` (bool, same shape as `anchor_ids`) restricts which anchors need correct answers;
+        entries outside it are filled with whatever the cache holds (callers mask them out).
+        `filled=True`: the caller has just `fill`ed what `missing` reported, so the check (one
+        host sync) is skipped.
+        """
+        anchor_ids = anchor_ids.to(self._filled.device)
+        if not filled:
+            need = self.missing(anchor_ids, rows)
+            if bool(need.any()):  # the one host sync per call
+                self.fill(anchor_ids, need)
         return self._neighbors[anchor_ids]  # (..., k)

@@ -5,15 +5,17 @@
 - `cache`: the preallocated (static) KV cache;
 - `step`: the static decoder — the model's layers over that cache, the one-token step as a CUDA
   graph;
+- `weights`: the static decoder's compute-dtype copies of the projection weights;
 - `hf`: calling a Hugging Face model across transformers versions, and the dynamic-cache decoder;
 - `engine`: `generate` — plan, the per-step sampling / exploration / recording loop, compaction of
-  finished rows, shared prefill;
+  finished rows, shared prefill; `DecoderPool` keeps a decoder from one call to the next;
 - `replay`: the learner's full-sequence forward over the recorded inputs.
 """
 
 from ngrpo.rollout.batch import RolloutBatch
 from ngrpo.rollout.engine import (
     EXPLORATION_SALT,
+    DecoderPool,
     EngineOptions,
     generate,
     neighbor_search_table,
@@ -31,6 +33,7 @@ from ngrpo.rollout.sampling import (
 
 __all__ = [
     "EXPLORATION_SALT",
+    "DecoderPool",
     "EngineOptions",
     "RolloutBatch",
     "SamplingParams",

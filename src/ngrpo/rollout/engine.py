@@ -36,6 +36,7 @@ from ngrpo.method.exploration import (
     ExplorationConfig,
     StepView,
     mixing_gate,
+    neighbor_anchors,
     plain,
 )
 from ngrpo.method.neighbors import NeighborIndex
@@ -50,7 +51,7 @@ from ngrpo.rollout.sampling import (
     token_logprobs,
     warp_logits,
 )
-from ngrpo.rollout.step import StaticDecoder, static_unsupported
+from ngrpo.rollout.step import PRECISIONS, StaticDecoder, static_unsupported
 from ngrpo.utils.errors import NgrpoError
 
 EXPLORATION_SALT = 0x5EED_1234
@@ -66,6 +67,7 @@ class EngineOptions:
     cuda_graphs: str = "auto"  # on | off | auto (on for the static decoder on CUDA)
     compact: bool = True  # finished rows leave the static decoder's batch
     shared_prefill: bool = True  # the n samples of a prompt share one prefill (static decoder)
+    precision: str = "learner"  # learner | compute: how the static decoder rounds (bf16)
 
     def validate(self) -> None:
         if self.kv_cache not in KV_CACHES:
@@ -76,6 +78,10 @@ class EngineOptions:
             raise NgrpoError(
                 f"rollout.cuda_graphs must be one of {', '.join(CUDA_GRAPHS)}, "
                 f"got {self.cuda_graphs!r}"
+            )
+        if self.precision not in PRECISIONS:
+            raise NgrpoError(
+                f"rollout.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
 
 
@@ -110,11 +116,23 @@ class _MarkerWatch:
         return self.seen
 
 
-def _mix_step(plan, logits, probs, y, can_mix, table, explore_gen, plain_w):
-    """The input records of one step: gate (b,), ids (b, K), weights (b, K), noise (b, d)|None."""
+def _gate(plan, probs, y, can_mix, explore_gen):
+    """Which rows mix at this step (b,), and which of their anchors have no cached neighbours yet
+    (b,) bool or None (strategies without a neighbour index); neither reads anything to the host."""
     cfg = plan.exploration
     gate = mixing_gate(can_mix, probs, explore_gen, cfg.mix_rate, cfg.entropy_threshold)  # (b,)
-    neighbors = None if plan.index is None else (lambda anchors: plan.index.lookup(anchors, gate))
+    if plan.index is None:
+        return gate, None
+    return gate, plan.index.missing(neighbor_anchors(probs, y, cfg.anchor), gate)  # (b,)
+
+
+def _mix_step(plan, logits, probs, y, gate, table, explore_gen, plain_w):
+    """The input records of one step: ids (b, K), weights (b, K), noise (b, d) | None. The
+    neighbour index holds every gated anchor already (the loop `fill`ed it)."""
+    cfg = plan.exploration
+    neighbors = None
+    if plan.index is not None:
+        neighbors = lambda anchors: plan.index.lookup(anchors, gate, filled=True)  # noqa: E731
     view = StepView(logits, probs, y, table, neighbors, explore_gen)
     mix = STRATEGIES[cfg.strategy](
         view, k=plan.k, anchor=cfg.anchor, mix_temperature=cfg.mix_temperature,
@@ -125,11 +143,12 @@ def _mix_step(plan, logits, probs, y, can_mix, table, explore_gen, plain_w):
     ids = torch.where(keep, mix.ids, y.unsqueeze(-1))  # (b, K) plain rows: [y, y, ...]
     weights = torch.where(keep, mix.weights, plain_w)  # (b, K) plain rows: [1, 0, ...]
     noise = None if mix.noise is None else mix.noise.masked_fill(~keep, 0.0)  # (b, d)
-    return gate, ids, weights, noise
+    return ids, weights, noise
 
 
-def _make_decoder(model, options: EngineOptions, rows: int, max_len: int, device):
-    """The decoder `options` ask for, or an `NgrpoError` saying why it cannot run here."""
+def _decoder_kind(model, options: EngineOptions, device) -> tuple[str, bool]:
+    """(static | dynamic, CUDA graphs on) as `options` ask, or an `NgrpoError` saying why that
+    cannot run here."""
     reason = static_unsupported(model)
     kind = options.kv_cache
     if kind == "auto":
@@ -141,11 +160,62 @@ def _make_decoder(model, options: EngineOptions, rows: int, max_len: int, device
             "rollout.cuda_graphs=on needs a CUDA device and the static KV cache "
             f"(device {device.type}, kv_cache {kind}); use auto or off"
         )
-    if kind == "dynamic":
-        return DynamicDecoder(model)
     on_cuda = device.type == "cuda"
     graphs = options.cuda_graphs == "on" or (options.cuda_graphs == "auto" and on_cuda)
-    return StaticDecoder(model, rows, max_len, cuda_graphs=graphs)
+    return kind, graphs and kind == "static"
+
+
+def _make_decoder(model, options: EngineOptions, rows: int, max_len: int, device):
+    """A fresh decoder for one call (see `DecoderPool` for one kept across calls)."""
+    kind, graphs = _decoder_kind(model, options, device)
+    if kind == "dynamic":
+        return DynamicDecoder(model)
+    return StaticDecoder(model, rows, max_len, cuda_graphs=graphs, precision=options.precision)
+
+
+class DecoderPool:
+    """Keeps the static decoder of one `generate` call for the next: its KV cache, compute-dtype
+    weight copies (refreshed in place when the model's weights changed) and captured CUDA graphs,
+    so that a training run pays allocation and capture once per shape, not once per step. One
+    decoder is kept; a call it cannot serve (more rows or positions than it holds, another model,
+    device, autocast dtype or options) replaces it. The kept decoder's memory stays allocated
+    between calls (`nbytes`); `release()` frees it. The dynamic decoder is never kept."""
+
+    def __init__(self) -> None:
+        self.decoder: StaticDecoder | None = None
+        self.key: tuple | None = None
+        self.reused = 0  # calls served by the kept decoder
+
+    def get(self, model, options: EngineOptions, rows: int, max_len: int, device):
+        kind, graphs = _decoder_kind(model, options, device)
+        if kind == "dynamic":
+            return DynamicDecoder(model)
+        autocast = torch.is_autocast_enabled(device.type)
+        dtype = torch.get_autocast_dtype(device.type) if autocast else None
+        key = (id(model), str(device), dtype, graphs, options.precision)
+        kept = self.decoder
+        if kept is not None and key == self.key and rows <= kept.capacity and (
+            max_len <= kept.max_len
+        ):  # fmt: skip
+            kept.begin_call()
+            self.reused += 1
+            return kept
+        self.release()
+        self.decoder = StaticDecoder(
+            model, rows, max_len, cuda_graphs=graphs, precision=options.precision
+        )
+        self.key = key
+        return self.decoder
+
+    def release(self) -> None:
+        """Free the kept decoder (its graphs first, then its buffers)."""
+        if self.decoder is not None:
+            self.decoder.graphs.clear()
+        self.decoder, self.key = None, None
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.decoder is None else self.decoder.nbytes
 
 
 def _distinct_prompts(prompt_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +247,16 @@ def _compact(decoder, slot_rows, finished, live: int, target: int):
 
 
 def _decode_chunk(
-    model, embedding, prompt_ids, prompt_mask, prompt_index, plan, gen, explore_gen, options
+    model,
+    embedding,
+    prompt_ids,
+    prompt_mask,
+    prompt_index,
+    plan,
+    gen,
+    explore_gen,
+    options,
+    decoders=None,
 ) -> dict:
     """Sample one chunk of rows; returns (N, max_new)-shaped buffers and the number of steps run."""
     sampling, k = plan.sampling, plan.k
@@ -197,7 +276,10 @@ def _decode_chunk(
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     watch = None if plan.exploration is None else _MarkerWatch(plan.marker, n)
 
-    decoder = _make_decoder(model, options, n, p + max_new, device)
+    if decoders is None:
+        decoder = _make_decoder(model, options, n, p + max_new, device)
+    else:
+        decoder = decoders.get(model, options, n, p + max_new, device)
     if options.shared_prefill:
         first, expand = _distinct_prompts(prompt_index)  # (u,), (N,)
     else:
@@ -223,10 +305,17 @@ def _decode_chunk(
         if watch is None:
             rec_ids[:, t] = y.unsqueeze(-1)
             step = SoftInputs.from_token_ids(y.unsqueeze(1))  # (N, 1, 1)
+            live = int((~finished).sum())  # the one host sync per step
         else:
             can_mix = ~finished & ~watch.update(y)  # (N,) EOS and marker count from their step on
-            gate, ids, weights, noise = _mix_step(
-                plan, logits, probs, y, can_mix, table, explore_gen, plain_w
+            gate, need = _gate(plan, probs, y, can_mix, explore_gen)
+            # the one host sync per step: rows still decoding, and anchors missing neighbours
+            counts = [(~finished).sum()] + ([] if need is None else [need.sum()])
+            live, *missing = torch.stack(counts).tolist()
+            if missing and missing[0]:
+                plan.index.fill(neighbor_anchors(probs, y, plan.exploration.anchor), need)
+            ids, weights, noise = _mix_step(
+                plan, logits, probs, y, gate, table, explore_gen, plain_w
             )
             rec_ids[:, t], rec_w[:, t], eligible[:, t], mixed[:, t] = ids, weights, can_mix, gate
             if noise is not None:
@@ -234,7 +323,6 @@ def _decode_chunk(
                 noise = noise.unsqueeze(1)  # (N, 1, d)
             step = SoftInputs(ids.unsqueeze(1), weights.unsqueeze(1), noise)  # (N, 1, K)
 
-        live = int((~finished).sum())  # the one host sync per step
         if t == max_new - 1 or live == 0:
             break
         x = embed(embedding, step)  # (N, 1, d) the input of response position t
@@ -364,6 +452,7 @@ def generate(
     batch_size: int | None = None,
     neighbor_index: NeighborIndex | None = None,
     engine: EngineOptions | None = None,
+    decoders: DecoderPool | None = None,
 ) -> RolloutBatch:
     """Sample `sampling.n` responses for each prompt (token-id lists); see the module docstring.
 
@@ -413,7 +502,7 @@ def generate(
             parts = [
                 _decode_chunk(
                     model, embedding, prompt_ids[i : i + chunk], prompt_mask[i : i + chunk],
-                    prompt_index[i : i + chunk], plan, gen, explore_gen, engine,
+                    prompt_index[i : i + chunk], plan, gen, explore_gen, engine, decoders,
                 )
                 for i in range(0, len(rows), chunk)
             ]  # fmt: skip
@@ -446,6 +535,7 @@ def _assemble(parts: list[dict], prompt_ids, prompt_mask, num_prompts: int, n: i
     stats = {
         "rollout/tokens": float(tokens),
         "rollout/response_len": tokens / response_mask.shape[0],
+        "rollout/prompt_len": float(prompt_mask.sum()) / prompt_mask.shape[0],
         "rollout/truncated_frac": float((~finished).float().mean()),
         "rollout/mixed_tokens": float(n_mixed),
         "rollout/mixed_frac": n_mixed / n_eligible if n_eligible else 0.0,

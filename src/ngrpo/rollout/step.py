@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ngrpo.rollout.cache import StaticKVCache
+from ngrpo.rollout.weights import LayerWeights, Projection
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
@@ -78,38 +79,75 @@ def _round_up(n: int, quantum: int) -> int:
     return -(-n // quantum) * quantum
 
 
+PRECISIONS = ("learner", "compute")
+
+
 class StaticDecoder:
-    """Decode up to `rows` rows of up to `max_len` positions; see the module docstring."""
+    """Decode up to `rows` rows of up to `max_len` positions; see the module docstring.
+
+    `precision` (under autocast; identical otherwise): `learner` rounds as the learner's
+    full-sequence forward does (the residual stream in the input embedding's dtype, the head and
+    log-softmax in the head's dtype outside autocast), `compute` runs everything in the autocast
+    dtype (the decoder before the rollout–learner gap was measured: a cheaper head, a larger gap).
+    """
 
     can_compact = True
 
-    def __init__(self, model, rows: int, max_len: int, *, cuda_graphs: bool = False) -> None:
+    def __init__(
+        self, model, rows: int, max_len: int, *, cuda_graphs: bool = False,
+        precision: str = "learner",
+    ) -> None:  # fmt: skip
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.decoder = model.get_decoder()
         self.layers = list(self.decoder.layers)
-        self.lm_head = model.get_output_embeddings()
+        lm_head = model.get_output_embeddings()
         config = model.config
-        weight = self.lm_head.weight
-        device = weight.device
-        dtype = weight.dtype
+        device = lm_head.weight.device
+        compute = lm_head.weight.dtype
         if torch.is_autocast_enabled(device.type):  # the projections' output dtype
-            dtype = torch.get_autocast_dtype(device.type)
+            compute = torch.get_autocast_dtype(device.type)
+        residual = compute
+        self.head_autocast = precision == "compute"
+        if precision == "learner":
+            residual = model.get_input_embeddings().weight.dtype
+        self.weights = LayerWeights(self.layers, compute)
+        self.head = Projection(lm_head, compute if self.head_autocast else lm_head.weight.dtype)
         self.head_dim = self.layers[0].self_attn.head_dim
         self.cache = StaticKVCache(
-            len(self.layers), rows, config.num_key_value_heads, max_len, self.head_dim, dtype,
+            len(self.layers), rows, config.num_key_value_heads, max_len, self.head_dim, compute,
             device,
         )  # fmt: skip
+        self.kv_dtype = compute
         self.valid = torch.zeros((rows, max_len), dtype=torch.bool, device=device)  # (R, L)
         self.pos = torch.zeros((rows, 1), dtype=torch.long, device=device)  # (R, 1) next position
         self.slot = torch.zeros(1, dtype=torch.long, device=device)  # (1,) next cache column
-        self.x = torch.zeros((rows, 1, config.hidden_size), dtype=dtype, device=device)
+        self.x = torch.zeros((rows, 1, config.hidden_size), dtype=residual, device=device)
         self.used = 0  # cache columns filled (host copy of `slot`)
         self.rows = 0  # rows in the batch now
+        self.capacity = rows  # rows the buffers hold
         self.max_len = max_len
+        self.precision = precision
         self.cuda_graphs = cuda_graphs
         self.length_quantum = 256 if device.type == "cuda" else 1
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
-        self.capture_seconds = 0.0  # wall time spent warming up and capturing graphs
+        self.capture_seconds = 0.0  # wall time spent warming up and capturing graphs (this call)
+
+    def begin_call(self) -> None:
+        """Make a kept decoder ready for another `generate` call: weight copies brought up to
+        date (in place), graphs kept only when they read nothing autocast caches per call."""
+        self.weights.refresh()
+        self.head.refresh()
+        if not (self.weights.graph_safe and self.head.plain):
+            self.graphs.clear()
+        self.capture_seconds = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the decoder's own buffers: KV cache and compute-dtype weight copies."""
+        head = self.head.weight.numel() * self.head.weight.element_size() if self.head.copy else 0
+        return self.cache.nbytes + self.weights.nbytes + head
 
     # ------------------------------------------------------------------------ model arithmetic
 
@@ -120,21 +158,30 @@ class StaticDecoder:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (b, 1, q, D)
         h = x
         for i, layer in enumerate(self.layers):
-            h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos, sin, slots,
-                                    mask, length)  # fmt: skip
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            w = self.weights[i]
+            h = h + self._attention(i, w, layer.self_attn, layer.input_layernorm(h), cos, sin,
+                                    slots, mask, length)  # fmt: skip
+            g = layer.post_attention_layernorm(h)
+            h = h + w["down_proj"](layer.mlp.act_fn(w["gate_proj"](g)) * w["up_proj"](g))
         return self.decoder.norm(h)  # (b, q, d)
 
-    def _attention(self, i, attn, h, cos, sin, slots, mask, length) -> torch.Tensor:
+    def _attention(self, i, w, attn, h, cos, sin, slots, mask, length) -> torch.Tensor:
         b, q_len, _ = h.shape
         shape = (b, q_len, -1, self.head_dim)
-        q = attn.q_proj(h).view(shape).transpose(1, 2)  # (b, H_q, q, D)
-        k = attn.k_proj(h).view(shape).transpose(1, 2)  # (b, H_kv, q, D)
-        v = attn.v_proj(h).view(shape).transpose(1, 2)  # (b, H_kv, q, D)
+        q = w["q_proj"](h).view(shape).transpose(1, 2)  # (b, H_q, q, D)
+        k = w["k_proj"](h).view(shape).transpose(1, 2)  # (b, H_kv, q, D)
+        v = w["v_proj"](h).view(shape).transpose(1, 2)  # (b, H_kv, q, D)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        self.cache.write(i, slots, k.to(self.x.dtype), v.to(self.x.dtype))
+        self.cache.write(i, slots, k.to(self.kv_dtype), v.to(self.kv_dtype))
         keys, values = self.cache.view(i, b, length)  # (b, H_kv, L, D)
-        return attn.o_proj(attend(q, keys, values, mask, attn.scaling))  # (b, q, d)
+        return w["o_proj"](attend(q, keys, values, mask, attn.scaling))  # (b, q, d)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (b, V) fp32 of final hidden states (b, d)."""
+        if self.head_autocast:
+            return self.head(hidden).float()
+        with torch.autocast(hidden.device.type, enabled=False):  # as the learner's chunked head
+            return self.head(hidden.to(self.head.weight.dtype)).float()
 
     # ------------------------------------------------------------------------ engine interface
 
@@ -149,7 +196,7 @@ class StaticDecoder:
         mask = (causal & real[:, None, :]) | own  # (u, P, P)
         slots = torch.arange(width, device=device)  # (P,)
         hidden = self._forward(embeds.to(self.x.dtype), positions, slots, mask[:, None], width)
-        logits = self.lm_head(hidden[:, -1]).float()  # (u, V)
+        logits = self._logits(hidden[:, -1])  # (u, V)
         self.cache.gather_rows(expand, width)
         self.valid.zero_()
         self.valid[: len(expand), :width] = real[expand]
@@ -182,7 +229,7 @@ class StaticDecoder:
     def _step(self, b: int, length: int) -> torch.Tensor:
         mask = self.valid[:b, :length].contiguous()[:, None, None]  # (b, 1, 1, L) aligned rows
         hidden = self._forward(self.x[:b], self.pos[:b], self.slot, mask, length)  # (b, 1, d)
-        return self.lm_head(hidden[:, 0]).float()  # (b, V)
+        return self._logits(hidden[:, 0])  # (b, V)
 
     def _replay(self, b: int, length: int) -> torch.Tensor:
         entry = self.graphs.get((b, length))
