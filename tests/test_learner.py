@@ -67,6 +67,65 @@ def test_recomputed_logprobs_equal_rollout_before_the_first_update(strategy):
     assert metrics["train/optimizer_steps"] == 1.0
 
 
+def _bf16(fn):
+    """`fn()` under CPU bf16 autocast, as the trainer runs a `model.dtype=bfloat16` run."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return fn()
+
+
+@pytest.mark.parametrize("strategy", ["none", "neighbor"])
+def test_recomputed_old_logprobs_make_the_first_mini_batch_ratios_exactly_one_in_bf16(strategy):
+    model = _tiny()
+    batch = _bf16(lambda: _rollouts(model, strategy, mix_rate=0.5))
+    advantages = _advantages(len(batch.response_ids))
+    results = {}
+    for mode in ("rollout", "recompute"):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        params = _params(old_logprobs=mode, rollout_correction="none")  # one mini-batch
+        results[mode] = _bf16(lambda p=params, o=optimizer: update_policy(
+            model, o, None, batch, advantages, p))  # fmt: skip
+    exact = results["recompute"]
+    assert exact["actor/ratio_min"] == 1.0 and exact["actor/ratio_max"] == 1.0
+    assert exact["actor/clip_frac"] == 0.0 and exact["time/old_logprobs_s"] > 0
+    # the bf16 gap is real: the rollout's own log-probs are not the learner's
+    assert exact["mismatch/logp_abs_max"] > 1e-4
+    assert exact["mismatch/kl_k3"] >= 0 and exact["mismatch/seq_log_ratio_abs_max"] > 0
+    if strategy == "neighbor":
+        assert exact["mismatch/mixed/logp_abs_max"] > 0  # mixed positions measured on their own
+    rollout = results["rollout"]  # π_old = the rollout's: ratios move by the gap
+    assert rollout["actor/ratio_max"] > 1.0 or rollout["actor/ratio_min"] < 1.0
+    assert "time/old_logprobs_s" not in rollout
+    # both measure the same gap on this one mini-batch (scored before any optimizer step)
+    assert rollout["mismatch/logp_abs_max"] == pytest.approx(exact["mismatch/logp_abs_max"])
+
+
+def test_rollout_correction_weights_the_policy_gradient_in_the_update():
+    model = _tiny()
+    batch = _bf16(lambda: _rollouts(model, "neighbor", mix_rate=0.5))
+    advantages = _advantages(len(batch.response_ids))
+    metrics = {}
+    for mode in ("none", "token_truncate", "sequence_mask"):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        params = _params(old_logprobs="recompute", rollout_correction=mode,
+                         rollout_correction_cap=1.001)  # fmt: skip
+        metrics[mode] = _bf16(lambda p=params, o=optimizer: update_policy(
+            model, o, None, batch, advantages, p))  # fmt: skip
+    assert "rollout_correction/weight_mean" not in metrics["none"]
+    truncated = metrics["token_truncate"]
+    assert 0 < truncated["rollout_correction/truncated_frac"] < 1
+    assert truncated["loss/pg"] != pytest.approx(metrics["none"]["loss/pg"])
+    assert metrics["sequence_mask"]["rollout_correction/masked_frac"] > 0
+
+
+def test_ratio_extremes_are_the_extremes_over_micro_batches():
+    averages = ngrpo.learner.update._Averages()
+    averages.add({"actor/ratio_min": 0.9, "actor/ratio_max": 1.1, "loss/pg": 1.0})
+    averages.add({"actor/ratio_min": 0.7, "actor/ratio_max": 1.05, "loss/pg": 3.0})
+    result = averages.result()
+    assert result["actor/ratio_min"] == 0.7 and result["actor/ratio_max"] == 1.1
+    assert result["loss/pg"] == 2.0
+
+
 def _fed_ids(batch) -> tuple[set[int], set[int]]:
     """(ids fed with weight > 0 at positions whose input reaches a scored logit, of those the ids
     that were only ever fed as a mixed neighbour: slot >= 1)."""

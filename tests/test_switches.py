@@ -298,3 +298,24 @@ def test_verl_aliases_of_the_new_keys():
     ])  # fmt: skip
     assert cfg.train.clip_ratio_c == 3.0 and cfg.train.dynamic_sampling
     assert cfg.train.max_sampling_rounds == 10
+
+
+@pytest.mark.parametrize(("overrides", "mode", "cap"), [
+    (["algorithm.rollout_correction.rollout_is=sequence",
+      "algorithm.rollout_correction.rollout_is_threshold=3.0"], "sequence_truncate", 3.0),
+    (["algorithm.rollout_correction.rollout_is=null"], "none", 2.0),
+    (["vllm_importance_sampling_mode=token_mask", "vllm_importance_sampling_cap=5"],
+     "token_mask", 5.0),
+])  # fmt: skip
+def test_rollout_correction_aliases_of_verl_and_trl(overrides, mode, cap):
+    cfg = load_config("tiny_ngrpo", overrides)
+    assert cfg.train.rollout_correction == mode and cfg.train.rollout_correction_cap == cap
+
+
+def test_old_logprobs_auto_follows_the_compute_dtype():
+    from ngrpo.trainer.setup import old_logprobs_mode
+
+    assert old_logprobs_mode("auto", torch.float32) == "rollout"  # exact: the replay invariant
+    assert old_logprobs_mode("auto", torch.bfloat16) == "recompute"
+    assert old_logprobs_mode("auto", torch.float16) == "recompute"
+    assert old_logprobs_mode("rollout", torch.bfloat16) == "rollout"  # an explicit choice stays

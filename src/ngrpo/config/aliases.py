@@ -6,8 +6,10 @@
 - verl's full keys, so settings from the authors' release map over literally:
   `actor_rollout_ref.rollout.n`, `actor_rollout_ref.actor.kl_loss_coef`, `data.train_batch_size`, …
 - value aliases: `kl_estimator: low_var_kl` (verl) is `k3`; `loss_type: grpo | bnpo | dapo` (TRL)
-  are `seq-mean-token-mean | token-mean | token-mean`. Stored canonically, so a saved config shows
-  what runs (`_VALUE_CANONICALIZERS`, applied by `ngrpo.config.loading`).
+  are `seq-mean-token-mean | token-mean | token-mean`; `rollout_correction: token | sequence |
+  null` (verl's `rollout_is`) are `token_truncate | sequence_truncate | none`. Stored
+  canonically, so a saved config shows what runs (`_VALUE_CANONICALIZERS`, applied by
+  `ngrpo.config.loading`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ _TRL_SHORTCUTS = {
     "max_steps": "train.steps",
     "max_prompt_length": "data.max_prompt_length",
     "gradient_checkpointing": "model.gradient_checkpointing",
+    "vllm_importance_sampling_mode": "train.rollout_correction",
+    "vllm_importance_sampling_cap": "train.rollout_correction_cap",
 }
 _VERL_KEYS = {
     "actor_rollout_ref.model.path": "model.path",
@@ -74,6 +78,8 @@ _VERL_KEYS = {
     "trainer.test_freq": "eval.every",
     "trainer.save_freq": "logging.save_every",
     "trainer.default_local_dir": "output_dir",
+    "algorithm.rollout_correction.rollout_is": "train.rollout_correction",
+    "algorithm.rollout_correction.rollout_is_threshold": "train.rollout_correction_cap",
 }
 _SECTION_SHORTHANDS = {
     "train.clip_low": "train.epsilon",
@@ -102,9 +108,20 @@ def _reward_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _rollout_correction(value: Any) -> str:
+    """verl's `rollout_is` values (token | sequence, truncating; null: off) as our modes."""
+    if value == "null":  # a command-line override: `...rollout_is=null`
+        return "none"
+    return {"token": "token_truncate", "sequence": "sequence_truncate"}.get(value, value)
+
+
+# Fields where a YAML null means a value (verl's `rollout_is: null` is off).
+_NULL_MEANS = {"train.rollout_correction": "none"}
+
 # Fields whose values have aliases of their own: a function returning the canonical value.
 _VALUE_CANONICALIZERS = {
     "train.kl_estimator": resolve_kl_estimator,
     "train.loss_type": resolve_aggregation,
     "train.rewards": _reward_items,
+    "train.rollout_correction": _rollout_correction,
 }

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ngrpo.config.aliases import _VALUE_CANONICALIZERS, ALIASES
+from ngrpo.config.aliases import _NULL_MEANS, _VALUE_CANONICALIZERS, ALIASES
 from ngrpo.config.coercion import _coerce
 from ngrpo.config.schema import (
     MISSING,
@@ -71,6 +71,8 @@ def _canonical_key(key: str, source: str) -> str:
 
 def _set(cfg: TrainConfig, key: str, value: Any) -> None:
     """Set canonical dotted `key` to `value`, coerced to the field's type."""
+    if value is None and key in _NULL_MEANS:  # a null that a verl alias gives a meaning
+        value = _NULL_MEANS[key]
     value = _coerce(key, value, _schema()[key])
     if key in _VALUE_CANONICALIZERS and value != MISSING:
         _check_named(key, _VALUE_CANONICALIZERS[key], value)

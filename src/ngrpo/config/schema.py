@@ -102,6 +102,17 @@ class RolloutConfig:
     cuda_graphs: str = "auto"
     """Capture the static decoder's one-token step as CUDA graphs: `on`, `off`, `auto` (on when
     decoding on CUDA). The CPU path is the same code, eager."""
+    keep_decoder: bool | None = None
+    """Keep the static decoder (KV cache, compute-dtype weight copies, captured CUDA graphs) from
+    one step's rollouts to the next, so graph capture happens once per shape; its memory then
+    stays allocated through the learner phase. null: kept on CUDA when `ngrpo plan`'s estimate
+    with it kept fits in 90% of the GPU (the decision is logged), never on CPU (nothing to
+    capture); true / false force it (`ngrpo plan` counts a true)."""
+    precision: str = "learner"
+    """How the static decoder rounds under mixed precision: `learner` (the residual stream in the
+    weights' dtype and the head in the head's dtype, fp32 with fp32 master weights, as the
+    learner's forward computes them: the smallest rollout–learner gap) | `compute` (everything in
+    the autocast dtype: a cheaper head on GPU, a larger gap). Identical in fp32."""
 
 
 @dataclass
@@ -175,6 +186,20 @@ class GRPOConfig:
     max_sampling_rounds: int = 4
     """Cap on rollout rounds per step with dynamic sampling (each draws `prompts_per_step`
     prompts); at the cap the step trains on the groups it has."""
+    old_logprobs: str = "auto"
+    """Where π_old, the denominator of the PPO ratio, comes from: `rollout` (the log-probabilities
+    the rollout engine recorded; free, exact in fp32), `recompute` (the learner's own forward
+    without gradients before the first update, as verl and the authors' release do: one extra
+    forward pass), `auto` (`rollout` when the compute dtype is fp32, else `recompute`)."""
+    rollout_correction: str = "token_truncate"
+    """Importance weights π_old / π_rollout on each token's policy-gradient term, for the gap
+    between the policy that sampled and π_old (`ngrpo.method.rollout_correction`): none |
+    token_truncate | token_mask | sequence_truncate | sequence_mask (TRL
+    `vllm_importance_sampling_mode`; verl `algorithm.rollout_correction.rollout_is`: token |
+    sequence, truncating). Exactly 1 when π_old is the rollout's."""
+    rollout_correction_cap: float = 2.0
+    """Truncation or masking threshold of the weights, >= 1 (verl `rollout_is_threshold`, 2.0;
+    TRL `vllm_importance_sampling_cap`)."""
     strategy: str = "ddp"
     """Data-parallel strategy under several processes (verl `actor_rollout_ref.actor.strategy`):
     `ddp` (every process holds the whole model and optimizer) | `fsdp` (FSDP2: parameters,

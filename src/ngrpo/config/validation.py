@@ -20,10 +20,12 @@ import torch
 
 from ngrpo.config.aliases import _VALUE_CANONICALIZERS, _reward_items
 from ngrpo.config.schema import MISSING, TrainConfig, _flatten, config_to_dict
+from ngrpo.learner.update import OLD_LOGPROBS
 from ngrpo.method.losses import IMPORTANCE_LEVELS
+from ngrpo.method.rollout_correction import CORRECTIONS
 from ngrpo.rewards.functions import ERROR_POLICIES
 from ngrpo.rewards.specs import check_spec
-from ngrpo.rollout.engine import CUDA_GRAPHS, KV_CACHES
+from ngrpo.rollout.engine import CUDA_GRAPHS, KV_CACHES, PRECISIONS
 from ngrpo.utils.errors import NgrpoError
 
 DTYPES: dict[str, torch.dtype | None] = {
@@ -153,6 +155,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         _check_int("rollout.generation_batch_size", r.generation_batch_size, 1)
     _check_choice("rollout.kv_cache", r.kv_cache, KV_CACHES)
     _check_choice("rollout.cuda_graphs", r.cuda_graphs, CUDA_GRAPHS)
+    _check_choice("rollout.precision", r.precision, PRECISIONS)
+    _check_choice("rollout.keep_decoder", r.keep_decoder, [None, True, False])
 
     cfg.exploration.validate()
 
@@ -201,6 +205,14 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             f"train.clip_ratio_c must be > 1 or null (off), got {t.clip_ratio_c!r}",
         )
     _check_choice("train.soft_input_grad", t.soft_input_grad, list(SOFT_INPUT_GRAD))
+    _check_choice("train.old_logprobs", t.old_logprobs, ["auto", *OLD_LOGPROBS])
+    _check_choice("train.rollout_correction", t.rollout_correction, list(CORRECTIONS))
+    _require(
+        isinstance(t.rollout_correction_cap, (int, float))
+        and not isinstance(t.rollout_correction_cap, bool)
+        and t.rollout_correction_cap >= 1,
+        f"train.rollout_correction_cap must be >= 1, got {t.rollout_correction_cap!r}",
+    )
     _check_choice("train.strategy", t.strategy, list(STRATEGIES))
     _require(
         not (t.strategy == "fsdp" and m.lora.enabled),

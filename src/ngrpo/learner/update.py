@@ -14,10 +14,18 @@ values are identical either way, so the replay invariant holds for both. The los
 `ngrpo.method.losses.grpo_loss`.
 
 Choices worth knowing:
-- π_old is the rollout's own log-probabilities (`RolloutBatch.logprobs`). Before the first update
-  they equal the recomputed ones (the replay invariant, fp32 within 1e-4), so no extra forward is
-  spent on them; `actor/replay_logp_err` logs the largest difference seen on the first mini-batch,
-  a free health check (it grows under bf16, where verl recomputes π_old instead).
+- π_old (`old_logprobs`): `rollout` takes the rollout's own log-probabilities
+  (`RolloutBatch.logprobs`), exact in fp32 (the replay invariant) and free; `recompute` scores
+  every row with the learner's own forward, without gradients, before the first update, mini-batch
+  by mini-batch in exactly the micro-batches the update then uses (the same shapes, hence the same
+  kernels), so the first mini-batch's PPO ratios are exactly 1, as verl's "recompute
+  old_log_probs" (and the authors' release) do. The trainer picks `recompute` whenever the compute
+  dtype is not fp32 (`train.old_logprobs: auto`).
+- The rollout–learner gap (`ngrpo.method.rollout_correction`): `mismatch/*` compares the learner's
+  log-probabilities with the rollout's on every token under `recompute`, on the tokens scored
+  before the first optimizer step under `rollout`; `actor/replay_logp_err` is its maximum.
+  `rollout_correction` multiplies each token's policy-gradient term by a truncated or masked
+  importance weight π_old / π_rollout (exactly 1 under `rollout`).
 - The mini-batch's loss normaliser (tokens or sequences) is computed once over the whole
   mini-batch and shared by its micro-batches, so accumulation equals one big batch exactly. Under
   data parallelism it is summed over the processes and each process's loss scaled by the world
@@ -51,7 +59,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+import time
 from dataclasses import dataclass
 
 import torch
@@ -59,13 +67,17 @@ import torch
 from ngrpo.learner.policy import as_policy, policy_scores
 from ngrpo.learner.scoring import score_tokens
 from ngrpo.method.losses import AGGREGATIONS, grpo_loss, resolve_aggregation
+from ngrpo.method.rollout_correction import importance_weights, mismatch_metrics
 from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.rollout import RolloutBatch
 from ngrpo.sharding.data_parallel import global_loss_normalizer
 
 log = logging.getLogger(__name__)
 
-REPLAY_ERR = "actor/replay_logp_err"  # largest |recomputed − rollout| log-prob, first mini-batch
+REPLAY_ERR = "actor/replay_logp_err"  # largest |learner − rollout| log-prob: mismatch/logp_abs_max
+MIN_KEYS = ("actor/ratio_min",)  # metrics reduced by their minimum over micro-batches
+MAX_KEYS = ("actor/ratio_max",)  # ... and by their maximum
+OLD_LOGPROBS = ("rollout", "recompute")
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,9 @@ class LearnerParams:
     max_tokens_per_micro_batch: int | None = None  # None: `micro_batch_size` rows per micro-batch
     chunk_elements: int | None = None  # logits elements per head chunk (None: the device default)
     full_logits: bool = False  # score through full logits (the old path, for comparisons)
+    old_logprobs: str = "rollout"  # rollout | recompute: where π_old comes from
+    rollout_correction: str = "none"  # see ngrpo.method.rollout_correction.CORRECTIONS
+    rollout_correction_cap: float = 2.0  # truncation / masking threshold of the weights
 
 
 def sequence_logprobs(
@@ -183,27 +198,51 @@ def _micro_batches(batch: RolloutBatch, rows: torch.Tensor, params: LearnerParam
 
 
 @torch.no_grad()
+def _score_rows(policy, batch: RolloutBatch, row_groups, temperature: float, params, accelerator):
+    """Log-probs (N, T) of the sampled tokens through `policy` without gradients, each group of
+    rows split into the learner's micro-batches; 0 outside `response_mask`. Under FSDP every
+    process runs as many forwards as the busiest, and the root's gathered parameters are released
+    afterwards (FSDP2 keeps the root unsharded after a forward without backward)."""
+    device = batch.response_ids.device
+    out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=device)  # (N, T)
+    for rows in row_groups:
+        parts = list(_micro_batches(batch, rows, params))
+        for i in range(len(parts) + _padding(len(parts), accelerator, device)):
+            micro, sub, width = parts[min(i, len(parts) - 1)]
+            logp, _ = policy_scores(policy, sub, temperature, chunk_elements=params.chunk_elements,
+                                    full_logits=params.full_logits)  # fmt: skip
+            if i < len(parts):  # the rest is padding (FSDP: the same collectives everywhere)
+                out[micro, :width] = logp
+    if hasattr(policy, "reshard"):
+        policy.reshard()
+    return out
+
+
 def reference_logprobs(
     ref_model, batch: RolloutBatch, temperature: float, params: LearnerParams, accelerator=None
 ) -> torch.Tensor:
     """Log-probs (N, T) of the sampled tokens under the frozen reference, on the same inputs and
     micro-batches as the learner; 0 outside `response_mask`. `ref_model`: a causal LM or a
-    `SoftInputPolicy` (under FSDP a sharded one: every process then runs as many forwards as the
-    busiest, and the root's gathered parameters are released afterwards)."""
-    ref = as_policy(ref_model)
-    device = batch.response_ids.device
-    rows = torch.arange(len(batch.response_ids), device=device)
-    out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=device)  # (N, T)
-    parts = list(_micro_batches(batch, rows, params))
-    for i in range(len(parts) + _padding(len(parts), accelerator, device)):
-        micro, sub, width = parts[min(i, len(parts) - 1)]
-        logp, _ = policy_scores(ref, sub, temperature, chunk_elements=params.chunk_elements,
-                                full_logits=params.full_logits)  # fmt: skip
-        if i < len(parts):  # the rest is padding (FSDP: the same collectives on every process)
-            out[micro, :width] = logp
-    if hasattr(ref, "reshard"):  # FSDP2 keeps the root unsharded after a forward without backward
-        ref.reshard()
-    return out
+    `SoftInputPolicy` (under FSDP a sharded one)."""
+    rows = torch.arange(len(batch.response_ids), device=batch.response_ids.device)
+    return _score_rows(as_policy(ref_model), batch, [rows], temperature, params, accelerator)
+
+
+def _mini_batches(batch: RolloutBatch, params: LearnerParams) -> list[torch.Tensor]:
+    """Row indices of each mini-batch (whole groups, in order)."""
+    rows = torch.arange(len(batch.response_ids), device=batch.response_ids.device)
+    return list(rows.split(params.mini_batch_groups * params.group_size))
+
+
+def recompute_old_logprobs(
+    model, batch: RolloutBatch, params: LearnerParams, accelerator=None
+) -> torch.Tensor:
+    """π_old (N, T): the policy's own log-probs of the sampled tokens before any update, scored
+    mini-batch by mini-batch in the very micro-batches `update_policy` uses, so that its first
+    mini-batch recomputes them bitwise (ratios exactly 1); 0 outside `response_mask`."""
+    policy = as_policy(model)
+    return _score_rows(policy, batch, _mini_batches(batch, params), params.temperature, params,
+                       accelerator)  # fmt: skip
 
 
 def loss_mask(batch: RolloutBatch, mask_truncated: bool) -> torch.Tensor:
@@ -212,16 +251,6 @@ def loss_mask(batch: RolloutBatch, mask_truncated: bool) -> torch.Tensor:
     if mask_truncated and batch.truncated is not None:
         mask = mask * (~batch.truncated).float()[:, None]
     return mask
-
-
-def _grads_finite(parameters: Sequence[torch.nn.Parameter]) -> bool:
-    """This process's gradients (its shards under FSDP) are all finite."""
-    return all(p.grad is None or bool(torch.isfinite(_local(p.grad)).all()) for p in parameters)
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """A DTensor's local shard, or the tensor itself."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def _padding(parts: int, accelerator, device) -> int:
@@ -245,7 +274,8 @@ def _agreed(ok: bool, accelerator, device) -> bool:
 
 
 class _Averages:
-    """Running means of metric dicts; `actor/replay_logp_err` keeps its maximum instead."""
+    """Running means of metric dicts; `MIN_KEYS` keep their minimum and `MAX_KEYS` their maximum
+    instead (the extremes of the ratio, not a mean of per-micro-batch extremes)."""
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
@@ -253,8 +283,9 @@ class _Averages:
 
     def add(self, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
-            if key == REPLAY_ERR:
-                self.totals[key] = max(self.totals.get(key, 0.0), float(value))
+            if key in MIN_KEYS or key in MAX_KEYS:
+                pick = min if key in MIN_KEYS else max
+                self.totals[key] = pick(self.totals.get(key, float(value)), float(value))
                 self.counts[key] = 1
                 continue
             self.totals[key] = self.totals.get(key, 0.0) + float(value)
@@ -276,7 +307,8 @@ def update_policy(
     accelerator=None,
     ref_context=None,
 ) -> dict[str, float]:
-    """Learn from one step's rollouts; returns averaged metrics (loss/*, actor/*, train/*).
+    """Learn from one step's rollouts; returns averaged metrics (loss/*, actor/*, train/*,
+    mismatch/*, rollout_correction/*, time/*).
 
     `advantages` is per row (N,). `model`: a `ngrpo.learner.policy.SoftInputPolicy`, possibly
     wrapped for data parallelism, or a bare causal LM (wrapped in one here). `accelerator` does
@@ -285,30 +317,44 @@ def update_policy(
     skipped mini-batches are left out of the averages; `actor/grad_norm` is the mean pre-clipping
     norm of the applied steps. `ref_context`: a context-manager factory the reference is scored
     under (LoRA: the policy itself as `ref_model`, with peft's `disable_adapter`, so no second
-    model).
+    model). `time/reference_s`, `time/old_logprobs_s` and `time/optimizer_s` (clipping, the
+    optimizer and scheduler steps) time those phases (device-synchronised).
     """
     model = as_policy(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     world = 1 if accelerator is None else accelerator.num_processes
     device = batch.response_ids.device
     mask = loss_mask(batch, params.mask_truncated_completions)  # (N, T)
+    clock = _PhaseClock(device)
     ref_logp = None
     if params.beta > 0:
         with ref_context() if ref_context is not None else contextlib.nullcontext():
             ref_logp = reference_logprobs(
                 ref_model, batch, params.temperature, params, accelerator
             )  # (N, T)
-    rows_per_mini = params.mini_batch_groups * params.group_size
+        clock.lap("time/reference_s")
+    if params.old_logprobs not in OLD_LOGPROBS:
+        raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS}, got {params.old_logprobs!r}")
+    old_logp = batch.logprobs  # (N, T)
+    learner_logp = torch.zeros_like(mask)  # (N, T) the learner's log-probs before any update
+    measured = torch.zeros_like(mask)  # (N, T) 1 where `learner_logp` holds a value
+    if params.old_logprobs == "recompute":
+        old_logp = learner_logp = recompute_old_logprobs(model, batch, params, accelerator)
+        measured = mask
+        clock.lap("time/old_logprobs_s")
+    is_weights, correction_metrics = importance_weights(
+        old_logp, batch.logprobs, mask, params.rollout_correction, params.rollout_correction_cap
+    )  # (N, T), exactly 1 when π_old is the rollout's
     averages = _Averages()
     skipped, grad_norms, first = 0, [], True
     for _ in range(params.num_iterations):
-        for mini in torch.arange(len(batch.response_ids), device=device).split(rows_per_mini):
+        for mini in _mini_batches(batch, params):
             normalizer = global_loss_normalizer(
                 _count(mask[mini], params.loss_type), world,
                 lambda count: _sum_over_processes(count, accelerator, device),
             )  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
-            finite, mini_metrics = True, _Averages()
+            finite, mini_metrics = torch.ones((), dtype=torch.bool, device=device), _Averages()
             parts = list(_micro_batches(batch, mini, params))
             count = len(parts) + _padding(len(parts), accelerator, device)
             for i in range(count):
@@ -330,8 +376,11 @@ def update_policy(
                     if i >= len(parts):  # padding (FSDP): same collectives, zero gradient
                         accelerator.backward(logp.sum() * 0.0)
                         continue
+                    if first and params.old_logprobs == "rollout":  # before any optimizer step
+                        learner_logp[micro, :width] = logp.detach()
+                        measured[micro, :width] = sub_mask
                     loss, metrics = grpo_loss(
-                        logp, sub.logprobs, advantages[micro], sub_mask,
+                        logp, old_logp[micro, :width], advantages[micro], sub_mask,
                         ref_logp=None if ref_logp is None else ref_logp[micro, :width],
                         entropy=entropy.detach() if params.entropy_coef == 0 else entropy,
                         beta=params.beta, kl_estimator=params.kl_estimator,
@@ -339,18 +388,20 @@ def update_policy(
                         clip_ratio_c=params.clip_ratio_c,
                         level=params.importance_sampling_level, loss_type=params.loss_type,
                         entropy_coef=params.entropy_coef, normalizer=normalizer,
+                        is_weights=None if params.rollout_correction == "none"
+                        else is_weights[micro, :width],
                     )  # fmt: skip
-                    if first:
-                        err = ((logp.detach() - sub.logprobs).abs() * sub_mask).max()
-                        averages.add({REPLAY_ERR: float(err)})  # kept even if skipped
-                    finite = finite and bool(torch.isfinite(loss))
+                    finite = finite & torch.isfinite(loss.detach())  # read once per mini-batch
                     if accelerator is not None:
                         accelerator.backward(loss)
                     else:
                         loss.backward()
                 mini_metrics.add(metrics)
             first = False
-            finite = _agreed(finite and _grads_finite(parameters), accelerator, device)
+            clock.lap("time/forward_backward_s")
+            # A non-finite gradient makes the global norm non-finite (checked below), identically
+            # on every process (it is taken after the gradients' reduction).
+            finite = _agreed(bool(finite), accelerator, device)
             grad_norm = _clip(parameters, params.max_grad_norm, accelerator) if finite else 0.0
             if not (finite and math.isfinite(grad_norm)):
                 skipped += 1
@@ -362,11 +413,38 @@ def update_policy(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            clock.lap("time/optimizer_s")
     result = averages.result()
+    gap = mismatch_metrics(learner_logp, batch.logprobs, measured, batch.mixed)
+    result.update(gap)
+    result[REPLAY_ERR] = gap["mismatch/logp_abs_max"]
+    result.update(correction_metrics)
+    result.update(clock.totals)
     result["actor/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
     result["train/skipped_updates"] = float(skipped)
     result["train/optimizer_steps"] = float(len(grad_norms))
     return result
+
+
+class _PhaseClock:
+    """Seconds spent per phase of an update, summed: `lap(name)` adds the time since the last
+    lap to `name`, after waiting for the device's queued work (CUDA), so each phase is charged
+    with its own kernels."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.totals: dict[str, float] = {}
+        self._last = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.totals[name] = self.totals.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 def _count(mask: torch.Tensor, loss_type: str) -> float:

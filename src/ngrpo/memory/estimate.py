@@ -16,10 +16,12 @@ What is modelled, from the code (factors in `_learner_components` etc.):
 - full-weight training keeps fp32 master weights, fp32 gradients and AdamW's two fp32 moments
   (16 bytes per parameter); under FSDP all three are sharded 1/W, under DDP with W > 1 the
   gradient buckets add one more fp32 copy of the gradients;
-- bf16 / fp16 compute under autocast (DDP): autocast caches a compute-dtype copy of every matmul
-  weight for the whole autocast region, so the rollout holds one (the whole `generate` call runs
-  under `accelerator.autocast()`) and so does the learner's forward (saved for the backward). The
-  chunked head runs outside the model's forward on the fp32 weight: no copy of it in the learner.
+- bf16 / fp16 compute under autocast (DDP): the static decoder holds a compute-dtype copy of every
+  projection weight of the body (`ngrpo.rollout.weights`; the head too with `rollout.precision:
+  compute`), alive during the rollout, or through every phase when the decoder is kept between
+  steps (`rollout.keep_decoder`, as is the KV cache); the learner's forward casts them again
+  (autocast, saved for the backward). The chunked head runs outside the model's forward on the
+  fp32 weight: no copy of it in the learner.
   The residual stream stays fp32 (embedding output + bf16 sublayer outputs).
 - FSDP (`ngrpo.sharding`): parameters in the compute dtype are gathered a few decoder layers at a
   time (`FSDP_GATHERED_LAYERS`) plus the root's (embeddings, final norm, head); the rollout,
@@ -124,6 +126,11 @@ class MemoryInputs:
     """Rows of the step's rollout batch held by this process (None: `rollout_rows`)."""
     padded: bool = True
     """Rows of unequal length in a micro-batch (a padding mask is built): true for rollouts."""
+    keep_decoder: bool = False
+    """The static decoder (KV cache, weight copies) is kept between steps (`rollout.keep_decoder`):
+    alive through the learner phase too."""
+    fp32_head: bool = True
+    """The decoder's head runs on the fp32 weight (`rollout.precision: learner`): no copy of it."""
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -275,19 +282,23 @@ def _persistent(x: MemoryInputs, lora: bool, trainable: int, c: int) -> list[Com
 def _rollout_components(x: MemoryInputs, lora: bool, trainable: int, c: int) -> list[Component]:
     s, rows = x.shape, x.rollout_rows
     phase = ("rollout",)
+    decoder = PHASES if x.keep_decoder else phase  # a kept decoder lives through every phase
+    kept = ", kept between steps" if x.keep_decoder else ""
     out = []
-    matmul = s.num_layers * s.layer_matmul_params + s.vocab_size * s.hidden_size  # body + head
+    matmul = s.num_layers * s.layer_matmul_params  # the body's projections
+    if not x.fp32_head:  # `rollout.precision: compute`: the head is copied too
+        matmul += s.vocab_size * s.hidden_size
     if x.strategy == "fsdp":
         pass  # the rollout weight copy is persistent (`_persistent`)
     elif c != 4 and not lora:
-        out.append(Component("autocast weight copies", matmul * c, phase,
-                             f"{x.dtype} casts of the fp32 matmul weights, cached by autocast "
-                             "for the whole rollout"))  # fmt: skip
+        out.append(Component("decoder weight copies", matmul * c, decoder,
+                             f"{x.dtype} copies of the fp32 projection weights the static decoder "
+                             f"holds (ngrpo.rollout.weights){kept}"))  # fmt: skip
     elif c != 4 and lora:
         out.append(Component("autocast adapter copies", trainable * c, phase))
     length = x.prompt_tokens + x.new_tokens
-    out.append(Component("KV cache", rows * length * s.num_layers * 2 * s.kv_dim * c, phase,
-                         f"{rows} rows × {length} positions, {x.dtype}"))  # fmt: skip
+    out.append(Component("KV cache", rows * length * s.num_layers * 2 * s.kv_dim * c, decoder,
+                         f"{rows} rows × {length} positions, {x.dtype}{kept}"))  # fmt: skip
     prompts = math.ceil(rows / x.num_generations)
     tokens = prompts * x.prompt_tokens
     per_token = 3 * c * s.intermediate_size + 2 * c * s.q_dim + 3 * 4 * s.hidden_size

@@ -39,7 +39,7 @@ def shape_for_config(cfg, config_name: str = "", preset: str | None = None) -> M
 
 def inputs_from_config(
     cfg, shape: ModelShape, *, world_size: int = 1, strategy: str | None = None,
-    lora_r: int | None = None, device: str = "cuda",
+    lora_r: int | None = None, device: str = "cuda", keep_decoder: bool | None = None,
 ) -> MemoryInputs:  # fmt: skip
     """`MemoryInputs` for a `TrainConfig` run on `world_size` processes of `device`.
 
@@ -47,7 +47,9 @@ def inputs_from_config(
     config has them (else ddp / 0). `model.dtype: auto` plans bfloat16 on CUDA, float32 on CPU.
     Micro-batches are `train.micro_batch_size` rows of prompt + response at their maximum
     lengths, or as many such rows as `train.max_tokens_per_micro_batch` holds (at least one), and
-    never more than a process's share of a mini-batch."""
+    never more than a process's share of a mini-batch. `keep_decoder` defaults to the config's
+    `rollout.keep_decoder` when that is true or false; its `null` (decided at run time, see the
+    trainer) is planned as not kept."""
     from ngrpo.method.exploration import NOISE_STRATEGIES
 
     if not isinstance(world_size, int) or world_size < 1:
@@ -71,6 +73,9 @@ def inputs_from_config(
     rows = min(rows, mini_rows)
     explore = cfg.exploration
     k = explore.mix_top_k if explore.strategy == "neighbor" else 1
+    rollout = cfg.rollout
+    if keep_decoder is None:
+        keep_decoder = getattr(rollout, "keep_decoder", None) is True
     return MemoryInputs(
         shape=shape, micro_rows=rows, micro_width=width, response_tokens=new,
         rollout_rows=cfg.rollout.generation_batch_size or step_rows, step_rows=step_rows,
@@ -78,4 +83,5 @@ def inputs_from_config(
         strategy=strategy, world_size=world_size, dtype=dtype, device=device, lora_r=lora_r,
         lora_targets=targets, gradient_checkpointing=cfg.model.gradient_checkpointing,
         reference=cfg.train.beta > 0, candidates=k, noise=explore.strategy in NOISE_STRATEGIES,
+        keep_decoder=keep_decoder, fp32_head=getattr(rollout, "precision", "learner") == "learner",
     )  # fmt: skip

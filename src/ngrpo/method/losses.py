@@ -216,21 +216,30 @@ def policy_loss(
     with torch.no_grad():
         valid = mask.bool()
         r = ratio.detach()[valid]
-        metrics = {
-            "actor/clip_frac": masked_mean((clipped > unclipped).float(), mask).item(),
+        one = torch.ones((), device=ratio.device)
+        values = {
+            "actor/clip_frac": masked_mean((clipped > unclipped).float(), mask),
             "actor/clip_frac_low": masked_mean(
                 ((ratio < 1.0 - clip_low) & (advantages < 0)).float(), mask
-            ).item(),
+            ),
             "actor/clip_frac_high": masked_mean(
                 ((ratio > 1.0 + clip_high) & (advantages > 0)).float(), mask
-            ).item(),
-            "actor/ratio_mean": r.mean().item() if r.numel() else 1.0,
-            "actor/ratio_min": r.min().item() if r.numel() else 1.0,
-            "actor/ratio_max": r.max().item() if r.numel() else 1.0,
+            ),
+            "actor/ratio_mean": r.mean() if r.numel() else one,
+            "actor/ratio_min": r.min() if r.numel() else one,
+            "actor/ratio_max": r.max() if r.numel() else one,
         }
         if dual_binds is not None:
-            metrics["loss/pg_clipfrac_lower"] = masked_mean(dual_binds.float(), mask).item()
+            values["loss/pg_clipfrac_lower"] = masked_mean(dual_binds.float(), mask)
+        metrics = _to_floats(values)
     return loss, metrics
+
+
+def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """0-dim tensors as floats, read from the device in one transfer (one host sync, not one per
+    metric: on a GPU every sync stalls the queue of kernels behind it)."""
+    floats = torch.stack([v.float() for v in values.values()]).tolist()
+    return dict(zip(values, floats, strict=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,12 +355,15 @@ def grpo_loss(
     loss_type: str = "token-mean",
     entropy_coef: float = 0.0,
     normalizer: float | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """pg + beta · KL − entropy_coef · entropy, each aggregated with `loss_type`.
 
     logp, old_logp, mask, ref_logp, entropy: (N, T); advantages: (N,) or (N, T).
     `ref_logp` is required when beta > 0, `entropy` (per-token entropy of the policy, e.g. from
-    `entropy_from_logits`) when entropy_coef > 0. `normalizer`: see `aggregate`.
+    `entropy_from_logits`) when entropy_coef > 0. `normalizer`: see `aggregate`. `is_weights`
+    (N, T): constant rollout-correction weights multiplying each token's policy-gradient term
+    (`ngrpo.method.rollout_correction.importance_weights`; None: 1).
     Returns the scalar loss to backpropagate and metrics aggregated over this call alone with
     `loss_type` (the local denominator, whatever `normalizer` is): `loss/total` (equal to the loss
     when `normalizer` is None), `loss/pg`, `loss/kl` (when `ref_logp` is given, also at beta = 0),
@@ -366,6 +378,8 @@ def grpo_loss(
     pg_tokens, metrics = policy_loss(
         logp, old_logp, advantages, mask, clip_low, clip_high, level, clip_ratio_c
     )
+    if is_weights is not None:
+        pg_tokens = pg_tokens * is_weights.detach()  # (N, T)
     terms = [(1.0, pg_tokens, "loss/pg")]  # (coefficient, per-token value (N, T), metric name)
     if ref_logp is not None:
         terms.append((beta, kl_penalty(logp, ref_logp, kl_estimator), "loss/kl"))
@@ -373,13 +387,13 @@ def grpo_loss(
         terms.append((-entropy_coef, entropy, "actor/entropy"))
 
     loss = torch.zeros((), dtype=torch.float32, device=logp.device)
-    total = 0.0
+    local: dict[str, torch.Tensor] = {}
     for coef, tokens, name in terms:
         if coef != 0:
             loss = loss + coef * aggregate(tokens, mask, mode, normalizer)
         with torch.no_grad():
-            local = aggregate(tokens.detach(), mask, mode).item()
-        metrics[name] = local
-        total += coef * local
-    metrics["loss/total"] = total
+            local[name] = aggregate(tokens.detach(), mask, mode)
+    local_floats = _to_floats(local)
+    metrics.update(local_floats)
+    metrics["loss/total"] = sum(coef * local_floats[name] for coef, _, name in terms)
     return loss, metrics

@@ -33,6 +33,7 @@ import torch
 
 from ngrpo.config import TrainConfig
 from ngrpo.learner.update import LearnerParams
+from ngrpo.rollout import DecoderPool
 from ngrpo.trainer.checkpoints import (
     STATE_FILE,
     _recover_interrupted_writes,
@@ -77,6 +78,7 @@ class Run:
     skipped_total: int = 0
     dropped_prompts: int = 0
     rollout_copy: object | None = None  # ngrpo.sharding.RolloutCopy under FSDP
+    decoders: object | None = None  # ngrpo.rollout.DecoderPool: the decoder kept between steps
 
     @property
     def sharded(self) -> bool:
@@ -108,7 +110,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     index = _neighbor_index(cfg, policy)
     world = accelerator.num_processes
     _check_world_size(cfg, world)
-    params = _learner_params(cfg, world)
+    params = _learner_params(cfg, world, dtype)
     peft_model = loaded.peft_model
     run = Run(
         cfg=cfg, run_dir=run_dir, accelerator=accelerator, model=model, policy=policy,
@@ -121,6 +123,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         peft_model=peft_model,
         ref_context=peft_model.disable_adapter if peft_model is not None else None,
         rollout_copy=copy,
+        decoders=DecoderPool() if _keep_decoder(cfg, accelerator.device, world) else None,
     )  # fmt: skip
     rewards.pool = run.pool  # the built-in graders share the run's grading workers
     rewards.start()  # a user function that cannot load fails here, before any step
@@ -226,9 +229,13 @@ def _distribute(cfg: TrainConfig, accelerator, loaded, ref_model, dtype):
 def _optimizer(cfg: TrainConfig, module: torch.nn.Module):
     """AdamW over the trainable parameters (LoRA: the adapters only; everything else is frozen)
     and the warm-up schedule."""
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    # CUDA: the fused kernel (one launch for all parameters; same state dict); not for sharded
+    # (DTensor) parameters, which take the default multi-tensor path
+    fused = bool(trainable) and all(p.is_cuda and not hasattr(p, "to_local") for p in trainable)
     optimizer = torch.optim.AdamW(
-        [p for p in module.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
-        weight_decay=cfg.train.weight_decay,
+        trainable, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay,
+        fused=fused or None,
     )  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.train.warmup_steps))
     return optimizer, scheduler
@@ -282,7 +289,34 @@ def _check_world_size(cfg: TrainConfig, world: int) -> None:
         )
 
 
-def _learner_params(cfg: TrainConfig, world: int) -> LearnerParams:
+def _keep_decoder(cfg: TrainConfig, device: torch.device, world: int) -> bool:
+    """`rollout.keep_decoder` resolved: null keeps the decoder on CUDA when the memory plan with it
+    kept fits in 90% of the GPU's memory (`ngrpo.memory`), never on CPU."""
+    if cfg.rollout.keep_decoder is not None:
+        return cfg.rollout.keep_decoder
+    if device.type != "cuda":
+        return False
+    from ngrpo.memory import estimate, inputs_from_config, shape_for_config
+
+    plan = estimate(inputs_from_config(cfg, shape_for_config(cfg), world_size=world,
+                                       keep_decoder=True))  # fmt: skip
+    total = torch.cuda.get_device_properties(device).total_memory
+    keep = plan.peak_bytes <= 0.9 * total
+    log.info("rollout.keep_decoder=null: %s the decoder between steps (planned peak %.1f GB with "
+             "it kept, GPU %.1f GB)", "keeping" if keep else "not keeping", plan.peak_bytes / 1e9,
+             total / 1e9)  # fmt: skip
+    return keep
+
+
+def old_logprobs_mode(setting: str, dtype: torch.dtype) -> str:
+    """`train.old_logprobs` resolved: `auto` takes the rollout's log-probabilities only when the
+    compute dtype is fp32 (where they equal the learner's), else recomputes them."""
+    if setting != "auto":
+        return setting
+    return "rollout" if dtype == torch.float32 else "recompute"
+
+
+def _learner_params(cfg: TrainConfig, world: int, dtype: torch.dtype) -> LearnerParams:
     """The learner's settings; a mini-batch's groups are split over the `world` processes."""
     return LearnerParams(
         group_size=cfg.rollout.num_generations,
@@ -302,6 +336,9 @@ def _learner_params(cfg: TrainConfig, world: int) -> LearnerParams:
         soft_input_grad=cfg.train.soft_input_grad,
         max_grad_norm=cfg.train.max_grad_norm,
         mask_truncated_completions=cfg.train.mask_truncated_completions,
+        old_logprobs=old_logprobs_mode(cfg.train.old_logprobs, dtype),
+        rollout_correction=cfg.train.rollout_correction,
+        rollout_correction_cap=float(cfg.train.rollout_correction_cap),
     )
 
 

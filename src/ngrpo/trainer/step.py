@@ -31,22 +31,27 @@ from ngrpo.trainer.setup import Run
 SUMMED_METRICS = (
     "rollout/tokens", "rollout/mixed_tokens", "rollout/tokens_per_s", "learner/tokens_per_s",
 )  # fmt: skip
-MAX_METRICS = ("memory/peak_bytes",)  # the largest over processes (what must fit on each)
+MAX_METRICS = (  # the largest over processes: what must fit on each, the worst gap
+    "memory/peak_bytes", "actor/ratio_max", "actor/replay_logp_err", "mismatch/logp_abs_max",
+    "mismatch/seq_log_ratio_abs_max", "mismatch/mixed/logp_abs_max",
+)  # fmt: skip
+MIN_METRICS = ("actor/ratio_min",)  # the smallest over processes
 
 
 def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
-    """Metrics over all processes: sums for `SUMMED_METRICS`, maxima for `MAX_METRICS`, means for
-    the rest (identity in a single process). Every process must hold the same keys (they do: same
-    code, same config)."""
+    """Metrics over all processes: sums for `SUMMED_METRICS`, maxima for `MAX_METRICS`, minima for
+    `MIN_METRICS`, means for the rest (identity in a single process). Every process must hold the
+    same keys (they do: same code, same config)."""
     world = run.accelerator.num_processes
     if world == 1:
         return metrics
     keys = sorted(metrics)
     values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
     gathered = run.accelerator.gather(values.to(run.accelerator.device)).view(world, -1).cpu()
-    sums, maxima = gathered.sum(0), gathered.max(0).values  # (K,), (K,)
+    sums, maxima, minima = gathered.sum(0), gathered.max(0).values, gathered.min(0).values
     return {
         key: float(maxima[i]) if key in MAX_METRICS
+        else float(minima[i]) if key in MIN_METRICS
         else float(sums[i]) if key in SUMMED_METRICS else float(sums[i]) / world
         for i, key in enumerate(keys)
     }  # fmt: skip
@@ -87,7 +92,9 @@ def _rollout_round(
                 exploration=cfg.exploration, answer_start_ids=run.answer_start_ids,
                 training=True, seed=rollout_seed(cfg.seed, run.step, round_, first[start]),
                 batch_size=cfg.rollout.generation_batch_size, neighbor_index=run.neighbor_index,
-                engine=EngineOptions(cfg.rollout.kv_cache, cfg.rollout.cuda_graphs),
+                engine=EngineOptions(cfg.rollout.kv_cache, cfg.rollout.cuda_graphs,
+                                     precision=cfg.rollout.precision),
+                decoders=run.decoders,
             ))  # fmt: skip
     batch = concat_batches(parts, run.tokenizer.pad_token_id)
     # weighted reward components (built-in graders and user functions)
@@ -165,8 +172,11 @@ def _train_step(run: Run) -> dict[str, float]:
         run.model, run.optimizer, run.scheduler, batch, advantages.to(batch.logprobs.device),
         run.params, ref_model=run.ref_model, accelerator=acc, ref_context=run.ref_context,
     )  # fmt: skip
+    refresh_s = 0.0
     if run.sharded:  # the rollout copy takes the new weights (its in-place copies bump the
-        run.rollout_copy.refresh()  # tables' version counters: the neighbour index refreshes)
+        refreshed = time.perf_counter()  # tables' version counters: the neighbour index refreshes)
+        run.rollout_copy.refresh()
+        refresh_s = time.perf_counter() - refreshed
     learner_s = time.perf_counter() - started
     trained_tokens = float(batch.response_mask.sum()) * cfg.train.num_iterations  # × PPO epochs
     metrics = {
@@ -181,7 +191,9 @@ def _train_step(run: Run) -> dict[str, float]:
             split_groups(texts, cfg.rollout.num_generations), groups.tolist(), batch.stats
         ),
         "time/rollout_s": rollout_s,
+        "time/generate_s": batch.stats["rollout/seconds"],
         "time/learner_s": learner_s,
+        "time/rollout_copy_s": refresh_s,
         "learner/tokens_per_s": trained_tokens / max(learner_s, 1e-9),
         "train/lr": run.scheduler.get_last_lr()[0],
         "memory/peak_bytes": float(peak_bytes(acc.device)),

@@ -1,0 +1,125 @@
+"""The rollout–learner gap: how far the sampling policy is from π_old, and weights correcting it.
+
+The rollout engine records log π_rollout(y_t), the log-probability under which each token was
+sampled; the learner scores the same recorded inputs with one full-sequence forward, log π_old. In
+fp32 the two are equal (the replay invariant); in bf16 they are not, because one-token decode steps
+and a full-sequence forward round differently. Then the tokens were drawn from π_rollout while the
+PPO ratio is taken against π_old, and the gap has to be measured and, optionally, corrected.
+
+Measures (`mismatch_metrics`, δ_t = log π_old(y_t) − log π_rollout(y_t) over loss tokens):
+    mismatch/logp_abs_mean, mismatch/logp_abs_max      mean and largest |δ_t|
+    mismatch/kl_k3                                      KL(π_rollout ‖ π_old) per token, from the
+                                                        rollout's own samples: k3 = e^δ − δ − 1
+                                                        (Schulman's low-variance estimator)
+    mismatch/seq_log_ratio_abs_mean, _abs_max           |Σ_t δ_t| per sequence (the sequence-level
+                                                        log importance ratio)
+    mismatch/frac_over_0.1                              share of tokens with |δ_t| > 0.1
+and, over the mixed positions alone (N-GRPO replays those from soft inputs), the token measures
+again under `mismatch/mixed/`.
+
+Correction (`importance_weights`; verl `algorithm.rollout_correction.rollout_is` /
+`rollout_is_threshold`, TRL `vllm_importance_sampling_mode` / `vllm_importance_sampling_cap`;
+truncated importance sampling as in Yao et al. 2025, "Your Efficient RL Framework Secretly Brings
+You Off-Policy RL Training"):
+    token level     w_t = π_old(y_t) / π_rollout(y_t) = exp(δ_t)
+    sequence level  w_t = exp(Σ_s δ_s) for every token of the sequence
+    truncate        min(w, cap)            (TIS)
+    mask            w if w ≤ cap, else 0   (MIS: the token, or the whole sequence, is left out)
+The policy-gradient term of every token is multiplied by the constant w (the KL and entropy terms
+are not, as in verl and TRL), so the update estimates the gradient under π_old although the tokens
+came from π_rollout. log w is clamped to [−20, 20] before `exp` (verl's safety bound).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ngrpo.method.losses import LOG_RATIO_CLAMP
+from ngrpo.utils.errors import NgrpoError
+
+CORRECTIONS = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+MISMATCH_THRESHOLD = 0.1  # nats: `mismatch/frac_over_0.1`
+
+
+def check_correction(mode: str, cap: float) -> None:
+    """An `NgrpoError` naming the key when the correction settings are not valid."""
+    if mode not in CORRECTIONS:
+        raise NgrpoError(
+            f"train.rollout_correction must be one of {', '.join(CORRECTIONS)}, got {mode!r}"
+        )
+    if not cap >= 1.0:
+        raise NgrpoError(
+            f"train.rollout_correction_cap must be >= 1 (a weight of 1 is never cut), got {cap!r}"
+        )
+
+
+def importance_weights(
+    old_logp: torch.Tensor,
+    rollout_logp: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    cap: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Constant weights (N, T) for the policy-gradient term of each token, and their metrics.
+
+    old_logp, rollout_logp, mask: (N, T). `mode` in `CORRECTIONS` (see the module docstring);
+    `none` gives weights of exactly 1 and no metrics. Metrics over masked tokens:
+    `rollout_correction/weight_mean` (after truncation or masking) and
+    `rollout_correction/truncated_frac` or `rollout_correction/masked_frac` (the share of tokens
+    whose weight exceeded `cap`).
+    """
+    check_correction(mode, cap)
+    if mode == "none":
+        return torch.ones_like(old_logp), {}
+    level, action = mode.split("_")
+    mask = mask.to(old_logp.dtype)
+    delta = ((old_logp - rollout_logp) * mask).detach()  # (N, T), 0 on padding
+    if level == "sequence":
+        delta = delta.sum(dim=1, keepdim=True).expand_as(delta)  # (N, T): Σ_s δ_s on every token
+    weights = torch.exp(delta.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))  # (N, T)
+    over = weights > cap  # (N, T)
+    truncate = action == "truncate"
+    weights = weights.clamp(max=cap) if truncate else weights.masked_fill(over, 0.0)
+    tokens = mask.sum().clamp(min=1.0)
+    metrics = {
+        "rollout_correction/weight_mean": float((weights * mask).sum() / tokens),
+        f"rollout_correction/{'truncated' if truncate else 'masked'}_frac": float(
+            (over.to(mask.dtype) * mask).sum() / tokens
+        ),
+    }
+    return weights, metrics
+
+
+def mismatch_metrics(
+    learner_logp: torch.Tensor,
+    rollout_logp: torch.Tensor,
+    mask: torch.Tensor,
+    mixed: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """The rollout–learner gap over the tokens in `mask` (N, T) (see the module docstring):
+    learner_logp = log π_old, rollout_logp = log π_rollout, `mixed` (N, T) bool the mixed
+    positions. Empty masks give zeros."""
+    valid = mask.bool()
+    delta = (learner_logp.detach().float() - rollout_logp.detach().float()).masked_fill(~valid, 0)
+    metrics = _token_measures(delta, valid, "mismatch/")
+    rows = valid.any(dim=1)  # (N,) sequences with at least one measured token
+    seq = delta.sum(dim=1)[rows].abs()  # (n,)
+    metrics["mismatch/seq_log_ratio_abs_mean"] = float(seq.mean()) if seq.numel() else 0.0
+    metrics["mismatch/seq_log_ratio_abs_max"] = float(seq.max()) if seq.numel() else 0.0
+    if mixed is not None:
+        metrics.update(_token_measures(delta, valid & mixed.bool(), "mismatch/mixed/"))
+    return metrics
+
+
+def _token_measures(delta: torch.Tensor, valid: torch.Tensor, prefix: str) -> dict[str, float]:
+    d = delta[valid]  # (M,)
+    if d.numel() == 0:
+        return {f"{prefix}{key}": 0.0 for key in ("logp_abs_mean", "logp_abs_max", "kl_k3",
+                                                   "frac_over_0.1")}  # fmt: skip
+    clamped = d.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return {
+        f"{prefix}logp_abs_mean": float(d.abs().mean()),
+        f"{prefix}logp_abs_max": float(d.abs().max()),
+        f"{prefix}kl_k3": float((torch.exp(clamped) - clamped - 1.0).mean()),
+        f"{prefix}frac_over_0.1": float((d.abs() > MISMATCH_THRESHOLD).float().mean()),
+    }
