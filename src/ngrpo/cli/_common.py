@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from ngrpo.utils.errors import NgrpoError, NotAvailableError
 
@@ -74,3 +76,44 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     if duplicates:
         raise NgrpoError(f"--seeds: seed {duplicates[0]} is listed twice in {text!r}")
     return tuple(values)
+
+
+# ------------------------------------------------------------------ benchmarks (`ngrpo bench`)
+
+
+def _dtype_name(args) -> str:
+    """`--dtype`, or bfloat16 on CUDA and float32 elsewhere; an error for anything else."""
+    from ngrpo.utils.errors import NgrpoError
+
+    name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if name not in ("bfloat16", "float32"):
+        raise NgrpoError(f"--dtype must be one of bfloat16, float32, got {name!r}")
+    return name
+
+
+def _set_threads(threads: int | None) -> None:
+    from ngrpo.utils.errors import NgrpoError
+
+    if threads is None:
+        return
+    if threads < 1:
+        raise NgrpoError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _write_json(path: Path | None, report: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _prompts(tokenizer, batch: int) -> list[list[int]]:
+    from ngrpo.models.tokenizer import encode_prompt
+    from ngrpo.tasks import generate as generate_problems
+
+    problems = generate_problems("arith-train", num=batch, seed=0)
+    if tokenizer.chat_template:
+        return [encode_prompt(tokenizer, p.problem) for p in problems]
+    return [tokenizer(p.problem, add_special_tokens=False)["input_ids"] for p in problems]

@@ -6,8 +6,9 @@ Adding a benchmark is one `register_<name>(subparsers)` function listed in `BENC
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from ngrpo.cli._common import _dtype_name, _prompts, _set_threads, _write_json
 
 DEFAULT_MODEL = "base"  # the embedded base model, built on first use
 
@@ -15,8 +16,8 @@ DEFAULT_MODEL = "base"  # the embedded base model, built on first use
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="Benchmarks (rollout, learner) written as JSON",
-        description="Benchmarks (rollout, learner) written as JSON. Medians over --repeats.",
+        help="Benchmarks (rollout, learner, train, mismatch) written as JSON",
+        description="Benchmarks (rollout, learner, train, mismatch) written as JSON.",
     )
     benches = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     for register_bench in BENCHMARKS.values():
@@ -99,7 +100,24 @@ def register_learner(benches) -> None:
     parser.set_defaults(func=run_learner_entry)
 
 
-BENCHMARKS = {"rollout": register_rollout, "learner": register_learner}
+def register_train(benches) -> None:
+    from ngrpo.cli.bench_step import register_train as register
+
+    register(benches)
+
+
+def register_mismatch(benches) -> None:
+    from ngrpo.cli.bench_step import register_mismatch as register
+
+    register(benches)
+
+
+BENCHMARKS = {
+    "rollout": register_rollout,
+    "learner": register_learner,
+    "train": register_train,
+    "mismatch": register_mismatch,
+}
 
 
 def _common_options(parser) -> None:
@@ -111,44 +129,6 @@ def _common_options(parser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
     )
-
-
-def _dtype_name(args) -> str:
-    """`--dtype`, or bfloat16 on CUDA and float32 elsewhere; an error for anything else."""
-    from ngrpo.utils.errors import NgrpoError
-
-    name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    if name not in ("bfloat16", "float32"):
-        raise NgrpoError(f"--dtype must be one of bfloat16, float32, got {name!r}")
-    return name
-
-
-def _set_threads(threads: int | None) -> None:
-    from ngrpo.utils.errors import NgrpoError
-
-    if threads is None:
-        return
-    if threads < 1:
-        raise NgrpoError(f"--threads must be >= 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _write_json(path: Path | None, report: dict) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-
-
-def _prompts(tokenizer, batch: int) -> list[list[int]]:
-    from ngrpo.models.tokenizer import encode_prompt
-    from ngrpo.tasks import generate as generate_problems
-
-    problems = generate_problems("arith-train", num=batch, seed=0)
-    if tokenizer.chat_template:
-        return [encode_prompt(tokenizer, p.problem) for p in problems]
-    return [tokenizer(p.problem, add_special_tokens=False)["input_ids"] for p in problems]
 
 
 def run_rollout(args: argparse.Namespace) -> int:
