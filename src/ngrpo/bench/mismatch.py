@@ -12,7 +12,8 @@ precision (`rollout.precision`: `compute`, `learner`) and strategy:
 - `layers`: where the two paths part: the residual stream entering every decoder layer and the
   final norm (forward pre-hooks on `input_layernorm` and the final `norm`, modules both paths
   call), decode path vs learner path, at every scored response position: relative difference
-  ‖Δh‖ / ‖h‖, mean and max. This run decodes without CUDA graphs (hooks do not fire on a replay),
+  ‖Δh‖ / ‖h‖, mean and max, over the batch's first `PROBE_ROWS` rows. This run decodes without
+  CUDA graphs (hooks do not fire on a replay),
   without compaction and without shared prefill, so row r of every call is row r of the batch;
   those change no value (the engine's tests);
 - `decode_ms_per_step` (`--time-decode`): a separate fixed-length rollout (no EOS) with the
@@ -45,8 +46,12 @@ from ngrpo.rollout.step import PRECISIONS
 PROBE_ENGINE = dict(cuda_graphs="off", compact=False, shared_prefill=False)
 
 
+PROBE_ROWS = 8  # rows whose residual streams the probe keeps (host memory stays small at scale)
+
+
 class _ResidualProbe:
-    """Inputs of every decoder layer's `input_layernorm` and of the final norm, per call."""
+    """Inputs of every decoder layer's `input_layernorm` and of the final norm, per call, for the
+    batch's first `PROBE_ROWS` rows."""
 
     def __init__(self, model) -> None:
         decoder = model.get_decoder()
@@ -59,7 +64,8 @@ class _ResidualProbe:
     def _hook(self, i: int):
         def record(module, inputs):
             # a copy: the decoder feeds layer 0 from a buffer it overwrites at every step
-            self.calls[i].append(inputs[0].detach().to("cpu", torch.float32, copy=True))
+            rows = inputs[0][:PROBE_ROWS].detach()
+            self.calls[i].append(rows.to("cpu", torch.float32, copy=True))
 
         return record
 
@@ -78,7 +84,7 @@ def _layer_gaps(decode_calls, learner_calls, batch: RolloutBatch) -> list[dict[s
     """Relative residual difference per probe point at the scored response inputs: the input of
     response position t (sequence column P + t) reaches a scored logit when token t + 1 exists."""
     p = batch.prompt_ids.shape[1]
-    scored = batch.response_mask[:, 1:].bool().cpu()  # (N, T - 1): input t predicts token t + 1
+    scored = batch.response_mask[:PROBE_ROWS, 1:].bool().cpu()  # (n, T - 1): t predicts t + 1
     out = []
     for i, (dec, learn) in enumerate(zip(decode_calls, learner_calls, strict=True)):
         decoded = _decode_states(dec)  # (N, P + S, d)
@@ -183,8 +189,10 @@ def mismatch_report(
     time_decode: bool = False,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
 ) -> dict:
-    """The JSON-ready report (see the module docstring). `model`: fp32 weights, eval mode."""
+    """The JSON-ready report (see the module docstring). `model`: fp32 weights, eval mode.
+    `checkpoint` gets the report so far after each precision (a run cut short keeps it)."""
     device = model.get_input_embeddings().weight.device
     report: dict = {
         "device": str(device), "dtype": str(dtype).removeprefix("torch."), "prompts": len(prompts),
@@ -222,6 +230,8 @@ def mismatch_report(
             entry["decode_ms_per_step"] = _decode_ms(
                 model, prompts, n, new_tokens, precision, dtype, pad_token_id
             )
+        if checkpoint is not None:
+            checkpoint(report)
     if progress is not None:
         progress("recompute cost")
     report["old_logprobs_cost"] = _recompute_cost(model, batch, micro_batch, dtype)

@@ -115,10 +115,10 @@ def train_report(
     warmup: int = 1,
     profile: bool = False,
     progress: Callable[[str], None] | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run `cfg.train.steps` steps (`warmup` of them untimed) and return the report."""
-    from ngrpo.memory import estimate
-    from ngrpo.memory.from_config import inputs_from_config, shape_for_config
+    """Run `cfg.train.steps` steps (`warmup` of them reported apart), then with `profile` one
+    more under the profiler, and return the report (`checkpoint` gets it before the profile)."""
     from ngrpo.trainer.setup import _setup
     from ngrpo.trainer.step import _train_step
 
@@ -131,37 +131,43 @@ def train_report(
     parameters = parameters or sum(p.numel() for p in run.policy.parameters())
     steps = []
     try:
-        for i in range(cfg.train.steps + int(profile)):
-            profiled = profile and i == cfg.train.steps
-            say("profiling a step" if profiled else f"step {i + 1}/{cfg.train.steps}")
+        for i in range(cfg.train.steps):
+            say(f"step {i + 1}/{cfg.train.steps}")
             sync_device(device)
             start = time.perf_counter()
-            if profiled:
-                activities = [torch.profiler.ProfilerActivity.CPU]
-                if device.type == "cuda":
-                    activities.append(torch.profiler.ProfilerActivity.CUDA)
-                with torch.profiler.profile(activities=activities) as prof:
-                    metrics = _train_step(run)
-                    sync_device(device)
-            else:
-                metrics = _train_step(run)
-                sync_device(device)
-            wall = time.perf_counter() - start
+            metrics = _train_step(run)
+            sync_device(device)
             run.step += 1
-            if profiled:
-                top = _top_ops(prof, device)
-                continue
-            steps.append(_step_entry(metrics, wall, cfg, parameters, device))
+            steps.append(_step_entry(metrics, time.perf_counter() - start, cfg, device))
+        report = _summary(cfg, steps, warmup, parameters, device)
+        if checkpoint is not None:  # what a cut-short profile would lose
+            checkpoint(report)
+        if profile:
+            say("profiling a step")
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            with torch.profiler.profile(activities=activities) as prof:
+                _train_step(run)
+                sync_device(device)
+            report["profile_top_ops"] = _top_ops(prof, device)
     finally:
         run.rewards.close()
         run.pool.close()
+    return report
+
+
+def _summary(cfg, steps: list[dict], warmup: int, parameters: int, device) -> dict:
+    from ngrpo.memory import estimate
+    from ngrpo.memory.from_config import inputs_from_config, shape_for_config
+
     timed = steps[warmup:] or steps
     shape = shape_for_config(cfg)
     plan = estimate(inputs_from_config(cfg, shape, device=device.type))
     peak = bf16_matmul_peak(device)
     fwd_bwd = statistics.median(s["phases"]["forward_backward"] for s in timed)
     learner_tokens = timed[0]["learner_tokens"]
-    report = {
+    return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": cfg.model.dtype, "parameters": parameters,
@@ -185,12 +191,9 @@ def train_report(
         "memory": {"peak_bytes": max(s["peak_bytes"] for s in timed),
                    "plan_peak_bytes": plan.peak_bytes},
     }  # fmt: skip
-    if profile:
-        report["profile_top_ops"] = top
-    return report
 
 
-def _step_entry(metrics: dict[str, float], wall: float, cfg, parameters: int, device) -> dict:
+def _step_entry(metrics: dict[str, float], wall: float, cfg, device) -> dict:
     rows = cfg.train.prompts_per_step * cfg.rollout.num_generations
     response = metrics["rollout/tokens"] / rows
     prompt = metrics["rollout/prompt_len"]

@@ -99,8 +99,10 @@ def run_train(args: argparse.Namespace) -> int:
             micro_batch=args.micro_batch, mini_batch=args.mini_batch, strategy=args.strategy,
             steps=args.steps, extra=args.overrides,
         )  # fmt: skip
-        report = train_report(cfg, warmup=1 if args.steps > 1 else 0, profile=args.profile,
-                              progress=status.update)  # fmt: skip
+        report = train_report(
+            cfg, warmup=1 if args.steps > 1 else 0, profile=args.profile, progress=status.update,
+            checkpoint=lambda partial: _write_json(args.json, {**partial, "preset": args.preset}),
+        )  # fmt: skip
     report["preset"] = args.preset
     table = Table(title=f"bench train, {args.preset}, {report['device_name']}, {dtype}")
     table.add_column("median")
@@ -158,6 +160,7 @@ def run_mismatch(args: argparse.Namespace) -> int:
             eos_token_id=eos, pad_token_id=pad, dtype=dtypes[args.dtype], strategies=strategies,
             mix_rate=args.mix_rate, micro_batch=args.micro_batch, time_decode=args.time_decode,
             progress=lambda stage: status.update(f"mismatch: {stage}"),
+            checkpoint=lambda partial: _write_json(args.json, partial),
         )  # fmt: skip
     report["model"] = args.preset or str(args.model)
     table = Table(title=f"rollout-learner gap, {report['model']}, {args.dtype}")
