@@ -110,3 +110,17 @@ def test_fsdp_resume_and_cross_loading(runs):
         assert _max_diff(_weights(run_dir, 3), straight) < 1e-5, run_dir.name
         rows = [r for r in read_metrics(run_dir) if r["type"] == "train"]
         assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_fsdp_recomputed_old_logprobs_give_ratios_of_exactly_one(base_model_dir, tmp_path):
+    # π_old by the sharded policy's own forward (no gradients, the update's micro-batches, root
+    # resharded after); one mini-batch, so every ratio is taken before any optimizer step.
+    run_dir = tmp_path / "recompute"
+    _run(["train", *COMMON, f"model.path={base_model_dir}", "train.steps=1",
+          "train.mini_batch_prompts=4", "train.old_logprobs=recompute", "train.strategy=fsdp",
+          f"output_dir={run_dir}"], 2)  # fmt: skip
+    row = [r for r in read_metrics(run_dir) if r["type"] == "train"][0]
+    assert row["train/world_size"] == 2.0
+    assert row["actor/ratio_min"] == 1.0 and row["actor/ratio_max"] == 1.0
+    assert row["time/old_logprobs_s"] > 0
+    assert row["mismatch/logp_abs_max"] < 1e-4  # fp32: the rollout's log-probs agree (replay)
