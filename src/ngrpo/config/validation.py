@@ -25,7 +25,8 @@ from ngrpo.method.losses import IMPORTANCE_LEVELS
 from ngrpo.method.rollout_correction import CORRECTIONS
 from ngrpo.rewards.functions import ERROR_POLICIES
 from ngrpo.rewards.specs import check_spec
-from ngrpo.rollout.engine import CUDA_GRAPHS, KV_CACHES, PRECISIONS
+from ngrpo.rollout.decoders import CUDA_GRAPHS, KV_CACHES
+from ngrpo.rollout.step import PRECISIONS
 from ngrpo.utils.errors import NgrpoError
 
 DTYPES: dict[str, torch.dtype | None] = {

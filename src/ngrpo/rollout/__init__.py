@@ -7,20 +7,18 @@
   graph;
 - `weights`: the static decoder's compute-dtype copies of the projection weights;
 - `hf`: calling a Hugging Face model across transformers versions, and the dynamic-cache decoder;
-- `engine`: `generate` — plan, the per-step sampling / exploration / recording loop, compaction of
-  finished rows, shared prefill; `DecoderPool` keeps a decoder from one call to the next;
+- `plan`: what a call resolves once (sampling, EOS, exploration, marker, neighbour index);
+- `decoders`: `EngineOptions`, which decoder runs, `DecoderPool` (a decoder kept from one call to
+  the next), compaction of finished rows;
+- `engine`: `generate` — the per-step sampling / exploration / recording loop, shared prefill;
 - `replay`: the learner's full-sequence forward over the recorded inputs.
 """
 
 from ngrpo.rollout.batch import RolloutBatch
-from ngrpo.rollout.engine import (
-    EXPLORATION_SALT,
-    DecoderPool,
-    EngineOptions,
-    generate,
-    neighbor_search_table,
-)
+from ngrpo.rollout.decoders import DecoderPool, EngineOptions
+from ngrpo.rollout.engine import EXPLORATION_SALT, generate
 from ngrpo.rollout.hf import hf_forward, input_embeddings
+from ngrpo.rollout.plan import neighbor_search_table
 from ngrpo.rollout.replay import replay_logits, replay_logprobs
 from ngrpo.rollout.sampling import (
     SamplingParams,

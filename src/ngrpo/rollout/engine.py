@@ -26,12 +26,10 @@ strategy `none` and `mix_rate = 0` give token-for-token the same rollouts for th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
 from ngrpo.method.exploration import (
-    NOISE_STRATEGIES,
     STRATEGIES,
     ExplorationConfig,
     StepView,
@@ -42,7 +40,15 @@ from ngrpo.method.exploration import (
 from ngrpo.method.neighbors import NeighborIndex
 from ngrpo.method.soft_inputs import SoftInputs, embed, embedding_table
 from ngrpo.rollout.batch import RolloutBatch
-from ngrpo.rollout.hf import DynamicDecoder, input_embeddings
+from ngrpo.rollout.decoders import (
+    DecoderPool,
+    EngineOptions,
+    batch_target,
+    compact,
+    make_decoder,
+)
+from ngrpo.rollout.hf import input_embeddings
+from ngrpo.rollout.plan import MarkerWatch, make_plan, neighbor_search_table
 from ngrpo.rollout.sampling import (
     SamplingParams,
     left_pad,
@@ -51,69 +57,9 @@ from ngrpo.rollout.sampling import (
     token_logprobs,
     warp_logits,
 )
-from ngrpo.rollout.step import PRECISIONS, StaticDecoder, static_unsupported
 from ngrpo.utils.errors import NgrpoError
 
 EXPLORATION_SALT = 0x5EED_1234
-KV_CACHES = ("auto", "static", "dynamic")
-CUDA_GRAPHS = ("auto", "on", "off")
-
-
-@dataclass
-class EngineOptions:
-    """How the engine decodes; every choice samples the same tokens (up to float rounding)."""
-
-    kv_cache: str = "auto"  # static | dynamic | auto (static when the architecture is covered)
-    cuda_graphs: str = "auto"  # on | off | auto (on for the static decoder on CUDA)
-    compact: bool = True  # finished rows leave the static decoder's batch
-    shared_prefill: bool = True  # the n samples of a prompt share one prefill (static decoder)
-    precision: str = "learner"  # learner | compute: how the static decoder rounds (bf16)
-
-    def validate(self) -> None:
-        if self.kv_cache not in KV_CACHES:
-            raise NgrpoError(
-                f"rollout.kv_cache must be one of {', '.join(KV_CACHES)}, got {self.kv_cache!r}"
-            )
-        if self.cuda_graphs not in CUDA_GRAPHS:
-            raise NgrpoError(
-                f"rollout.cuda_graphs must be one of {', '.join(CUDA_GRAPHS)}, "
-                f"got {self.cuda_graphs!r}"
-            )
-        if self.precision not in PRECISIONS:
-            raise NgrpoError(
-                f"rollout.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
-
-
-@dataclass
-class _Plan:
-    """Everything the decoding loop needs besides the model, resolved once."""
-
-    sampling: SamplingParams
-    eos_ids: torch.LongTensor  # (E,)
-    pad_token_id: int
-    exploration: ExplorationConfig | None  # None: plain sampling, no gate
-    marker: torch.LongTensor | None  # (M,) answer-start ids
-    index: NeighborIndex | None
-    k: int  # record width
-
-    @property
-    def noisy(self) -> bool:
-        return self.exploration is not None and self.exploration.strategy in NOISE_STRATEGIES
-
-
-class _MarkerWatch:
-    """Per-row flag: has the response emitted the answer-start marker (a token sequence) yet."""
-
-    def __init__(self, marker: torch.LongTensor, rows: int) -> None:
-        self.marker = marker  # (M,)
-        self.tail = torch.full((rows, len(marker)), -1, dtype=torch.long, device=marker.device)
-        self.seen = torch.zeros(rows, dtype=torch.bool, device=marker.device)  # (b,)
-
-    def update(self, y: torch.LongTensor) -> torch.BoolTensor:
-        self.tail = torch.cat([self.tail[:, 1:], y.unsqueeze(-1)], dim=1)  # (b, M) last M tokens
-        self.seen |= (self.tail == self.marker).all(-1)
-        return self.seen
 
 
 def _gate(plan, probs, y, can_mix, explore_gen):
@@ -146,104 +92,11 @@ def _mix_step(plan, logits, probs, y, gate, table, explore_gen, plain_w):
     return ids, weights, noise
 
 
-def _decoder_kind(model, options: EngineOptions, device) -> tuple[str, bool]:
-    """(static | dynamic, CUDA graphs on) as `options` ask, or an `NgrpoError` saying why that
-    cannot run here."""
-    reason = static_unsupported(model)
-    kind = options.kv_cache
-    if kind == "auto":
-        kind = "dynamic" if reason else "static"
-    if kind == "static" and reason:
-        raise NgrpoError(f"rollout.kv_cache=static is not available for this model: {reason}")
-    if options.cuda_graphs == "on" and (device.type != "cuda" or kind != "static"):
-        raise NgrpoError(
-            "rollout.cuda_graphs=on needs a CUDA device and the static KV cache "
-            f"(device {device.type}, kv_cache {kind}); use auto or off"
-        )
-    on_cuda = device.type == "cuda"
-    graphs = options.cuda_graphs == "on" or (options.cuda_graphs == "auto" and on_cuda)
-    return kind, graphs and kind == "static"
-
-
-def _make_decoder(model, options: EngineOptions, rows: int, max_len: int, device):
-    """A fresh decoder for one call (see `DecoderPool` for one kept across calls)."""
-    kind, graphs = _decoder_kind(model, options, device)
-    if kind == "dynamic":
-        return DynamicDecoder(model)
-    return StaticDecoder(model, rows, max_len, cuda_graphs=graphs, precision=options.precision)
-
-
-class DecoderPool:
-    """Keeps the static decoder of one `generate` call for the next: its KV cache, compute-dtype
-    weight copies (refreshed in place when the model's weights changed) and captured CUDA graphs,
-    so that a training run pays allocation and capture once per shape, not once per step. One
-    decoder is kept; a call it cannot serve (more rows or positions than it holds, another model,
-    device, autocast dtype or options) replaces it. The kept decoder's memory stays allocated
-    between calls (`nbytes`); `release()` frees it. The dynamic decoder is never kept."""
-
-    def __init__(self) -> None:
-        self.decoder: StaticDecoder | None = None
-        self.key: tuple | None = None
-        self.reused = 0  # calls served by the kept decoder
-
-    def get(self, model, options: EngineOptions, rows: int, max_len: int, device):
-        kind, graphs = _decoder_kind(model, options, device)
-        if kind == "dynamic":
-            return DynamicDecoder(model)
-        autocast = torch.is_autocast_enabled(device.type)
-        dtype = torch.get_autocast_dtype(device.type) if autocast else None
-        key = (id(model), str(device), dtype, graphs, options.precision)
-        kept = self.decoder
-        if kept is not None and key == self.key and rows <= kept.capacity and (
-            max_len <= kept.max_len
-        ):  # fmt: skip
-            kept.begin_call()
-            self.reused += 1
-            return kept
-        self.release()
-        self.decoder = StaticDecoder(
-            model, rows, max_len, cuda_graphs=graphs, precision=options.precision
-        )
-        self.key = key
-        return self.decoder
-
-    def release(self) -> None:
-        """Free the kept decoder (its graphs first, then its buffers)."""
-        if self.decoder is not None:
-            self.decoder.graphs.clear()
-        self.decoder, self.key = None, None
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.decoder is None else self.decoder.nbytes
-
-
 def _distinct_prompts(prompt_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt-major rows (N,) -> (first row of each distinct prompt (u,), prompt number (N,))."""
     change = torch.ones_like(prompt_index, dtype=torch.bool)  # (N,)
     change[1:] = prompt_index[1:] != prompt_index[:-1]
     return change.nonzero().squeeze(1), change.long().cumsum(0) - 1
-
-
-def _batch_target(live: int, rows: int, total: int, graphs: bool) -> int:
-    """Rows the decoder should keep for `live` rows still decoding (`rows` now, `total` at most):
-    the next power of two with CUDA graphs (few captured sizes), else `live` once at most 3/4 of
-    the batch is live (each compaction copies the cache, so they are spaced geometrically)."""
-    if graphs:
-        return min(total, 1 << (live - 1).bit_length())
-    return live if 4 * live <= 3 * rows else rows
-
-
-def _compact(decoder, slot_rows, finished, live: int, target: int):
-    """Keep the live rows in the decoder's first `live` slots, padded to `target` with copies of
-    the last one; returns the new slot -> row map (padding slots map to the spare row N)."""
-    n = finished.shape[0]
-    finished_ext = torch.cat([finished, finished.new_ones(1)])  # (N + 1,) the spare row is done
-    live_slots = (~finished_ext[slot_rows]).nonzero().squeeze(1)  # (live,)
-    pad = target - live
-    keep = torch.cat([live_slots, live_slots[-1:].expand(pad)])  # (target,)
-    decoder.compact(keep)
-    return torch.cat([slot_rows[live_slots], slot_rows.new_full((pad,), n)])  # (target,)
 
 
 def _decode_chunk(
@@ -274,10 +127,10 @@ def _decode_chunk(
     mixed = torch.zeros((n, max_new), dtype=torch.bool, device=device)
     eligible = torch.zeros((n, max_new), dtype=torch.bool, device=device)
     finished = torch.zeros(n, dtype=torch.bool, device=device)
-    watch = None if plan.exploration is None else _MarkerWatch(plan.marker, n)
+    watch = None if plan.exploration is None else MarkerWatch(plan.marker, n)
 
     if decoders is None:
-        decoder = _make_decoder(model, options, n, p + max_new, device)
+        decoder = make_decoder(model, options, n, p + max_new, device)
     else:
         decoder = decoders.get(model, options, n, p + max_new, device)
     if options.shared_prefill:
@@ -327,12 +180,12 @@ def _decode_chunk(
             break
         x = embed(embedding, step)  # (N, 1, d) the input of response position t
         if options.compact and decoder.can_compact:
-            target = _batch_target(live, decoder.rows, n, graphs)
+            target = batch_target(live, decoder.rows, n, graphs)
             if target < decoder.rows:
                 if slot_rows is None:
                     slot_rows = torch.arange(n, device=device)
                     logits_buf = logits.new_zeros(n + 1, logits.shape[1])
-                slot_rows = _compact(decoder, slot_rows, finished, live, target)
+                slot_rows = compact(decoder, slot_rows, finished, live, target)
         row_steps += decoder.rows
         if slot_rows is None:
             logits = decoder.decode(x)  # (N, V)
@@ -367,75 +220,6 @@ def _embed_shift_sum(embedding, tokens, rec_ids, rec_w, rec_noise, mixed):
     measurable = norm > 1e-6
     ratio = (soft - hard).norm(dim=-1).float() / norm.clamp_min(1e-6)  # (1, M)
     return ratio[measurable].sum(), measurable.sum()
-
-
-def neighbor_search_table(model, which: str) -> torch.nn.Module:
-    """The module whose weight (V, d) neighbours are searched in: `input` = the input embedding,
-    `output` = the output projection (`get_output_embeddings()`, the authors' release). The
-    mixture is always built from input-embedding rows, so the output table must have one row per
-    input-embedding row."""
-    embedding = input_embeddings(model)
-    if which == "input":
-        return embedding
-    getter = getattr(model, "get_output_embeddings", None)
-    output = getter() if callable(getter) else None
-    if output is None or getattr(output, "weight", None) is None:
-        raise NgrpoError(
-            "exploration.neighbor_table=output: the model has no output embeddings "
-            "(get_output_embeddings() is None); use neighbor_table=input"
-        )
-    rows_in, rows_out = embedding_table(embedding).shape[0], output.weight.shape[0]
-    if rows_in != rows_out:
-        raise NgrpoError(
-            f"exploration.neighbor_table=output: the output projection has {rows_out} rows but "
-            f"the input embedding has {rows_in}; neighbours must index the same vocabulary "
-            "(use neighbor_table=input)"
-        )
-    return output
-
-
-def _make_plan(
-    sampling,
-    embedding,
-    eos_token_id,
-    pad_token_id,
-    explore,
-    answer_start_ids,
-    neighbor_index,
-    search=None,
-) -> _Plan:
-    """Check the exploration settings against the model and resolve marker, index, record width."""
-    table = embedding_table(embedding)
-    device = table.device
-    eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
-    if explore is None:
-        return _Plan(sampling, eos_ids, pad_token_id, None, None, None, 1)
-    explore.validate(vocab_size=table.shape[0])
-    if not answer_start_ids:
-        raise NgrpoError(
-            "mixing needs the tokenised answer marker: pass answer_start_ids="
-            "ngrpo.method.exploration.answer_start_ids(tokenizer, exploration.answer_start) "
-            "(non-empty)"
-        )
-    marker = torch.tensor(answer_start_ids, dtype=torch.long, device=device)  # (M,)
-    k, index = explore.mix_top_k, None
-    if explore.strategy == "neighbor" and k > 1:
-        search = embedding if search is None else search
-        index = neighbor_index
-        if index is None:
-            index = NeighborIndex(search, k - 1, explore.metric)
-        if index.k < k - 1 or index.metric != explore.metric:
-            raise NgrpoError(
-                f"neighbor_index has k={index.k}, metric={index.metric!r}; the exploration "
-                f"config needs k>={k - 1}, metric={explore.metric!r}"
-            )
-        if index.table().data_ptr() != embedding_table(search).data_ptr():
-            raise NgrpoError(
-                "neighbor_index searches a different table than exploration.neighbor_table="
-                f"{explore.neighbor_table!r}; build it on ngrpo.rollout.neighbor_search_table"
-            )
-    return _Plan(sampling, eos_ids, pad_token_id, explore, marker, index, k)
 
 
 def generate(
@@ -476,7 +260,7 @@ def generate(
     search = None
     if explore is not None and explore.strategy == "neighbor":
         search = neighbor_search_table(model, explore.neighbor_table)
-    plan = _make_plan(
+    plan = make_plan(
         sampling,
         embedding,
         eos_token_id,
