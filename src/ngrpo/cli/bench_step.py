@@ -36,6 +36,7 @@ def register_train(benches) -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps run, the first untimed")
     parser.add_argument("--profile", action="store_true", help="profile one more step")
     parser.add_argument("--workdir", type=Path, help="where the model and run go (default: tmp)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="write the result to this file")
     parser.add_argument(
         "overrides", nargs="*", metavar="key.sub=value", help="more config overrides"
@@ -65,6 +66,7 @@ def register_mismatch(benches) -> None:
     parser.add_argument("--mix-rate", type=float, default=0.2, help="mixing rate (not none)")
     parser.add_argument("--micro-batch", type=int, default=8, help="rows per micro-batch")
     parser.add_argument("--time-decode", action="store_true", help="time each precision's step")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="write the result to this file")
     parser.set_defaults(func=run_mismatch)
 
@@ -74,7 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ngrpo.bench.train import bench_config, make_run_dir, train_report
-    from ngrpo.cli._common import _dtype_name, _write_json
+    from ngrpo.cli._common import _dtype_name, _set_threads, _write_json
     from ngrpo.method.exploration import STRATEGIES
     from ngrpo.models.presets import PRESETS
     from ngrpo.utils.errors import NgrpoError
@@ -87,6 +89,7 @@ def run_train(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     dtype = _dtype_name(args)
+    _set_threads(args.threads)
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory() as tmp, console.status("bench train") as status:
         workdir = args.workdir or Path(tmp)
@@ -123,7 +126,7 @@ def run_mismatch(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ngrpo.bench.mismatch import mismatch_report
-    from ngrpo.cli._common import _prompts, _write_json
+    from ngrpo.cli._common import _prompts, _set_threads, _write_json
     from ngrpo.method.exploration import STRATEGIES, answer_start_ids
     from ngrpo.utils.errors import NgrpoError
 
@@ -137,6 +140,7 @@ def run_mismatch(args: argparse.Namespace) -> int:
     for name in ("prompts", "n", "prompt_tokens", "new_tokens", "micro_batch"):
         if getattr(args, name) < 1:
             raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    _set_threads(args.threads)
     console = Console(stderr=True)
     with console.status("loading the model") as status:
         if args.preset is not None:
