@@ -163,7 +163,13 @@ class GRPOConfig:
     grader's per-answer bound); past it the worker process is killed."""
     reward_errors: str = "raise"
     """raise (stop with an error naming the function) | zero (0.0 for that call's rollouts,
-    counted in `reward/<name>/errors`) when a user function fails, hangs or returns a bad value."""
+    counted in `reward/<name>/errors`) when a user function fails, hangs, runs out of memory or
+    returns a bad value."""
+    reward_memory_gb: float | None = 8.0
+    """Memory cap of each user reward function's worker process, in GB (10⁹ bytes; the worker's
+    writable memory, `RLIMIT_DATA`, where the runtime and libraries hold ~0.3 GB, with CUDA
+    ~1.4 GB; memory on a GPU is not counted). A function that allocates past it gets a
+    MemoryError, reported as an error naming it (then `reward_errors` applies); null: no cap."""
     clip_ratio_c: float | None = None
     """verl's dual clip for negative advantages (> 1; null: off; 3.0 in the N-GRPO release)."""
     soft_input_grad: str = "all"

@@ -159,9 +159,11 @@ def _reward_set(cfg: TrainConfig, reward_funcs):
     """The weighted reward functions (`reward_funcs` from the Python API, else the config's)."""
     from ngrpo.rewards.functions import build_reward_set
 
+    cap = cfg.train.reward_memory_gb
     return build_reward_set(
         reward_funcs if reward_funcs is not None else cfg.train.reward_items(),
         timeout_s=cfg.train.reward_timeout_s, on_error=cfg.train.reward_errors,
+        memory_bytes=None if cap is None else int(cap * 1e9),
     )  # fmt: skip
 
 
