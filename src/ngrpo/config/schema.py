@@ -181,6 +181,12 @@ class GRPOConfig:
     max_sampling_rounds: int = 4
     """Cap on rollout rounds per step with dynamic sampling (each draws `prompts_per_step`
     prompts); at the cap the step trains on the groups it has."""
+    oom_retry: bool = False
+    """On an out-of-memory error in a learner (or reference) micro-batch, halve the token budget
+    (`max_tokens_per_micro_batch`, or the failed micro-batch's tokens) and redo that mini-batch
+    from its state before the attempt; the smaller budget is kept for the rest of the run and
+    `train/oom_retries` counts the retries (verl users set `ppo_max_token_len_per_gpu` for the
+    same purpose). Single process only. Off: the error names the phase, shape and settings."""
     strategy: str = "ddp"
     """Data-parallel strategy under several processes (verl `actor_rollout_ref.actor.strategy`):
     `ddp` (every process holds the whole model and optimizer) | `fsdp` (FSDP2: parameters,

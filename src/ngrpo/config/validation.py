@@ -213,6 +213,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         "frozen: 7B adapters fit one GPU); use train.strategy=ddp for LoRA runs",
     )
     _check_choice("train.dynamic_sampling", t.dynamic_sampling, [True, False])
+    _check_choice("train.oom_retry", t.oom_retry, [True, False])
     _check_int("train.max_sampling_rounds", t.max_sampling_rounds, 1)
 
     e = cfg.eval

@@ -51,8 +51,9 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -62,6 +63,7 @@ from ngrpo.method.losses import AGGREGATIONS, grpo_loss, resolve_aggregation
 from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.rollout import RolloutBatch
 from ngrpo.sharding.data_parallel import global_loss_normalizer
+from ngrpo.utils.oom import PhaseOutOfMemory, oom_phase
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +197,13 @@ def reference_logprobs(
     rows = torch.arange(len(batch.response_ids), device=device)
     out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=device)  # (N, T)
     parts = list(_micro_batches(batch, rows, params))
-    for i in range(len(parts) + _padding(len(parts), accelerator, device)):
+    count = len(parts) + _padding(len(parts), accelerator, device)
+    for i in range(count):
         micro, sub, width = parts[min(i, len(parts) - 1)]
-        logp, _ = policy_scores(ref, sub, temperature, chunk_elements=params.chunk_elements,
-                                full_logits=params.full_logits)  # fmt: skip
+        shape = _shape(f"micro-batch {i + 1} of {count}", sub, width)
+        with oom_phase("reference", shape, len(micro), _tokens(sub, width)):
+            logp, _ = policy_scores(ref, sub, temperature, chunk_elements=params.chunk_elements,
+                                    full_logits=params.full_logits)  # fmt: skip
         if i < len(parts):  # the rest is padding (FSDP: the same collectives on every process)
             out[micro, :width] = logp
     if hasattr(ref, "reshard"):  # FSDP2 keeps the root unsharded after a forward without backward
@@ -264,6 +269,11 @@ class _Averages:
         return {key: self.totals[key] / self.counts[key] for key in self.totals}
 
 
+OomRetry = Callable[[LearnerParams, PhaseOutOfMemory], "LearnerParams | None"]
+"""`on_oom(params, err)`: the settings to retry with after an out-of-memory error `err` in the
+reference or learner phase (a smaller token budget), or None to let the error through."""
+
+
 def update_policy(
     model,
     optimizer: torch.optim.Optimizer,
@@ -275,6 +285,7 @@ def update_policy(
     ref_model=None,
     accelerator=None,
     ref_context=None,
+    on_oom: OomRetry | None = None,
 ) -> dict[str, float]:
     """Learn from one step's rollouts; returns averaged metrics (loss/*, actor/*, train/*).
 
@@ -286,69 +297,48 @@ def update_policy(
     norm of the applied steps. `ref_context`: a context-manager factory the reference is scored
     under (LoRA: the policy itself as `ref_model`, with peft's `disable_adapter`, so no second
     model).
+
+    Out of memory raises `ngrpo.utils.oom.PhaseOutOfMemory` naming the phase (`reference`,
+    `learner`, `optimizer`) and the micro-batch's shape. With `on_oom` (single process), a
+    reference or learner out-of-memory error is retried with the settings it returns: the
+    reference log-probs are recomputed, a mini-batch restarts from its first micro-batch with
+    zeroed gradients, so the update goes on from the state before the failed attempt (earlier
+    mini-batches' optimizer steps were complete; the failed one changed only gradients);
+    `train/oom_retries` counts the retries.
     """
     model = as_policy(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     world = 1 if accelerator is None else accelerator.num_processes
     device = batch.response_ids.device
     mask = loss_mask(batch, params.mask_truncated_completions)  # (N, T)
+    retries = [0]
     ref_logp = None
     if params.beta > 0:
         with ref_context() if ref_context is not None else contextlib.nullcontext():
-            ref_logp = reference_logprobs(
-                ref_model, batch, params.temperature, params, accelerator
-            )  # (N, T)
+            ref_logp, params = _retrying(  # (N, T)
+                partial(reference_logprobs, ref_model, batch, params.temperature,
+                        accelerator=accelerator),
+                params, on_oom, retries,
+            )  # fmt: skip
     rows_per_mini = params.mini_batch_groups * params.group_size
+    minis = list(torch.arange(len(batch.response_ids), device=device).split(rows_per_mini))
     averages = _Averages()
     skipped, grad_norms, first = 0, [], True
     for _ in range(params.num_iterations):
-        for mini in torch.arange(len(batch.response_ids), device=device).split(rows_per_mini):
+        for number, mini in enumerate(minis, start=1):
             normalizer = global_loss_normalizer(
                 _count(mask[mini], params.loss_type), world,
                 lambda count: _sum_over_processes(count, accelerator, device),
             )  # fmt: skip
-            optimizer.zero_grad(set_to_none=True)
-            finite, mini_metrics = True, _Averages()
-            parts = list(_micro_batches(batch, mini, params))
-            count = len(parts) + _padding(len(parts), accelerator, device)
-            for i in range(count):
-                micro, sub, width = parts[min(i, len(parts) - 1)]
-                # Every micro-batch runs backward, even after a non-finite loss: data-parallel
-                # ranks synchronise on the last one, so none may leave the loop early.
-                sync = accelerator is None or i == count - 1
-                context = contextlib.nullcontext() if sync else accelerator.no_sync(model)
-                sub_mask = mask[micro, :width]  # (n, T')
-                with context:
-                    logp, entropy = policy_scores(
-                        model,
-                        sub,
-                        params.temperature,
-                        chunk_elements=params.chunk_elements,
-                        full_logits=params.full_logits,
-                        detach_mixed=params.soft_input_grad == "none",
-                    )  # (n, T')
-                    if i >= len(parts):  # padding (FSDP): same collectives, zero gradient
-                        accelerator.backward(logp.sum() * 0.0)
-                        continue
-                    loss, metrics = grpo_loss(
-                        logp, sub.logprobs, advantages[micro], sub_mask,
-                        ref_logp=None if ref_logp is None else ref_logp[micro, :width],
-                        entropy=entropy.detach() if params.entropy_coef == 0 else entropy,
-                        beta=params.beta, kl_estimator=params.kl_estimator,
-                        clip_low=params.clip_low, clip_high=params.clip_high,
-                        clip_ratio_c=params.clip_ratio_c,
-                        level=params.importance_sampling_level, loss_type=params.loss_type,
-                        entropy_coef=params.entropy_coef, normalizer=normalizer,
-                    )  # fmt: skip
-                    if first:
-                        err = ((logp.detach() - sub.logprobs).abs() * sub_mask).max()
-                        averages.add({REPLAY_ERR: float(err)})  # kept even if skipped
-                    finite = finite and bool(torch.isfinite(loss))
-                    if accelerator is not None:
-                        accelerator.backward(loss)
-                    else:
-                        loss.backward()
-                mini_metrics.add(metrics)
+            (finite, mini_metrics), params = _retrying(
+                partial(
+                    _accumulate, model, optimizer, batch, mini, mask=mask, advantages=advantages,
+                    ref_logp=ref_logp, normalizer=normalizer, accelerator=accelerator,
+                    where=f"mini-batch {number} of {len(minis)}",
+                    replay=averages if first else None,
+                ),
+                params, on_oom, retries,
+            )  # fmt: skip
             first = False
             finite = _agreed(finite and _grads_finite(parameters), accelerator, device)
             grad_norm = _clip(parameters, params.max_grad_norm, accelerator) if finite else 0.0
@@ -359,14 +349,104 @@ def update_policy(
                 continue
             averages.add(mini_metrics.result())
             grad_norms.append(grad_norm)
-            optimizer.step()
+            with oom_phase("optimizer", f"AdamW over {_numel(parameters):,} trainable parameters"):
+                optimizer.step()
             if scheduler is not None:
                 scheduler.step()
     result = averages.result()
     result["actor/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
     result["train/skipped_updates"] = float(skipped)
     result["train/optimizer_steps"] = float(len(grad_norms))
+    result["train/oom_retries"] = float(retries[0])
     return result
+
+
+def _retrying(attempt, params: LearnerParams, on_oom: OomRetry | None, retries: list[int]):
+    """(`attempt(params)`, the settings it ran with), tried again with the settings `on_oom`
+    returns after each reference / learner out-of-memory error (counted in `retries[0]`)."""
+    while True:
+        try:
+            return attempt(params=params), params
+        except PhaseOutOfMemory as err:
+            smaller = None
+            if on_oom is not None and err.phase in ("reference", "learner"):
+                smaller = on_oom(params, err)
+            if smaller is None:
+                raise
+        # out of the `except`: the failed attempt's tensors went with its traceback
+        params, retries[0] = smaller, retries[0] + 1
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _accumulate(
+    model, optimizer, batch: RolloutBatch, mini: torch.Tensor, *, params: LearnerParams,
+    mask: torch.Tensor, advantages: torch.Tensor, ref_logp: torch.Tensor | None,
+    normalizer: float, accelerator, where: str, replay: _Averages | None,
+) -> tuple[bool, _Averages]:  # fmt: skip
+    """Gradients of one mini-batch, accumulated over its micro-batches from zero; returns
+    (whether every loss was finite, the micro-batches' metrics). `replay`: where to record the
+    replay error (the step's first mini-batch only)."""
+    optimizer.zero_grad(set_to_none=True)
+    finite, mini_metrics = True, _Averages()
+    parts = list(_micro_batches(batch, mini, params))
+    count = len(parts) + _padding(len(parts), accelerator, mask.device)
+    for i in range(count):
+        micro, sub, width = parts[min(i, len(parts) - 1)]
+        # Every micro-batch runs backward, even after a non-finite loss: data-parallel
+        # ranks synchronise on the last one, so none may leave the loop early.
+        sync = accelerator is None or i == count - 1
+        context = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+        sub_mask = mask[micro, :width]  # (n, T')
+        shape = _shape(f"{where}, micro-batch {i + 1} of {count}", sub, width)
+        with context, oom_phase("learner", shape, len(micro), _tokens(sub, width)):
+            logp, entropy = policy_scores(
+                model,
+                sub,
+                params.temperature,
+                chunk_elements=params.chunk_elements,
+                full_logits=params.full_logits,
+                detach_mixed=params.soft_input_grad == "none",
+            )  # (n, T')
+            if i >= len(parts):  # padding (FSDP): same collectives, zero gradient
+                accelerator.backward(logp.sum() * 0.0)
+                continue
+            loss, metrics = grpo_loss(
+                logp, sub.logprobs, advantages[micro], sub_mask,
+                ref_logp=None if ref_logp is None else ref_logp[micro, :width],
+                entropy=entropy.detach() if params.entropy_coef == 0 else entropy,
+                beta=params.beta, kl_estimator=params.kl_estimator,
+                clip_low=params.clip_low, clip_high=params.clip_high,
+                clip_ratio_c=params.clip_ratio_c,
+                level=params.importance_sampling_level, loss_type=params.loss_type,
+                entropy_coef=params.entropy_coef, normalizer=normalizer,
+            )  # fmt: skip
+            if replay is not None:
+                err = ((logp.detach() - sub.logprobs).abs() * sub_mask).max()
+                replay.add({REPLAY_ERR: float(err)})  # kept even if skipped
+            finite = finite and bool(torch.isfinite(loss))
+            if accelerator is not None:
+                accelerator.backward(loss)
+            else:
+                loss.backward()
+        mini_metrics.add(metrics)
+    return finite, mini_metrics
+
+
+def _shape(where: str, sub: RolloutBatch, width: int) -> str:
+    """A trimmed micro-batch's shape, for out-of-memory messages."""
+    rows, prompt = sub.prompt_ids.shape
+    return f"{where}: {rows} rows × ({prompt} prompt + {width} response) tokens"
+
+
+def _tokens(sub: RolloutBatch, width: int) -> int:
+    """Tokens of a trimmed micro-batch as the token budget counts them: rows × (prompt +
+    response width)."""
+    return len(sub.prompt_ids) * (sub.prompt_ids.shape[1] + width)
+
+
+def _numel(parameters) -> int:
+    return sum(p.numel() for p in parameters)
 
 
 def _count(mask: torch.Tensor, loss_type: str) -> float:
