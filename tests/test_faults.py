@@ -16,6 +16,7 @@ import pytest
 import torch
 from test_trainer import _assert_one_error_line, _cfg, _overrides, _weights
 
+import ngrpo.evaluation
 import ngrpo.learner.update
 import ngrpo.rollout
 import ngrpo.utils.io
@@ -65,9 +66,12 @@ def _inject(phase: str, monkeypatch) -> None:
     elif phase == "learner":
         fail = _failing(scores, 3, torch.OutOfMemoryError(CUDA_OOM), torch.is_grad_enabled)
         monkeypatch.setattr(ngrpo.learner.update, "policy_scores", fail)
-    else:
+    elif phase == "optimizer":
         fail = _failing(torch.optim.AdamW.step, 3, torch.OutOfMemoryError(CUDA_OOM))
         monkeypatch.setattr(torch.optim.AdamW, "step", fail)
+    else:  # the evaluation after step 2 (one per step)
+        fail = _failing(ngrpo.evaluation.evaluate, 2, MemoryError())
+        monkeypatch.setattr(ngrpo.evaluation, "evaluate", fail)
 
 
 @pytest.mark.parametrize(
@@ -80,31 +84,39 @@ def _inject(phase: str, monkeypatch) -> None:
         ("learner", r"mini-batch 1 of 2, micro-batch 1 of 1: 2 rows × \(\d+ prompt \+ \d+ "
          r"response\) tokens; 2.00 GiB requested", "model.gradient_checkpointing=true"),
         ("optimizer", r"AdamW over [\d,]+ trainable parameters", "model.lora.r=16"),
+        ("evaluation", r"1 sets, 1 samples per problem of up to 64 new tokens", "eval.n (now 1)"),
     ],
 )  # fmt: skip
 def test_out_of_memory_names_the_phase_shape_memory_and_settings(
     phase, shape, remedy, base_model_dir, tmp_path, monkeypatch, capsys
 ):
-    """Out of memory in step 2 of each phase: exit 2 with one `error:` line naming the phase,
-    the batch's shape, the host's memory, `ngrpo plan`'s estimate and the settings that lower
-    it; step 1's checkpoint stays complete and nothing of step 2 is written."""
+    """Out of memory in step 2 of each phase (in the evaluation after it): exit 2 with one
+    `error:` line naming the phase, the batch's shape, the host's memory, `ngrpo plan`'s
+    estimate and the settings that lower it; step 1's checkpoint stays complete and nothing of
+    step 2 is written."""
     out = tmp_path / phase
     _inject(phase, monkeypatch)
-    argv = ["train", "--config", "tiny_ngrpo", *_overrides(base_model_dir, out, 3)]
+    evaluation = ["eval.every=1", "eval.limit=2", "eval.n=1", "data.eval_sets=arith-id"]
+    extra = evaluation if phase == "evaluation" else []  # (evaluation also calls `generate`)
+    argv = ["train", "--config", "tiny_ngrpo", *_overrides(base_model_dir, out, 3, *extra)]
     assert main(argv) == 2
     stderr = capsys.readouterr().err
-    _assert_one_error_line(stderr, f"out of memory in the {phase} at step 2 (")
+    when = "after step 2" if phase == "evaluation" else "at step 2"
+    _assert_one_error_line(stderr, f"out of memory in the {phase} {when} (")
     line = stderr.strip().splitlines()[-1]
     assert re.search(shape, line), line
     assert re.search(r"host memory [\d.]+ GB, [\d.]+ GB available, this process's peak", line)
-    plan_phase = {"reference": "learner", "optimizer": "step"}.get(phase, phase)
+    plan_phase = {"reference": "learner", "optimizer": "step", "evaluation": "rollout"}.get(
+        phase, phase
+    )
     assert re.search(rf"`ngrpo plan` estimates [\d.]+ GB per process for its {plan_phase} phase",
                      line), line  # fmt: skip
     assert remedy in line and f"`ngrpo train --resume {out} KEY=VALUE`" in line
     assert [p.name for p in checkpoint_dirs(out)] == ["step-000001"]
     assert not any(p.name.startswith(".") for p in (out / "checkpoints").iterdir())
     load_model(out / "checkpoints/step-000001")
-    assert [r["step"] for r in read_metrics(out)] == [1]
+    trained = [r["step"] for r in read_metrics(out) if r["type"] == "train"]
+    assert trained == ([1, 2] if phase == "evaluation" else [1])
 
 
 def test_out_of_memory_errors_are_recognised():
@@ -188,8 +200,8 @@ def test_a_full_disk_at_a_checkpoint_names_the_path_and_keeps_the_previous_one(
     target = out / "checkpoints" / "step-000002"
     _assert_one_error_line(
         stderr, f"cannot write {target}: No space left on device (ENOSPC) at {calls[1]}; it was "
-        "left as it was (the newest complete checkpoint, step-000001, is intact; free space or "
-        f"make the directory writable, then `ngrpo train --resume {out}`)",
+        "left as it was; step-000001 is the newest complete checkpoint: free space or make "
+        f"{target.parent} writable, then `ngrpo train --resume {out}`",
     )  # fmt: skip
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001"]
     load_model(out / "checkpoints/step-000001")
@@ -203,9 +215,19 @@ def previous(tmp_path) -> Path:
     return target
 
 
-def _write_new(tmp: Path) -> None:
-    (tmp / "a.txt").write_text("new")
-    raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+TORCH_SHORT_WRITE = "[enforce fail at inline_container.cc:672] . unexpected pos 1900608 vs 1900496"
+SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def _writing_fails(message: str):
+    """A `write` that fails as torch.save / safetensors do when the disk fills up (messages as
+    they were on a full tmpfs)."""
+
+    def write(tmp: Path) -> None:
+        (tmp / "a.txt").write_text("new")
+        raise RuntimeError(message)
+
+    return write
 
 
 def _statvfs(free_blocks: int, read_only: bool):
@@ -222,19 +244,20 @@ def _statvfs(free_blocks: int, read_only: bool):
 
 
 @pytest.mark.parametrize(
-    ("free", "read_only", "reason"),
-    [(0, False, r"no space left on the device \(0.0 MiB free; PytorchStreamWriter failed"),
-     (10**9, True, r"the file system is read-only \(RuntimeError while writing\)")],
+    ("message", "free", "read_only", "reason"),
+    [(TORCH_SHORT_WRITE, 0, False, r"no space left on the device \(0.0 MiB free; \[enforce"),
+     (TORCH_SHORT_WRITE, 10**9, True, r"the file system is read-only \(RuntimeError: \[enforce"),
+     (SAFETENSORS_FULL, 10**9, False, r"No space left on device \(ENOSPC\): Error while ser")],
 )  # fmt: skip
-def test_a_failed_write_on_a_full_or_read_only_file_system_is_a_disk_error(
-    free, read_only, reason, previous, monkeypatch
+def test_a_write_failing_for_lack_of_disk_is_a_disk_error(
+    message, free, read_only, reason, previous, monkeypatch
 ):
     """torch and safetensors report a failed write in their own exception types: with the file
-    system full or read-only it is a `DiskError`; the temporary directory is removed and the
-    previous version stays."""
+    system full or read-only, or an OS disk error quoted, it is a `DiskError`; the temporary
+    directory is removed and the previous version stays."""
     monkeypatch.setattr(ngrpo.utils.io.os, "statvfs", _statvfs(free, read_only))
     with pytest.raises(DiskError, match=f"cannot write {previous}: {reason}"):
-        write_atomically(previous, _write_new)
+        write_atomically(previous, _writing_fails(message))
     assert sorted(p.name for p in previous.parent.iterdir()) == ["target"]
     assert (previous / "a.txt").read_text() == "old"
 
@@ -242,8 +265,8 @@ def test_a_failed_write_on_a_full_or_read_only_file_system_is_a_disk_error(
 def test_another_failure_is_not_put_down_to_the_disk(previous):
     """With room on the disk a failed write keeps its own exception and its temporary
     directory (as a kill would; `--resume` removes it)."""
-    with pytest.raises(RuntimeError, match="PytorchStreamWriter"):
-        write_atomically(previous, _write_new)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        write_atomically(previous, _writing_fails(TORCH_SHORT_WRITE))
     assert (previous / "a.txt").read_text() == "old"
     assert any(p.name.startswith(".tmp-target-") for p in previous.parent.iterdir())
 
@@ -259,7 +282,7 @@ def test_a_read_only_directory_is_a_disk_error_injected(previous, monkeypatch):
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
     with pytest.raises(DiskError, match=r"Read-only file system \(EROFS\) at .*\.tmp-target-"):
-        write_atomically(previous, _write_new)
+        write_atomically(previous, _writing_fails(SAFETENSORS_FULL))
     assert (previous / "a.txt").read_text() == "old"
 
 
@@ -272,7 +295,7 @@ def test_a_read_only_directory_is_a_disk_error(previous):
     previous.parent.chmod(0o555)
     try:
         with pytest.raises(DiskError, match=r"Permission denied \(EACCES\)"):
-            write_atomically(previous, _write_new)
+            write_atomically(previous, _writing_fails(SAFETENSORS_FULL))
     finally:
         previous.parent.chmod(0o755)
     assert sorted(p.name for p in previous.parent.iterdir()) == ["target"]

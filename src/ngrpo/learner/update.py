@@ -34,6 +34,10 @@ Choices worth knowing:
 - Log-probabilities and entropy never go through full logits: `ngrpo.learner.scoring.score_tokens`
   runs the body once and the head over chunks of the scored positions, recomputed in the backward
   (`full_logits=True` restores the full-logits path, for comparisons).
+- Out of memory raises `ngrpo.utils.oom.PhaseOutOfMemory` naming the phase (`reference`,
+  `learner`, `optimizer`) and the micro-batch's shape; with `on_oom` (the trainer's
+  `train.oom_retry`) a reference or learner one is retried with a smaller token budget, redoing
+  the mini-batch from zeroed gradients (see `update_policy`).
 - Micro-batches: `micro_batch_size` rows in order, or, with `max_tokens_per_micro_batch`, rows
   sorted by length and packed greedily so that rows × (longest prompt + longest response) stays
   within the budget (a row longer than the budget goes alone). Each micro-batch is cut to its

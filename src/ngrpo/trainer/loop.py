@@ -83,10 +83,11 @@ def _save(run: Run) -> None:
             )  # fmt: skip
     except DiskError as err:
         newest = checkpoint_dirs(run.run_dir)
+        kept = f"{newest[-1].name} is the newest complete checkpoint" if newest else (
+            "no checkpoint was complete before it")  # fmt: skip
         raise NgrpoError(
-            f"{err} (the newest complete checkpoint, "
-            f"{newest[-1].name if newest else 'none yet'}, is intact; free space or make the "
-            f"directory writable, then `ngrpo train --resume {run.run_dir}`)"
+            f"{err}; {kept}: free space or make {err.target.parent} writable, then "
+            f"`ngrpo train --resume {run.run_dir}`"
         ) from err
     run.accelerator.wait_for_everyone()
 
@@ -149,7 +150,7 @@ def _maybe_eval(run: Run, writer, progress: Progress | None) -> None:
             with oom_phase("evaluation", shape):
                 metrics = _evaluate(run)
         except PhaseOutOfMemory as err:
-            raise oom_error(run, err, f"the evaluation after step {run.step}") from None
+            raise oom_error(run, err, f"after step {run.step}") from None
         _log(run, {"step": run.step, "type": "eval", **metrics}, writer)
         if progress is not None:
             progress("eval", run.step, cfg.train.steps, metrics)
@@ -228,7 +229,7 @@ def _loop(run: Run, stop: GracefulStop, progress: Progress | None) -> None:
             try:
                 metrics = _train_step(run)
             except PhaseOutOfMemory as err:
-                raise oom_error(run, err, f"step {run.step + 1}") from None
+                raise oom_error(run, err, f"at step {run.step + 1}") from None
             run.step += 1
             run.skipped_total += int(metrics["train/skipped_updates"])
             metrics["train/skipped_total"] = float(run.skipped_total)

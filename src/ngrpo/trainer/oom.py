@@ -41,12 +41,12 @@ GB = 1e9  # as `ngrpo plan` counts
 
 
 def oom_error(run: Run, err: PhaseOutOfMemory, when: str) -> NgrpoError:
-    """The one-line error for `err`, which happened `when` ("step 7", ...)."""
+    """The one-line error for `err`, which happened `when` ("at step 7", "after step 7")."""
     cfg, device = run.cfg, run.accelerator.device
     world = run.accelerator.num_processes
     asked = f"; {err.requested} requested" if err.requested else ""
     parts = [
-        f"out of memory in the {err.phase} at {when} ({err.shape}{asked})",
+        f"out of memory in the {err.phase} {when} ({err.shape}{asked})",
         _device_memory(device),
         _plan(cfg, world, device.type, err.phase),
         "lower it with " + ", ".join(remedies(cfg, err, world)),
@@ -56,19 +56,24 @@ def oom_error(run: Run, err: PhaseOutOfMemory, when: str) -> NgrpoError:
     return NgrpoError("; ".join(part for part in parts if part))
 
 
+def _gb(size: float) -> str:
+    """Bytes as GB (10⁹, as `ngrpo plan`), with three decimals below 0.1 GB."""
+    return f"{size / GB:.{1 if size >= 0.1 * GB else 3}f} GB"
+
+
 def _device_memory(device: torch.device) -> str:
     from ngrpo.memory.usage import peak_bytes
 
-    peak = peak_bytes(device) / GB
+    peak = peak_bytes(device)
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        return (f"{device} has {total / GB:.1f} GB, {free / GB:.1f} GB free, "
-                f"{peak:.1f} GB held by tensors at this step's peak")  # fmt: skip
+        return (f"{device} has {_gb(total)}, {_gb(free)} free, {_gb(peak)} held by tensors at "
+                "this step's peak")  # fmt: skip
     total, available = _host_memory()
     if total is None:
-        return f"this process's peak: {peak:.1f} GB"
-    return (f"host memory {total / GB:.1f} GB, {available / GB:.1f} GB available, this "
-            f"process's peak {peak:.1f} GB")  # fmt: skip
+        return f"this process's peak: {_gb(peak)}"
+    return (f"host memory {_gb(total)}, {_gb(available or 0)} available, this process's peak "
+            f"{_gb(peak)}")  # fmt: skip
 
 
 def _host_memory() -> tuple[int | None, int | None]:
@@ -92,8 +97,8 @@ def _plan(cfg, world: int, device_type: str, phase: str) -> str:
     except Exception as err:  # noqa: BLE001 - the estimate is a hint: never hide the error
         return f"no `ngrpo plan` estimate ({type(err).__name__}: {err})"
     name = PLAN_PHASE[phase]
-    return (f"`ngrpo plan` estimates {plan.phase_bytes[name] / GB:.1f} GB per process for its "
-            f"{name} phase (peak {plan.peak_bytes / GB:.1f} GB, {plan.peak_phase})")  # fmt: skip
+    return (f"`ngrpo plan` estimates {_gb(plan.phase_bytes[name])} per process for its {name} "
+            f"phase (peak {_gb(plan.peak_bytes)}, {plan.peak_phase})")  # fmt: skip
 
 
 def remedies(cfg, err: PhaseOutOfMemory, world: int) -> list[str]:

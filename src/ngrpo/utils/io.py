@@ -7,11 +7,11 @@ either the previous target or the new one, plus leftovers that `recover_interrup
 right (a target caught between its two renames gets its previous version back; unfinished
 temporary directories are deleted).
 
-A write that fails because of the disk (`DiskError`: any `OSError`, e.g. ENOSPC, EROFS, EACCES;
-or another exception — torch and safetensors report a failed write in their own types — raised
-while the file system is full or read-only) removes its temporary directory and leaves `target`
-as it was. Other exceptions propagate as they are and leave the temporary directory, as a kill
-would.
+A write that fails because of the disk (`DiskError`, see `disk_problem`: an `OSError` such as
+ENOSPC, EROFS or EACCES, or the exception types in which torch and safetensors report a failed
+write) removes its temporary directory and leaves `target` as it was. Other exceptions propagate
+as they are and leave the temporary directory, as a kill would. Checked on a real full file
+system (a small tmpfs): safetensors' and torch.save's errors are both recognised.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from ngrpo.utils.errors import NgrpoError
 
 TMP_PREFIX, OLD_PREFIX = ".tmp-", ".old-"
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO, errno.EFBIG)
 LOW_SPACE_BYTES = 16 * 2**20
 """Free space under which a failed write is put down to a full disk (writes fail with less
 than one buffer left)."""
@@ -40,23 +41,34 @@ class DiskError(NgrpoError):
 
 
 def disk_problem(directory: Path, err: BaseException) -> str | None:
-    """Why writing under `directory` failed with `err`, when the disk is the cause: the
-    `OSError`'s reason (and file), or the file system's state; None for any other failure."""
+    """Why writing under `directory` failed with `err`, when the disk is the cause; None for any
+    other failure. Recognised: an `OSError` (its reason and file); an exception of another type
+    whose message quotes a disk error of the OS (safetensors: "I/O error: No space left on
+    device (os error 28)"); any failure while the file system is read-only or (nearly) full
+    (torch.save: "unexpected pos ..." when a write came up short)."""
     if isinstance(err, OSError):
-        name = errno.errorcode.get(err.errno or 0, "")
-        reason = f"{err.strerror or err}{f' ({name})' if name else ''}"
-        return f"{reason} at {err.filename}" if err.filename else reason
+        return f"{_errno_text(err.errno, str(err))}{f' at {err.filename}' if err.filename else ''}"
+    first = (str(err).strip().splitlines() or [""])[0][:160]
+    for code in DISK_ERRNOS:
+        if os.strerror(code) in str(err):
+            return f"{_errno_text(code)}: {first}"
     try:
         stat = os.statvfs(directory)
     except OSError:
         return None
     if stat.f_flag & os.ST_RDONLY:
-        return f"the file system is read-only ({type(err).__name__} while writing)"
+        return f"the file system is read-only ({type(err).__name__}: {first})"
     free = stat.f_bavail * stat.f_frsize
     if free < LOW_SPACE_BYTES:
-        first = (str(err).strip().splitlines() or [""])[0][:120]
         return f"no space left on the device ({free / 2**20:.1f} MiB free; {first})"
     return None
+
+
+def _errno_text(code: int | None, fallback: str = "") -> str:
+    """'No space left on device (ENOSPC)' for an errno."""
+    if not code:
+        return fallback
+    return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
 
 
 def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
