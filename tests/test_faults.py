@@ -2,14 +2,15 @@
 (and `train.oom_retry`), a full disk or a read-only directory at a checkpoint. Each test checks
 what a user gets: the one `error:` line, the exit code, and that no complete checkpoint was lost.
 Stopping on signals is in test_trainer.py (1 process), test_trainer_ddp.py (2 processes) and
-test_trainer_fsdp.py (a kill inside an FSDP save); a reward function over its memory cap in
-test_reward_functions.py."""
+test_trainer_fsdp.py (a kill inside an FSDP save), the stop handler itself at the end here; a
+reward function over its memory cap in test_reward_functions.py."""
 
 from __future__ import annotations
 
 import errno
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ from ngrpo.models.load import load_model
 from ngrpo.trainer import checkpoint_dirs, load_trainer_state, read_metrics, train
 from ngrpo.trainer.checkpoints import OOM_BUDGET
 from ngrpo.trainer.setup import _check_world_size
-from ngrpo.utils.errors import NgrpoError
+from ngrpo.trainer.stop import DUPLICATE_S, GracefulStop
+from ngrpo.utils.errors import Interrupted, NgrpoError
 from ngrpo.utils.io import DiskError, write_atomically
 from ngrpo.utils.oom import is_out_of_memory
 
@@ -317,3 +319,33 @@ def test_a_full_disk_at_the_metrics_log_is_an_error_naming_it(
         capsys.readouterr().err,
         f"cannot write {out / 'metrics.jsonl'}: No space left on device (ENOSPC)",
     )
+
+
+# ------------------------------------------------------------------- the stop handler itself
+
+
+def test_the_stop_handlers_are_put_back_and_a_late_second_signal_interrupts():
+    """`GracefulStop` (what `train()` runs under) restores the handlers it found; a signal
+    within `DUPLICATE_S` of the first is the same request, a later one raises `Interrupted`
+    with the shell's code for that signal. (Real signals to `ngrpo train`: test_trainer.py.)"""
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with GracefulStop() as stop:
+            assert signal.getsignal(signal.SIGTERM) == stop._handle
+            assert signal.getsignal(signal.SIGINT) == stop._handle
+            stop._handle(signal.SIGTERM, None)
+            stop._handle(signal.SIGINT, None)  # the same request, delivered twice
+            assert stop.signal_name == "SIGTERM"
+            stop._received_at -= DUPLICATE_S
+            with pytest.raises(Interrupted) as interrupted:
+                stop._handle(signal.SIGTERM, None)
+            assert interrupted.value.exit_code == 143
+            assert signal.getsignal(signal.SIGTERM) is mine  # back at once: a third signal
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -276,10 +277,12 @@ def slow_after_first(completions, **kwargs):
 
 
 def _start_training(argv: list[str]) -> subprocess.Popen:
-    """`ngrpo train ARGV` in a subprocess (its own process group), stderr captured."""
+    """`ngrpo train ARGV` in a subprocess (its own process group), stderr captured, with this
+    process's number of CPU threads (sums, so results, depend on it; other tests change it)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen(
         [sys.executable, "-m", "ngrpo", "train", *argv], stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stderr=subprocess.PIPE, text=True, start_new_session=True, env=env,
     )  # fmt: skip
 
 

@@ -54,7 +54,7 @@ def disk_problem(directory: Path, err: BaseException) -> str | None:
             return f"{_errno_text(code)}: {first}"
     try:
         stat = os.statvfs(directory)
-    except OSError:
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
         return None
     if stat.f_flag & os.ST_RDONLY:
         return f"the file system is read-only ({type(err).__name__}: {first})"
