@@ -310,3 +310,40 @@ def test_an_out_of_memory_retry_redoes_the_mini_batch_from_its_state_before(monk
     for got, want in zip(optimizer.state.values(), ref_optimizer.state.values(), strict=True):
         assert all(torch.equal(got[k], want[k]) for k in ("exp_avg", "exp_avg_sq", "step"))
     assert not torch.equal(next(model.parameters()), next(_tiny().parameters()))
+
+
+def test_an_out_of_memory_retry_in_the_reference_recomputes_it(monkeypatch):
+    """The reference's log-probs (beta > 0) run out of memory on a micro-batch of several rows:
+    with `on_oom` they are recomputed under the returned budget, which the update then keeps;
+    the result equals, bitwise, the update run with that budget from the start."""
+    batch = _rollouts(_tiny(), "neighbor", mix_rate=0.5)
+    params = _params(beta=0.1)
+    one_row = dataclasses.replace(params, max_tokens_per_micro_batch=1)
+    advantages = _advantages(len(batch.response_ids))
+    real, phases = ngrpo.learner.update.policy_scores, []
+
+    def scores(model, sub, *args, **kwargs):
+        if not torch.is_grad_enabled() and len(sub.prompt_ids) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(model, sub, *args, **kwargs)
+
+    def on_oom(old: LearnerParams, err) -> LearnerParams:
+        phases.append(err.phase)
+        return one_row
+
+    def update(start_params: LearnerParams, retry) -> tuple[torch.nn.Module, dict]:
+        model = _tiny()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        reference = _tiny(seed=1).requires_grad_(False)  # another model: the KL term is live
+        metrics = update_policy(model, optimizer, None, batch, advantages, start_params,
+                                ref_model=reference, on_oom=retry)  # fmt: skip
+        return model, metrics
+
+    monkeypatch.setattr(ngrpo.learner.update, "policy_scores", scores)
+    retried, metrics = update(params, on_oom)
+    monkeypatch.undo()
+    direct, _ = update(one_row, None)
+    assert phases == ["reference"] and metrics["train/oom_retries"] == 1.0
+    assert metrics["loss/kl"] > 0
+    for got, want in zip(retried.parameters(), direct.parameters(), strict=True):
+        assert torch.equal(got, want)
