@@ -1,16 +1,21 @@
 """`ngrpo train` under torchrun with `train.strategy=fsdp`, checking after every step, on every
 process, that the rollout copy holds exactly the sharded policy's full parameters and that the
 replay invariant held (`actor/replay_logp_err` ≤ 1e-4 on this process, before the metrics are
-averaged). Used by tests/test_trainer_fsdp.py:
+averaged). With `KILL_IN_SAVE=N` in the environment every process kills itself (SIGKILL) inside
+the N-th checkpoint save, right after its optimizer shards are written to the staging directory.
+Used by tests/test_trainer_fsdp.py:
 
     python -m torch.distributed.run --nproc_per_node 2 tests/fsdp_train_check.py train ...
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import torch
+import torch.distributed.checkpoint
 
 import ngrpo.learner.update
 import ngrpo.trainer.loop
@@ -46,7 +51,24 @@ def _checked_step(run) -> dict[str, float]:
     return metrics
 
 
+def _killed_in_save(count: int):
+    """`torch.distributed.checkpoint.save` that kills this process once its `count`-th call has
+    written the optimizer shards (the checkpoint directory is not in place yet)."""
+    real, calls = torch.distributed.checkpoint.save, []
+
+    def save(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    return save
+
+
 if __name__ == "__main__":
     ngrpo.trainer.loop._train_step = _checked_step
     ngrpo.trainer.step.update_policy = _checked_update
+    if "KILL_IN_SAVE" in os.environ:
+        torch.distributed.checkpoint.save = _killed_in_save(int(os.environ["KILL_IN_SAVE"]))
     sys.exit(main(sys.argv[1:]))

@@ -312,6 +312,8 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path):
         ("data.long_prompts=truncate", ["data.long_prompts", "drop, reject"]),
         ("eval.best_metric=accuracy", ["eval.best_metric", "eval/"]),
         ("data.eval_sets=", ["data.eval_sets is empty", "eval.every=0"]),
+        ("train.oom_retry=sometimes", ["train.oom_retry"]),
+        ("train.reward_memory_gb=-1", ["train.reward_memory_gb", "> 0 (GB) or null"]),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(override, words):

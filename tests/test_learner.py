@@ -4,6 +4,7 @@ accumulation, and skipping non-finite steps."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -325,3 +326,83 @@ def test_token_budget_micro_batches_give_the_one_micro_batch_update(loss_type):
     assert moved > 1e-3  # the update is not vacuous
     torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(weights[2], weights[0], rtol=0, atol=1e-5)
+
+
+def test_an_out_of_memory_retry_redoes_the_mini_batch_from_its_state_before(monkeypatch):
+    """Out of memory in mini-batch 2's second micro-batch, after mini-batch 1's AdamW step and
+    mini-batch 2's first backward; `on_oom` returns a token budget (rows alone). The update
+    equals, bitwise, mini-batch 1 as configured followed by mini-batch 2 under that budget
+    from the start: the failed attempt left nothing in the gradients, weights or AdamW state,
+    and the earlier optimizer step was kept, not redone."""
+    batch = _rollouts(_tiny(), "neighbor", mix_rate=0.5)
+    params = _params(mini_batch_groups=2, micro_batch_size=2)  # 2 mini-batches × 2 micro-batches
+    advantages = _advantages(len(batch.response_ids))
+    real, calls, failures = ngrpo.learner.update.policy_scores, [], []
+
+    def scores(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(*args, **kwargs)
+
+    def on_oom(old: LearnerParams, err) -> LearnerParams:
+        failures.append(err)
+        return dataclasses.replace(old, max_tokens_per_micro_batch=1)
+
+    model = _tiny()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    monkeypatch.setattr(ngrpo.learner.update, "policy_scores", scores)
+    metrics = update_policy(model, optimizer, None, batch, advantages, params, on_oom=on_oom)
+    monkeypatch.undo()
+    assert metrics["train/oom_retries"] == 1.0 and metrics["train/optimizer_steps"] == 2.0
+    (err,) = failures
+    assert err.phase == "learner" and err.requested == "1.00 GiB"
+    assert err.shape.startswith("mini-batch 2 of 2, micro-batch 2 of 2: 2 rows × (")
+
+    ref = _tiny()
+    ref_optimizer = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    rows = torch.arange(len(batch.response_ids)).split(2 * G)  # (4,), (4,)
+    for mini, mini_params in zip(rows, (params, on_oom(params, err)), strict=True):
+        update_policy(ref, ref_optimizer, None, batch.select(mini), advantages[mini], mini_params)
+    for (name, got), want in zip(model.named_parameters(), ref.parameters(), strict=True):
+        assert torch.equal(got, want), name
+    for got, want in zip(optimizer.state.values(), ref_optimizer.state.values(), strict=True):
+        assert all(torch.equal(got[k], want[k]) for k in ("exp_avg", "exp_avg_sq", "step"))
+    assert not torch.equal(next(model.parameters()), next(_tiny().parameters()))
+
+
+def test_an_out_of_memory_retry_in_the_reference_recomputes_it(monkeypatch):
+    """The reference's log-probs (beta > 0) run out of memory on a micro-batch of several rows:
+    with `on_oom` they are recomputed under the returned budget, which the update then keeps;
+    the result equals, bitwise, the update run with that budget from the start."""
+    batch = _rollouts(_tiny(), "neighbor", mix_rate=0.5)
+    params = _params(beta=0.1)
+    one_row = dataclasses.replace(params, max_tokens_per_micro_batch=1)
+    advantages = _advantages(len(batch.response_ids))
+    real, phases = ngrpo.learner.update.policy_scores, []
+
+    def scores(model, sub, *args, **kwargs):
+        if not torch.is_grad_enabled() and len(sub.prompt_ids) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(model, sub, *args, **kwargs)
+
+    def on_oom(old: LearnerParams, err) -> LearnerParams:
+        phases.append(err.phase)
+        return one_row
+
+    def update(start_params: LearnerParams, retry) -> tuple[torch.nn.Module, dict]:
+        model = _tiny()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        reference = _tiny(seed=1).requires_grad_(False)  # another model: the KL term is live
+        metrics = update_policy(model, optimizer, None, batch, advantages, start_params,
+                                ref_model=reference, on_oom=retry)  # fmt: skip
+        return model, metrics
+
+    monkeypatch.setattr(ngrpo.learner.update, "policy_scores", scores)
+    retried, metrics = update(params, on_oom)
+    monkeypatch.undo()
+    direct, _ = update(one_row, None)
+    assert phases == ["reference"] and metrics["train/oom_retries"] == 1.0
+    assert metrics["loss/kl"] > 0
+    for got, want in zip(retried.parameters(), direct.parameters(), strict=True):
+        assert torch.equal(got, want)

@@ -60,6 +60,19 @@ def maybe(completions, **kwargs):
 def chat_length(completions, prompts, **kwargs):
     assert prompts[0][-1]["role"] == "user"
     return [float(len(c[0]["content"].split())) for c in completions]
+
+
+def hog(completions, **kwargs):
+    held = []
+    while True:  # allocates without bound, 64 MB at a time (each touched: real memory)
+        held.append(bytearray(64 * 10**6))
+
+
+def signals_ignored(completions, **kwargs):
+    import signal
+
+    ignored = all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM))
+    return [float(ignored)] * len(completions)
 """
 
 COMPLETIONS = ["so \\boxed{7}", "7 apples", "skip this"]
@@ -158,6 +171,40 @@ def test_zero_policy_counts_failures_instead_of_stopping(user_file, pool):
     assert metrics["reward/boom"] == 0.0 and metrics["reward/boom/errors"] == 1.0
 
 
+CAP = 300 * 10**6  # a worker with torch unimported holds ~0.1 GB of data
+
+
+@pytest.mark.parametrize("policy", ["raise", "zero"])
+def test_a_function_over_its_memory_cap_is_an_error_naming_it(policy, user_file, pool):
+    """A function that allocates without bound hits its worker's cap (`train.reward_memory_gb`)
+    and is reported by name; `raise` stops, `zero` counts the failure and goes on; the worker
+    is usable again for the next call."""
+    rewards = build_reward_set(
+        [(f"{user_file}:hog", 1.0), ("math", 1.0)], pool=pool, memory_bytes=CAP, on_error=policy
+    )
+    message = (
+        r"reward function hog \(.*my_rewards.py:hog\) ran out of memory \(MemoryError\); "
+        r"its memory cap is 0.3 GB \(train.reward_memory_gb; null removes the cap\)"
+    )
+    try:
+        for _ in range(2):  # the second call runs in the same worker, as far from the cap
+            if policy == "raise":
+                with pytest.raises(NgrpoError, match=message):
+                    rewards.compute(COMPLETIONS, PROMPTS, COLUMNS, ANSWERS, IDS)
+            else:
+                totals, metrics = rewards.compute(COMPLETIONS, PROMPTS, COLUMNS, ANSWERS, IDS)
+                assert totals == [1.0, 0.0, 0.0] and metrics["reward/hog/errors"] == 1.0
+    finally:
+        rewards.close()
+
+
+def test_reward_workers_ignore_stop_signals(user_file, pool):
+    """A graceful stop must still score the step in progress: a Ctrl-C reaches the whole
+    process group, torchrun forwards signals to each worker's group."""
+    totals, _ = _compute([(f"{user_file}:signals_ignored", 1.0)], pool)
+    assert totals == [1.0, 1.0, 1.0]
+
+
 def test_bad_specs_fail_before_training(user_file, tmp_path):
     with pytest.raises(NgrpoError, match="does not exist"):
         build_reward_set([(str(tmp_path / "nope.py") + ":f", 1.0)])
@@ -182,6 +229,9 @@ def test_config_keys_for_rewards(user_file):
     assert load_config("tiny_grpo", ["train.reward=pkg.mod:fn"]).train.reward_items() == [
         ("pkg.mod:fn", 1.0)
     ]
+    assert load_config("tiny_grpo").train.reward_memory_gb == 8.0  # the default cap
+    assert load_config("tiny_grpo", ["train.reward_memory_gb=null"]).train.reward_memory_gb is None
+    assert load_config("tiny_grpo", ["train.reward_memory_gb=2"]).train.reward_memory_gb == 2.0
     from ngrpo.config import TrainConfig, validate_config
 
     cfg = TrainConfig()
@@ -197,6 +247,8 @@ def test_config_keys_for_rewards(user_file):
         ("train.rewards=[{fn: math, weight: x}]", r"train.rewards\[0\].weight must be a number"),
         ("train.reward_errors=ignore", "train.reward_errors: 'ignore' is not allowed"),
         ("train.reward_timeout_s=0", "train.reward_timeout_s must be > 0"),
+        ("train.reward_memory_gb=0", r"train.reward_memory_gb must be > 0 \(GB\) or null"),
+        ("train.reward_memory_gb=lots", "train.reward_memory_gb"),
     ]:
         with pytest.raises(NgrpoError, match=message):
             load_config("tiny_grpo", [override])

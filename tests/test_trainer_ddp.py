@@ -1,15 +1,22 @@
 """A two-process CPU training run (torchrun, gloo) of `ngrpo train`: world size, finite losses,
-synchronised weights, rank-0-only files, no deadlock at evaluation or checkpoints."""
+synchronised weights, rank-0-only files, no deadlock at evaluation or checkpoints; a stop signal
+to one process stops both after the same step."""
 
 from __future__ import annotations
 
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from test_trainer import wait_for_step
+
 from ngrpo.trainer import checkpoint_dirs, read_metrics
+
+SCRIPT = Path(__file__).with_name("ddp_train_check.py")
 
 
 def test_two_process_cpu_run(base_model_dir, tmp_path):
@@ -24,10 +31,9 @@ def test_two_process_cpu_run(base_model_dir, tmp_path):
         "eval.every=1", "eval.at_start=true", "eval.limit=2", "eval.n=1", "eval.max_new_tokens=8",
         "data.eval_sets=arith-id", "logging.save_every=1",
     ]  # fmt: skip
-    script = Path(__file__).with_name("ddp_train_check.py")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-        "2", str(script), "train", "--config", "tiny_ngrpo", *overrides,
+        "2", str(SCRIPT), "train", "--config", "tiny_ngrpo", *overrides,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
@@ -42,3 +48,51 @@ def test_two_process_cpu_run(base_model_dir, tmp_path):
     assert all(math.isfinite(r["loss/pg"]) and math.isfinite(r["loss/total"]) for r in rows)
     assert rows[0]["rollout/tokens"] > 0 and any(r["actor/grad_norm"] > 0 for r in rows)
     assert [p.name for p in checkpoint_dirs(out)] == ["step-000001", "step-000002"]
+
+
+def _child_of_rank(launcher: int, rank: int) -> int:
+    """The pid of the launcher's worker process of `rank` (read from /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended meanwhile
+        if parent == launcher and f"RANK={rank}".encode() in environ:
+            return int(stat.parent.name)
+    raise AssertionError(f"no worker of rank {rank} under process {launcher}")
+
+
+def test_a_signal_to_one_process_stops_both_after_the_same_step(base_model_dir, tmp_path):
+    """SIGTERM to rank 1 alone (as a scheduler's signal that reached one node): the flag is
+    all-reduced between steps, so both processes stop after the same step, rank 0 writes its
+    checkpoint (save_every is 0: the stop wrote it) and both exit with 75. (That `--resume`
+    continues exactly is tested in one process, test_trainer.py, and for two in
+    test_trainer_fsdp.py.)"""
+    out = tmp_path / "ddp_stop"
+    overrides = [
+        f"model.path={base_model_dir}", f"output_dir={out}", "train.steps=8",
+        "train.prompts_per_step=2", "train.mini_batch_prompts=2", "rollout.num_generations=2",
+        "rollout.max_completion_length=16", "train.entropy_coef=0.01", "eval.every=0",
+        "eval.at_start=false", "logging.save_every=0",
+    ]  # fmt: skip
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+              "2", str(SCRIPT), "train"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [*launch, "--config", "tiny_ngrpo", *overrides], stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    wait_for_step(process, out, 1)
+    os.kill(_child_of_rank(process.pid, 1), signal.SIGTERM)
+    stderr = process.communicate(timeout=240)[1]
+    lines = [line for line in stderr.splitlines() if line.startswith("stopped: ")]
+    assert len(lines) == 2, stderr[-3000:]
+    steps = {int(re.search(r"after step (\d+) of 8", line).group(1)) for line in lines}
+    assert len(steps) == 1, lines  # both processes stopped after the same step
+    step = steps.pop()
+    assert sorted("(SIGTERM)" in line for line in lines) == [False, True]  # rank 1's own
+    assert any("(a signal to another process)" in line for line in lines)
+    assert re.search(r"exitcode\s*:\s*75", stderr)  # torchrun's report of a worker's exit
+    assert [p.name for p in checkpoint_dirs(out)] == [f"step-{step:06d}"]
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, step + 1))

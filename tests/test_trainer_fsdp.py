@@ -1,7 +1,8 @@
 """Two-process FSDP2 training on CPU (torchrun, gloo): the final weights and metrics equal a
 1-process run of the same global batch, the replay invariant holds, the rollout copy follows the
 updates (both checked inside by tests/fsdp_train_check.py), activation checkpointing works under
-FSDP, and checkpoints resume exactly: FSDP → FSDP, FSDP → 1 process, 1 process → FSDP."""
+FSDP, and checkpoints resume exactly: FSDP → FSDP, FSDP → 1 process, 1 process → FSDP; a kill
+inside an FSDP save resumes from the previous complete checkpoint."""
 
 from __future__ import annotations
 
@@ -30,15 +31,18 @@ COMMON = [
 CHECK = Path(__file__).with_name("fsdp_train_check.py")
 
 
-def _run(args: list[str], processes: int) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _run(args: list[str], processes: int, **env: str) -> subprocess.CompletedProcess:
+    """`ngrpo ARGS` in 1 process, or under torchrun; fails the test unless it succeeds (with
+    `env` added to the environment, it may fail: the caller checks)."""
     if processes == 1:
         command = [sys.executable, "-m", "ngrpo", *args]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nproc_per_node", str(processes), str(CHECK), *args]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})  # fmt: skip
+    assert env or done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
@@ -124,3 +128,25 @@ def test_fsdp_recomputed_old_logprobs_give_ratios_of_exactly_one(base_model_dir,
     assert row["actor/ratio_min"] == 1.0 and row["actor/ratio_max"] == 1.0
     assert row["time/old_logprobs_s"] > 0
     assert row["mismatch/logp_abs_max"] < 1e-4  # fp32: the rollout's log-probs agree (replay)
+
+
+def test_a_kill_inside_an_fsdp_save_resumes_from_the_previous_checkpoint(runs, base_model_dir):
+    """Both processes killed (SIGKILL) inside step 2's save, their optimizer shards in the
+    staging directory: step 1's checkpoint is the newest complete one; `--resume` removes the
+    staging directory, redoes step 2 and ends with the weights of 2 straight steps."""
+    root, single, _ = runs
+    killed = root / "killed"
+    args = ["train", *COMMON, f"model.path={base_model_dir}", "train.steps=2",
+            f"output_dir={killed}", "train.strategy=fsdp"]  # fmt: skip
+    done = _run(args, 2, KILL_IN_SAVE="2")
+    assert done.returncode != 0 and "SIGKILL" in done.stderr, done.stderr[-3000:]
+    assert [p.name for p in checkpoint_dirs(killed)] == ["step-000001"]
+    (staging,) = (killed / "checkpoints").glob(".tmp-step-000002-optimizer-*")
+    assert any(staging.iterdir())  # the shards were written; the checkpoint never got in place
+
+    _run(["train", "--resume", str(killed)], 2)
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == [
+        "step-000001", "step-000002",
+    ]  # fmt: skip
+    assert _max_diff(_weights(killed, 2), _weights(single, 2)) < 1e-5
+    assert [r["step"] for r in read_metrics(killed) if r["type"] == "train"] == [1, 2]

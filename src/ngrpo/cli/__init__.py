@@ -1,7 +1,8 @@
 """The `ngrpo` command line: one module per sub-command, each with `register(subparsers)`.
 
 Library code never prints; the modules here render results (rich tables, progress bars) and turn
-`NgrpoError` into a one-line message and a non-zero exit.
+`NgrpoError` into a one-line message and a non-zero exit (2; a graceful stop of training, 75:
+`ngrpo.utils.errors`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from ngrpo import __version__
-from ngrpo.utils.errors import NgrpoError
+from ngrpo.utils.errors import NgrpoError, TrainingStopped
 
 # Order is the order shown by `ngrpo --help`.
 COMMANDS = (
@@ -56,12 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except TrainingStopped as err:  # a graceful stop (SIGTERM / SIGINT): not an error
+        print(f"stopped: {err}", file=sys.stderr)
+        return err.exit_code
     except NgrpoError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        return err.exit_code
+    except KeyboardInterrupt as err:  # Ctrl-C, or a second stop signal during training
         print("interrupted", file=sys.stderr)
-        return 130
+        return getattr(err, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,26 @@ import argparse
 import contextlib
 import os
 
+from ngrpo.utils.errors import STOPPED_EXIT_CODE
+
 HELP = "Train a policy with GRPO / N-GRPO from a YAML config"
+EPILOG = f"""\
+stopping (SIGTERM from a scheduler, Ctrl-C):
+  the first signal finishes the current step, writes a checkpoint and exits with
+  {STOPPED_EXIT_CODE}; `ngrpo train --resume RUN_DIR` then continues exactly. A second signal
+  exits at once with 128 + its number (130 SIGINT, 143 SIGTERM), the previous checkpoint intact.
+  Under torchrun, give the workers time to finish a step: --shutdown-timeout SECONDS (default 30).
+
+exit codes:
+  0 finished; 2 an error you can fix (one `error:` line: a setting, out of memory, a full disk);
+  {STOPPED_EXIT_CODE} stopped by a signal with a checkpoint (resumable); 130 / 143 interrupted."""
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help=HELP, description=HELP + ". Overrides are key.sub=value pairs."
-    )
+        "train", help=HELP, description=HELP + ". Overrides are key.sub=value pairs.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="YAML file, or a shipped name (tiny_ngrpo, ...)")
     source.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")

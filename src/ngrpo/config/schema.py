@@ -174,7 +174,13 @@ class GRPOConfig:
     grader's per-answer bound); past it the worker process is killed."""
     reward_errors: str = "raise"
     """raise (stop with an error naming the function) | zero (0.0 for that call's rollouts,
-    counted in `reward/<name>/errors`) when a user function fails, hangs or returns a bad value."""
+    counted in `reward/<name>/errors`) when a user function fails, hangs, runs out of memory or
+    returns a bad value."""
+    reward_memory_gb: float | None = 8.0
+    """Memory cap of each user reward function's worker process, in GB (10⁹ bytes; the worker's
+    writable memory, `RLIMIT_DATA`, where the runtime and libraries hold ~0.3 GB, with CUDA
+    ~1.4 GB; memory on a GPU is not counted). A function that allocates past it gets a
+    MemoryError, reported as an error naming it (then `reward_errors` applies); null: no cap."""
     clip_ratio_c: float | None = None
     """verl's dual clip for negative advantages (> 1; null: off; 3.0 in the N-GRPO release)."""
     soft_input_grad: str = "all"
@@ -200,6 +206,12 @@ class GRPOConfig:
     rollout_correction_cap: float = 2.0
     """Truncation or masking threshold of the weights, >= 1 (verl `rollout_is_threshold`, 2.0;
     TRL `vllm_importance_sampling_cap`)."""
+    oom_retry: bool = False
+    """On an out-of-memory error in a learner (or reference) micro-batch, halve the token budget
+    (`max_tokens_per_micro_batch`, or the failed micro-batch's tokens) and redo that mini-batch
+    from its state before the attempt; the smaller budget is kept for the rest of the run and
+    `train/oom_retries` counts the retries (verl users set `ppo_max_token_len_per_gpu` for the
+    same purpose). Single process only. Off: the error names the phase, shape and settings."""
     strategy: str = "ddp"
     """Data-parallel strategy under several processes (verl `actor_rollout_ref.actor.strategy`):
     `ddp` (every process holds the whole model and optimizer) | `fsdp` (FSDP2: parameters,

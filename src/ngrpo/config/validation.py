@@ -198,6 +198,11 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         t.reward_timeout_s > 0, f"train.reward_timeout_s must be > 0, got {t.reward_timeout_s!r}"
     )
     _check_choice("train.reward_errors", t.reward_errors, list(ERROR_POLICIES))
+    cap = t.reward_memory_gb
+    _require(
+        cap is None or (type(cap) in (int, float) and cap > 0),
+        f"train.reward_memory_gb must be > 0 (GB) or null (no cap), got {cap!r}",
+    )
     if t.clip_ratio_c is not None:
         _require(
             isinstance(t.clip_ratio_c, (int, float))
@@ -221,6 +226,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         "frozen: 7B adapters fit one GPU); use train.strategy=ddp for LoRA runs",
     )
     _check_choice("train.dynamic_sampling", t.dynamic_sampling, [True, False])
+    _check_choice("train.oom_retry", t.oom_retry, [True, False])
     _check_int("train.max_sampling_rounds", t.max_sampling_rounds, 1)
 
     e = cfg.eval

@@ -42,6 +42,12 @@ Choices worth knowing:
 - Log-probabilities and entropy never go through full logits: `ngrpo.learner.scoring.score_tokens`
   runs the body once and the head over chunks of the scored positions, recomputed in the backward
   (`full_logits=True` restores the full-logits path, for comparisons).
+- Out of memory raises `ngrpo.utils.oom.PhaseOutOfMemory` naming the phase (`reference`,
+  `old_logprobs`, `learner`, `optimizer`) and the micro-batch's shape; with `on_oom` (the
+  trainer's `train.oom_retry`) a reference, π_old or learner one is retried with a smaller token
+  budget, redoing the mini-batch from zeroed gradients (see `update_policy`). After a learner
+  retry the recomputed π_old came from the larger micro-batches: the mini-batch's ratios are then
+  1 up to the kernels' batch-variance, not bitwise.
 - Micro-batches: `micro_batch_size` rows in order, or, with `max_tokens_per_micro_batch`, rows
   sorted by length and packed greedily so that rows × (longest prompt + longest response) stays
   within the budget (a row longer than the budget goes alone). Each micro-batch is cut to its
@@ -60,7 +66,9 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -71,6 +79,7 @@ from ngrpo.method.rollout_correction import importance_weights, mismatch_metrics
 from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.rollout import RolloutBatch
 from ngrpo.sharding.data_parallel import global_loss_normalizer
+from ngrpo.utils.oom import PhaseOutOfMemory, oom_phase
 
 log = logging.getLogger(__name__)
 
@@ -198,19 +207,25 @@ def _micro_batches(batch: RolloutBatch, rows: torch.Tensor, params: LearnerParam
 
 
 @torch.no_grad()
-def _score_rows(policy, batch: RolloutBatch, row_groups, temperature: float, params, accelerator):
+def _score_rows(policy, batch: RolloutBatch, row_groups, temperature: float, params, accelerator,
+                phase: str):  # fmt: skip
     """Log-probs (N, T) of the sampled tokens through `policy` without gradients, each group of
-    rows split into the learner's micro-batches; 0 outside `response_mask`. Under FSDP every
-    process runs as many forwards as the busiest, and the root's gathered parameters are released
-    afterwards (FSDP2 keeps the root unsharded after a forward without backward)."""
+    rows split into the learner's micro-batches; 0 outside `response_mask`. Out of memory is
+    reported as `phase`. Under FSDP every process runs as many forwards as the busiest, and the
+    root's gathered parameters are released afterwards (FSDP2 keeps the root unsharded after a
+    forward without backward)."""
     device = batch.response_ids.device
     out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=device)  # (N, T)
     for rows in row_groups:
         parts = list(_micro_batches(batch, rows, params))
-        for i in range(len(parts) + _padding(len(parts), accelerator, device)):
+        count = len(parts) + _padding(len(parts), accelerator, device)
+        for i in range(count):
             micro, sub, width = parts[min(i, len(parts) - 1)]
-            logp, _ = policy_scores(policy, sub, temperature, chunk_elements=params.chunk_elements,
-                                    full_logits=params.full_logits)  # fmt: skip
+            shape = _shape(f"micro-batch {i + 1} of {count}", sub, width)
+            with oom_phase(phase, shape, len(micro), _tokens(sub, width)):
+                logp, _ = policy_scores(policy, sub, temperature,
+                                        chunk_elements=params.chunk_elements,
+                                        full_logits=params.full_logits)  # fmt: skip
             if i < len(parts):  # the rest is padding (FSDP: the same collectives everywhere)
                 out[micro, :width] = logp
     if hasattr(policy, "reshard"):
@@ -225,7 +240,8 @@ def reference_logprobs(
     micro-batches as the learner; 0 outside `response_mask`. `ref_model`: a causal LM or a
     `SoftInputPolicy` (under FSDP a sharded one)."""
     rows = torch.arange(len(batch.response_ids), device=batch.response_ids.device)
-    return _score_rows(as_policy(ref_model), batch, [rows], temperature, params, accelerator)
+    return _score_rows(as_policy(ref_model), batch, [rows], temperature, params, accelerator,
+                       "reference")  # fmt: skip
 
 
 def _mini_batches(batch: RolloutBatch, params: LearnerParams) -> list[torch.Tensor]:
@@ -242,7 +258,7 @@ def recompute_old_logprobs(
     mini-batch recomputes them bitwise (ratios exactly 1); 0 outside `response_mask`."""
     policy = as_policy(model)
     return _score_rows(policy, batch, _mini_batches(batch, params), params.temperature, params,
-                       accelerator)  # fmt: skip
+                       accelerator, "old_logprobs")  # fmt: skip
 
 
 def loss_mask(batch: RolloutBatch, mask_truncated: bool) -> torch.Tensor:
@@ -295,6 +311,11 @@ class _Averages:
         return {key: self.totals[key] / self.counts[key] for key in self.totals}
 
 
+OomRetry = Callable[[LearnerParams, PhaseOutOfMemory], "LearnerParams | None"]
+"""`on_oom(params, err)`: the settings to retry with after an out-of-memory error `err` in the
+reference or learner phase (a smaller token budget), or None to let the error through."""
+
+
 def update_policy(
     model,
     optimizer: torch.optim.Optimizer,
@@ -306,6 +327,7 @@ def update_policy(
     ref_model=None,
     accelerator=None,
     ref_context=None,
+    on_oom: OomRetry | None = None,
 ) -> dict[str, float]:
     """Learn from one step's rollouts; returns averaged metrics (loss/*, actor/*, train/*,
     mismatch/*, rollout_correction/*, time/*).
@@ -317,21 +339,33 @@ def update_policy(
     skipped mini-batches are left out of the averages; `actor/grad_norm` is the mean pre-clipping
     norm of the applied steps. `ref_context`: a context-manager factory the reference is scored
     under (LoRA: the policy itself as `ref_model`, with peft's `disable_adapter`, so no second
-    model). `time/reference_s`, `time/old_logprobs_s` and `time/optimizer_s` (clipping, the
-    optimizer and scheduler steps) time those phases (device-synchronised).
+    model). `time/reference_s`, `time/old_logprobs_s`, `time/forward_backward_s` and
+    `time/optimizer_s` (clipping, the optimizer and scheduler steps) time those phases
+    (device-synchronised).
+
+    Out of memory raises `ngrpo.utils.oom.PhaseOutOfMemory` naming the phase (`reference`,
+    `old_logprobs`, `learner`, `optimizer`) and the micro-batch's shape. With `on_oom` (single
+    process), a reference, π_old or learner out-of-memory error is retried with the settings it
+    returns: the reference or π_old log-probs are recomputed, a mini-batch restarts from its first
+    micro-batch with zeroed gradients, so the update goes on from the state before the failed
+    attempt (earlier mini-batches' optimizer steps were complete; the failed one changed only
+    gradients); `train/oom_retries` counts the retries.
     """
     model = as_policy(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     world = 1 if accelerator is None else accelerator.num_processes
     device = batch.response_ids.device
     mask = loss_mask(batch, params.mask_truncated_completions)  # (N, T)
+    retries = [0]
     clock = _PhaseClock(device)
     ref_logp = None
     if params.beta > 0:
         with ref_context() if ref_context is not None else contextlib.nullcontext():
-            ref_logp = reference_logprobs(
-                ref_model, batch, params.temperature, params, accelerator
-            )  # (N, T)
+            ref_logp, params = _retrying(  # (N, T)
+                partial(reference_logprobs, ref_model, batch, params.temperature,
+                        accelerator=accelerator),
+                params, on_oom, retries,
+            )  # fmt: skip
         clock.lap("time/reference_s")
     if params.old_logprobs not in OLD_LOGPROBS:
         raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS}, got {params.old_logprobs!r}")
@@ -339,69 +373,40 @@ def update_policy(
     learner_logp = torch.zeros_like(mask)  # (N, T) the learner's log-probs before any update
     measured = torch.zeros_like(mask)  # (N, T) 1 where `learner_logp` holds a value
     if params.old_logprobs == "recompute":
-        old_logp = learner_logp = recompute_old_logprobs(model, batch, params, accelerator)
-        measured = mask
+        old_logp, params = _retrying(  # (N, T)
+            partial(recompute_old_logprobs, model, batch, accelerator=accelerator),
+            params, on_oom, retries,
+        )  # fmt: skip
+        learner_logp, measured = old_logp, mask
         clock.lap("time/old_logprobs_s")
     is_weights, correction_metrics = importance_weights(
         old_logp, batch.logprobs, mask, params.rollout_correction, params.rollout_correction_cap
     )  # (N, T), exactly 1 when π_old is the rollout's
+    minis = _mini_batches(batch, params)
     averages = _Averages()
     skipped, grad_norms, first = 0, [], True
     for _ in range(params.num_iterations):
-        for mini in _mini_batches(batch, params):
+        for number, mini in enumerate(minis, start=1):
             normalizer = global_loss_normalizer(
                 _count(mask[mini], params.loss_type), world,
                 lambda count: _sum_over_processes(count, accelerator, device),
             )  # fmt: skip
-            optimizer.zero_grad(set_to_none=True)
-            finite, mini_metrics = torch.ones((), dtype=torch.bool, device=device), _Averages()
-            parts = list(_micro_batches(batch, mini, params))
-            count = len(parts) + _padding(len(parts), accelerator, device)
-            for i in range(count):
-                micro, sub, width = parts[min(i, len(parts) - 1)]
-                # Every micro-batch runs backward, even after a non-finite loss: data-parallel
-                # ranks synchronise on the last one, so none may leave the loop early.
-                sync = accelerator is None or i == count - 1
-                context = contextlib.nullcontext() if sync else accelerator.no_sync(model)
-                sub_mask = mask[micro, :width]  # (n, T')
-                with context:
-                    logp, entropy = policy_scores(
-                        model,
-                        sub,
-                        params.temperature,
-                        chunk_elements=params.chunk_elements,
-                        full_logits=params.full_logits,
-                        detach_mixed=params.soft_input_grad == "none",
-                    )  # (n, T')
-                    if i >= len(parts):  # padding (FSDP): same collectives, zero gradient
-                        accelerator.backward(logp.sum() * 0.0)
-                        continue
-                    if first and params.old_logprobs == "rollout":  # before any optimizer step
-                        learner_logp[micro, :width] = logp.detach()
-                        measured[micro, :width] = sub_mask
-                    loss, metrics = grpo_loss(
-                        logp, old_logp[micro, :width], advantages[micro], sub_mask,
-                        ref_logp=None if ref_logp is None else ref_logp[micro, :width],
-                        entropy=entropy.detach() if params.entropy_coef == 0 else entropy,
-                        beta=params.beta, kl_estimator=params.kl_estimator,
-                        clip_low=params.clip_low, clip_high=params.clip_high,
-                        clip_ratio_c=params.clip_ratio_c,
-                        level=params.importance_sampling_level, loss_type=params.loss_type,
-                        entropy_coef=params.entropy_coef, normalizer=normalizer,
-                        is_weights=None if params.rollout_correction == "none"
-                        else is_weights[micro, :width],
-                    )  # fmt: skip
-                    finite = finite & torch.isfinite(loss.detach())  # read once per mini-batch
-                    if accelerator is not None:
-                        accelerator.backward(loss)
-                    else:
-                        loss.backward()
-                mini_metrics.add(metrics)
+            (finite, mini_metrics), params = _retrying(
+                partial(
+                    _accumulate, model, optimizer, batch, mini, mask=mask, advantages=advantages,
+                    ref_logp=ref_logp, old_logp=old_logp, is_weights=is_weights,
+                    normalizer=normalizer, accelerator=accelerator,
+                    where=f"mini-batch {number} of {len(minis)}",
+                    record=(learner_logp, measured) if first and params.old_logprobs == "rollout"
+                    else None,
+                ),
+                params, on_oom, retries,
+            )  # fmt: skip
             first = False
             clock.lap("time/forward_backward_s")
             # A non-finite gradient makes the global norm non-finite (checked below), identically
             # on every process (it is taken after the gradients' reduction).
-            finite = _agreed(bool(finite), accelerator, device)
+            finite = _agreed(finite, accelerator, device)
             grad_norm = _clip(parameters, params.max_grad_norm, accelerator) if finite else 0.0
             if not (finite and math.isfinite(grad_norm)):
                 skipped += 1
@@ -410,7 +415,8 @@ def update_policy(
                 continue
             averages.add(mini_metrics.result())
             grad_norms.append(grad_norm)
-            optimizer.step()
+            with oom_phase("optimizer", f"AdamW over {_numel(parameters):,} trainable parameters"):
+                optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             clock.lap("time/optimizer_s")
@@ -423,7 +429,101 @@ def update_policy(
     result["actor/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
     result["train/skipped_updates"] = float(skipped)
     result["train/optimizer_steps"] = float(len(grad_norms))
+    result["train/oom_retries"] = float(retries[0])
     return result
+
+
+def _retrying(attempt, params: LearnerParams, on_oom: OomRetry | None, retries: list[int]):
+    """(`attempt(params)`, the settings it ran with), tried again with the settings `on_oom`
+    returns after each reference / learner out-of-memory error (counted in `retries[0]`)."""
+    while True:
+        try:
+            return attempt(params=params), params
+        except PhaseOutOfMemory as err:
+            smaller = None
+            if on_oom is not None and err.phase in ("reference", "old_logprobs", "learner"):
+                smaller = on_oom(params, err)
+            if smaller is None:
+                raise
+        # out of the `except`: the failed attempt's tensors went with its traceback
+        params, retries[0] = smaller, retries[0] + 1
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _accumulate(
+    model, optimizer, batch: RolloutBatch, mini: torch.Tensor, *, params: LearnerParams,
+    mask: torch.Tensor, advantages: torch.Tensor, ref_logp: torch.Tensor | None,
+    old_logp: torch.Tensor, is_weights: torch.Tensor, normalizer: float, accelerator, where: str,
+    record: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[bool, _Averages]:  # fmt: skip
+    """Gradients of one mini-batch, accumulated over its micro-batches from zero; returns
+    (whether every loss was finite, the micro-batches' metrics). `record`: (log-probs, mask)
+    buffers (N, T) that take the learner's log-probs of these rows before any optimizer step (the
+    rollout–learner gap when π_old is the rollout's)."""
+    optimizer.zero_grad(set_to_none=True)
+    finite = torch.ones((), dtype=torch.bool, device=mask.device)  # read once per mini-batch
+    mini_metrics = _Averages()
+    parts = list(_micro_batches(batch, mini, params))
+    count = len(parts) + _padding(len(parts), accelerator, mask.device)
+    for i in range(count):
+        micro, sub, width = parts[min(i, len(parts) - 1)]
+        # Every micro-batch runs backward, even after a non-finite loss: data-parallel
+        # ranks synchronise on the last one, so none may leave the loop early.
+        sync = accelerator is None or i == count - 1
+        context = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+        sub_mask = mask[micro, :width]  # (n, T')
+        shape = _shape(f"{where}, micro-batch {i + 1} of {count}", sub, width)
+        with context, oom_phase("learner", shape, len(micro), _tokens(sub, width)):
+            logp, entropy = policy_scores(
+                model,
+                sub,
+                params.temperature,
+                chunk_elements=params.chunk_elements,
+                full_logits=params.full_logits,
+                detach_mixed=params.soft_input_grad == "none",
+            )  # (n, T')
+            if i >= len(parts):  # padding (FSDP): same collectives, zero gradient
+                accelerator.backward(logp.sum() * 0.0)
+                continue
+            if record is not None:
+                record[0][micro, :width] = logp.detach()
+                record[1][micro, :width] = sub_mask
+            loss, metrics = grpo_loss(
+                logp, old_logp[micro, :width], advantages[micro], sub_mask,
+                ref_logp=None if ref_logp is None else ref_logp[micro, :width],
+                entropy=entropy.detach() if params.entropy_coef == 0 else entropy,
+                beta=params.beta, kl_estimator=params.kl_estimator,
+                clip_low=params.clip_low, clip_high=params.clip_high,
+                clip_ratio_c=params.clip_ratio_c,
+                level=params.importance_sampling_level, loss_type=params.loss_type,
+                entropy_coef=params.entropy_coef, normalizer=normalizer,
+                is_weights=None if params.rollout_correction == "none"
+                else is_weights[micro, :width],
+            )  # fmt: skip
+            finite = finite & torch.isfinite(loss.detach())
+            if accelerator is not None:
+                accelerator.backward(loss)
+            else:
+                loss.backward()
+        mini_metrics.add(metrics)
+    return bool(finite), mini_metrics
+
+
+def _shape(where: str, sub: RolloutBatch, width: int) -> str:
+    """A trimmed micro-batch's shape, for out-of-memory messages."""
+    rows, prompt = sub.prompt_ids.shape
+    return f"{where}: {rows} rows × ({prompt} prompt + {width} response) tokens"
+
+
+def _tokens(sub: RolloutBatch, width: int) -> int:
+    """Tokens of a trimmed micro-batch as the token budget counts them: rows × (prompt +
+    response width)."""
+    return len(sub.prompt_ids) * (sub.prompt_ids.shape[1] + width)
+
+
+def _numel(parameters) -> int:
+    return sum(p.numel() for p in parameters)
 
 
 class _PhaseClock:

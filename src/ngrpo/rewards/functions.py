@@ -25,8 +25,9 @@ function's `__name__` (made unique with `_2`, `_3`, ... when repeated); `reward/
 total.
 
 Failures are never silent: a function that raises, hangs past its deadline (`train.reward_timeout_s`
-per completion, in a worker process: `ngrpo.rewards.user`), returns something other than a list of
-numbers / None, or a list of the wrong length raises `NgrpoError` naming the function. With
+per completion, in a worker process: `ngrpo.rewards.user`), allocates past its worker's memory cap
+(`train.reward_memory_gb`), returns something other than a list of numbers / None, or a list of
+the wrong length raises `NgrpoError` naming the function. With
 `train.reward_errors=zero`, a failed call instead gives 0.0 to every rollout of that call, counted
 in `reward/<name>/errors` (the number of failed calls this step).
 """
@@ -43,7 +44,12 @@ from typing import Any
 from ngrpo.rewards.grader import GRADERS, batch_rewards
 from ngrpo.rewards.pool import TIMEOUT_S, GradingPool
 from ngrpo.rewards.specs import absolute_spec, import_function, spec_of
-from ngrpo.rewards.user import RewardCallError, UserRewardWorker, picklable_target
+from ngrpo.rewards.user import (
+    MEMORY_BYTES,
+    RewardCallError,
+    UserRewardWorker,
+    picklable_target,
+)
 from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
@@ -202,9 +208,11 @@ def build_reward_set(
     pool: GradingPool | None = None,
     timeout_s: float = TIMEOUT_S,
     on_error: str = "raise",
+    memory_bytes: int | None = MEMORY_BYTES,
 ) -> RewardSet:
     """Resolve (spec or callable, weight) pairs: imports are checked here, in the caller's
-    process, so a missing module or function fails before any worker starts."""
+    process, so a missing module or function fails before any worker starts. `memory_bytes`:
+    each user worker's memory cap (`ngrpo.rewards.user`; None: none)."""
     if on_error not in ERROR_POLICIES:
         raise NgrpoError(
             f"train.reward_errors: {on_error!r}; choose one of {', '.join(ERROR_POLICIES)}"
@@ -224,6 +232,6 @@ def build_reward_set(
             spec = absolute_spec(str(spec_or_fn))
             fn, target = import_function(spec), spec
         name = _unique(getattr(fn, "__name__", "reward"), taken)
-        worker = UserRewardWorker(name, target, timeout_s)
+        worker = UserRewardWorker(name, target, timeout_s, memory_bytes)
         components.append(RewardComponent(name, float(weight), spec, worker=worker))
     return RewardSet(components, pool=pool, on_error=on_error)

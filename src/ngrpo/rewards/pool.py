@@ -11,7 +11,8 @@ Workers start through the `forkserver` method with math-verify preloaded and war
 `spawn` is used where forkserver does not exist. A worker also caps its address space
 (`WORKER_MEMORY_BYTES`) so a runaway comparison fails with MemoryError instead of exhausting the
 machine. A replacement's start-up is waited for when it is next used, never inside the call that
-timed out, and a deadline starts only once a worker is ready.
+timed out, and a deadline starts only once a worker is ready. Workers ignore SIGINT and SIGTERM
+(`ignore_stop_signals`): a graceful stop of the run still grades the step in progress.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from multiprocessing.connection import Connection, wait
@@ -36,14 +38,35 @@ _PRELOAD = [
 ]  # fmt: skip
 
 
-def _serve(conn: Connection) -> None:
-    """Worker main loop: receive (pred, gold) pairs, answer True / False; never evaluates input."""
+def ignore_stop_signals() -> None:
+    """In a worker: ignore SIGINT and SIGTERM. A terminal's Ctrl-C reaches the whole process
+    group and a scheduler signals every process of a job, but a worker must go on scoring the
+    step in progress while the trainer stops gracefully (`ngrpo.trainer.stop`); the trainer
+    ends its workers itself, and an idle worker whose trainer is gone exits at its pipe's end."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def cap_memory(limit: str, max_bytes: int) -> None:
+    """In a worker: cap `resource.<limit>` (`RLIMIT_AS`, `RLIMIT_DATA`) at `max_bytes` (at most
+    the hard limit already set); allocations past it raise MemoryError. No-op where the
+    platform has no such limit."""
     try:
         import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
-    except (ImportError, ValueError, OSError):
+        kind = getattr(resource, limit)
+        hard = resource.getrlimit(kind)[1]
+        if hard != resource.RLIM_INFINITY:
+            max_bytes = min(max_bytes, hard)
+        resource.setrlimit(kind, (max_bytes, hard))
+    except (ImportError, AttributeError, ValueError, OSError):
         pass
+
+
+def _serve(conn: Connection) -> None:
+    """Worker main loop: receive (pred, gold) pairs, answer True / False; never evaluates input."""
+    ignore_stop_signals()
+    cap_memory("RLIMIT_AS", WORKER_MEMORY_BYTES)
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     from ngrpo.rewards.equivalence import math_equal
 

@@ -6,8 +6,19 @@ grading pool (`ngrpo.rewards.pool`). Each call has a deadline of `timeout_s` sec
 (the built-in grader's per-answer bound, `pool.TIMEOUT_S`, by default); when it passes, the worker
 is killed (SIGKILL) and a fresh one is started for the next call, so a function that hangs or spins
 never stalls training and a crash (segfault, `os._exit`) is reported instead of taking the trainer
-down. Unlike grading workers, a user worker has no address-space cap: a reward may legitimately
-load a model.
+down.
+
+Memory: a worker caps its writable memory at `memory_bytes` (`train.reward_memory_gb`, 8 GB by
+default) with `RLIMIT_DATA`, so a function that allocates without bound gets a MemoryError, which
+is reported as an error naming it, instead of taking the host down. `RLIMIT_DATA` rather than the
+grading pool's `RLIMIT_AS`: a reward may legitimately load a model, and CUDA reserves tens of GB of
+address space it never touches (measured on an H200: CUDA fails to start under an 8 GiB
+`RLIMIT_AS`, and starts under an 8 GiB `RLIMIT_DATA`, the process then holding 1.4 GB of data
+and 18 GB of address space). Memory on a GPU is not capped.
+
+Signals: a worker ignores SIGINT and SIGTERM (as the grading workers do, `pool.ignore_stop_signals`)
+so that a graceful stop of the run (`ngrpo.trainer.stop`) can still score the step in progress;
+the trainer ends its workers itself.
 
 The function is named to the worker by its spec string (imported there) or sent pickled (a Python
 callable: by reference, so it must be defined at the top level of a module or of a script guarded by
@@ -24,19 +35,31 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ngrpo.rewards.pool import STARTUP_TIMEOUT_S, TIMEOUT_S, _context
+from ngrpo.rewards.pool import (
+    STARTUP_TIMEOUT_S,
+    TIMEOUT_S,
+    _context,
+    cap_memory,
+    ignore_stop_signals,
+)
 from ngrpo.rewards.specs import import_function
 from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
+
+MEMORY_BYTES = 8 * 10**9  # `train.reward_memory_gb`'s default
 
 
 class RewardCallError(Exception):
     """A user reward call failed (raised, timed out, died); the message names the function."""
 
 
-def _serve(conn: Connection, target: str | bytes) -> None:
-    """Worker main loop: resolve the function, then answer ("ok", value) / ("error", text)."""
+def _serve(conn: Connection, target: str | bytes, memory_bytes: int | None) -> None:
+    """Worker main loop: resolve the function, then answer ("ok", value) / ("error", text) /
+    ("memory", text) for a MemoryError."""
+    ignore_stop_signals()
+    if memory_bytes is not None:
+        cap_memory("RLIMIT_DATA", memory_bytes)
     try:
         fn = pickle.loads(target) if isinstance(target, bytes) else import_function(target)
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises
@@ -52,8 +75,9 @@ def _serve(conn: Connection, target: str | bytes) -> None:
             reply = ("ok", fn(*args, **kwargs))
             conn.send(reply)
         except BaseException as err:  # noqa: BLE001 - any failure is the user's function's
+            status = "memory" if isinstance(err, MemoryError) else "error"
             try:
-                conn.send(("error", f"{type(err).__name__}: {err}"))
+                conn.send((status, f"{type(err).__name__}: {err}"))
             except (EOFError, OSError):
                 return
 
@@ -78,8 +102,12 @@ def picklable_target(fn: Callable) -> bytes:
 class UserRewardWorker:
     """One worker process for one user function; restarted after a timeout or a crash."""
 
-    def __init__(self, name: str, target: str | bytes, timeout_s: float = TIMEOUT_S) -> None:
+    def __init__(
+        self, name: str, target: str | bytes, timeout_s: float = TIMEOUT_S,
+        memory_bytes: int | None = MEMORY_BYTES,
+    ) -> None:  # fmt: skip
         self.name, self.target, self.timeout_s = name, target, timeout_s
+        self.memory_bytes = memory_bytes
         self._ctx = _context()
         self._conn: Connection | None = None
         self._process = None
@@ -87,7 +115,10 @@ class UserRewardWorker:
     def _start(self) -> None:
         self._conn, child = self._ctx.Pipe()
         self._process = self._ctx.Process(
-            target=_serve, args=(child, self.target), daemon=True, name=f"reward-{self.name}"
+            target=_serve,
+            args=(child, self.target, self.memory_bytes),
+            daemon=True,
+            name=f"reward-{self.name}",
         )
         self._process.start()
         child.close()
@@ -138,11 +169,21 @@ class UserRewardWorker:
                 self._process.join(timeout=5)
                 code = self._process.exitcode
             self.close()
-            raise RewardCallError(f"the worker process died (exit code {code})") from None
+            hint = self._cap_hint() if code is not None and code < 0 else ""
+            raise RewardCallError(f"the worker process died (exit code {code}){hint}") from None
         log.debug("reward %s: %.3f s", self.name, time.monotonic() - started)
+        if status == "memory":
+            raise RewardCallError(f"ran out of memory ({value.rstrip(': ')}){self._cap_hint()}")
         if status != "ok":
             raise RewardCallError(f"raised {value}")
         return value
+
+    def _cap_hint(self) -> str:
+        """The worker's memory cap, for messages about memory (a killed worker may have hit it)."""
+        if self.memory_bytes is None:
+            return ""
+        return (f"; its memory cap is {self.memory_bytes / 1e9:.3g} GB (train.reward_memory_gb; "
+                "null removes the cap)")  # fmt: skip
 
     def close(self) -> None:
         if self._process is not None:

@@ -17,8 +17,12 @@ Parts (each imports only those above it):
 - `setup`: the `Run` record and `_setup` in named steps (rewards, model and LoRA through
   `ngrpo.models.load.load_policy`, reference, strategy, optimizer, data, neighbour index, resumed
   state); the DDP / FSDP strategies are described there;
+- `oom`: out of memory during a step: the one-line error (phase, shape, device memory, `ngrpo
+  plan`'s estimate, settings) and `train.oom_retry`'s smaller token budget;
 - `step`: one training step (rollout rounds, advantages, update, metrics reduced over processes);
-- `loop`: `train` (evaluations, `best/`, checkpoints, logging), `load_run_config`,
+- `stop`: SIGTERM / SIGINT during `train`: finish the step, checkpoint, stop (every process after
+  the same step); a second signal leaves at once;
+- `loop`: `train` (evaluations, `best/`, checkpoints, logging, stopping), `load_run_config`,
   `read_metrics`;
 - `export`: a run's checkpoint as a standalone Hugging Face model directory (`ngrpo export`).
 Patch a name where it is looked up: `ngrpo.trainer.loop._setup` / `._train_step`,

@@ -35,7 +35,13 @@ import torch.distributed as dist
 from ngrpo.sharding.checkpoint import OPTIMIZER_DIR
 from ngrpo.sharding.strategy import PREFIX
 from ngrpo.utils.errors import NgrpoError
-from ngrpo.utils.io import TMP_PREFIX, recover_interrupted_writes, write_atomically
+from ngrpo.utils.io import (
+    TMP_PREFIX,
+    DiskError,
+    disk_problem,
+    recover_interrupted_writes,
+    write_atomically,
+)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -107,7 +113,15 @@ def save_sharded_checkpoint(run, step: int, trainer_state: dict) -> Path:
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
     dist.barrier()
-    dcp.save(get_optimizer_state_dict(run.model, run.optimizer), checkpoint_id=str(staging))
+    try:
+        dcp.save(get_optimizer_state_dict(run.model, run.optimizer), checkpoint_id=str(staging))
+    except Exception as err:  # DCP raises on every rank when one rank's write failed
+        reason = disk_problem(root, err)
+        if reason is None:
+            raise
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise DiskError(target, reason) from err
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     gathered = get_model_state_dict(run.model, options=options)  # full on rank 0, else empty
     if main:
@@ -119,7 +133,11 @@ def save_sharded_checkpoint(run, step: int, trainer_state: dict) -> Path:
             staging.rename(tmp / OPTIMIZER_DIR)
             torch.save(trainer_state, tmp / STATE_FILE)  # written last: marks completeness
 
-        write_atomically(target, write)
+        try:
+            write_atomically(target, write)
+        except DiskError:
+            shutil.rmtree(staging, ignore_errors=True)  # not yet moved into the checkpoint
+            raise
         for stale in checkpoint_dirs(run.run_dir)[: -run.cfg.logging.keep_last]:
             shutil.rmtree(stale)
     del gathered
@@ -150,6 +168,7 @@ def _set_rng_state(state: dict) -> None:
 
 
 STATE_KEYS = ("step", "best", "skipped", "optimizer", "scheduler", "sampler", "rng")
+OOM_BUDGET = "oom_token_budget"  # optional: the token budget `train.oom_retry` lowered
 
 
 def load_trainer_state(path: Path) -> dict:

@@ -18,15 +18,21 @@ from pathlib import Path
 
 from ngrpo.config import TrainConfig, derived_values, save_config
 from ngrpo.trainer.checkpoints import (
+    CHECKPOINTS,
+    OOM_BUDGET,
     _rng_state,
     _save_model,
+    checkpoint_dirs,
     save_checkpoint,
     save_sharded_checkpoint,
 )
+from ngrpo.trainer.oom import oom_error
 from ngrpo.trainer.setup import Run, _setup
 from ngrpo.trainer.step import _train_step
-from ngrpo.utils.errors import NgrpoError
-from ngrpo.utils.io import write_atomically
+from ngrpo.trainer.stop import GracefulStop
+from ngrpo.utils.errors import NgrpoError, TrainingStopped
+from ngrpo.utils.io import DiskError, disk_problem, write_atomically
+from ngrpo.utils.oom import PhaseOutOfMemory, oom_phase
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +67,55 @@ def _trainer_state(run: Run) -> dict:
         "step": run.step, "best": run.best, "skipped": run.skipped_total,
         "optimizer": optimizer, "scheduler": run.scheduler.state_dict(),
         "sampler": run.sampler.state_dict(), "rng": _rng_state(),
+        OOM_BUDGET: run.params.max_tokens_per_micro_batch,
     }  # fmt: skip
+
+
+def _save(run: Run) -> None:
+    """`checkpoints/step-N/` for the current step (every process calls this)."""
+    try:
+        if run.sharded:
+            save_sharded_checkpoint(run, run.step, _trainer_state(run))
+        elif run.accelerator.is_main_process:
+            save_checkpoint(
+                run.run_dir, run.step, _saved_model(run), run.tokenizer, _trainer_state(run),
+                run.cfg.logging.keep_last,
+            )  # fmt: skip
+    except DiskError as err:
+        newest = checkpoint_dirs(run.run_dir)
+        kept = f"{newest[-1].name} is the newest complete checkpoint" if newest else (
+            "no checkpoint was complete before it")  # fmt: skip
+        raise NgrpoError(
+            f"{err}; {kept}: free space or make {err.target.parent} writable, then "
+            f"`ngrpo train --resume {run.run_dir}`"
+        ) from err
+    run.accelerator.wait_for_everyone()
+
+
+def _stop(run: Run, stop: GracefulStop, saved: int) -> None:
+    """End the run after a stop request: a checkpoint of the last step (unless there is one),
+    then `TrainingStopped` with what to do next."""
+    cause = stop.signal_name or "a signal to another process"
+    if run.step == 0:
+        raise TrainingStopped(f"before the first step ({cause}); nothing to save")
+    if saved != run.step:
+        _save(run)
+    where = run.run_dir / CHECKPOINTS / f"step-{run.step:06d}"
+    raise TrainingStopped(
+        f"after step {run.step} of {run.cfg.train.steps} ({cause}); checkpoint {where} is "
+        f"complete: `ngrpo train --resume {run.run_dir}` continues"
+    )
 
 
 def _log(run: Run, row: dict, writer) -> None:
     if not run.accelerator.is_main_process:
         return
-    with (run.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+    path = run.run_dir / "metrics.jsonl"
+    try:
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+    except OSError as err:  # a full disk: the line may be cut, which `--resume` drops
+        raise NgrpoError(f"cannot write {path}: {disk_problem(path.parent, err)}") from err
     if writer is not None:
         for key, value in row.items():
             if isinstance(value, (int, float)) and key != "step":
@@ -97,7 +144,13 @@ def _maybe_eval(run: Run, writer, progress: Progress | None) -> None:
     if not due or not cfg.data.eval_sets:
         return
     if run.accelerator.is_main_process:
-        metrics = _evaluate(run)
+        shape = (f"{len(run.eval_sets)} sets, {cfg.eval.n} samples per problem of up to "
+                 f"{cfg.eval.max_new_tokens} new tokens")  # fmt: skip
+        try:
+            with oom_phase("evaluation", shape):
+                metrics = _evaluate(run)
+        except PhaseOutOfMemory as err:
+            raise oom_error(run, err, f"after step {run.step}") from None
         _log(run, {"step": run.step, "type": "eval", **metrics}, writer)
         if progress is not None:
             progress("eval", run.step, cfg.train.steps, metrics)
@@ -130,6 +183,13 @@ def train(
     evaluation (`kind="eval"`); the CLI draws its progress bar and tables from it.
     `reward_funcs`: (callable or spec, weight) pairs that replace `cfg.train.reward(s)` (the Python
     API records their specs in `cfg.train.rewards` before calling this).
+
+    Faults: a first SIGTERM / SIGINT finishes the current step, writes its checkpoint and raises
+    `TrainingStopped`; a second one raises `Interrupted` at once (`ngrpo.trainer.stop`). Out of
+    memory raises an `NgrpoError` naming the phase, the batch shape and the settings that lower
+    it (`ngrpo.trainer.oom`; `train.oom_retry` retries learner micro-batches instead), and so
+    does a disk that refuses a checkpoint (`ngrpo.utils.io`); none of them touches a complete
+    checkpoint.
     """
     run_dir = Path(cfg.output_dir).expanduser()
     if not resume and (run_dir / "metrics.jsonl").exists():
@@ -141,16 +201,35 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NgrpoError(f"cannot create output_dir {str(run_dir)!r}: {err.strerror}") from err
-    run = _setup(cfg, run_dir, resume, reward_funcs)
+    with GracefulStop() as stop:  # SIGTERM / SIGINT: finish the step, save, stop (`stop`)
+        run = _setup(cfg, run_dir, resume, reward_funcs)
+        try:
+            _loop(run, stop, progress)
+        finally:
+            run.rewards.close()
+            run.pool.close()
+    return run_dir
+
+
+def _loop(run: Run, stop: GracefulStop, progress: Progress | None) -> None:
+    """Steps until `train.steps`, with logging, evaluations and checkpoints; between steps, a
+    stop request (`stop`, agreed by every process) ends the run with a checkpoint."""
+    cfg = run.cfg
     if run.accelerator.is_main_process:
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run.run_dir / "config.yaml")
         log.info("derived values: %s", derived_values(cfg))
     writer = _tensorboard(run)
+    saved = run.step  # the step of the newest checkpoint (a resumed run's, or none at 0)
     try:
         if run.step == 0:
             _maybe_eval(run, writer, progress)
         while run.step < cfg.train.steps:
-            metrics = _train_step(run)
+            if stop.requested(run.accelerator):
+                _stop(run, stop, saved)
+            try:
+                metrics = _train_step(run)
+            except PhaseOutOfMemory as err:
+                raise oom_error(run, err, f"at step {run.step + 1}") from None
             run.step += 1
             run.skipped_total += int(metrics["train/skipped_updates"])
             metrics["train/skipped_total"] = float(run.skipped_total)
@@ -161,20 +240,11 @@ def train(
             _maybe_eval(run, writer, progress)
             save_every = cfg.logging.save_every
             if run.step == cfg.train.steps or (save_every and run.step % save_every == 0):
-                if run.sharded:
-                    save_sharded_checkpoint(run, run.step, _trainer_state(run))
-                elif run.accelerator.is_main_process:
-                    save_checkpoint(
-                        run_dir, run.step, _saved_model(run), run.tokenizer, _trainer_state(run),
-                        cfg.logging.keep_last,
-                    )  # fmt: skip
-                run.accelerator.wait_for_everyone()
+                _save(run)
+                saved = run.step
     finally:
-        run.rewards.close()
-        run.pool.close()
         if writer is not None:
             writer.close()
-    return run_dir
 
 
 def load_run_config(run_dir: str | Path, overrides=()) -> TrainConfig:

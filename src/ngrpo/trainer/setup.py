@@ -23,6 +23,7 @@ chunked head inside one forward), which `train.strategy` distributes:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from ngrpo.config import TrainConfig
 from ngrpo.learner.update import LearnerParams
 from ngrpo.rollout import DecoderPool
 from ngrpo.trainer.checkpoints import (
+    OOM_BUDGET,
     STATE_FILE,
     _recover_interrupted_writes,
     _set_rng_state,
@@ -95,6 +97,9 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     rewards = _reward_set(cfg, reward_funcs)
+    if resume and accelerator.is_main_process:  # before the newest checkpoint is chosen: a save
+        _recover_interrupted_writes(run_dir)  # caught between its two renames gets it back
+    accelerator.wait_for_everyone()
     latest, state = _resume_point(run_dir, resume)
     loaded = _policy(cfg, latest, accelerator.device, dtype)
     ref_model = _reference(cfg, loaded, accelerator.device, dtype)
@@ -130,7 +135,6 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     if state is not None:
         _restore(run, module, latest, state)
     if resume and accelerator.is_main_process:
-        _recover_interrupted_writes(run_dir)
         # Lines logged after the checkpoint are redone; without one, everything is redone.
         _truncate_metrics(run_dir / "metrics.jsonl", run.step if latest is not None else -1)
     accelerator.wait_for_everyone()
@@ -162,9 +166,11 @@ def _reward_set(cfg: TrainConfig, reward_funcs):
     """The weighted reward functions (`reward_funcs` from the Python API, else the config's)."""
     from ngrpo.rewards.functions import build_reward_set
 
+    cap = cfg.train.reward_memory_gb
     return build_reward_set(
         reward_funcs if reward_funcs is not None else cfg.train.reward_items(),
         timeout_s=cfg.train.reward_timeout_s, on_error=cfg.train.reward_errors,
+        memory_bytes=None if cap is None else int(cap * 1e9),
     )  # fmt: skip
 
 
@@ -287,6 +293,12 @@ def _check_world_size(cfg: TrainConfig, world: int) -> None:
             "train.dynamic_sampling runs in a single process for now (kept groups would differ "
             "between processes); set train.dynamic_sampling=false or run one process"
         )
+    if cfg.train.oom_retry and world > 1:
+        raise NgrpoError(
+            "train.oom_retry runs in a single process for now (a process out of memory cannot "
+            "tell the others, which wait for it in the gradient all-reduce); set "
+            "train.oom_retry=false and a smaller train.max_tokens_per_micro_batch"
+        )
 
 
 def _keep_decoder(cfg: TrainConfig, device: torch.device, world: int) -> bool:
@@ -362,3 +374,8 @@ def _restore(run: Run, module: torch.nn.Module, latest: Path, state: dict) -> No
     run.sampler.load_state_dict(state["sampler"])
     _set_rng_state(state["rng"])
     run.step, run.best, run.skipped_total = state["step"], state["best"], state["skipped"]
+    budget = state.get(OOM_BUDGET)  # a token budget `train.oom_retry` lowered (ngrpo.trainer.oom)
+    if budget is not None and run.cfg.train.oom_retry:
+        configured = run.params.max_tokens_per_micro_batch
+        budget = budget if configured is None else min(budget, configured)
+        run.params = dataclasses.replace(run.params, max_tokens_per_micro_batch=budget)

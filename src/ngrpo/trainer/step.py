@@ -25,7 +25,9 @@ import time
 import torch
 
 from ngrpo.learner.update import update_policy
+from ngrpo.trainer.oom import oom_retry
 from ngrpo.trainer.setup import Run
+from ngrpo.utils.oom import oom_phase
 
 # Metrics summed over processes (totals and throughputs); every other metric is averaged.
 SUMMED_METRICS = (
@@ -77,12 +79,17 @@ def _rollout_round(
     cfg, acc = run.cfg, run.accelerator
     first = list(range(len(indices))) if slots is None else slots
     parts = []
-    for start, count in generation_batches(
+    batches = generation_batches(
         len(indices), cfg.rollout.num_generations, cfg.rollout.generation_batch_size
-    ):
-        with acc.autocast():
+    )
+    for number, (start, count) in enumerate(batches, start=1):
+        prompts = [run.prompts[i] for i in indices[start : start + count]]
+        rows, width = count * cfg.rollout.num_generations, max(map(len, prompts))
+        shape = (f"generation batch {number} of {len(batches)}: {rows} rows × ({width} prompt + "
+                 f"up to {cfg.rollout.max_completion_length} new) tokens")  # fmt: skip
+        with acc.autocast(), oom_phase("rollout", shape, rows):
             parts.append(generate(
-                run.policy, [run.prompts[i] for i in indices[start : start + count]],
+                run.policy, prompts,
                 SamplingParams(
                     n=cfg.rollout.num_generations, temperature=cfg.rollout.temperature,
                     top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
@@ -171,6 +178,7 @@ def _train_step(run: Run) -> dict[str, float]:
     learner = update_policy(
         run.model, run.optimizer, run.scheduler, batch, advantages.to(batch.logprobs.device),
         run.params, ref_model=run.ref_model, accelerator=acc, ref_context=run.ref_context,
+        on_oom=oom_retry(run),  # train.oom_retry: a smaller token budget (kept in run.params)
     )  # fmt: skip
     refresh_s = 0.0
     if run.sharded:  # the rollout copy takes the new weights (its in-place copies bump the

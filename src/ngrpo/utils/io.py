@@ -6,29 +6,92 @@ the temporary directory into place and deletes the old one: a process killed at 
 either the previous target or the new one, plus leftovers that `recover_interrupted_writes` puts
 right (a target caught between its two renames gets its previous version back; unfinished
 temporary directories are deleted).
+
+A write that fails because of the disk (`DiskError`, see `disk_problem`: an `OSError` such as
+ENOSPC, EROFS or EACCES, or the exception types in which torch and safetensors report a failed
+write) removes its temporary directory and leaves `target` as it was. Other exceptions propagate
+as they are and leave the temporary directory, as a kill would. Checked on a real full file
+system (a small tmpfs): safetensors' and torch.save's errors are both recognised.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from ngrpo.utils.errors import NgrpoError
+
 TMP_PREFIX, OLD_PREFIX = ".tmp-", ".old-"
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO, errno.EFBIG)
+LOW_SPACE_BYTES = 16 * 2**20
+"""Free space under which a failed write is put down to a full disk (writes fail with less
+than one buffer left)."""
+
+
+class DiskError(NgrpoError):
+    """A directory could not be written (no space, read-only, no permission); nothing was
+    replaced."""
+
+    def __init__(self, target: Path, reason: str) -> None:
+        super().__init__(f"cannot write {target}: {reason}; it was left as it was")
+        self.target, self.reason = target, reason
+
+
+def disk_problem(directory: Path, err: BaseException) -> str | None:
+    """Why writing under `directory` failed with `err`, when the disk is the cause; None for any
+    other failure. Recognised: an `OSError` (its reason and file); an exception of another type
+    whose message quotes a disk error of the OS (safetensors: "I/O error: No space left on
+    device (os error 28)"); any failure while the file system is read-only or (nearly) full
+    (torch.save: "unexpected pos ..." when a write came up short)."""
+    if isinstance(err, OSError):
+        return f"{_errno_text(err.errno, str(err))}{f' at {err.filename}' if err.filename else ''}"
+    first = (str(err).strip().splitlines() or [""])[0][:160]
+    for code in DISK_ERRNOS:
+        if os.strerror(code) in str(err):
+            return f"{_errno_text(code)}: {first}"
+    try:
+        stat = os.statvfs(directory)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return None
+    if stat.f_flag & os.ST_RDONLY:
+        return f"the file system is read-only ({type(err).__name__}: {first})"
+    free = stat.f_bavail * stat.f_frsize
+    if free < LOW_SPACE_BYTES:
+        return f"no space left on the device ({free / 2**20:.1f} MiB free; {first})"
+    return None
+
+
+def _errno_text(code: int | None, fallback: str = "") -> str:
+    """'No space left on device (ENOSPC)' for an errno."""
+    if not code:
+        return fallback
+    return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
 
 
 def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp_dir)`, then rename into `target` (replacing it): never a half-written target."""
+    """`write(tmp_dir)`, then rename into `target` (replacing it): never a half-written target.
+    Raises `DiskError` (and removes the temporary directory) when the disk is the problem."""
     tmp = target.parent / f"{TMP_PREFIX}{target.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
     old = target.parent / f"{OLD_PREFIX}{target.name}-{os.getpid()}"
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+    except Exception as err:
+        reason = disk_problem(target.parent, err)
+        if reason is None:
+            raise
+        if old.exists() and not target.exists():
+            old.rename(target)  # put the previous version back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DiskError(target, reason) from err
     if old.exists():
         shutil.rmtree(old)
 
