@@ -18,6 +18,7 @@ import torch
 from test_trainer import _assert_one_error_line, _cfg, _overrides, _weights
 
 import ngrpo.evaluation
+import ngrpo.learner.scored
 import ngrpo.learner.update
 import ngrpo.rollout
 import ngrpo.utils.io
@@ -64,7 +65,7 @@ def _inject(phase: str, monkeypatch) -> None:
                             _failing(ngrpo.rollout.generate, 2, MemoryError()))  # fmt: skip
     elif phase == "reference":
         fail = _failing(scores, 2, RuntimeError(CPU_OOM), lambda: not torch.is_grad_enabled())
-        monkeypatch.setattr(ngrpo.learner.update, "policy_scores", fail)
+        monkeypatch.setattr(ngrpo.learner.scored, "policy_scores", fail)  # the no-grad passes
     elif phase == "learner":
         fail = _failing(scores, 3, torch.OutOfMemoryError(CUDA_OOM), torch.is_grad_enabled)
         monkeypatch.setattr(ngrpo.learner.update, "policy_scores", fail)

@@ -12,6 +12,7 @@ import torch
 from factories import tiny_lm
 from transformers import Qwen2ForCausalLM
 
+import ngrpo.learner.scored
 import ngrpo.learner.update
 from ngrpo.learner.update import LearnerParams, sequence_logprobs, update_policy
 from ngrpo.method.exploration import ExplorationConfig
@@ -398,7 +399,7 @@ def test_an_out_of_memory_retry_in_the_reference_recomputes_it(monkeypatch):
                                 ref_model=reference, on_oom=retry)  # fmt: skip
         return model, metrics
 
-    monkeypatch.setattr(ngrpo.learner.update, "policy_scores", scores)
+    monkeypatch.setattr(ngrpo.learner.scored, "policy_scores", scores)  # the no-grad passes
     retried, metrics = update(params, on_oom)
     monkeypatch.undo()
     direct, _ = update(one_row, None)

@@ -62,21 +62,30 @@ Choices worth knowing:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 
+from ngrpo.learner.batching import (
+    LearnerParams,
+    budget_tokens,
+    describe_shape,
+    fsdp_padding,
+    iter_micro_batches,
+    loss_mask,
+    micro_batches,
+    mini_batches,
+    trim_padding,
+)
 from ngrpo.learner.policy import as_policy, policy_scores
+from ngrpo.learner.scored import recompute_old_logprobs, reference_logprobs
 from ngrpo.learner.scoring import score_tokens
 from ngrpo.method.losses import AGGREGATIONS, grpo_loss, resolve_aggregation
 from ngrpo.method.rollout_correction import importance_weights, mismatch_metrics
-from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.rollout import RolloutBatch
 from ngrpo.sharding.data_parallel import global_loss_normalizer
 from ngrpo.utils.oom import PhaseOutOfMemory, oom_phase
@@ -87,34 +96,10 @@ REPLAY_ERR = "actor/replay_logp_err"  # largest |learner − rollout| log-prob: 
 MIN_KEYS = ("actor/ratio_min",)  # metrics reduced by their minimum over micro-batches
 MAX_KEYS = ("actor/ratio_max",)  # ... and by their maximum
 OLD_LOGPROBS = ("rollout", "recompute")
-
-
-@dataclass(frozen=True)
-class LearnerParams:
-    """The loss and batching knobs of one update (plain values, no config object)."""
-
-    group_size: int
-    mini_batch_groups: int
-    micro_batch_size: int
-    num_iterations: int = 1
-    temperature: float = 1.0
-    beta: float = 0.0
-    kl_estimator: str = "k3"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    importance_sampling_level: str = "token"
-    loss_type: str = "token-mean"
-    entropy_coef: float = 0.0
-    max_grad_norm: float | None = 1.0
-    mask_truncated_completions: bool = False
-    clip_ratio_c: float | None = None  # verl's dual clip for A < 0 (None: off)
-    soft_input_grad: str = "all"  # all | none: embedding gradient through mixed positions
-    max_tokens_per_micro_batch: int | None = None  # None: `micro_batch_size` rows per micro-batch
-    chunk_elements: int | None = None  # logits elements per head chunk (None: the device default)
-    full_logits: bool = False  # score through full logits (the old path, for comparisons)
-    old_logprobs: str = "rollout"  # rollout | recompute: where π_old comes from
-    rollout_correction: str = "none"  # see ngrpo.method.rollout_correction.CORRECTIONS
-    rollout_correction_cap: float = 2.0  # truncation / masking threshold of the weights
+__all__ = [  # the learner's public names, including those defined by its parts
+    "LearnerParams", "loss_mask", "micro_batches", "recompute_old_logprobs",
+    "reference_logprobs", "sequence_logprobs", "trim_padding", "update_policy",
+]  # fmt: skip
 
 
 def sequence_logprobs(
@@ -138,146 +123,6 @@ def sequence_logprobs(
         detach_mixed=soft_input_grad == "none",
     )  # fmt: skip
     return logp, entropy if with_entropy else None
-
-
-def micro_batches(
-    prompt_lengths: torch.Tensor,
-    response_lengths: torch.Tensor,
-    micro_batch_size: int,
-    max_tokens: int | None = None,
-) -> list[torch.Tensor]:
-    """Split rows 0..n-1 (lengths (n,) each) into micro-batches of row indices.
-
-    `max_tokens=None`: `micro_batch_size` consecutive rows each. Otherwise rows are taken longest
-    first and a micro-batch grows while rows × (longest prompt + longest response) ≤ `max_tokens`;
-    a row over the budget on its own gets a micro-batch alone."""
-    n = len(prompt_lengths)
-    if max_tokens is None:
-        return list(torch.arange(n).split(micro_batch_size))
-    order = torch.argsort(prompt_lengths + response_lengths, descending=True, stable=True)
-    prompts, responses = prompt_lengths.tolist(), response_lengths.tolist()
-    groups: list[list[int]] = []
-    width_p = width_t = 0
-    for row in order.tolist():
-        p, t = max(width_p, prompts[row]), max(width_t, responses[row])
-        if groups and (len(groups[-1]) + 1) * (p + t) <= max_tokens:
-            groups[-1].append(row)
-            width_p, width_t = p, t
-        else:
-            groups.append([row])
-            width_p, width_t = prompts[row], responses[row]
-    return [torch.tensor(rows, dtype=torch.long) for rows in groups]
-
-
-def trim_padding(batch: RolloutBatch) -> tuple[RolloutBatch, int]:
-    """The rows cut to their longest prompt (left padding dropped) and longest response (right
-    padding dropped), and the kept response width T' (responses keep columns 0..T'-1)."""
-    p = batch.prompt_mask.shape[1]
-    # first prompt column any row uses (at least one column: position P − 1 scores token 0)
-    start = min(p - int(batch.prompt_mask.sum(-1).max()), p - 1)
-    width = int(batch.response_mask.sum(-1).max())  # response columns any row uses
-    cols = slice(start, p + width)
-
-    def pick(x):
-        return None if x is None else x[:, :width]
-
-    soft = batch.soft_inputs
-    trimmed = dataclasses.replace(
-        batch,
-        prompt_ids=batch.prompt_ids[:, start:], prompt_mask=batch.prompt_mask[:, start:],
-        response_ids=batch.response_ids[:, :width], response_mask=batch.response_mask[:, :width],
-        logprobs=batch.logprobs[:, :width],
-        soft_inputs=SoftInputs(soft.ids[:, cols], soft.weights[:, cols],
-                               None if soft.noise is None else soft.noise[:, cols]),
-        mixed=batch.mixed[:, :width], eligible=pick(batch.eligible),
-    )  # fmt: skip
-    return trimmed, width
-
-
-def _micro_batches(batch: RolloutBatch, rows: torch.Tensor, params: LearnerParams):
-    """(row indices, trimmed sub-batch, kept response width) of each micro-batch of `rows`."""
-    prompt_lengths = batch.prompt_mask[rows].sum(-1).cpu()  # (n,)
-    response_lengths = batch.response_mask[rows].sum(-1).cpu()  # (n,)
-    parts = micro_batches(prompt_lengths, response_lengths, params.micro_batch_size,
-                          params.max_tokens_per_micro_batch)  # fmt: skip
-    for part in parts:
-        micro = rows[part.to(rows.device)]
-        sub, width = trim_padding(batch.select(micro))
-        yield micro, sub, width
-
-
-@torch.no_grad()
-def _score_rows(policy, batch: RolloutBatch, row_groups, temperature: float, params, accelerator,
-                phase: str):  # fmt: skip
-    """Log-probs (N, T) of the sampled tokens through `policy` without gradients, each group of
-    rows split into the learner's micro-batches; 0 outside `response_mask`. Out of memory is
-    reported as `phase`. Under FSDP every process runs as many forwards as the busiest, and the
-    root's gathered parameters are released afterwards (FSDP2 keeps the root unsharded after a
-    forward without backward)."""
-    device = batch.response_ids.device
-    out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=device)  # (N, T)
-    for rows in row_groups:
-        parts = list(_micro_batches(batch, rows, params))
-        count = len(parts) + _padding(len(parts), accelerator, device)
-        for i in range(count):
-            micro, sub, width = parts[min(i, len(parts) - 1)]
-            shape = _shape(f"micro-batch {i + 1} of {count}", sub, width)
-            with oom_phase(phase, shape, len(micro), _tokens(sub, width)):
-                logp, _ = policy_scores(policy, sub, temperature,
-                                        chunk_elements=params.chunk_elements,
-                                        full_logits=params.full_logits)  # fmt: skip
-            if i < len(parts):  # the rest is padding (FSDP: the same collectives everywhere)
-                out[micro, :width] = logp
-    if hasattr(policy, "reshard"):
-        policy.reshard()
-    return out
-
-
-def reference_logprobs(
-    ref_model, batch: RolloutBatch, temperature: float, params: LearnerParams, accelerator=None
-) -> torch.Tensor:
-    """Log-probs (N, T) of the sampled tokens under the frozen reference, on the same inputs and
-    micro-batches as the learner; 0 outside `response_mask`. `ref_model`: a causal LM or a
-    `SoftInputPolicy` (under FSDP a sharded one)."""
-    rows = torch.arange(len(batch.response_ids), device=batch.response_ids.device)
-    return _score_rows(as_policy(ref_model), batch, [rows], temperature, params, accelerator,
-                       "reference")  # fmt: skip
-
-
-def _mini_batches(batch: RolloutBatch, params: LearnerParams) -> list[torch.Tensor]:
-    """Row indices of each mini-batch (whole groups, in order)."""
-    rows = torch.arange(len(batch.response_ids), device=batch.response_ids.device)
-    return list(rows.split(params.mini_batch_groups * params.group_size))
-
-
-def recompute_old_logprobs(
-    model, batch: RolloutBatch, params: LearnerParams, accelerator=None
-) -> torch.Tensor:
-    """π_old (N, T): the policy's own log-probs of the sampled tokens before any update, scored
-    mini-batch by mini-batch in the very micro-batches `update_policy` uses, so that its first
-    mini-batch recomputes them bitwise (ratios exactly 1); 0 outside `response_mask`."""
-    policy = as_policy(model)
-    return _score_rows(policy, batch, _mini_batches(batch, params), params.temperature, params,
-                       accelerator, "old_logprobs")  # fmt: skip
-
-
-def loss_mask(batch: RolloutBatch, mask_truncated: bool) -> torch.Tensor:
-    """Response tokens that enter the loss (N, T)."""
-    mask = batch.response_mask.float()  # (N, T)
-    if mask_truncated and batch.truncated is not None:
-        mask = mask * (~batch.truncated).float()[:, None]
-    return mask
-
-
-def _padding(parts: int, accelerator, device) -> int:
-    """Extra zero-gradient micro-batches this process runs so that every process runs as many
-    as the busiest (only under FSDP, where every forward is a collective; DDP's processes
-    synchronise once per mini-batch whatever their counts)."""
-    if accelerator is None or not getattr(accelerator, "equal_micro_batches", False):
-        return 0
-    most = torch.tensor([float(parts)], device=device)
-    torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
-    return int(most.item()) - parts
 
 
 def _agreed(ok: bool, accelerator, device) -> bool:
@@ -382,7 +227,7 @@ def update_policy(
     is_weights, correction_metrics = importance_weights(
         old_logp, batch.logprobs, mask, params.rollout_correction, params.rollout_correction_cap
     )  # (N, T), exactly 1 when π_old is the rollout's
-    minis = _mini_batches(batch, params)
+    minis = mini_batches(batch, params)
     averages = _Averages()
     skipped, grad_norms, first = 0, [], True
     for _ in range(params.num_iterations):
@@ -464,8 +309,8 @@ def _accumulate(
     optimizer.zero_grad(set_to_none=True)
     finite = torch.ones((), dtype=torch.bool, device=mask.device)  # read once per mini-batch
     mini_metrics = _Averages()
-    parts = list(_micro_batches(batch, mini, params))
-    count = len(parts) + _padding(len(parts), accelerator, mask.device)
+    parts = list(iter_micro_batches(batch, mini, params))
+    count = len(parts) + fsdp_padding(len(parts), accelerator, mask.device)
     for i in range(count):
         micro, sub, width = parts[min(i, len(parts) - 1)]
         # Every micro-batch runs backward, even after a non-finite loss: data-parallel
@@ -473,8 +318,8 @@ def _accumulate(
         sync = accelerator is None or i == count - 1
         context = contextlib.nullcontext() if sync else accelerator.no_sync(model)
         sub_mask = mask[micro, :width]  # (n, T')
-        shape = _shape(f"{where}, micro-batch {i + 1} of {count}", sub, width)
-        with context, oom_phase("learner", shape, len(micro), _tokens(sub, width)):
+        shape = describe_shape(f"{where}, micro-batch {i + 1} of {count}", sub, width)
+        with context, oom_phase("learner", shape, len(micro), budget_tokens(sub, width)):
             logp, entropy = policy_scores(
                 model,
                 sub,
@@ -508,18 +353,6 @@ def _accumulate(
                 loss.backward()
         mini_metrics.add(metrics)
     return bool(finite), mini_metrics
-
-
-def _shape(where: str, sub: RolloutBatch, width: int) -> str:
-    """A trimmed micro-batch's shape, for out-of-memory messages."""
-    rows, prompt = sub.prompt_ids.shape
-    return f"{where}: {rows} rows × ({prompt} prompt + {width} response) tokens"
-
-
-def _tokens(sub: RolloutBatch, width: int) -> int:
-    """Tokens of a trimmed micro-batch as the token budget counts them: rows × (prompt +
-    response width)."""
-    return len(sub.prompt_ids) * (sub.prompt_ids.shape[1] + width)
 
 
 def _numel(parameters) -> int:
