@@ -75,10 +75,22 @@ def _bf16(fn):
         return fn()
 
 
+def _with_rollout_gap(batch, scale: float = 0.02, seed: int = 2):
+    """`batch` with its rollout log-probs moved by a known gap, as a GPU's bf16 kernels move them.
+
+    On CPU the rollout's bf16 log-probs differ from the learner's only where the vectorized
+    kernels sum in another order: with ATEN_CPU_CAPABILITY=default the two are bitwise equal and
+    there is no gap at all. The tests of what the learner does *with* a gap bring their own."""
+    mask = batch.response_mask.bool()
+    noise = scale * torch.randn(batch.logprobs.shape, generator=torch.Generator().manual_seed(seed))
+    return dataclasses.replace(batch, logprobs=torch.where(mask, batch.logprobs + noise, 0.0))
+
+
+@pytest.mark.numerics
 @pytest.mark.parametrize("strategy", ["none", "neighbor"])
 def test_recomputed_old_logprobs_make_the_first_mini_batch_ratios_exactly_one_in_bf16(strategy):
     model = _tiny()
-    batch = _bf16(lambda: _rollouts(model, strategy, mix_rate=0.5))
+    batch = _with_rollout_gap(_bf16(lambda: _rollouts(model, strategy, mix_rate=0.5)))
     advantages = _advantages(len(batch.response_ids))
     results = {}
     for mode in ("rollout", "recompute"):
@@ -89,8 +101,8 @@ def test_recomputed_old_logprobs_make_the_first_mini_batch_ratios_exactly_one_in
     exact = results["recompute"]
     assert exact["actor/ratio_min"] == 1.0 and exact["actor/ratio_max"] == 1.0
     assert exact["actor/clip_frac"] == 0.0 and exact["time/old_logprobs_s"] > 0
-    # the bf16 gap is real: the rollout's own log-probs are not the learner's
-    assert exact["mismatch/logp_abs_max"] > 1e-4
+    # the gap is measured: the rollout's own log-probs are not the learner's
+    assert exact["mismatch/logp_abs_max"] > 1e-2
     assert exact["mismatch/kl_k3"] >= 0 and exact["mismatch/seq_log_ratio_abs_max"] > 0
     if strategy == "neighbor":
         assert exact["mismatch/mixed/logp_abs_max"] > 0  # mixed positions measured on their own
@@ -101,9 +113,10 @@ def test_recomputed_old_logprobs_make_the_first_mini_batch_ratios_exactly_one_in
     assert rollout["mismatch/logp_abs_max"] == pytest.approx(exact["mismatch/logp_abs_max"])
 
 
+@pytest.mark.numerics
 def test_rollout_correction_weights_the_policy_gradient_in_the_update():
     model = _tiny()
-    batch = _bf16(lambda: _rollouts(model, "neighbor", mix_rate=0.5))
+    batch = _with_rollout_gap(_bf16(lambda: _rollouts(model, "neighbor", mix_rate=0.5)))
     advantages = _advantages(len(batch.response_ids))
     metrics = {}
     for mode in ("none", "token_truncate", "sequence_mask"):

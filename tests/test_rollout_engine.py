@@ -254,13 +254,17 @@ def _bf16_gap(model, precision: str) -> float:
     return float((logp - batch.logprobs)[mask].abs().mean())
 
 
+@pytest.mark.numerics
 def test_learner_precision_shrinks_the_bf16_rollout_learner_gap(model):
     # `learner`: the residual stream in the embedding's dtype (fp32) and the head in fp32, as the
-    # learner's forward; `compute`: both in bf16. Measured on these models: ~20x smaller.
+    # learner's forward; `compute`: both in bf16. Measured on these models: ~20x smaller. The
+    # learner-precision gap is what is left of kernel summation order: 0 where the CPU kernels
+    # are not vectorized (ATEN_CPU_CAPABILITY=default), so only its bound is asserted.
     learner, compute = _bf16_gap(model, "learner"), _bf16_gap(model, "compute")
-    assert 0 < learner < compute / 4
+    assert compute > 0 and learner < compute / 4
 
 
+@pytest.mark.numerics
 def test_precision_changes_nothing_in_fp32(model):
     a = _run(model, EngineOptions("static", precision="learner"), "neighbor", seed=3)
     b = _run(model, EngineOptions("static", precision="compute"), "neighbor", seed=3)
@@ -268,6 +272,7 @@ def test_precision_changes_nothing_in_fp32(model):
     assert torch.equal(a.logprobs, b.logprobs)  # the same operations in fp32
 
 
+@pytest.mark.numerics
 def test_a_kept_decoder_samples_what_a_fresh_one_does_and_follows_weight_updates():
     from ngrpo.rollout import DecoderPool
 
