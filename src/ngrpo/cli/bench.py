@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-DEFAULT_MODEL = "base"  # the embedded base model, built on first use
+DEFAULT_MODEL = "base"  # the embedded base model shipped with ngrpo
 
 
 def register(subparsers) -> None:
