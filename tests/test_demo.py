@@ -3,6 +3,7 @@ full run is CI's `ngrpo demo --quick` smoke run)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -90,6 +91,11 @@ def test_method_tables_of_the_default_and_full_runs():
     quick.validate()  # --quick --full: a smoke run may use fewer than 5 seeds
     with pytest.raises(NgrpoError, match="--full compares >= 5 seeds"):
         DemoSettings.default(Path("o"), (0, 1, 2, 3), full=True).validate()
+    for bad in (dict(final_n=3), dict(final_n=1), dict(passk_n=100)):
+        with pytest.raises(NgrpoError, match="must be a power of two"):
+            dataclasses.replace(default, **bad).validate()
+    with pytest.raises(NgrpoError, match="long_steps must differ"):
+        dataclasses.replace(full, long_steps=full.steps).validate()
 
 
 @pytest.mark.parametrize("key", list(FULL_METHODS))

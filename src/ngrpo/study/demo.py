@@ -72,7 +72,8 @@ FINAL_BATCH, PASSK_BATCH = 256, 1024
 
 
 def _cached(path: Path, inputs: dict, compute: Callable[[], dict]) -> dict:
-    """`compute()`, or the result saved at `path` by an earlier call with equal `inputs`."""
+    """`compute()`, or the result saved at `path` by an earlier call with equal `inputs`; either
+    way as it reads back from JSON (tuples become lists), so a re-used unit equals a fresh one."""
     inputs = json.loads(json.dumps(inputs))  # as it reads back (tuples become lists)
     if path.is_file():
         try:
@@ -82,7 +83,7 @@ def _cached(path: Path, inputs: dict, compute: Callable[[], dict]) -> dict:
         if saved.get("inputs") == inputs:
             log.info("re-using %s", path)
             return saved["result"]
-    result = compute()
+    result = json.loads(json.dumps(compute()))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"inputs": inputs, "result": result}) + "\n")

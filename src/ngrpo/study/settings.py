@@ -122,8 +122,13 @@ class DemoSettings:
                 f"--full compares >= {FULL_MIN_SEEDS} seeds, got {len(self.seeds)} "
                 "(--quick lifts this for smoke runs)"
             )
-        if self.final_n < 2:
-            raise NgrpoError(f"final_n must be >= 2 (for the sampling error), got {self.final_n}")
+        for name in ("final_n", "passk_n"):
+            value = getattr(self, name)
+            if value and (value < 2 or value & (value - 1)):
+                raise NgrpoError(
+                    f"{name} must be a power of two >= 2 (pass@k is reported at k = 1, 2, 4, ..., "
+                    f"n; the sampling error needs 2 samples), got {value}"
+                )
         unknown = [m for m in self.long_methods if m not in self.methods]
         if unknown:
             raise NgrpoError(f"long_methods: {unknown} are not methods of this run")
