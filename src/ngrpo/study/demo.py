@@ -288,14 +288,15 @@ Unit = tuple[str, str, int, int]  # ("run", method, seed, steps) | ("probe", "",
 
 
 def _units(settings: DemoSettings) -> list[Unit]:
-    """Every unit after the base evaluation, in the order a single process runs them."""
+    """Every unit after the base evaluation, in the order they start: the long runs first (the
+    longest units, so that parallel workers finish together), then seed by seed."""
     units: list[Unit] = []
+    for seed in settings.long_seed_list:
+        units += [("run", key, seed, settings.long_steps) for key in settings.long_methods]
     for seed in settings.seeds:
         units += [("run", key, seed, settings.steps) for key in settings.methods]
         if seed in settings.probe_seed_list:
             units.append(("probe", "", seed, 0))
-    for seed in settings.long_seed_list:
-        units += [("run", key, seed, settings.long_steps) for key in settings.long_methods]
     return units
 
 
