@@ -19,18 +19,18 @@ def register(subparsers) -> None:
             "off, run the semantic-consistency probe, and write report.md (effect sizes with 95%% "
             "CIs and verdicts, the hypotheses H1-H3, power), results.json and PNG plots. --full "
             "adds N-GRPO with the paper text's weights and with the sampled anchor, pass@k up to "
-            "k = 256 and a 100-step setting, on 10 seeds. Finished runs in --out are re-used."
+            "k = 256 and a 100-step setting, on 20 seeds. Finished runs in --out are re-used."
         ),
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
     parser.add_argument(
         "--full", action="store_true",
-        help="every method, pass@k to k = 256, 100-step runs; >= 5 seeds (default 10)",
+        help="every method, pass@k to k = 256, 100-step runs; >= 5 seeds (default 20)",
     )  # fmt: skip
     parser.add_argument(
         "--seeds", default=None,
         help="a count (3 = seeds 0,1,2) or a list (7,8,9; one seed: 7,); "
-        "default 3, with --full 10, with --quick 1",
+        "default 3, with --full 20, with --quick 1",
     )  # fmt: skip
     parser.add_argument(
         "--out", type=Path, default=Path("ngrpo-demo"), help="output directory (default ngrpo-demo)"
