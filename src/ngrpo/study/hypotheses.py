@@ -380,9 +380,10 @@ def h1_lines(results: dict, labels: dict[str, str]) -> list[str]:
         "is the text between `<think>` and `</think>` in canonical form (number words as digits, "
         "one verb per kind, one connective: `ngrpo.tasks.arith.canonicalize`); a rephrase-only "
         "pair differs in words but not in canonical form. On this task the intended solution of a "
-        "problem is one canonical path (one line of arithmetic per event), so most distinct paths "
-        "are distinct mistakes, and a second correct path in a group is a right answer reached "
-        "by another chain (e.g. two skipped events that cancel).",
+        "problem is one line of arithmetic per event, so most distinct paths are distinct "
+        "mistakes; a second correct path in a group is a valid reordering of events that commute "
+        "(`4 + 9 = 13 . so 13 + 3 = 16` for +3 then +9) or a right answer from a flawed chain "
+        "(`2 + 7 = 9 .` for +7, +8, −8, stopping early).",
         "",
         *_table(
             ["method", *(H1_NAMES[k] for k in keys)],
