@@ -58,6 +58,16 @@ def test_h1_holds_only_when_every_part_does():
     assert fails["parts"]["more canonical paths than GRPO"] is False and fails["holds"] is False
     one = hypotheses.semantic({k: v[:1] for k, v in _per_seed().items()})["verdicts"]["n-grpo"]
     assert one["holds"] is None  # one seed: undecided
+    # the sampled anchor (the control for mixing around the argmax) is also compared with the
+    # greedy one
+    runs = {**_per_seed(), "n-grpo-sampled": _per_seed(ngrpo_paths=(4.0, 4.1, 3.9))["n-grpo"]}
+    control = hypotheses.semantic(runs)
+    pairs = {(r["a"], r["b"]) for r in control["comparisons"]}
+    assert ("n-grpo-sampled", "n-grpo") in pairs and ("n-grpo", "n-grpo-sampled") not in pairs
+    row = next(r for r in control["comparisons"] if (r["a"], r["b"], r["key"]) ==
+               ("n-grpo-sampled", "n-grpo", "diversity/canonical_paths"))  # fmt: skip
+    assert row["difference"] == pytest.approx(0.5)
+    assert set(control["verdicts"]) == {"n-grpo", "n-grpo-sampled"}
 
 
 def test_crossover_from_the_means_and_from_the_intervals():

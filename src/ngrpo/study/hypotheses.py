@@ -82,19 +82,22 @@ def _present(per_seed: dict) -> list[str]:
 
 def semantic(per_seed: dict[str, list[dict]]) -> dict:
     """H1: per method the mean [CI] of each `H1_KEYS` diagnostic, the paired differences of every
-    N-GRPO method against each baseline, and a verdict per N-GRPO method."""
+    N-GRPO method against each baseline and of the other N-GRPO variants against N-GRPO (release)
+    (the sampled anchor is the control for mixing around the argmax), and a verdict per N-GRPO
+    method."""
     keys = [k for k in H1_KEYS if all(k in e["diversity"] for es in per_seed.values() for e in es)]
     means = {
         m: {k: mean_ci([e["diversity"][k] for e in es]) for k in keys} for m, es in per_seed.items()
     }
-    rows, verdicts = [], {}
-    for method in _present(per_seed):
-        for baseline in (b for b in BASELINES if b in per_seed):
-            for key in keys:
-                a = [e["diversity"][key] for e in per_seed[method]]
-                b = [e["diversity"][key] for e in per_seed[baseline]]
-                rows.append({"a": method, "b": baseline, "key": key, **_difference(a, b)})
-        verdicts[method] = _h1_verdict(rows, method)
+    rows = []
+    pairs = [(m, b) for m in _present(per_seed) for b in BASELINES if b in per_seed]
+    pairs += [(m, "n-grpo") for m in _present(per_seed) if m != "n-grpo" and "n-grpo" in per_seed]
+    for method, baseline in pairs:
+        for key in keys:
+            a = [e["diversity"][key] for e in per_seed[method]]
+            b = [e["diversity"][key] for e in per_seed[baseline]]
+            rows.append({"a": method, "b": baseline, "key": key, **_difference(a, b)})
+    verdicts = {method: _h1_verdict(rows, method) for method in _present(per_seed)}
     return {"keys": keys, "means": means, "comparisons": rows, "verdicts": verdicts}
 
 
