@@ -284,11 +284,11 @@ def power(base: dict, per_seed: dict[str, list[dict]], comparisons: list[dict]) 
         "seeds": seeds,
         "target": TARGET_MDE,
         "rows": rows,
-        "components": _components(per_seed, seeds),
+        "components": _components(per_seed),
     }
 
 
-def _components(per_seed: dict[str, list[dict]], seeds: int) -> dict | None:
+def _components(per_seed: dict[str, list[dict]]) -> dict | None:
     """Seed-to-seed variance of N-GRPO − GRPO on ID mean@n: sampling part (the two evaluations'
     squared standard errors) and the rest; seeds needed for TARGET_MDE with 1, 2 and 4 times the
     evaluation problems, and the compute each would take (measured seconds per run)."""
