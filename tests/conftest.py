@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded base model (built once per machine, cached under $NGRPO_HOME)."""
+"""Shared fixtures: the embedded base model shipped with ngrpo (no build: its weights are package
+data, checksums verified on use)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import pytest
 
 @pytest.fixture(scope="session")
 def base_model_dir() -> Path:
-    """Directory of the embedded base model; the first use on a machine builds it (minutes)."""
-    from ngrpo.models.base_model import ensure_base_model
+    """Directory of the shipped embedded base model (`model.path: base`)."""
+    from ngrpo.models.base_model import shipped_base_dir
 
-    return ensure_base_model()
+    return shipped_base_dir()
 
 
 @pytest.fixture(scope="session")

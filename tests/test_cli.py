@@ -86,8 +86,31 @@ def test_neighbors_on_the_base_model(capsys, base_model_dir):
     assert_one_line_error(code, err, "encodes to 2 tokens")
 
 
-def test_build_base_reuses_and_prints_the_directory_last(capsys, base_model_dir, monkeypatch):
-    code, out, _ = run_cli(capsys, "build-base", "--out", str(base_model_dir))
+def test_build_base_reuses_compares_and_prints_the_directory_last(capsys, base_model_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "base"
+    shutil.copytree(base_model_dir, copy)  # a complete build: re-used, not rebuilt
+    code, out, _ = run_cli(capsys, "build-base", "--out", str(copy))
     assert code == 0
-    assert out.strip().splitlines()[-1] == str(base_model_dir)
-    assert "ID pass@1" in out
+    lines = out.strip().splitlines()
+    assert lines[-1] == str(copy) and "ID pass@1" in lines[0]
+    assert lines[1] == "shipped base (sha256 52ab9910ac21…): identical weights"
+
+
+def test_build_base_says_how_far_a_rebuild_lands_from_the_shipped_base():
+    from ngrpo.cli.build_base import distance_line
+
+    accuracy = {"arith-id": {"pass@1": 0.279}, "arith-ood": {"pass@1": 0.171}}
+    line = distance_line({
+        "identical": False, "max_abs_diff": 0.4123, "mean_abs_diff": 0.0312,
+        "largest_in": "lm_head.weight", "shipped_accuracy_t1": accuracy,
+        "accuracy_t1": {"arith-id": {"pass@1": 0.19}, "arith-ood": {"pass@1": 0.1}},
+    })  # fmt: skip
+    assert line == (
+        "shipped base (sha256 52ab9910ac21…): differs, max |Δ weight| 0.412 (in lm_head.weight), "
+        "mean |Δ weight| 0.0312; recorded accuracy at temperature 1.0: arith-id pass@1 0.190 here "
+        "vs 0.279, arith-ood pass@1 0.100 here vs 0.171"
+    )
+    other = {"identical": False, "max_abs_diff": None}
+    assert distance_line(other).endswith("differs (other architecture or parameters)")

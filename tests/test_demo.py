@@ -3,6 +3,7 @@ full run is CI's `ngrpo demo --quick` smoke run)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ngrpo.study.report import (
     summarize,
     verdict_lines,
 )
-from ngrpo.study.settings import FULL_METHODS, METHODS, DemoSettings
+from ngrpo.study.settings import FULL_METHODS, FULL_SEEDS, METHODS, DemoSettings
 from ngrpo.utils.errors import NgrpoError
 
 
@@ -69,17 +70,32 @@ def test_method_tables_of_the_default_and_full_runs():
         "stht": ("STHT-style", "tiny_stht", ()),
     }
     full = DemoSettings.default(Path("o"), full=True)
-    assert full.seeds == (0, 1, 2, 3, 4) and full.methods is FULL_METHODS
-    assert list(FULL_METHODS) == ["grpo", "n-grpo", "stht", "n-grpo-paper"]
+    assert full.seeds == tuple(range(FULL_SEEDS)) and full.methods is FULL_METHODS
+    assert list(FULL_METHODS) == ["grpo", "n-grpo", "stht", "n-grpo-paper", "n-grpo-sampled"]
     paper = FULL_METHODS["n-grpo-paper"]
     assert (paper.label, paper.config) == ("N-GRPO (paper text)", "tiny_ngrpo")
     assert paper.overrides == ("exploration.neighbor_weights=policy",)
+    sampled = FULL_METHODS["n-grpo-sampled"]
+    assert sampled.overrides == (
+        "exploration.neighbor_weights=release", "exploration.anchor=sampled",
+    )  # fmt: skip
+    # --full: pass@k to k = 256 and the 100-step setting, on the first seeds; the default: neither
+    assert (full.passk_n, full.passk_seed_list) == (256, (0, 1, 2))
+    assert full.long_steps == 100 and full.long_seed_list == (0, 1, 2)
+    assert set(full.long_methods) <= set(FULL_METHODS) and "grpo" in full.long_methods
+    assert default.passk_seed_list == () and default.long_seed_list == ()
+    assert default.probe_seed_list == (0, 1, 2) and full.probe_seed_list == (0, 1, 2, 3, 4)
     assert DemoSettings.default(Path("o"), (7, 8, 9), full=False).seeds == (7, 8, 9)
     quick = DemoSettings.quick(Path("o"), full=True)
     assert quick.seeds == (0,) and quick.preset == "quick" and quick.steps < default.steps
     quick.validate()  # --quick --full: a smoke run may use fewer than 5 seeds
     with pytest.raises(NgrpoError, match="--full compares >= 5 seeds"):
         DemoSettings.default(Path("o"), (0, 1, 2, 3), full=True).validate()
+    for bad in (dict(final_n=3), dict(final_n=1), dict(passk_n=100)):
+        with pytest.raises(NgrpoError, match="must be a power of two"):
+            dataclasses.replace(default, **bad).validate()
+    with pytest.raises(NgrpoError, match="long_steps must differ"):
+        dataclasses.replace(full, long_steps=full.steps).validate()
 
 
 @pytest.mark.parametrize("key", list(FULL_METHODS))
@@ -92,6 +108,7 @@ def test_every_method_config_loads_and_differs_only_in_exploration(key):
     if key.startswith("n-grpo"):
         expected = "policy" if key == "n-grpo-paper" else "release"
         assert cfg.exploration.neighbor_weights == expected
+        assert cfg.exploration.anchor == ("sampled" if key == "n-grpo-sampled" else "greedy")
     for section in ("train", "rollout", "data", "eval"):
         assert getattr(cfg, section) == getattr(reference, section), section
 
@@ -148,12 +165,14 @@ def test_paired_effect_sizes_and_verdicts_by_hand():
     assert all(r["verdict"] == "one seed: cannot tell from noise" for r in single)
 
 
-def test_full_run_pairs_add_the_paper_text_weighting():
-    assert comparison_pairs(list(FULL_METHODS)) == [
+def test_full_run_pairs_add_the_paper_text_weighting_and_the_sampled_anchor():
+    methods = ["grpo", "n-grpo", "stht", "n-grpo-paper"]
+    assert comparison_pairs(methods) == [
         ("grpo", "base"), ("n-grpo", "base"), ("stht", "base"), ("n-grpo-paper", "base"),
         ("n-grpo", "grpo"), ("stht", "grpo"), ("n-grpo-paper", "grpo"),
         ("n-grpo", "stht"), ("n-grpo-paper", "stht"), ("n-grpo-paper", "n-grpo"),
     ]  # fmt: skip
+    assert comparison_pairs(list(FULL_METHODS))[-1] == ("n-grpo-sampled", "n-grpo")
 
 
 def _results(seeds=(7, 8, 9), out="ngrpo-demo") -> dict:
@@ -208,7 +227,8 @@ def test_report_states_effect_sizes_verdicts_and_how_to_reproduce():
     report = render_report(results)
     assert "**N-GRPO (release) vs STHT-style**: ID mean@2 +6.3 points" in report
     assert "better, CI excludes 0" in report
-    assert "Seeds [7, 8, 9]" in report and "Wall time 412 s (training 300 s" in report
+    assert "Seeds [7, 8, 9]" in report
+    assert "Wall time of the last invocation 412 s; compute per stage (training 300 s" in report
     assert "Reproduce: `ngrpo demo --seeds 7,8,9`" in report
     assert "| N-GRPO (release) − GRPO | +1.3 [" in report
     one = render_report(_results(seeds=(0,)))

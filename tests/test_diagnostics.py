@@ -6,6 +6,8 @@ import random
 import pytest
 
 from ngrpo.evaluation.diagnostics import (
+    canonical_paths,
+    correct_paths,
     distinct_answers,
     distinct_n,
     group_diversity,
@@ -13,9 +15,11 @@ from ngrpo.evaluation.diagnostics import (
     mean_pairwise_edit,
     normalized_edit_distance,
     reasoning_text,
+    rephrase_pairs,
     rollout_diagnostics,
     split_groups,
 )
+from ngrpo.tasks.arith import canonicalize
 
 
 def naive_levenshtein(a, b) -> int:
@@ -189,3 +193,81 @@ def test_neighbor_synonym_frac_on_a_hand_example(embedded_tokenizer):
     assert neighbor_synonym_frac(ids, torch.zeros_like(mixed), classes) == 0.0
     assert neighbor_synonym_frac(ids[..., :1], mixed, classes) == 0.0
     assert variant_classes({"7": 3, "seven": 1, "x": 0}, 4) == [0, 1, 2, 1]
+
+
+# Semantic diversity on hand-made groups. Canonical form (the task's): number words -> digits, one
+# verb per kind, one connective.
+SOLUTION = "<think> 7 + 5 = 12 . so 12 - 3 = 9 . </think> The answer is \\boxed{ 9 } ."
+REPHRASINGS = [
+    SOLUTION,
+    "<think> seven + 5 = 12 . then 12 - three = 9 . </think> The answer is \\boxed{ 9 } .",
+    "<think> 7 + five = twelve . thus 12 - 3 = nine . </think> The answer is \\boxed{ 9 } .",
+    "<think> seven + five = 12 . so twelve - 3 = 9 . </think> The answer is \\boxed{ 9 } .",
+]
+SKIPPED = "<think> 7 + 5 = 12 . </think> The answer is \\boxed{ 12 } ."  # another path (a skip)
+SKIPPED_WORDS = "<think> seven + five = twelve . </think> The answer is \\boxed{ 12 } ."
+
+
+def naive_semantic(group, rewards):
+    """Reference: canonicalise word by word from a hand-written table, count by brute force."""
+    table = {"seven": "7", "five": "5", "twelve": "12", "three": "3", "nine": "9", "then": "so",
+             "thus": "so"}  # fmt: skip
+
+    def path(text):
+        inside = text.split("<think>")[1].split("</think>")[0].split()
+        return " ".join(inside), " ".join(table.get(w, w) for w in inside)
+
+    paths = [path(t) for t in group]
+    pairs = [(paths[i], paths[j]) for i in range(len(paths)) for j in range(i + 1, len(paths))]
+    rephrase = sum(a[0] != b[0] and a[1] == b[1] for a, b in pairs) / len(pairs)
+    correct = len({p[1] for p, r in zip(paths, rewards, strict=True) if r > 0})
+    return len({p[1] for p in paths}), rephrase, correct
+
+
+def test_a_group_of_pure_rephrasings_scores_one_canonical_path():
+    assert canonical_paths(REPHRASINGS, canonicalize) == 1
+    assert rephrase_pairs(REPHRASINGS, canonicalize) == 1.0  # every pair differs only in words
+    # distinct-2 and edit distance count the same group as diverse
+    plain = group_diversity([REPHRASINGS])
+    assert plain["diversity/distinct_2"] > 0.5 and plain["diversity/pairwise_edit"] > 0.1
+
+
+def test_verbatim_copies_are_not_rephrasings_and_mistakes_are_other_paths():
+    assert canonical_paths([SOLUTION] * 4, canonicalize) == 1
+    assert rephrase_pairs([SOLUTION] * 4, canonicalize) == 0.0
+    group = [SOLUTION, REPHRASINGS[1], SKIPPED, SKIPPED_WORDS]
+    assert canonical_paths(group, canonicalize) == 2
+    # pairs: (0,1) and (2,3) are rephrasings; the four cross pairs are different paths
+    assert rephrase_pairs(group, canonicalize) == pytest.approx(2 / 6)
+    assert correct_paths(group, [1.0, 1.0, 0.0, 0.0], canonicalize) == 1
+    assert correct_paths(group, [0.0] * 4, canonicalize) == 0
+    assert rephrase_pairs([SOLUTION], canonicalize) is None
+    assert (
+        canonical_paths(["<think> 7  +  5 </think>", "<think> 7 + 5 </think>"], canonicalize) == 1
+    )
+    with pytest.raises(ValueError, match="4 responses but 3 rewards"):
+        correct_paths(group, [1.0] * 3, canonicalize)
+
+
+def test_semantic_metrics_match_a_naive_reference_on_random_groups():
+    import random
+
+    rng = random.Random(0)
+    pool = [*REPHRASINGS, SKIPPED, SKIPPED_WORDS]
+    for _ in range(50):
+        group = [rng.choice(pool) for _ in range(rng.randint(2, 8))]
+        rewards = [float(text.endswith("\\boxed{ 9 } .")) for text in group]
+        paths, rephrase, correct = naive_semantic(group, rewards)
+        assert canonical_paths(group, canonicalize) == paths
+        assert rephrase_pairs(group, canonicalize) == pytest.approx(rephrase)
+        assert correct_paths(group, rewards, canonicalize) == correct
+
+
+def test_rollout_diagnostics_with_a_canonical_form_adds_the_semantic_keys():
+    groups = [REPHRASINGS, [SOLUTION, REPHRASINGS[1], SKIPPED, SKIPPED_WORDS]]
+    rewards = [[1.0] * 4, [1.0, 1.0, 0.0, 0.0]]
+    got = rollout_diagnostics(groups, rewards, canonicalize=canonicalize)
+    assert got["diversity/canonical_paths"] == 1.5  # 1 and 2
+    assert got["diversity/rephrase_pairs"] == pytest.approx((1.0 + 2 / 6) / 2)
+    assert got["diversity/correct_paths"] == 1.0
+    assert "diversity/canonical_paths" not in rollout_diagnostics(groups, rewards)

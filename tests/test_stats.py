@@ -4,7 +4,17 @@ import math
 
 import pytest
 
-from ngrpo.study.stats import mean_ci, paired_difference, sampling_se, t_critical, verdict
+from ngrpo.study.stats import (
+    mean_ci,
+    minimal_detectable_difference,
+    paired_difference,
+    paired_sd,
+    sampling_se,
+    seeds_for_mde,
+    t_80,
+    t_critical,
+    verdict,
+)
 
 
 def test_mean_ci_uses_student_t_over_seeds():
@@ -46,3 +56,30 @@ def test_sampling_se_of_mean_at_n():
     assert sampling_se([[True, False, False, False]]) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="n >= 2"):
         sampling_se([[True]])
+
+
+def test_t_80_quantiles_and_the_minimal_detectable_difference():
+    # t(0.80) from a table (df 1, 4, 9, 19) and the normal quantile beyond 30
+    assert [t_80(df) for df in (1, 4, 9, 19, 31)] == [1.376, 0.941, 0.883, 0.861, 0.8416]
+    # MDE = (t(0.975, S-1) + t(0.80, S-1)) * sd / sqrt(S): by hand for S = 5, 10, 20
+    assert minimal_detectable_difference(0.04, 5) == pytest.approx((2.776 + 0.941) * 0.04 / 5**0.5)
+    assert minimal_detectable_difference(0.04, 10) == pytest.approx(
+        (2.262 + 0.883) * 0.04 / 10**0.5
+    )
+    assert minimal_detectable_difference(0.04, 20) == pytest.approx(0.02642, abs=1e-5)
+    with pytest.raises(ValueError, match=">= 2 seeds"):
+        minimal_detectable_difference(0.04, 1)
+    # the fewest seeds for a target: 20 seeds reach 0.0265 with sd 0.04, 19 do not
+    assert seeds_for_mde(0.04, 0.0265) == 20
+    assert minimal_detectable_difference(0.04, 19) > 0.0265
+    assert seeds_for_mde(1.0, 0.001, most=50) is None
+
+
+def test_paired_sd_adds_the_constant_error_as_paired_difference_does():
+    a, b = [0.5, 0.6, 0.7], [0.4, 0.4, 0.4]
+    assert paired_sd(a, b) == pytest.approx(0.1)  # differences 0.1, 0.2, 0.3
+    # with extra_se: sd / sqrt(S) is the standard error with the constant error in quadrature
+    sd = paired_sd(a, b, extra_se=0.05)
+    assert (sd / 3**0.5) ** 2 == pytest.approx(0.1**2 / 3 + 0.05**2)
+    with pytest.raises(ValueError, match=">= 2 seeds"):
+        paired_sd([0.5], [0.4])

@@ -8,7 +8,14 @@ import re
 import pytest
 
 from ngrpo.tasks import generate
-from ngrpo.tasks.arith import MAX_VALUE, SPLITS, sloppy_solution, surface_variants
+from ngrpo.tasks.arith import (
+    MAX_VALUE,
+    SPLITS,
+    canonical_word,
+    canonicalize,
+    sloppy_solution,
+    surface_variants,
+)
 from ngrpo.utils.errors import NgrpoError
 
 # Written out by hand, not imported: the test's own reading of the number words.
@@ -20,6 +27,7 @@ WORDS = {
     ])
 }  # fmt: skip
 NUM = r"(\d+|[a-z]+)"
+TRAIN_DIGEST = "eb3c36f22ba87348"  # the split the shipped base model was warmed up on
 
 
 def number(text: str) -> int:
@@ -91,6 +99,42 @@ def test_ood_is_composed_differently():
 
     assert max(start(p) for p in generate("arith-id")) <= 20
     assert min(start(p) for p in generate("arith-ood")) >= 21
+
+
+def test_long_split_has_longer_chains_than_training_ever_saw():
+    def events(p):
+        return len(p.problem.split(" . ")) - 2  # sentences minus the start and the question
+
+    long = generate("arith-long")
+    assert len(long) == SPLITS["arith-long"].size
+    assert {events(p) for p in long} == {5, 6}
+    assert {events(p) for p in generate("arith-train", 2000)} == {2, 3, 4}
+    assert {events(p) for p in generate("arith-id")} <= {2, 3, 4}
+    assert not {p.key for p in long} & {p.key for p in generate("arith-id")}
+
+
+def test_training_split_of_the_shipped_base_is_unchanged():
+    """The shipped base model was warmed up on `arith-train` (seed 0): adding an evaluation split
+    must not move a single training problem (pinned digest of the first 2,000 stories)."""
+    import hashlib
+
+    stories = repr([p.key for p in generate("arith-train", 2000, seed=0)]).encode()
+    assert hashlib.sha256(stories).hexdigest()[:16] == TRAIN_DIGEST
+
+
+def test_canonical_form_maps_every_surface_variant_to_one_word():
+    assert canonical_word("seven") == canonical_word("7") == "7"
+    assert canonical_word("twenty") == "20" and canonical_word("21") == "21"
+    assert {canonical_word(w) for w in surface_variants("wins")} == {"finds"}
+    assert {canonical_word(w) for w in surface_variants("drops")} == {"loses"}
+    assert {canonical_word(w) for w in ("so", "thus", "then")} == {"so"}
+    assert canonical_word("apples") == "apples" and canonical_word("=") == "="
+    # two rephrasings of one solution have one canonical form; another solution does not
+    a = "7 + five = 12 . then 12 - 3 = nine ."
+    b = "seven + 5 = twelve . so 12 - three = 9 ."
+    assert canonicalize(a) == canonicalize(b) == "7 + 5 = 12 . so 12 - 3 = 9 ."
+    assert canonicalize("7 + 5 = 12 .") != canonicalize(a)
+    assert canonicalize("  seven \t+  5 ") == "7 + 5"  # white space folded
 
 
 def test_surface_forms_vary_in_problems_and_solutions():

@@ -197,6 +197,10 @@ def test_cli_run_directory_layout(base_model_dir, tmp_path, capsys):
             assert set(METRIC_KEYS) <= set(row)
             assert row["train/world_size"] == 1.0
             assert row["memory/peak_bytes"] > 10**8  # CPU: peak RSS, the runtime included
+            # the embedded task's semantic diversity: 8 responses per group
+            assert 1 <= row["diversity/canonical_paths"] <= 8
+            assert 0 <= row["diversity/rephrase_pairs"] <= 1
+            assert 0 <= row["diversity/correct_paths"] <= row["diversity/canonical_paths"]
         else:
             assert "eval/arith-id/pass@1" in row
     (checkpoint,) = checkpoint_dirs(out)

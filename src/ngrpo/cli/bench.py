@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ngrpo.cli._common import _dtype_name, _prompts, _set_threads, _write_json
 
-DEFAULT_MODEL = "base"  # the embedded base model, built on first use
+DEFAULT_MODEL = "base"  # the embedded base model shipped with ngrpo
 
 
 def register(subparsers) -> None:

@@ -21,6 +21,18 @@ namespaced scalars for `metrics.jsonl`:
   when given (the fraction of eligible positions that were mixed, and the mean relative shift
   ‖ẽ − e(y)‖ / ‖e(y)‖ over mixed positions).
 
+Semantic diversity, when a task gives its canonical form (`canonicalize`: a text with every word
+replaced by one representative of its surface forms, e.g. `ngrpo.tasks.arith.canonicalize`:
+`seven` -> `7`, `wins` -> `finds`, `then` -> `so`; the trainer passes it on the embedded task).
+Distinct-n and edit distance count a rephrasing (`7` -> `seven`) as diversity; these do not:
+- `diversity/canonical_paths`: distinct canonical reasoning texts per group, mean over groups (a
+  group of pure rephrasings of one solution scores 1);
+- `diversity/rephrase_pairs`: share of a group's response pairs whose reasoning differs in words
+  but not in canonical form (rephrase-only duplicates; verbatim copies are not counted), mean over
+  groups of at least two responses;
+- `diversity/correct_paths`: distinct canonical reasoning texts among the group's correct
+  responses (reward > 0), mean over groups (0 for a group with none).
+
 `neighbor_synonym_frac` (logged as `rollout/neighbor_synonym_frac` when training on the embedded
 task) reads the rollout's soft-input records instead of texts: the fraction of mixed positions whose
 second candidate (N-GRPO: the nearest neighbour; top-k strategies: the runner-up token) is a
@@ -51,6 +63,7 @@ THINK_START, THINK_END = "<think>", "</think>"
 PASS_THROUGH = ("rollout/mixed_frac", "rollout/embed_shift")
 
 Tokenize = Callable[[str], Sequence[Hashable]]
+Canonicalize = Callable[[str], str]
 
 
 def reasoning_text(response: str) -> str:
@@ -127,6 +140,36 @@ def distinct_answers(responses: Sequence[str]) -> int:
     return len({normalize_text(answer) for answer in answers if answer is not None})
 
 
+def _reasoning(response: str) -> str:
+    """The reasoning text with white space folded (a difference in spacing is no rephrasing)."""
+    return " ".join(reasoning_text(response).split())
+
+
+def canonical_paths(group: Sequence[str], canonicalize: Canonicalize) -> int:
+    """Number of distinct reasoning paths in a group once surface forms are canonicalised."""
+    return len({canonicalize(_reasoning(response)) for response in group})
+
+
+def rephrase_pairs(group: Sequence[str], canonicalize: Canonicalize) -> float | None:
+    """Share of response pairs whose reasoning differs only in rephrasing (different words, same
+    canonical form); None for fewer than 2 responses."""
+    texts = [_reasoning(response) for response in group]
+    pairs = list(combinations([(text, canonicalize(text)) for text in texts], 2))
+    if not pairs:
+        return None
+    return sum(a != b and ca == cb for (a, ca), (b, cb) in pairs) / len(pairs)
+
+
+def correct_paths(
+    group: Sequence[str], rewards: Sequence[float], canonicalize: Canonicalize
+) -> int:
+    """Number of distinct canonical reasoning paths among the correct responses (reward > 0)."""
+    if len(group) != len(rewards):
+        raise ValueError(f"{len(group)} responses but {len(rewards)} rewards")
+    kept = [response for response, reward in zip(group, rewards, strict=True) if reward > 0]
+    return canonical_paths(kept, canonicalize)
+
+
 def all_equal(rewards: Sequence[float], tol: float = 1e-9) -> bool:
     """True when every reward of a group is the same (the group's GRPO advantages are all 0)."""
     return max(rewards) - min(rewards) <= tol
@@ -138,20 +181,31 @@ def _mean(values: Sequence[float | None]) -> float:
 
 
 def group_diversity(
-    groups: Sequence[Sequence[str]], tokenize: Tokenize = str.split
+    groups: Sequence[Sequence[str]],
+    tokenize: Tokenize = str.split,
+    canonicalize: Canonicalize | None = None,
 ) -> dict[str, float]:
     """The text-only statistics (no rewards): `diversity/distinct_answers`, `distinct_2`,
-    `distinct_3` and `pairwise_edit`, each a mean over groups (see the module docstring)."""
+    `distinct_3` and `pairwise_edit`, and with `canonicalize` also `canonical_paths` and
+    `rephrase_pairs`, each a mean over groups (see the module docstring)."""
     if not groups or any(len(group) == 0 for group in groups):
         raise ValueError("diversity needs at least one group and no empty group")
     tokens = [[list(tokenize(text)) for text in group] for group in groups]
     reasoning = [[list(tokenize(reasoning_text(text))) for text in group] for group in groups]
-    return {
+    metrics = {
         "diversity/distinct_answers": _mean([distinct_answers(group) for group in groups]),
         "diversity/distinct_2": _mean([distinct_n(group, 2) for group in reasoning]),
         "diversity/distinct_3": _mean([distinct_n(group, 3) for group in reasoning]),
         "diversity/pairwise_edit": _mean([mean_pairwise_edit(group) for group in tokens]),
     }
+    if canonicalize is not None:
+        metrics["diversity/canonical_paths"] = _mean(
+            [canonical_paths(group, canonicalize) for group in groups]
+        )
+        metrics["diversity/rephrase_pairs"] = _mean(
+            [rephrase_pairs(group, canonicalize) for group in groups]
+        )
+    return metrics
 
 
 def rollout_diagnostics(
@@ -159,18 +213,24 @@ def rollout_diagnostics(
     rewards: Sequence[Sequence[float]],
     stats: Mapping[str, float] | None = None,
     tokenize: Tokenize = str.split,
+    canonicalize: Canonicalize | None = None,
 ) -> dict[str, float]:
     """All diagnostics of one training step as a flat dict (keys in the module docstring).
 
     `groups[i]` are the decoded responses to prompt i, `rewards[i]` their rewards (same shapes);
-    `stats` is the step's `RolloutBatch.stats` (only the mixing keys are copied).
+    `stats` is the step's `RolloutBatch.stats` (only the mixing keys are copied); `canonicalize`
+    (the task's canonical form) adds the semantic-diversity keys.
     """
     if len(groups) != len(rewards) or any(
         len(g) != len(r) for g, r in zip(groups, rewards, strict=False)
     ):
         raise ValueError("groups and rewards must have the same shape (one reward per response)")
-    metrics = group_diversity(groups, tokenize)
+    metrics = group_diversity(groups, tokenize, canonicalize)
     metrics["diversity/zero_adv_frac"] = sum(all_equal(r) for r in rewards) / len(rewards)
+    if canonicalize is not None:
+        metrics["diversity/correct_paths"] = _mean(
+            [correct_paths(g, r, canonicalize) for g, r in zip(groups, rewards, strict=True)]
+        )
     for key in PASS_THROUGH:
         if stats is not None and key in stats:
             metrics[key] = float(stats[key])

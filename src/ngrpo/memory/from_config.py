@@ -28,12 +28,9 @@ def shape_for_config(cfg, config_name: str = "", preset: str | None = None) -> M
                 return ModelShape.from_preset(shape)
         raise NgrpoError(f"model.path is {MISSING}: give model.path=DIR or --model-shape PRESET")
     if path == "base":
-        from ngrpo.models.base_model import default_base_dir, is_complete_build
+        from ngrpo.models.base_model import shipped_base_dir
 
-        if not is_complete_build(default_base_dir()):
-            raise NgrpoError("the embedded base model is not built yet: run `ngrpo build-base` "
-                             "or give --model-shape PRESET")  # fmt: skip
-        return ModelShape.from_model_dir(default_base_dir())
+        return ModelShape.from_model_dir(shipped_base_dir())
     return ModelShape.from_model_dir(path)
 
 

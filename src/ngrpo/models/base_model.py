@@ -1,5 +1,16 @@
 """The embedded base model: a small `Qwen2ForCausalLM` warm-started on the arithmetic task.
 
+**One base model for everyone.** The canonical weights ship inside the package (`base/`, 3.3 MB:
+safetensors weights, the tokenizer, `build_info.json`, the build record: seed, recipe, library
+versions, CPU, date). `model.path: base`, `--model base`, the demo and the tests use them;
+`shipped_base_dir` checks every shipped file against `SHIPPED_SHA256` on each use and stops with
+an error naming a damaged file. The recipe below (`ensure_base_model`, `ngrpo build-base`) is
+how they were made, but its outcome depends on library versions and CPU kernels (800 supervised
+steps amplify every rounding difference: the base behind earlier results, built with transformers
+5.24, evaluated at arith-id mean@16 30.8%, the shipped one at 44.2%, and rebuilds on its build
+machine with its library versions land at max |Δ weight| 0.40 from it), so a rebuild lands in
+`$NGRPO_HOME` and `compare_with_shipped` reports how far it is from the shipped weights.
+
 DeepSeek-R1-Distill-Qwen is a Qwen2 model; this is the same architecture (RMSNorm, SwiGLU, GQA,
 rotary positions, untied input / output embeddings) at toy size, so everything that runs on it runs
 unchanged on the real checkpoints. The base policy must be right sometimes, not always, so that
@@ -36,6 +47,19 @@ log = logging.getLogger(__name__)
 BUILD_VERSION = 2  # bump when the recipe changes: old cached builds are then ignored
 BUILD_INFO = "build_info.json"
 
+# The shipped base model (`ngrpo build-base --seed 0`, recorded in its build_info.json) and the
+# SHA-256 of every file in it: checked whenever it is used.
+SHIPPED_DIR = Path(__file__).resolve().parent / "base"
+SHIPPED_SHA256 = {
+    "model.safetensors": "52ab9910ac213e5abcf2d1abb7f438df3f188e222a725aef74adbc002b47268e",
+    "config.json": "5d422c6f7fdb65a00a193bf2180b1cd4df4d879cf20e90f438f73c3f8b3bcadc",
+    "generation_config.json": "d4c316481d966a942151cbcafe32bd4d21f48aae92c68c76da0e56c665e18bca",
+    "tokenizer.json": "8060594f7c5d3eaf96e03e7c3b360d017f8955c3a4d97737ac03c337e0f32eab",
+    "tokenizer_config.json": "028635b9969b36aae9b130cc5fafbdd3999d3880dddaa8aa2cccca60e0a289c4",
+    "chat_template.jinja": "2357fbe595cfaf6a388d420f1136e7b45e474c0cf25a0133278dc45814dcfc35",
+    "tokenization_ngrpo.py": "2cd5e475579c371c9fe995976f02a7ca2ec58583dfaef7ce87e8b4a0f1d007bc",
+}
+
 
 @dataclass(frozen=True)
 class BaseModelRecipe:
@@ -64,6 +88,79 @@ def cache_root() -> Path:
 
 def default_base_dir(seed: int = 0) -> Path:
     return cache_root() / f"base-v{BUILD_VERSION}-seed{seed}"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_shipped(model_dir: Path = SHIPPED_DIR) -> None:
+    """Every file of `SHIPPED_SHA256` in `model_dir` has its recorded checksum, else `NgrpoError`
+    naming the first missing or damaged file."""
+    for name, expected in SHIPPED_SHA256.items():
+        path = model_dir / name
+        try:
+            found = sha256_file(path)
+        except OSError as err:
+            raise NgrpoError(
+                f"the shipped base model file {path} cannot be read ({err.strerror}); "
+                "reinstall ngrpo"
+            ) from None
+        if found != expected:
+            raise NgrpoError(
+                f"the shipped base model file {path} is damaged: SHA-256 {found[:12]}…, expected "
+                f"{expected[:12]}…; reinstall ngrpo (in a checkout: git checkout -- {path.name})"
+            )
+
+
+def shipped_base_dir() -> Path:
+    """The directory of the shipped base model, its checksums verified (`model.path: base`)."""
+    verify_shipped(SHIPPED_DIR)
+    return SHIPPED_DIR
+
+
+def is_shipped_dir(model_dir: str | Path) -> bool:
+    """True when `model_dir` is the shipped base model's directory."""
+    try:
+        return Path(model_dir).expanduser().resolve() == SHIPPED_DIR
+    except OSError:
+        return False
+
+
+def compare_with_shipped(model_dir: Path) -> dict:
+    """How far a base-model build is from the shipped one: `identical` (same weight bytes),
+    `max_abs_diff` and `mean_abs_diff` over all parameters (None when the shapes differ), the
+    tensor with the largest difference, and both builds' recorded accuracy (`accuracy_t1`:
+    100 problems per split, 8 samples at temperature 1, the build seed as sampling seed)."""
+    from safetensors.torch import load_file
+
+    shipped = shipped_base_dir()
+    ours = load_file(model_dir / "model.safetensors")
+    theirs = load_file(shipped / "model.safetensors")
+    result: dict = {
+        "identical": sha256_file(model_dir / "model.safetensors")
+        == SHIPPED_SHA256["model.safetensors"],
+        "max_abs_diff": None, "mean_abs_diff": None, "largest_in": None,
+    }  # fmt: skip
+    if ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours):
+        diffs = {k: (ours[k].float() - theirs[k].float()).abs() for k in ours}
+        largest = max(diffs, key=lambda k: float(diffs[k].max()))
+        total = sum(float(d.sum()) for d in diffs.values())
+        result.update(
+            max_abs_diff=float(diffs[largest].max()), largest_in=largest,
+            mean_abs_diff=total / sum(d.numel() for d in diffs.values()),
+        )  # fmt: skip
+    for name, directory in (("accuracy_t1", model_dir), ("shipped_accuracy_t1", shipped)):
+        info = json.loads((directory / BUILD_INFO).read_text())
+        result[name] = info.get("accuracy_t1")
+    return result
 
 
 def is_complete_build(model_dir: Path) -> bool:
@@ -270,6 +367,7 @@ def build_base_model(out_dir: Path, seed: int, recipe: BaseModelRecipe, progress
     """Tokenizer + warm-started model + measured accuracy, saved into `out_dir`."""
     from ngrpo.models.tokenizer import build_tokenizer, save_tokenizer
     from ngrpo.tasks import generate
+    from ngrpo.utils.environment import cpu_model, library_versions
 
     started = time.time()
     torch.manual_seed(seed)
@@ -301,6 +399,10 @@ def build_base_model(out_dir: Path, seed: int, recipe: BaseModelRecipe, progress
         "eval_problems": recipe.eval_problems,
         "build_seconds": round(time.time() - started, 1),
         "torch": torch.__version__,
+        "libraries": library_versions(),
+        "cpu": f"{cpu_model()} ({os.cpu_count()} cores)",
+        "built": time.strftime("%Y-%m-%d", time.gmtime()),
+        "sha256": sha256_file(out_dir / "model.safetensors"),
     }
     (out_dir / BUILD_INFO).write_text(json.dumps(info, indent=2))  # written last: marks completion
     return info

@@ -1,6 +1,6 @@
 """Loading local Hugging Face causal language models, with errors a user can act on: one path.
 
-    resolve_model_path          `base` -> the embedded base model (built on first use); a LoRA
+    resolve_model_path          `base` -> the shipped base model (checksums verified); a LoRA
                                 adapter directory -> itself; else a checked model directory
     check_json_files,           every JSON file read must parse; every safetensors file must have
       check_weight_files        an intact header covering the file
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ngrpo.models.base_model import ensure_base_model
+from ngrpo.models.base_model import is_shipped_dir, shipped_base_dir
 from ngrpo.models.lora import (
     ADAPTER_CONFIG,
     LoraConfig,
@@ -90,9 +90,10 @@ def check_weight_files(model_dir: Path) -> None:
 
 
 def resolve_model_path(path: str | Path) -> Path:
-    """`base` -> the embedded base model directory; otherwise a checked local directory."""
-    if str(path) == "base":
-        return ensure_base_model()
+    """`base` -> the shipped base model's directory (its checksums verified, as whenever that
+    directory is named by its path); otherwise a checked local directory."""
+    if str(path) == "base" or is_shipped_dir(path):
+        return shipped_base_dir()
     model_dir = Path(path).expanduser()
     if not model_dir.is_dir():
         raise NgrpoError(f"model directory {str(model_dir)!r} does not exist")

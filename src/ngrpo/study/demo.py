@@ -1,23 +1,35 @@
 """The main job: GRPO vs N-GRPO vs STHT-style noise on the embedded task, in miniature.
 
-`run_demo(settings)` builds (or re-uses) the base model, then for every seed trains each method of
-`settings.methods` with identical budgets and seeds (the shipped `tiny_*` configs plus the
-overrides in `METHODS`, which differ only in their `exploration` section), evaluates every trained
-policy on `arith-id` and `arith-ood` with mixing off (mean@n and pass@k up to n), runs the
-semantic-consistency probe on the base model once per seed (the seed changes its sampling), and
-writes `report.md`, `results.json` and PNG plots (`ngrpo.study.report`).
+`run_demo(settings)` uses the base model shipped with ngrpo (`ngrpo.models.base_model`), then for
+every seed trains each method of `settings.methods` with identical budgets and seeds (the shipped
+`tiny_*` configs plus the overrides in `METHODS`, which differ only in their `exploration`
+section), evaluates every trained policy on `arith-id`, `arith-ood` and `arith-long` with mixing
+off (mean@n and pass@k up to n), runs the semantic-consistency probe on the base model once per
+seed (the seed changes its sampling; the first `probe_seeds` seeds), and writes `report.md`,
+`results.json` and PNG plots (`ngrpo.study.report`).
 
 Methods: the default run compares GRPO, N-GRPO with the authors' released weighting
 (`exploration.neighbor_weights=release`) and the STHT-style Gaussian baseline; `full` adds N-GRPO
-with the paper text's weighting (`policy`). Adding a method is one line of `METHODS` /
-`FULL_METHODS` (`ngrpo.study.settings`, with the evaluation protocol and the budgets).
+with the paper text's weighting (`policy`) and with the sampled token as anchor (the control for
+mixing around the argmax), pass@k up to k = `passk_n` (256) on a fixed problem subset for the base
+and every method, and a long-training setting (`long_steps`, 100) for `long_methods`. Adding a
+method is one line of `METHODS` / `FULL_METHODS` (`ngrpo.study.settings`, with the evaluation
+protocol and the budgets).
 
 Shared work (it does not change what is compared): the base model does not depend on the training
 seed and its evaluation is deterministic given the sampling seed, so it is evaluated once (final
-evaluation and the step-0 point of the training curves, sampling seed `base_seed`) instead of once
-per seed and method. The base's own sampling error is then a constant across seeds, so the
-"vs base" intervals add it in quadrature (`ngrpo.study.stats.paired_difference`). Each trained
-policy is evaluated with its training seed as sampling seed.
+evaluation, large-k evaluation and the step-0 point of the training curves, sampling seed
+`base_seed`) instead of once per seed and method. The base's own sampling error is then a constant
+across seeds, so the "vs base" intervals add it in quadrature
+(`ngrpo.study.stats.paired_difference`). Each trained policy is evaluated with its training seed
+as sampling seed.
+
+Finished work is kept: every unit (the base evaluation, one method and seed, one probe seed, one
+long run) writes its results next to the settings they depend on (`<unit>.json` under `DIR/runs/`),
+and a later run into the same directory re-uses a unit whose settings match instead of computing
+it again, so an interrupted demo continues where it stopped and adding seeds costs only the new
+ones. (Code changes are not part of those settings: delete `DIR` to start over.) The stage times
+in the report are the compute times of the units, whichever invocation ran them.
 
 Statistics (`ngrpo.study.stats`): every number over seeds is a mean with a 95% Student-t interval,
 seeds as the unit; a difference between two methods is paired by seed and called "within noise" when
@@ -28,7 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -42,46 +53,90 @@ from ngrpo.study.settings import (
     EVAL_SPLITS,
     EVAL_TEMPERATURE,
     EVAL_TOP_P,
+    LONG_SERIES_KEYS,
+    PASSK_SPLITS,
+    SEMANTIC_KEYS,
     DemoSettings,
 )
 from ngrpo.study.stats import sampling_se
+from ngrpo.utils.environment import environment
 from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int, str], None]
+# Sequences decoded together in the final evaluation (16 problems x 16) and the large-k one (4 x
+# 256): larger batches decode faster on a CPU. (The samples depend on the batch: each chunk of
+# problems is seeded from its first problem's index.)
+FINAL_BATCH, PASSK_BATCH = 256, 1024
 
 
-def _train_one(key: str, seed: int, settings: DemoSettings, progress: Progress | None) -> Path:
+def _cached(path: Path, inputs: dict, compute: Callable[[], dict]) -> dict:
+    """`compute()`, or the result saved at `path` by an earlier call with equal `inputs`; either
+    way as it reads back from JSON (tuples become lists), so a re-used unit equals a fresh one."""
+    inputs = json.loads(json.dumps(inputs))  # as it reads back (tuples become lists)
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            saved = {}
+        if saved.get("inputs") == inputs:
+            log.info("re-using %s", path)
+            return saved["result"]
+    result = json.loads(json.dumps(compute()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"inputs": inputs, "result": result}) + "\n")
+    tmp.replace(path)  # never a half-written unit
+    return result
+
+
+def _eval_inputs(settings: DemoSettings, passk: bool) -> dict:
+    """The evaluation settings a unit's results depend on."""
+    return {
+        "splits": EVAL_SPLITS, "final_limit": settings.final_limit, "final_n": settings.final_n,
+        "batches": [FINAL_BATCH, PASSK_BATCH],
+        "curve_limit": settings.curve_limit, "curve_n": CURVE_N,
+        "sampling": [EVAL_TEMPERATURE, EVAL_TOP_P, EVAL_MAX_NEW_TOKENS],
+        "passk": [PASSK_SPLITS, settings.passk_n, settings.passk_limit] if passk else None,
+    }  # fmt: skip
+
+
+def _train_one(
+    key: str, seed: int, steps: int, run_dir: Path, settings: DemoSettings,
+    progress: Progress | None,
+) -> Path:  # fmt: skip
     from ngrpo.config import load_config
     from ngrpo.trainer import train
 
     method = settings.methods[key]
-    run_dir = settings.out / "runs" / f"{key}-seed{seed}"
+    eval_every = settings.eval_every if steps == settings.steps else max(1, steps // 4)
     overrides = [
         *method.overrides,
-        f"seed={seed}", f"output_dir={run_dir}", f"train.steps={settings.steps}",
-        f"eval.every={settings.eval_every}", "eval.at_start=false",  # step 0: the shared base eval
+        f"seed={seed}", f"output_dir={run_dir}", f"train.steps={steps}",
+        f"eval.every={eval_every}", "eval.at_start=false",  # step 0: the shared base eval
         f"eval.limit={settings.curve_limit}", "data.eval_sets=arith-id", f"eval.n={CURVE_N}",
         f"eval.temperature={EVAL_TEMPERATURE}", f"eval.top_p={EVAL_TOP_P}",
         f"eval.max_new_tokens={EVAL_MAX_NEW_TOKENS}",
-        "eval.best_metric=null", f"logging.save_every={settings.steps}", "logging.keep_last=1",
+        "eval.best_metric=null", f"logging.save_every={steps}", "logging.keep_last=1",
     ]  # fmt: skip
     cfg = load_config(method.config, overrides)
 
     def on_step(kind: str, step: int, total: int, metrics: dict) -> None:
         if progress is not None and kind == "train":
-            progress(f"train {key} (seed {seed})", step, total,
+            progress(f"train {run_dir.name}", step, total,
                      f"reward {metrics.get('reward/mean', 0):.2f}")  # fmt: skip
 
-    if (run_dir / "metrics.jsonl").exists():
+    if run_dir.exists():
         import shutil
 
-        shutil.rmtree(run_dir)  # a demo run is cheap to redo; never mix two runs' metrics
+        shutil.rmtree(run_dir)  # an unfinished run of an earlier invocation: never mix metrics
     return train(cfg, progress=on_step)
 
 
-def _evaluate(model, tokenizer, split: str, limit: int, n: int, seed: int, pool) -> dict:
+def _evaluate(
+    model, tokenizer, split: str, limit: int, n: int, seed: int, pool, batch_size: int | None = None
+) -> dict:
     """One split's summary (see `ngrpo.evaluation.metrics.summarize_problem_set`) plus `mean@n_se`,
     the sampling standard error of mean@n on these problems (`ngrpo.study.stats.sampling_se`)."""
     from ngrpo.data import load_benchmark
@@ -90,7 +145,7 @@ def _evaluate(model, tokenizer, split: str, limit: int, n: int, seed: int, pool)
     examples = load_benchmark(split, limit=limit).examples
     result = evaluate(
         model, tokenizer, examples, n=n, temperature=EVAL_TEMPERATURE, top_p=EVAL_TOP_P,
-        max_new_tokens=EVAL_MAX_NEW_TOKENS, seed=seed, pool=pool,
+        max_new_tokens=EVAL_MAX_NEW_TOKENS, seed=seed, pool=pool, batch_size=batch_size,
     )  # fmt: skip
     by_problem: dict[str, list[bool]] = {}
     for sample in result.samples:
@@ -98,9 +153,22 @@ def _evaluate(model, tokenizer, split: str, limit: int, n: int, seed: int, pool)
     return {**result.summary, "mean@n_se": sampling_se(list(by_problem.values()))}
 
 
-def _final_eval(model, tokenizer, settings: DemoSettings, seed: int, pool) -> dict:
+def _evaluations(model, tokenizer, settings: DemoSettings, seed: int, pool, passk: bool) -> dict:
+    """`final`: every split at n = final_n; with `passk`, `passk`: PASSK_SPLITS at n = passk_n."""
     limit, n = settings.final_limit, settings.final_n
-    return {s: _evaluate(model, tokenizer, s, limit, n, seed, pool) for s in EVAL_SPLITS}
+    out = {
+        "final": {
+            s: _evaluate(model, tokenizer, s, limit, n, seed, pool, batch_size=FINAL_BATCH)
+            for s in EVAL_SPLITS
+        }
+    }
+    if passk:
+        out["passk"] = {
+            s: _evaluate(model, tokenizer, s, settings.passk_limit, settings.passk_n, seed, pool,
+                         batch_size=PASSK_BATCH)
+            for s in PASSK_SPLITS
+        }  # fmt: skip
+    return out
 
 
 def _curve(run_dir: Path, start: float) -> list[tuple[int, float]]:
@@ -114,121 +182,235 @@ def _curve(run_dir: Path, start: float) -> list[tuple[int, float]]:
     ]
 
 
-def _diversity(run_dir: Path) -> dict[str, float]:
-    """Mean over training steps of each rollout diagnostic the run logged."""
+def _train_rows(run_dir: Path) -> list[dict]:
     from ngrpo.trainer import read_metrics
 
-    rows = [r for r in read_metrics(run_dir) if r.get("type") == "train"]
-    return {k: statistics.fmean(r[k] for r in rows) for k in DIVERSITY_KEYS if k in rows[0]}
+    return [r for r in read_metrics(run_dir) if r.get("type") == "train"]
 
 
-class _Timer:
-    """Wall seconds per stage, summed over seeds (`results["timings"]`)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def add(self, stage: str, since: float) -> float:
-        now = time.time()
-        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + now - since, 1)
-        return now
+def _diversity(rows: list[dict]) -> dict[str, float]:
+    """Mean over training steps of each rollout diagnostic the run logged."""
+    keys = dict.fromkeys((*DIVERSITY_KEYS, *SEMANTIC_KEYS))
+    return {k: statistics.fmean(r[k] for r in rows) for k in keys if k in rows[0]}
 
 
-def run_demo(settings: DemoSettings, progress: Progress | None = None) -> dict:
-    """Run the whole comparison; returns the results written to `results.json`."""
-    import torch
-
-    from ngrpo.models.base_model import ensure_base_model
+def _run_unit(
+    key: str, seed: int, steps: int, settings: DemoSettings, base: dict, pool,
+    progress: Progress | None,
+) -> dict:  # fmt: skip
+    """Train one method on one seed, evaluate it; the unit's results (JSON-ready)."""
     from ngrpo.models.load import load_model_and_tokenizer
-    from ngrpo.rewards import GradingPool
-    from ngrpo.study.probe import aggregate_probe, run_probe
-    from ngrpo.study.report import compare, render_report, summarize, write_plots
-    from ngrpo.tasks import generate
     from ngrpo.trainer import checkpoint_dirs
 
+    name = f"{key}-seed{seed}" if steps == settings.steps else f"{key}-{steps}steps-seed{seed}"
+    run_dir = settings.out / "runs" / name
+    passk = seed in settings.passk_seed_list
+    inputs = {
+        "method": asdict(settings.methods[key]), "seed": seed, "steps": steps,
+        "eval_every": settings.eval_every, "base": base["sha256"],
+        **_eval_inputs(settings, passk),
+    }  # fmt: skip
+
+    def compute() -> dict:
+        started = time.time()
+        _train_one(key, seed, steps, run_dir, settings, progress)
+        trained = time.time()
+        if progress is not None:
+            progress("evaluation", 0, 1, name)
+        model, tokenizer = load_model_and_tokenizer(checkpoint_dirs(run_dir)[-1])
+        entry = _evaluations(model, tokenizer, settings, seed, pool, passk)
+        rows = _train_rows(run_dir)
+        entry.update(
+            curve=_curve(run_dir, base["curve_start"]), diversity=_diversity(rows),
+            run_dir=str(run_dir),
+            seconds={"training": round(trained - started, 1),
+                     "evaluation": round(time.time() - trained, 1)},
+        )  # fmt: skip
+        if steps != settings.steps:  # the long setting keeps its per-step series
+            entry["series"] = {k: [r.get(k) for r in rows] for k in LONG_SERIES_KEYS}
+        return entry
+
+    return _cached(settings.out / "runs" / f"{name}.json", inputs, compute)
+
+
+def _base_unit(model, tokenizer, settings: DemoSettings, sha256: str, pool) -> dict:
+    passk = bool(settings.passk_seed_list)
+    inputs = {"base": sha256, "eval_seed": settings.base_seed, **_eval_inputs(settings, passk)}
+
+    def compute() -> dict:
+        started = time.time()
+        base = _evaluations(model, tokenizer, settings, settings.base_seed, pool, passk)
+        base["curve_start"] = _evaluate(
+            model, tokenizer, "arith-id", settings.curve_limit, CURVE_N, settings.base_seed, pool
+        )["mean@n"]
+        base.update(eval_seed=settings.base_seed, seconds={"evaluation": time.time() - started})
+        return base
+
+    return {**_cached(settings.out / "runs" / "base.json", inputs, compute), "sha256": sha256}
+
+
+def _probe_unit(model, tokenizer, settings: DemoSettings, seed: int, sha256: str, pool, progress):
+    from ngrpo.study.probe import run_probe
+    from ngrpo.tasks import generate
+
+    inputs = {
+        "base": sha256, "seed": seed, "problems": settings.probe_problems, "n": settings.probe_n,
+        "shifts": settings.probe_shifts,
+    }  # fmt: skip
+
+    def compute() -> dict:
+        problems = generate("arith-id", settings.probe_problems, seed=1)
+        return run_probe(
+            model, tokenizer, problems, shifts=settings.probe_shifts, n=settings.probe_n,
+            seed=seed, pool=pool,
+            progress=None if progress is None
+            else (lambda s, d, t: progress(f"probe (seed {seed})", d, t, s)),
+        )  # fmt: skip
+
+    return _cached(settings.out / "runs" / f"probe-seed{seed}.json", inputs, compute)
+
+
+def _timings(base: dict, per_seed: dict, long: dict, probes: list[dict]) -> dict[str, float]:
+    """Compute seconds per stage, summed over the units (whichever invocation ran them)."""
+    totals: dict[str, float] = {}
+    for stage, seconds in base["seconds"].items():
+        totals[stage] = totals.get(stage, 0.0) + seconds
+    for entries in (*per_seed.values(), *long.values()):
+        for entry in entries:
+            for stage, seconds in entry["seconds"].items():
+                label = stage if "series" not in entry else f"long {stage}"
+                totals[label] = totals.get(label, 0.0) + seconds
+    totals["probe"] = sum(p["seconds"] for p in probes)
+    return {stage: round(seconds, 1) for stage, seconds in totals.items()}
+
+
+Unit = tuple[str, str, int, int]  # ("run", method, seed, steps) | ("probe", "", seed, 0)
+
+
+def _units(settings: DemoSettings) -> list[Unit]:
+    """Every unit after the base evaluation, in the order they start: the long runs first (the
+    longest units, so that parallel workers finish together), then seed by seed."""
+    units: list[Unit] = []
+    for seed in settings.long_seed_list:
+        units += [("run", key, seed, settings.long_steps) for key in settings.long_methods]
+    for seed in settings.seeds:
+        units += [("run", key, seed, settings.steps) for key in settings.methods]
+        if seed in settings.probe_seed_list:
+            units.append(("probe", "", seed, 0))
+    return units
+
+
+def _do_unit(unit: Unit, settings: DemoSettings, base: dict, pool, progress=None) -> dict:
+    """One unit's results (computed, or re-used from an earlier invocation)."""
+    from ngrpo.models.base_model import shipped_base_dir
+    from ngrpo.models.load import load_model_and_tokenizer
+
+    kind, key, seed, steps = unit
+    if kind == "probe":
+        model, tokenizer = load_model_and_tokenizer(shipped_base_dir())
+        return _probe_unit(model, tokenizer, settings, seed, base["sha256"], pool, progress)
+    return _run_unit(key, seed, steps, settings, base, pool, progress)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # as in the main process: results do not depend on --jobs
+
+
+def _worker(unit: Unit, settings: DemoSettings, base: dict) -> dict:
+    """`_do_unit` in a worker process, with its own grading workers."""
+    from ngrpo.rewards import GradingPool
+
+    with GradingPool() as pool:
+        return _do_unit(unit, settings, base, pool)
+
+
+def _run_units(
+    units: list[Unit], settings: DemoSettings, base: dict, pool, jobs: int,
+    progress: Progress | None,
+) -> dict[Unit, dict]:  # fmt: skip
+    """Every unit's results: in this process (`jobs` 1, with per-step progress), or in `jobs`
+    worker processes (progress per finished unit)."""
+    if jobs <= 1:
+        return {unit: _do_unit(unit, settings, base, pool, progress) for unit in units}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    done: dict[Unit, dict] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init) as executor:
+        futures = {executor.submit(_worker, unit, settings, base): unit for unit in units}
+        for future in as_completed(futures):
+            unit = futures[future]
+            done[unit] = future.result()
+            if progress is not None:
+                name = f"{unit[0]} {unit[1]} seed {unit[2]}".replace("  ", " ")
+                progress(f"units ({jobs} in parallel)", len(done), len(units), name)
+    return done
+
+
+def run_demo(settings: DemoSettings, progress: Progress | None = None, jobs: int = 1) -> dict:
+    """Run the whole comparison; returns the results written to `results.json`.
+
+    Every unit runs on one torch thread, so the results are the same for any `jobs` (the number
+    of units run at once in worker processes)."""
+    import torch
+
+    from ngrpo.models.base_model import BUILD_INFO, SHIPPED_SHA256, shipped_base_dir
+    from ngrpo.models.load import load_model_and_tokenizer
+    from ngrpo.rewards import GradingPool
+    from ngrpo.study.probe import aggregate_probe
+    from ngrpo.study.report import analyse, render_report, write_plots
+
     settings.validate()
+    if jobs < 1:
+        raise NgrpoError(f"--jobs must be >= 1, got {jobs}")
     try:
         settings.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NgrpoError(f"cannot create {str(settings.out)!r}: {err.strerror}") from err
-    started = timer = time.time()
-    timings = _Timer()
-
-    def note(stage: str, info: str) -> None:
-        if progress is not None:
-            progress(stage, 0, 1, info)
-
-    def build_progress(stage: str, done: int, total: int) -> None:
-        if progress is not None:
-            progress(stage, done, total, "")
-
-    base_dir = ensure_base_model(seed=settings.base_seed, progress=build_progress)
-    timer = timings.add("base model", timer)
-    methods = settings.methods
-    per_seed: dict[str, list[dict]] = {key: [] for key in methods}
-    probes = []
-    with GradingPool() as pool:
-        note("final evaluation", f"base (sampling seed {settings.base_seed})")
-        model, tokenizer = load_model_and_tokenizer(base_dir)
-        base = {
-            "final": _final_eval(model, tokenizer, settings, settings.base_seed, pool),
-            "curve_start": _evaluate(
-                model, tokenizer, "arith-id", settings.curve_limit, CURVE_N, settings.base_seed,
-                pool,
-            )["mean@n"],
-            "eval_seed": settings.base_seed,
-        }  # fmt: skip
-        timer = timings.add("evaluation", timer)
-        problems = generate("arith-id", settings.probe_problems, seed=1)
-        for seed in settings.seeds:
-            for key in methods:
-                run_dir = _train_one(key, seed, settings, progress)
-                timer = timings.add("training", timer)
-                note("final evaluation", f"{key} (seed {seed})")
-                trained = load_model_and_tokenizer(checkpoint_dirs(run_dir)[-1])
-                final = _final_eval(*trained, settings, seed, pool)
-                timer = timings.add("evaluation", timer)
-                per_seed[key].append({
-                    "final": final, "curve": _curve(run_dir, base["curve_start"]),
-                    "diversity": _diversity(run_dir), "run_dir": str(run_dir),
-                })  # fmt: skip
-            probes.append(run_probe(
-                model, tokenizer, problems, shifts=settings.probe_shifts, n=settings.probe_n,
-                seed=seed, pool=pool,
-                progress=None if progress is None
-                else (lambda s, d, t, seed=seed: progress(f"probe (seed {seed})", d, t, s)),
-            ))  # fmt: skip
-            timer = timings.add("probe", timer)
+    started, threads = time.time(), torch.get_num_threads()
+    base_dir = shipped_base_dir()
+    sha256 = SHIPPED_SHA256["model.safetensors"]
+    torch.set_num_threads(1)
+    try:
+        with GradingPool() as pool:
+            if progress is not None:
+                progress("final evaluation", 0, 1, f"base (sampling seed {settings.base_seed})")
+            model, tokenizer = load_model_and_tokenizer(base_dir)
+            base = _base_unit(model, tokenizer, settings, sha256, pool)
+            units = _units(settings)
+            done = _run_units(units, settings, base, pool, jobs, progress)
+    finally:
+        torch.set_num_threads(threads)
+    per_seed = {key: [done[("run", key, s, settings.steps)] for s in settings.seeds]
+                for key in settings.methods}  # fmt: skip
+    long = {key: [done[("run", key, s, settings.long_steps)] for s in settings.long_seed_list]
+            for key in settings.long_methods}  # fmt: skip
+    probes = [done[("probe", "", s, 0)] for s in settings.probe_seed_list]
+    build = json.loads((base_dir / BUILD_INFO).read_text())
     results = {
         "settings": {**asdict(settings), "out": str(settings.out)},
         "seeds": list(settings.seeds),
-        "methods": {key: asdict(method) for key, method in methods.items()},
+        "methods": {key: asdict(method) for key, method in settings.methods.items()},
         "base": base,
         "per_seed": per_seed,
+        "long": long,
         "probe": aggregate_probe(probes),
         "environment": environment(),
-        "timings": timings.seconds,
+        "timings": _timings(base, per_seed, long, probes),
         "wall_seconds": round(time.time() - started, 1),
-        "base_model": str(base_dir),
-    }
-    results["summary"] = summarize(base, per_seed)
-    results["comparisons"] = compare(base, per_seed, settings.final_n)
+        "jobs": jobs,
+        "base_model": {
+            "sha256": sha256, "seed": build["seed"], "sft_steps": build["recipe"]["sft_steps"],
+            "libraries": build.get("libraries"), "cpu": build.get("cpu"),
+            "built": build.get("built"),
+        },
+    }  # fmt: skip
+    results.update(analyse(results))
     (settings.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     results["plots"] = write_plots(results, settings.out)
     (settings.out / "report.md").write_text(render_report(results))
     log.info("demo finished in %.0f s (torch %s)", results["wall_seconds"], torch.__version__)
     return results
-
-
-def environment() -> dict:
-    import accelerate
-    import torch
-    import transformers
-
-    return {
-        "machine": platform.machine(), "processor": platform.processor() or "unknown",
-        "cpus": __import__("os").cpu_count(), "python": platform.python_version(),
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__, "cuda": torch.cuda.is_available(),
-        "platform": platform.platform(),
-    }  # fmt: skip

@@ -29,6 +29,7 @@ COLORS = {
     "stht-style": "#2ca02c",
     "n-grpo (release)": "#d62728",
     "n-grpo (paper text)": "#9467bd",
+    "n-grpo (sampled anchor)": "#ff7f0e",
 }
 # Probe perturbations: the matched-shift pair, and N-GRPO's own mixing as a reference point.
 PROBE_COLORS = {
@@ -107,6 +108,31 @@ def plot_accuracy_over_steps(
     ax.set(title=title, xlabel="training step", ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(title="method")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_panels(
+    panels: Mapping[str, Mapping[str, Sequence[Sequence[float]]]],
+    path: str | Path,
+    title: str,
+    xlabel: str = "training step",
+) -> Path:
+    """`{panel title: {method: [(x, value) or (x, value, lo, hi), ...]}}` -> one line panel each
+    (side by side, own y scale)."""
+    if not panels:
+        raise ValueError("no panels to plot")
+    fig = Figure(figsize=(3.6 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (panel, curves) in zip(axes, panels.items(), strict=True):
+        for method, points in curves.items():
+            points = sorted(points, key=lambda p: p[0])
+            _plot_series(ax, [p[0] for p in points], [tuple(p[1:]) for p in points], method,
+                         _color(method), marker=".")  # fmt: skip
+        ax.set(title=panel, xlabel=xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="method", fontsize="small")
+    fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -11,7 +11,10 @@ and `pass@k` (`{"1": ..., "2": ..., str(n): ...}`).
   error added in quadrature), every other method vs each of `BASELINES` (GRPO, STHT-style) and the
   two N-GRPO weightings against each other (mean@n and pass@n), with a verdict each
   (`ngrpo.study.stats.verdict`).
-- `render_report`: `report.md`; `write_plots`: the PNGs.
+- `analyse`: everything above plus the hypotheses H1-H3 and the power of each comparison
+  (`ngrpo.study.hypotheses`), as `results.json` stores them;
+- `render_report`: `report.md` (each hypothesis stated before its result, with a plain verdict);
+  `write_plots`: the PNGs.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ngrpo.study import hypotheses
 from ngrpo.study.settings import BASELINES, DIVERSITY_KEYS, EVAL_SPLITS, DemoSettings
 from ngrpo.study.stats import Z_975, mean_ci, paired_difference, verdict
+from ngrpo.utils.environment import LIBRARIES
 
-EXTRA_PAIRS = (("n-grpo-paper", "n-grpo"),)  # compared when both ran
-SPLIT_NAMES = {"arith-id": "ID", "arith-ood": "OOD"}
+EXTRA_PAIRS = (("n-grpo-paper", "n-grpo"), ("n-grpo-sampled", "n-grpo"))  # compared when both ran
+SPLIT_NAMES = {"arith-id": "ID", "arith-ood": "OOD", "arith-long": "long"}
 
 
 def _metric(evaluation: dict, split: str, metric: str) -> float:
@@ -38,7 +43,8 @@ def summarize(base: dict, per_seed: dict[str, list[dict]]) -> dict:
     """Per method (and `base`): mean and 95% interval of mean@n, pass@k (each k), diversity and
     the training curve. Values are `(mean, low, high)` triples."""
     out: dict = {"base": {}}
-    for split in EVAL_SPLITS:
+    splits = [s for s in EVAL_SPLITS if s in base["final"]]
+    for split in splits:
         summary = base["final"][split]
         mean, half = summary["mean@n"], Z_975 * summary["mean@n_se"]
         out["base"][split] = {
@@ -47,7 +53,7 @@ def summarize(base: dict, per_seed: dict[str, list[dict]]) -> dict:
         }
     for method, entries in per_seed.items():
         row: dict = {}
-        for split in EVAL_SPLITS:
+        for split in splits:
             ks = list(entries[0]["final"][split]["pass@k"])
             row[split] = {
                 "mean@n": mean_ci([_metric(e, split, "mean@n") for e in entries]),
@@ -86,7 +92,7 @@ def compare(base: dict, per_seed: dict[str, list[dict]], n: int) -> list[dict]:
     for a, b in comparison_pairs(list(per_seed)):
         metrics = ["mean@n"] if b == "base" else ["mean@n", f"pass@{n}"]
         for metric in metrics:
-            for split in EVAL_SPLITS:
+            for split in [s for s in EVAL_SPLITS if s in base["final"]]:
                 values_a = [_metric(e, split, metric) for e in per_seed[a]]
                 if b == "base":
                     values_b = [_metric(base, split, metric)] * seeds
@@ -102,6 +108,21 @@ def compare(base: dict, per_seed: dict[str, list[dict]], n: int) -> list[dict]:
     return rows
 
 
+def analyse(results: dict) -> dict:
+    """The derived parts of `results.json`: summary, comparisons, H1-H3 and power."""
+    base, per_seed, n = results["base"], results["per_seed"], results["settings"]["final_n"]
+    comparisons = compare(base, per_seed, n)
+    return {
+        "summary": summarize(base, per_seed),
+        "comparisons": comparisons,
+        "semantic": hypotheses.semantic(per_seed),
+        "passk": hypotheses.passk(base, per_seed),
+        "long_summary": hypotheses.long_summary(base, results.get("long", {})),
+        "ood": hypotheses.ood(comparisons),
+        "power": hypotheses.power(base, per_seed, comparisons),
+    }
+
+
 def _labels(results: dict) -> dict[str, str]:
     return {"base": "base", **{k: m["label"] for k, m in results["methods"].items()}}
 
@@ -110,12 +131,14 @@ def write_plots(results: dict, out: Path) -> dict[str, str]:
     from ngrpo.study.plots import (
         plot_accuracy_over_steps,
         plot_diversity,
+        plot_panels,
         plot_pass_at_k,
         plot_probe,
     )
 
     summary, labels = results["summary"], _labels(results)
     methods = list(results["methods"])
+    semantic = results.get("semantic") or {"means": {}}
     paths = {
         "accuracy": plot_accuracy_over_steps(
             {labels[m]: summary[m]["curve"] for m in methods}, out / "accuracy_over_steps.png",
@@ -127,11 +150,38 @@ def write_plots(results: dict, out: Path) -> dict[str, str]:
         ),
         "probe": plot_probe(results["probe"], out / "probe.png"),
     }  # fmt: skip
+    if semantic["means"]:
+        paths["semantic"] = plot_diversity(
+            {labels[m]: v for m, v in semantic["means"].items()}, out / "semantic_diversity.png",
+            title="Semantic diversity of the training groups (H1; mean over steps, 95% CI)",
+        )  # fmt: skip
+    passk = results.get("passk")
     for split in EVAL_SPLITS:
+        large = passk.get(split) if passk else None
+        if large:  # pass@k up to k = passk_n on the large-k subset
+            curves = {"base": large["base"]} | {
+                labels[m]: v["curve"] for m, v in large["methods"].items()
+            }
+            title = (f"pass@k on {split} (first {results['settings']['passk_limit']} problems, "
+                     f"{large['k_max']} samples each)")  # fmt: skip
+        else:
+            curves = {labels[m]: summary[m][split]["pass@k"] for m in ["base", *methods]}
+            title = f"pass@k on {split} (after training)"
         paths[f"pass_at_k_{split}"] = plot_pass_at_k(
-            {labels[m]: {int(k): v for k, v in summary[m][split]["pass@k"].items()}
-             for m in ["base", *methods]},
-            out / f"pass_at_k_{split}.png", title=f"pass@k on {split} (after training)",
+            {name: {int(k): v for k, v in curve.items()} for name, curve in curves.items()},
+            out / f"pass_at_k_{split}.png", title=title,
+        )  # fmt: skip
+    long = results.get("long_summary")
+    if long:
+        panels = {}
+        for key in next(iter(long["methods"].values()))["series"]:
+            panels[key] = {
+                labels[m]: [(i + 1, v) for i, v in enumerate(info["series"][key]) if v is not None]
+                for m, info in long["methods"].items()
+            }  # fmt: skip
+        paths["long"] = plot_panels(
+            panels, out / "long_training.png",
+            title="Long training: per-step means over seeds (mixing on, training rollouts)",
         )  # fmt: skip
     return {name: str(Path(p).name) for name, p in paths.items()}
 
@@ -144,18 +194,23 @@ def _fmt(value: Sequence[float]) -> str:
     return f"{100 * mean:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
+def _splits(results: dict) -> list[str]:
+    """The evaluated splits, in `EVAL_SPLITS` order."""
+    return [s for s in EVAL_SPLITS if s in results["summary"]["base"]]
+
+
 def main_table(results: dict) -> list[list[str]]:
-    """Header + one row per method: ID / OOD mean@n and pass@n (percent, 95% interval)."""
+    """Header + one row per method: mean@n and pass@n of every split (percent, 95% interval)."""
     summary, labels = results["summary"], _labels(results)
     n = str(results["settings"]["final_n"])
-    header = ["method", f"ID mean@{n}", f"ID pass@{n}", f"OOD mean@{n}", f"OOD pass@{n}"]
+    splits = _splits(results)
+    header = ["method"] + [f"{SPLIT_NAMES[s]} {m}@{n}" for s in splits for m in ("mean", "pass")]
     rows = [header]
     for method in ["base", *results["methods"]]:
         s = summary[method]
-        rows.append([
-            labels[method],
-            _fmt(s["arith-id"]["mean@n"]), _fmt(s["arith-id"]["pass@k"][n]),
-            _fmt(s["arith-ood"]["mean@n"]), _fmt(s["arith-ood"]["pass@k"][n]),
+        rows.append([labels[method]] + [
+            cell for split in splits
+            for cell in (_fmt(s[split]["mean@n"]), _fmt(s[split]["pass@k"][n]))
         ])  # fmt: skip
     return rows
 
@@ -170,7 +225,7 @@ def _points(row: dict) -> str:
 def effect_table(results: dict) -> list[list[str]]:
     """Header + one row per compared pair: the paired difference (points, 95% CI) per column."""
     labels, n = _labels(results), results["settings"]["final_n"]
-    columns = [(s, m) for m in ("mean@n", f"pass@{n}") for s in EVAL_SPLITS]
+    columns = [(s, m) for m in ("mean@n", f"pass@{n}") for s in _splits(results)]
     cells: dict[tuple[str, str], dict] = {}
     for row in results["comparisons"]:
         cells.setdefault((row["a"], row["b"]), {})[(row["split"], row["metric"])] = row
@@ -264,6 +319,27 @@ def _probe_lines(probe: dict) -> list[str]:
     return lines
 
 
+def _base_lines(results: dict) -> list[str]:
+    """The shipped base model these results start from, and the libraries to pin."""
+    base, env = results.get("base_model"), results["environment"]
+    pins = " ".join(f"{name}=={env[name]}" for name in LIBRARIES if env.get(name, "missing")
+                    not in ("missing", None))  # fmt: skip
+    lines = []
+    if isinstance(base, dict):
+        built = base.get("libraries") or {}
+        lines += [
+            f"Base model: the one shipped with ngrpo (`model.path: base`; model.safetensors "
+            f"SHA-256 `{base['sha256']}`), built by `ngrpo build-base --seed {base['seed']}` "
+            f"({base['sft_steps']} supervised steps) on {base.get('built') or 'an unrecorded date'}"
+            f" with " + (", ".join(f"{k} {v}" for k, v in built.items()) or "unrecorded libraries")
+            + f" on {base.get('cpu') or 'an unrecorded CPU'}.",
+            "",
+        ]  # fmt: skip
+    return [*lines, f"Libraries these results were made with (pin them to reproduce): `pip install "
+            f"{pins}` (Python {env['python']}; CPU {env.get('processor', 'unknown')}, "
+            f"{env['cpus']} cores).", ""]  # fmt: skip
+
+
 def render_report(results: dict) -> str:
     settings, env, seeds = results["settings"], results["environment"], results["seeds"]
     labels = _labels(results)
@@ -278,7 +354,8 @@ def render_report(results: dict) -> str:
         f"top-p = 0.95, mixing off; the base model is evaluated once (sampling seed "
         f"{results['base']['eval_seed']}), each trained policy with its training seed.",
         "",
-        f"Wall time {results['wall_seconds']:.0f} s ({timings}).",
+        f"Wall time of the last invocation {results['wall_seconds']:.0f} s; compute per stage "
+        f"({timings}).",
         "",
         f"Reproduce: `{reproduce_command(settings)}`; every number below follows from the seeds.",
         "",
@@ -286,6 +363,7 @@ def render_report(results: dict) -> str:
         f"{env['python']}, torch {env['torch']}, transformers {env['transformers']}, accelerate "
         f"{env['accelerate']}.",
         "",
+        *_base_lines(results),
         "Methods: "
         + "; ".join(
             f"{m['label']} = `{m['config']}`" + "".join(f" `{o}`" for o in m["overrides"])
@@ -293,8 +371,15 @@ def render_report(results: dict) -> str:
         )
         + ".",
         "",
+        "## The hypotheses in one line each (details below)",
+        "",
+        *hypotheses.summary_lines(results, labels),
+        "",
         "## Main table (percent; mean [95% CI] over seeds, the base's interval is its sampling "
         "error)",
+        "",
+        "Splits: ID = `arith-id` (2-4 events, as training), OOD = `arith-ood` (larger start "
+        "values), long = `arith-long` (5-6 events, longer chains than training ever saw).",
         "",
         *_markdown(main_table(results)),
         "",
@@ -304,6 +389,10 @@ def render_report(results: dict) -> str:
         "",
         *verdict_lines(results),
         "",
+        *hypotheses.h1_lines(results, labels),
+        *hypotheses.h2_lines(results, labels),
+        *hypotheses.h3_lines(results, labels),
+        *hypotheses.power_lines(results, labels),
         "## Rollout diversity during training (mean over steps)",
         "",
         "| method | " + " | ".join(k.split("/")[-1] for k in DIVERSITY_KEYS) + " |",

@@ -33,13 +33,24 @@ FULL_METHODS: dict[str, Method] = {
     "n-grpo-paper": Method(
         "N-GRPO (paper text)", "tiny_ngrpo", ("exploration.neighbor_weights=policy",)
     ),
+    # The control for mixing around the argmax: the anchor is the sampled token (DESIGN §2).
+    "n-grpo-sampled": Method(
+        "N-GRPO (sampled anchor)",
+        "tiny_ngrpo",
+        ("exploration.neighbor_weights=release", "exploration.anchor=sampled"),
+    ),  # fmt: skip
 }
 BASELINES = ("grpo", "stht")  # every other method is compared with each of these, paired by seed
-EVAL_SPLITS = ("arith-id", "arith-ood")
+N_GRPO = ("n-grpo", "n-grpo-paper", "n-grpo-sampled")  # the methods the hypotheses are about
+# Final evaluation: in distribution, and the two out-of-distribution axes (larger start values;
+# longer chains than training ever saw).
+EVAL_SPLITS = ("arith-id", "arith-ood", "arith-long")
+PASSK_SPLITS = ("arith-id", "arith-ood")  # the large-k pass@k evaluation (H2)
 # Sampling of every evaluation (final and training curves), as in the paper: mixing off.
 EVAL_TEMPERATURE, EVAL_TOP_P, EVAL_MAX_NEW_TOKENS = 0.6, 0.95, 64
 CURVE_N = 4  # samples per problem of the evaluations during training
-DEFAULT_SEEDS, FULL_MIN_SEEDS = 3, 5  # seeds of `ngrpo demo` and `ngrpo demo --full`
+DEFAULT_SEEDS, FULL_MIN_SEEDS = 3, 5  # seeds of `ngrpo demo`; the least `--full` accepts
+FULL_SEEDS = 20  # seeds of `ngrpo demo --full`: sized for an MDE of 3 points (README "Results")
 
 
 @dataclass(frozen=True)
@@ -56,26 +67,45 @@ class DemoSettings:
     probe_problems: int = 32
     probe_n: int = 8
     probe_shifts: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)  # matched-shift grid of the probe
+    probe_seeds: int = 5  # the probe runs on the first `probe_seeds` seeds only
     base_seed: int = 0
-    full: bool = False  # also N-GRPO with the paper text's weights; >= 5 seeds
+    full: bool = False  # the --full methods, the large-k pass@k and the long-training setting
     preset: str = "default"  # "quick" for the smoke run (the reproduce command says --quick)
+    # Large-k pass@k (H2): `passk_n` samples on the first `passk_limit` problems of each of
+    # PASSK_SPLITS, for the base and every method on the first `passk_seeds` seeds (0: off).
+    passk_n: int = 0
+    passk_limit: int = 0
+    passk_seeds: int = 0
+    # Long-training setting: `long_methods` trained for `long_steps` on the first `long_seeds`
+    # seeds, evaluated as the main runs (and at large k); 0 steps: off.
+    long_steps: int = 0
+    long_seeds: int = 0
+    long_methods: tuple[str, ...] = ()
 
     @classmethod
     def quick(
         cls, out: Path, seeds: tuple[int, ...] | None = None, full: bool = False
     ) -> DemoSettings:
+        extra = dict(passk_n=8, passk_limit=4, passk_seeds=1, long_steps=6, long_seeds=1,
+                     long_methods=("grpo", "n-grpo")) if full else {}  # fmt: skip
         return cls(
             out=out, seeds=seeds or (0,), steps=4, eval_every=2, curve_limit=20, final_limit=20,
-            final_n=4, probe_problems=8, probe_n=2, full=full, preset="quick",
+            final_n=4, probe_problems=8, probe_n=2, full=full, preset="quick", **extra,
         )  # fmt: skip
 
     @classmethod
     def default(
         cls, out: Path, seeds: tuple[int, ...] | None = None, full: bool = False
     ) -> DemoSettings:
-        """The default run (3 seeds), or with `full` the paper-text method too and 5 seeds."""
-        count = FULL_MIN_SEEDS if full else DEFAULT_SEEDS
-        return cls(out=out, seeds=seeds or tuple(range(count)), full=full)
+        """The default run (3 seeds), or with `full` every method on `FULL_SEEDS` seeds, pass@k
+        up to k = 256 and the 100-step setting."""
+        if not full:
+            return cls(out=out, seeds=seeds or tuple(range(DEFAULT_SEEDS)))
+        return cls(
+            out=out, seeds=seeds or tuple(range(FULL_SEEDS)), full=True,
+            passk_n=256, passk_limit=50, passk_seeds=3,
+            long_steps=100, long_seeds=3, long_methods=("grpo", "n-grpo"),
+        )  # fmt: skip
 
     @property
     def methods(self) -> dict[str, Method]:
@@ -92,8 +122,30 @@ class DemoSettings:
                 f"--full compares >= {FULL_MIN_SEEDS} seeds, got {len(self.seeds)} "
                 "(--quick lifts this for smoke runs)"
             )
-        if self.final_n < 2:
-            raise NgrpoError(f"final_n must be >= 2 (for the sampling error), got {self.final_n}")
+        for name in ("final_n", "passk_n"):
+            value = getattr(self, name)
+            if value and (value < 2 or value & (value - 1)):
+                raise NgrpoError(
+                    f"{name} must be a power of two >= 2 (pass@k is reported at k = 1, 2, 4, ..., "
+                    f"n; the sampling error needs 2 samples), got {value}"
+                )
+        unknown = [m for m in self.long_methods if m not in self.methods]
+        if unknown:
+            raise NgrpoError(f"long_methods: {unknown} are not methods of this run")
+        if self.long_steps and self.long_steps == self.steps:
+            raise NgrpoError(f"long_steps must differ from steps ({self.steps})")
+
+    @property
+    def probe_seed_list(self) -> tuple[int, ...]:
+        return self.seeds[: self.probe_seeds]
+
+    @property
+    def passk_seed_list(self) -> tuple[int, ...]:
+        return self.seeds[: self.passk_seeds] if self.passk_n else ()
+
+    @property
+    def long_seed_list(self) -> tuple[int, ...]:
+        return self.seeds[: self.long_seeds] if self.long_steps else ()
 
 
 # Rollout diagnostics averaged over each run's training steps, one table column each.
@@ -101,4 +153,15 @@ DIVERSITY_KEYS = (
     "diversity/distinct_answers", "diversity/distinct_2", "diversity/pairwise_edit",
     "diversity/zero_adv_frac", "rollout/mixed_frac", "rollout/embed_shift",
     "rollout/neighbor_weight", "rollout/neighbor_synonym_frac",
+)  # fmt: skip
+# Semantic diversity of the training groups (H1), averaged over steps like DIVERSITY_KEYS and
+# compared between methods paired by seed; `reward/accuracy` is the validity of those rollouts.
+SEMANTIC_KEYS = (
+    "diversity/canonical_paths", "diversity/rephrase_pairs", "diversity/correct_paths",
+    "diversity/distinct_answers", "reward/accuracy",
+)  # fmt: skip
+# Per-step series kept from the long-training runs (where exploration should matter).
+LONG_SERIES_KEYS = (
+    "reward/accuracy", "actor/entropy", "reward/std_in_group", "diversity/zero_adv_frac",
+    "diversity/canonical_paths",
 )  # fmt: skip

@@ -9,6 +9,12 @@ around the mean per-seed difference.
 (`extra_se`): the demo evaluates the base model once rather than once per seed, so the base's own
 sampling error is a constant offset across seeds and enters in quadrature,
 `half = √(half_seeds² + (1.96 · extra_se)²)`.
+
+**Power.** `minimal_detectable_difference` is the smallest true paired difference a comparison of
+S seeds detects with 80% power at two-sided α = 0.05: `MDE = (t(0.975, S−1) + t(0.80, S−1)) · sd
+/ √S`, `sd` the seed-to-seed standard deviation of the paired differences (plus `extra_se` in
+quadrature, as above). `seeds_for_mde` inverts it: the fewest seeds whose MDE reaches a target for
+a given sd.
 """
 
 from __future__ import annotations
@@ -24,6 +30,13 @@ T_975 = (
     2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
 Z_975 = 1.96
+# One-sided 80% Student t quantiles by degrees of freedom (1..30; normal beyond).
+T_80 = (
+    1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879, 0.876, 0.873, 0.870,
+    0.868, 0.866, 0.865, 0.863, 0.862, 0.861, 0.860, 0.859, 0.858, 0.858, 0.857, 0.856, 0.856,
+    0.855, 0.855, 0.854, 0.854,
+)  # fmt: skip
+Z_80 = 0.8416
 
 
 def t_critical(df: int) -> float:
@@ -31,6 +44,39 @@ def t_critical(df: int) -> float:
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
     return T_975[df - 1] if df <= len(T_975) else Z_975
+
+
+def t_80(df: int) -> float:
+    """The 80% quantile of Student's t with `df` >= 1 degrees of freedom (normal beyond 30)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return T_80[df - 1] if df <= len(T_80) else Z_80
+
+
+def minimal_detectable_difference(sd: float, seeds: int) -> float:
+    """Smallest true mean difference detected with 80% power (two-sided 5%) from `seeds` paired
+    differences whose standard deviation is `sd` (module docstring); needs `seeds` >= 2."""
+    if seeds < 2:
+        raise ValueError(f"a detectable difference needs >= 2 seeds, got {seeds}")
+    return (t_critical(seeds - 1) + t_80(seeds - 1)) * sd / math.sqrt(seeds)
+
+
+def seeds_for_mde(sd: float, target: float, most: int = 1000) -> int | None:
+    """The fewest seeds (>= 2) whose minimal detectable difference is <= `target`; None beyond
+    `most`."""
+    for seeds in range(2, most + 1):
+        if minimal_detectable_difference(sd, seeds) <= target:
+            return seeds
+    return None
+
+
+def paired_sd(a: Sequence[float], b: Sequence[float], extra_se: float = 0.0) -> float:
+    """Standard deviation of the per-seed differences `a[s] − b[s]`, with `extra_se · √S` added in
+    quadrature so that `sd / √S` is the difference's standard error (as `paired_difference`)."""
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    if len(diffs) < 2:
+        raise ValueError("a seed-to-seed spread needs >= 2 seeds")
+    return math.hypot(statistics.stdev(diffs), extra_se * math.sqrt(len(diffs)))
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:

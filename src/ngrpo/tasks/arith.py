@@ -28,11 +28,19 @@ Splits (all deterministic from a seed):
 - `arith-ood`: the same kinds of events from a larger start value (21-40, so always in digits):
   the arithmetic happens where training data is thin (training stories start at 20 or below and
   reach larger values only after adding or doubling), so the base model is weaker there; disjoint
-  from `arith-id` by construction (start value). (Longer chains, 5-6 events, were tried: the base
-  model cannot extend its chains past the 4 steps it was warmed up on, and no method moved it.)
+  from `arith-id` by construction (start value).
+- `arith-long`: the second out-of-distribution axis, longer chains than training ever saw: 5-6
+  events (training: 2-4) from the in-distribution start values; disjoint from every other split by
+  construction (number of events).
 - `arith-train`: the in-distribution generator with a different seed stream, minus any problem that
-  is a paraphrase of one in the evaluation splits (same story up to surface forms); used for
-  supervised warm-up and RL prompts.
+  is a paraphrase of one in `arith-id` or `arith-ood` (same story up to surface forms); used for
+  supervised warm-up and RL prompts. (`arith-long` needs no exclusion, and adding it would not
+  change a single training problem: its stories are longer than any training story.)
+
+**Canonical form** (`canonicalize`): every word replaced by one representative of its
+`surface_variants` class (number words by digits, the add verbs by `finds`, the take-away verbs by
+`loses`, the connectives by `so`), so two texts that differ only in rephrasing have the same
+canonical form. `ngrpo.evaluation.diagnostics` counts distinct canonical reasoning paths with it.
 
 `sloppy_solution` writes the imperfect teacher's solutions the base model is warmed up on (each
 event skipped with some probability): see `ngrpo.models.base_model`.
@@ -129,8 +137,12 @@ SPLITS: dict[str, SplitSpec] = {
     "arith-id": SplitSpec(2, 4, (2, 20), (1, 10), seed_offset=1_000, size=500),
     "arith-ood": SplitSpec(2, 4, (21, 40), (1, 10), seed_offset=2_000, size=500),
     "arith-train": SplitSpec(2, 4, (2, 20), (1, 10), seed_offset=3_000, size=20_000),
+    "arith-long": SplitSpec(5, 6, (2, 20), (1, 10), seed_offset=4_000, size=500),
 }
-EVAL_SPLITS = ("arith-id", "arith-ood")
+EVAL_SPLITS = ("arith-id", "arith-ood", "arith-long")
+# The evaluation splits `arith-train` excludes paraphrases of (fixed: the shipped base model was
+# warmed up on this training split; `arith-long` cannot collide with a 2-4 event story anyway).
+TRAIN_EXCLUDES = ("arith-id", "arith-ood")
 
 _VARIANT_GROUPS: tuple[tuple[str, ...], ...] = (
     *((str(n), word) for n, word in enumerate(NUMBER_WORDS)), ADD_VERBS, SUB_VERBS, CONNECTIVES,
@@ -144,6 +156,23 @@ def surface_variants(token: str) -> frozenset[str]:
     """The words interchangeable with `token` in this task, `token` itself included (`"7"` ->
     `{"7", "seven"}`, `"gets"` -> the five add verbs); `{token}` for a word without variants."""
     return _VARIANTS.get(token, frozenset((token,)))
+
+
+# The canonical word of each variant class: digits for numbers, the first verb / connective.
+_CANONICAL: dict[str, str] = {word: group[0] for group in _VARIANT_GROUPS for word in group}
+
+
+def canonical_word(token: str) -> str:
+    """The representative of `token`'s surface-variant class (`"seven"` -> `"7"`, `"wins"` ->
+    `"finds"`, `"then"` -> `"so"`); `token` itself when it has no variants."""
+    return _CANONICAL.get(token, token)
+
+
+def canonicalize(text: str) -> str:
+    """`text` with every whitespace-separated word in its canonical form, joined by single spaces:
+    two texts that differ only in surface forms (`7 + five = 12 . then` / `seven + 5 = 12 . so`)
+    map to the same string."""
+    return " ".join(canonical_word(word) for word in text.split())
 
 
 def variant_classes(vocab: dict[str, int], size: int) -> list[int]:
@@ -256,7 +285,8 @@ def generate(split: str, num: int | None = None, seed: int = 0) -> list[Problem]
     """The first `num` distinct problems of `split` for `seed` (deterministic).
 
     Distinct means distinct stories (name, item, start, events), whatever the surface forms;
-    `arith-train` never contains a paraphrase of a problem of the evaluation splits for `seed`.
+    `arith-train` never contains a paraphrase of a problem of `arith-id` / `arith-ood` for `seed`
+    (nor of `arith-long`, whose stories are longer).
     """
     from ngrpo.utils.errors import NgrpoError
 
@@ -270,7 +300,7 @@ def generate(split: str, num: int | None = None, seed: int = 0) -> list[Problem]
         raise NgrpoError(f"number of problems must be >= 0, got {num}")
     excluded: set[tuple] = set()
     if split == "arith-train":
-        for name in EVAL_SPLITS:
+        for name in TRAIN_EXCLUDES:
             excluded.update(p.key for p in generate(name, seed=seed))
     rng = random.Random(seed * 1_000_003 + spec.seed_offset)
     seen: set[tuple] = set()

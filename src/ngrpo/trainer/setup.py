@@ -73,6 +73,7 @@ class Run:
     pool: object
     rewards: object  # ngrpo.rewards.functions.RewardSet
     variant_classes: torch.Tensor | None = None  # (V,) embedded task: surface-variant class ids
+    canonicalize: Callable[[str], str] | None = None  # embedded task: its canonical surface form
     peft_model: object | None = None  # LoRA: the PeftModel around `policy` (saving, reference)
     ref_context: Callable | None = None  # LoRA: peft's disable_adapter, the reference's context
     step: int = 0
@@ -125,6 +126,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         answer_start_ids=answer_start_ids(tokenizer, cfg.exploration.answer_start),
         neighbor_index=index, params=params, pool=GradingPool(), rewards=rewards,
         dropped_prompts=dropped, variant_classes=_variant_classes(cfg, tokenizer),
+        canonicalize=_canonicalize(cfg),
         peft_model=peft_model,
         ref_context=peft_model.disable_adapter if peft_model is not None else None,
         rollout_copy=copy,
@@ -363,6 +365,15 @@ def _variant_classes(cfg: TrainConfig, tokenizer) -> torch.Tensor | None:
     if str(cfg.data.train) not in SPLITS or not cfg.exploration.enabled:
         return None
     return torch.tensor(variant_classes(tokenizer.get_vocab(), len(tokenizer)))
+
+
+def _canonicalize(cfg: TrainConfig) -> Callable[[str], str] | None:
+    """The embedded task's canonical form when training on it (for the semantic-diversity
+    metrics `diversity/canonical_paths`, `rephrase_pairs`, `correct_paths`); None otherwise."""
+    from ngrpo.tasks import SPLITS
+    from ngrpo.tasks.arith import canonicalize
+
+    return canonicalize if str(cfg.data.train) in SPLITS else None
 
 
 def _restore(run: Run, module: torch.nn.Module, latest: Path, state: dict) -> None:

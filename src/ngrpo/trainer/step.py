@@ -196,7 +196,10 @@ def _train_step(run: Run) -> dict[str, float]:
         **sampling_metrics,
         **learner,
         **rollout_diagnostics(
-            split_groups(texts, cfg.rollout.num_generations), groups.tolist(), batch.stats
+            split_groups(texts, cfg.rollout.num_generations),
+            groups.tolist(),
+            batch.stats,
+            canonicalize=run.canonicalize,
         ),
         "time/rollout_s": rollout_s,
         "time/generate_s": batch.stats["rollout/seconds"],

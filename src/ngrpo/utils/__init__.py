@@ -4,5 +4,6 @@
   stopped run ends (`TrainingStopped`, `Interrupted`, their exit codes);
 - `io`: directory writes that never leave a half-written target (checkpoints, `best/`), and
   `DiskError` when the disk refuses one;
-- `oom`: out-of-memory errors that name the phase and the batch shape (`oom_phase`).
+- `oom`: out-of-memory errors that name the phase and the batch shape (`oom_phase`);
+- `environment`: library versions, CPU and platform, for build records and reports.
 """
