@@ -12,7 +12,8 @@ and `pass@k` (`{"1": ..., "2": ..., str(n): ...}`).
   two N-GRPO weightings against each other (mean@n and pass@n), with a verdict each
   (`ngrpo.study.stats.verdict`).
 - `analyse`: everything above plus the hypotheses H1-H3 and the power of each comparison
-  (`ngrpo.study.hypotheses`), as `results.json` stores them;
+  (`ngrpo.study.hypotheses`; their report sections in `ngrpo.study.hypotheses_report`), as
+  `results.json` stores them;
 - `render_report`: `report.md` (each hypothesis stated before its result, with a plain verdict);
   `write_plots`: the PNGs.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ngrpo.study import hypotheses
+from ngrpo.study import hypotheses, hypotheses_report
 from ngrpo.study.settings import BASELINES, DIVERSITY_KEYS, EVAL_SPLITS, DemoSettings
 from ngrpo.study.stats import Z_975, mean_ci, paired_difference, verdict
 from ngrpo.utils.environment import LIBRARIES
@@ -373,7 +374,7 @@ def render_report(results: dict) -> str:
         "",
         "## The hypotheses in one line each (details below)",
         "",
-        *hypotheses.summary_lines(results, labels),
+        *hypotheses_report.summary_lines(results, labels),
         "",
         "## Main table (percent; mean [95% CI] over seeds, the base's interval is its sampling "
         "error)",
@@ -389,10 +390,10 @@ def render_report(results: dict) -> str:
         "",
         *verdict_lines(results),
         "",
-        *hypotheses.h1_lines(results, labels),
-        *hypotheses.h2_lines(results, labels),
-        *hypotheses.h3_lines(results, labels),
-        *hypotheses.power_lines(results, labels),
+        *hypotheses_report.h1_lines(results, labels),
+        *hypotheses_report.h2_lines(results, labels),
+        *hypotheses_report.h3_lines(results, labels),
+        *hypotheses_report.power_lines(results, labels),
         "## Rollout diversity during training (mean over steps)",
         "",
         "| method | " + " | ".join(k.split("/")[-1] for k in DIVERSITY_KEYS) + " |",
