@@ -12,8 +12,8 @@
 #   (4) `ngrpo bench rollout --preset r1-distill-1.5b`: decode ms/step, none vs neighbor.
 # Run from the repository root: OUT=/some/dir bash benchmarks/gpu_step.sh
 # CPU dry run at toy size: DEVICE=cpu PRESET=tiny SMALL=1 OUT=/tmp/x bash benchmarks/gpu_step.sh
-# Needs torch, transformers, accelerate (+ math-verify for the trainer). NGRPO_HOME must hold the
-# embedded base model (it is built on first use otherwise).
+# Needs torch, transformers, accelerate (+ math-verify for the trainer). The embedded base model
+# ships with ngrpo (src/ngrpo/models/base/): nothing is built on the device.
 set -uo pipefail
 OUT=${OUT:?set OUT to the output directory}
 PY=${PYTHON:-python3}
