@@ -334,6 +334,9 @@ def test_the_stop_handlers_are_put_back_and_a_late_second_signal_interrupts():
         pass
 
     previous = signal.signal(signal.SIGTERM, mine)
+    # what SIGINT had: Python's default_int_handler, or SIG_IGN when the test runs in a background
+    # job of a non-interactive shell (`cmd &`, nohup)
+    sigint_before = signal.getsignal(signal.SIGINT)
     try:
         with GracefulStop() as stop:
             assert signal.getsignal(signal.SIGTERM) == stop._handle
@@ -347,6 +350,6 @@ def test_the_stop_handlers_are_put_back_and_a_late_second_signal_interrupts():
             assert interrupted.value.exit_code == 143
             assert signal.getsignal(signal.SIGTERM) is mine  # back at once: a third signal
         assert signal.getsignal(signal.SIGTERM) is mine
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is sigint_before
     finally:
         signal.signal(signal.SIGTERM, previous)
