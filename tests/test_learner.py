@@ -78,9 +78,10 @@ def _bf16(fn):
 def _with_rollout_gap(batch, scale: float = 0.02, seed: int = 2):
     """`batch` with its rollout log-probs moved by a known gap, as a GPU's bf16 kernels move them.
 
-    On CPU the rollout's bf16 log-probs differ from the learner's only where the vectorized
-    kernels sum in another order: with ATEN_CPU_CAPABILITY=default the two are bitwise equal and
-    there is no gap at all. The tests of what the learner does *with* a gap bring their own."""
+    On CPU the rollout's bf16 log-probs differ from the learner's only where the kernels sum in
+    another order, which depends on the kernel path: with ATEN_CPU_CAPABILITY=default this model's
+    two are bitwise equal (max gap 0.0). The tests of what the learner does *with* a gap bring
+    their own."""
     mask = batch.response_mask.bool()
     noise = scale * torch.randn(batch.logprobs.shape, generator=torch.Generator().manual_seed(seed))
     return dataclasses.replace(batch, logprobs=torch.where(mask, batch.logprobs + noise, 0.0))
