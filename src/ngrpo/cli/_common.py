@@ -81,10 +81,36 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 # ------------------------------------------------------------------ benchmarks (`ngrpo bench`)
 
 
+def _require_positive(args: argparse.Namespace, *names: str) -> None:
+    """An error naming the first of these integer options (attribute names) that is below 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _check_preset(name: str | None) -> None:
+    """An error for a `--preset` that is not one of `ngrpo.models.presets.PRESETS` (None: none)."""
+    from ngrpo.models.presets import PRESETS
+
+    if name is not None and name not in PRESETS:
+        raise NgrpoError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+def _strategy_list(text: str) -> tuple[str, ...]:
+    """`--strategies`: comma-separated exploration strategies, at least one, each known."""
+    from ngrpo.method.exploration import STRATEGIES
+
+    strategies = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        what = f"unknown {unknown}" if unknown else "none given"
+        raise NgrpoError(f"--strategies: {what}; choose from {', '.join(STRATEGIES)}")
+    return strategies
+
+
 def _dtype_name(args) -> str:
     """`--dtype`, or bfloat16 on CUDA and float32 elsewhere; an error for anything else."""
-    from ngrpo.utils.errors import NgrpoError
-
     name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     if name not in ("bfloat16", "float32"):
         raise NgrpoError(f"--dtype must be one of bfloat16, float32, got {name!r}")
@@ -92,8 +118,6 @@ def _dtype_name(args) -> str:
 
 
 def _set_threads(threads: int | None) -> None:
-    from ngrpo.utils.errors import NgrpoError
-
     if threads is None:
         return
     if threads < 1:

@@ -8,7 +8,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ngrpo.cli._common import _dtype_name, _prompts, _set_threads, _write_json
+from ngrpo.cli._common import (
+    _check_preset,
+    _dtype_name,
+    _prompts,
+    _require_positive,
+    _set_threads,
+    _strategy_list,
+    _write_json,
+)
 
 DEFAULT_MODEL = "base"  # the embedded base model shipped with ngrpo
 
@@ -140,11 +148,8 @@ def run_rollout(args: argparse.Namespace) -> int:
     from ngrpo.bench.rollout import rollout_report
     from ngrpo.method.exploration import answer_start_ids
     from ngrpo.models.load import load_model_and_tokenizer
-    from ngrpo.utils.errors import NgrpoError
 
-    for name in ("batch", "new_tokens", "repeats", "lookup_vocab", "lookup_dim"):
-        if getattr(args, name) < 1:
-            raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    _require_positive(args, "batch", "new_tokens", "repeats", "lookup_vocab", "lookup_dim")
     _set_threads(args.threads)
     console = Console(stderr=True)
     with console.status("loading model") as status:
@@ -198,22 +203,13 @@ def run_rollout_preset(args: argparse.Namespace) -> int:
     import torch
 
     from ngrpo.bench.rollout_scale import scale_report
-    from ngrpo.method.exploration import STRATEGIES
-    from ngrpo.models.presets import PRESETS, preset_model
+    from ngrpo.models.presets import preset_model
     from ngrpo.utils.errors import NgrpoError
 
-    if args.preset not in PRESETS:
-        raise NgrpoError(f"--preset: unknown preset {args.preset!r}; choose one of "
-                         f"{', '.join(PRESETS)}")  # fmt: skip
+    _check_preset(args.preset)
     lengths = _int_list("--lengths", args.lengths)
-    strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown or not strategies:
-        raise NgrpoError(f"--strategies: unknown {unknown or strategies}; choose from "
-                         f"{', '.join(STRATEGIES)}")  # fmt: skip
-    for name in ("rows", "prompt_tokens", "repeats"):
-        if getattr(args, name) < 1:
-            raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    strategies = _strategy_list(args.strategies)
+    _require_positive(args, "rows", "prompt_tokens", "repeats")
     if not 0.0 <= args.eos_rate < 1.0:
         raise NgrpoError(f"--eos-rate must be in [0, 1), got {args.eos_rate}")
     dtype_name = _dtype_name(args)
@@ -262,9 +258,7 @@ def run_learner(args: argparse.Namespace) -> int:
     from ngrpo.models.load import load_model
     from ngrpo.utils.errors import NgrpoError
 
-    for name in ("batch", "repeats", "k"):
-        if getattr(args, name) < 1:
-            raise NgrpoError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    _require_positive(args, "batch", "repeats", "k")
     if args.length < 2:
         raise NgrpoError(f"--length must be >= 2, got {args.length}")
     if not 0.0 <= args.mix_rate <= 1.0:
@@ -310,15 +304,11 @@ def run_learner_scale(args: argparse.Namespace) -> int:
     import torch
 
     from ngrpo.bench.learner import learner_scale_report, parse_variant, vocab_model
-    from ngrpo.models.presets import PRESETS, preset_model
+    from ngrpo.models.presets import preset_model
     from ngrpo.utils.errors import NgrpoError
 
-    if args.preset is not None and args.preset not in PRESETS:
-        raise NgrpoError(f"--preset: unknown preset {args.preset!r}; choose one of "
-                         f"{', '.join(PRESETS)}")  # fmt: skip
-    for name in ("rows", "prompt_tokens", "repeats", "length", "k"):
-        if getattr(args, name) < 1:
-            raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    _check_preset(args.preset)
+    _require_positive(args, "rows", "prompt_tokens", "repeats", "length", "k")
     if args.vocab is not None and args.vocab <= args.k:
         raise NgrpoError(f"--vocab must be above --k ({args.k}), got {args.vocab}")
     if args.chunk_elements is not None and args.chunk_elements < 1:

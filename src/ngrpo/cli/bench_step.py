@@ -76,18 +76,22 @@ def run_train(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ngrpo.bench.train import bench_config, make_run_dir, train_report
-    from ngrpo.cli._common import _dtype_name, _set_threads, _write_json
+    from ngrpo.cli._common import (
+        _check_preset,
+        _dtype_name,
+        _require_positive,
+        _set_threads,
+        _write_json,
+    )
     from ngrpo.method.exploration import STRATEGIES
-    from ngrpo.models.presets import PRESETS
     from ngrpo.utils.errors import NgrpoError
 
-    if args.preset not in PRESETS:
-        raise NgrpoError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    _check_preset(args.preset)
     if args.strategy not in STRATEGIES:
         raise NgrpoError(f"--strategy must be one of {', '.join(STRATEGIES)}")
-    for name in ("prompts", "group", "prompt_tokens", "new_tokens", "micro_batch", "steps"):
-        if getattr(args, name) < 1:
-            raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    _require_positive(
+        args, "prompts", "group", "prompt_tokens", "new_tokens", "micro_batch", "steps"
+    )
     dtype = _dtype_name(args)
     _set_threads(args.threads)
     console = Console(stderr=True)
@@ -126,20 +130,23 @@ def run_mismatch(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ngrpo.bench.mismatch import mismatch_report
-    from ngrpo.cli._common import _prompts, _set_threads, _write_json
-    from ngrpo.method.exploration import STRATEGIES, answer_start_ids
+    from ngrpo.cli._common import (
+        _check_preset,
+        _prompts,
+        _require_positive,
+        _set_threads,
+        _strategy_list,
+        _write_json,
+    )
+    from ngrpo.method.exploration import answer_start_ids
     from ngrpo.utils.errors import NgrpoError
 
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
     if args.dtype not in dtypes:
         raise NgrpoError(f"--dtype must be one of {', '.join(dtypes)}, got {args.dtype!r}")
-    strategies = tuple(s for s in args.strategies.split(",") if s)
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown or not strategies:
-        raise NgrpoError(f"--strategies: unknown {unknown}; choose from {', '.join(STRATEGIES)}")
-    for name in ("prompts", "n", "prompt_tokens", "new_tokens", "micro_batch"):
-        if getattr(args, name) < 1:
-            raise NgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    _check_preset(args.preset)
+    strategies = _strategy_list(args.strategies)
+    _require_positive(args, "prompts", "n", "prompt_tokens", "new_tokens", "micro_batch")
     _set_threads(args.threads)
     console = Console(stderr=True)
     with console.status("loading the model") as status:
