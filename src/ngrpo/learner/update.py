@@ -196,6 +196,8 @@ def update_policy(
     attempt (earlier mini-batches' optimizer steps were complete; the failed one changed only
     gradients); `train/oom_retries` counts the retries.
     """
+    if params.old_logprobs not in OLD_LOGPROBS:
+        raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS}, got {params.old_logprobs!r}")
     model = as_policy(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     world = 1 if accelerator is None else accelerator.num_processes
@@ -212,8 +214,6 @@ def update_policy(
                 params, on_oom, retries,
             )  # fmt: skip
         clock.lap("time/reference_s")
-    if params.old_logprobs not in OLD_LOGPROBS:
-        raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS}, got {params.old_logprobs!r}")
     old_logp = batch.logprobs  # (N, T)
     learner_logp = torch.zeros_like(mask)  # (N, T) the learner's log-probs before any update
     measured = torch.zeros_like(mask)  # (N, T) 1 where `learner_logp` holds a value
