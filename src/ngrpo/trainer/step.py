@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from ngrpo.learner.update import update_policy
+from ngrpo.learner.update import MAX_KEYS, MIN_KEYS, update_policy
 from ngrpo.trainer.oom import oom_retry
 from ngrpo.trainer.setup import Run
 from ngrpo.utils.oom import oom_phase
@@ -33,11 +33,12 @@ from ngrpo.utils.oom import oom_phase
 SUMMED_METRICS = (
     "rollout/tokens", "rollout/mixed_tokens", "rollout/tokens_per_s", "learner/tokens_per_s",
 )  # fmt: skip
+# The learner's extremes over micro-batches (MIN_KEYS / MAX_KEYS) stay extremes over processes.
 MAX_METRICS = (  # the largest over processes: what must fit on each, the worst gap
-    "memory/peak_bytes", "actor/ratio_max", "actor/replay_logp_err", "mismatch/logp_abs_max",
+    *MAX_KEYS, "memory/peak_bytes", "actor/replay_logp_err", "mismatch/logp_abs_max",
     "mismatch/seq_log_ratio_abs_max", "mismatch/mixed/logp_abs_max",
 )  # fmt: skip
-MIN_METRICS = ("actor/ratio_min",)  # the smallest over processes
+MIN_METRICS = MIN_KEYS  # the smallest over processes
 
 
 def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
