@@ -34,6 +34,7 @@ from ngrpo.config.schema import (
 )
 from ngrpo.config.validation import _check_named, validate_config
 from ngrpo.utils.errors import NgrpoError
+from ngrpo.utils.io import write_text_atomically
 
 CONFIG_DIR = Path(__file__).parent.parent / "configs"  # configs shipped with the package
 
@@ -171,7 +172,5 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "# Resolved ngrpo config: `ngrpo train --config THIS_FILE` reproduces the run.\n"
     text += yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomically(path, text)
     return path

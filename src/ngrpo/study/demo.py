@@ -61,6 +61,7 @@ from ngrpo.study.settings import (
 from ngrpo.study.stats import sampling_se
 from ngrpo.utils.environment import environment
 from ngrpo.utils.errors import NgrpoError
+from ngrpo.utils.io import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,7 @@ def _cached(path: Path, inputs: dict, compute: Callable[[], dict]) -> dict:
             return saved["result"]
     result = json.loads(json.dumps(compute()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"inputs": inputs, "result": result}) + "\n")
-    tmp.replace(path)  # never a half-written unit
+    write_text_atomically(path, json.dumps({"inputs": inputs, "result": result}) + "\n")
     return result
 
 

@@ -12,6 +12,9 @@ ENOSPC, EROFS or EACCES, or the exception types in which torch and safetensors r
 write) removes its temporary directory and leaves `target` as it was. Other exceptions propagate
 as they are and leave the temporary directory, as a kill would. Checked on a real full file
 system (a small tmpfs): safetensors' and torch.save's errors are both recognised.
+
+`write_text_atomically(path, text)` is the same guarantee for one small file (a resolved config,
+a finished demo unit): written next to it under a hidden name, then renamed over it.
 """
 
 from __future__ import annotations
@@ -94,6 +97,14 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
         raise DiskError(target, reason) from err
     if old.exists():
         shutil.rmtree(old)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` through a hidden temporary file renamed over it: a reader
+    or a killed writer never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def recover_interrupted_writes(parent: Path) -> None:
