@@ -39,18 +39,21 @@ T_80 = (
 Z_80 = 0.8416
 
 
-def t_critical(df: int) -> float:
-    """The 97.5% quantile of Student's t with `df` >= 1 degrees of freedom (normal beyond 30)."""
+def _t_quantile(table: tuple[float, ...], normal: float, df: int) -> float:
+    """A Student-t quantile from `table` (df = 1..len), the normal's `normal` beyond it."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    return T_975[df - 1] if df <= len(T_975) else Z_975
+    return table[df - 1] if df <= len(table) else normal
+
+
+def t_critical(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` >= 1 degrees of freedom (normal beyond 30)."""
+    return _t_quantile(T_975, Z_975, df)
 
 
 def t_80(df: int) -> float:
     """The 80% quantile of Student's t with `df` >= 1 degrees of freedom (normal beyond 30)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    return T_80[df - 1] if df <= len(T_80) else Z_80
+    return _t_quantile(T_80, Z_80, df)
 
 
 def minimal_detectable_difference(sd: float, seeds: int) -> float:
