@@ -362,6 +362,15 @@ def _keep_decoder(cfg: TrainConfig, device: torch.device, world: int) -> bool:
     return keep
 
 
+def engine_options(cfg: TrainConfig):
+    """How the run's rollouts and evaluations decode (`rollout.kv_cache`, `cuda_graphs`,
+    `precision`): one set of options, so that evaluation re-uses the kept decoder."""
+    from ngrpo.rollout import EngineOptions
+
+    r = cfg.rollout
+    return EngineOptions(r.kv_cache, r.cuda_graphs, precision=r.precision)
+
+
 def old_logprobs_mode(setting: str, dtype: torch.dtype) -> str:
     """`train.old_logprobs` resolved: `auto` takes the rollout's log-probabilities only when the
     compute dtype is fp32 (where they equal the learner's), else recomputes them."""
