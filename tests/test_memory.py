@@ -137,6 +137,7 @@ def test_the_evaluation_decoder_and_the_graph_pool_are_planned():
     (dict(world_size=0), "world_size must be an integer >= 1"),
     (dict(dtype="fp8"), "dtype must be one of"),
     (dict(strategy="fsdp", lora_r=8), "FSDP with LoRA is not supported"),
+    (dict(eval_rows=-1), "eval_rows and eval_tokens must be >= 0"),
 ])  # fmt: skip
 def test_bad_inputs_are_named(change, message):
     with pytest.raises(NgrpoError, match=message):

@@ -51,10 +51,10 @@ Approximations (say so when quoting numbers):
   tensor. On a backend that materialises scores, add rows × heads × T² × 4 bytes per layer;
 - allocator overheads (CUDA caching-allocator fragmentation, the CUDA context, NCCL buffers,
   the graphs' own executable memory) are not included: leave ~10-20% headroom on a GPU; the CUDA
-  graph pool is one decode step's temporaries (not measured on a GPU);
-- the evaluation decodes on the rollout's decoder: the KV cache is the larger of the rollout's
-  and the evaluation's (`eval_rows` × `eval_tokens`), the step buffers and graph pool are sized
-  for the larger row count; the evaluation's prefill is not counted;
+  graph pool is the graphs' shared (rows, V) fp32 logits buffer plus one decode step's
+  temporaries (from the code, not measured on a GPU); the evaluation decodes on the rollout's
+  decoder: the KV cache is the larger of the two, the row count the larger (its prefill is not
+  counted);
 - not counted: the soft-input embedding's (tokens, K, d) rows at the start of the forward (freed
   before the activations peak), the reference model's no-grad forward (before the policy's),
   the neighbour index's similarity rows (a few (rows, V) tensors on a cache miss);
@@ -136,12 +136,9 @@ class MemoryInputs:
     fp32_head: bool = True
     """The decoder's head runs on the fp32 weight (`rollout.precision: learner`): no copy of it."""
     cuda_graphs: bool = False
-    """The static decoder's step runs as CUDA graphs (`rollout.cuda_graphs`): their shared memory
-    pool holds one decode step's temporaries at the decoder's rows, plus the one (rows, V) fp32
-    logits buffer every graph writes (`ngrpo.rollout.step`)."""
+    """The decode step runs as CUDA graphs (`rollout.cuda_graphs`): a graph pool is counted."""
     eval_rows: int = 0
-    """Rows the run's evaluation decodes together (`max(eval.n, 64)`; 0: no evaluation). It runs
-    on the rollout's decoder (kept or not), re-sized when it needs more rows or positions."""
+    """Rows the evaluation decodes together on the rollout's decoder (0: no evaluation)."""
     eval_tokens: int = 0
     """Positions of an evaluation row (`data.max_prompt_length` + `eval.max_new_tokens`)."""
 
@@ -158,10 +155,9 @@ class MemoryInputs:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise NgrpoError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("eval_rows", "eval_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise NgrpoError(f"{name} must be an integer >= 0, got {value!r}")
+        if min(self.eval_rows, self.eval_tokens) < 0:
+            raise NgrpoError(f"eval_rows and eval_tokens must be >= 0, got {self.eval_rows}, "
+                             f"{self.eval_tokens}")  # fmt: skip
         if self.lora_r < 0:
             raise NgrpoError(f"lora_r must be >= 0 (0: no LoRA), got {self.lora_r}")
         if self.lora_r > 0 and self.strategy == "fsdp":
