@@ -116,7 +116,7 @@ def _allowed(key: str, tp: Any) -> str:
     key alone is set to an impossible value on a default config ('' when it accepts anything)."""
     if tp is bool:
         return "true | false"
-    if tp is bool | None:
+    if tp == bool | None:
         return "null | true | false"
     if tp in (str, str | None):
         probe: Any = _PROBE_TEXT
