@@ -80,9 +80,13 @@ def test_every_command_is_in_the_cli_reference():
         assert f"## `ngrpo {command}`" in text, command
 
 
-def _links(page: Path) -> list[str]:
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)  # not inside code
+def _links_in(text: str) -> list[str]:
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)  # not inside code
     return re.findall(r"\]\(([^)\s]+)\)", text)
+
+
+def _links(page: Path) -> list[str]:
+    return _links_in(page.read_text())
 
 
 @pytest.mark.parametrize("page", [ROOT / "README.md", *PAGES], ids=lambda p: p.name)
@@ -154,3 +158,17 @@ def test_runnable_commands_run(page, tmp_path):
             timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
         )  # fmt: skip
         assert done.returncode == 0, f"{page.name} block {i + 1}:\n{block}\n{done.stderr[-3000:]}"
+
+
+def test_the_site_front_page_is_the_readme_with_links_into_the_site():
+    """scripts/mkdocs_hooks.py shows README.md as the site's index: its relative links must point
+    into docs/, and they become relative to the site root."""
+    spec = importlib.util.spec_from_file_location("hooks", ROOT / "scripts" / "mkdocs_hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    relative = [link for link in _links(ROOT / "README.md") if not re.match(r"[a-z]+:|#", link)]
+    assert relative and all(link.startswith("docs/") for link in relative), relative
+    page = hooks.site_readme((ROOT / "README.md").read_text())
+    for link in _links_in(page):
+        if not re.match(r"[a-z]+:|#", link):
+            assert (DOCS / link.split("#")[0]).exists(), link
