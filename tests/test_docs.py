@@ -172,3 +172,10 @@ def test_the_site_front_page_is_the_readme_with_links_into_the_site():
     for link in _links_in(page):
         if not re.match(r"[a-z]+:|#", link):
             assert (DOCS / link.split("#")[0]).exists(), link
+
+
+def test_getting_started_has_the_readme_set_up_commands():
+    """The two set-up commands, word for word, where a reader of the manual starts."""
+    first = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert first.group(1).startswith("bash scripts/setup.sh && ")
+    assert first.group(0) in (DOCS / "getting-started.md").read_text()
