@@ -281,15 +281,16 @@ def test_reduce_takes_the_maximum_of_peak_bytes_over_processes():
                                   "reward/mean": 0.5}  # fmt: skip
 
 
-def test_readme_memory_tables_match_ngrpo_plan():
-    """Every cell of README's "Memory planning" tables is what `ngrpo plan` estimates now."""
+def test_memory_guide_tables_match_ngrpo_plan():
+    """Every cell of the memory guide's tables (docs/guides/memory.md) is what `ngrpo plan`
+    estimates now."""
     import re
 
     from ngrpo.cli.plan import load_plan_config
     from ngrpo.memory import inputs_from_config, shape_for_config
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Memory planning") : readme.index("## Scale")]
+    guide = Path(__file__).parents[1] / "docs" / "guides" / "memory.md"
+    section = guide.read_text(encoding="utf-8")
     tables = section.split("| config | GPUs | DDP | FSDP | LoRA r=16 (DDP) |")[1:]
     assert len(tables) == 2
     strategies = (("ddp", 0), ("fsdp", 0), ("ddp", 16))
