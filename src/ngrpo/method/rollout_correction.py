@@ -14,8 +14,11 @@ Measures (`mismatch_metrics`, δ_t = log π_old(y_t) − log π_rollout(y_t) ove
     mismatch/seq_log_ratio_abs_mean, _abs_max           |Σ_t δ_t| per sequence (the sequence-level
                                                         log importance ratio)
     mismatch/frac_over_0.1                              share of tokens with |δ_t| > 0.1
-and, over the mixed positions alone (N-GRPO replays those from soft inputs), the token measures
-again under `mismatch/mixed/`.
+and, over the positions right after a mixed input alone, the token measures again under
+`mismatch/mixed/`. `RolloutBatch.mixed[:, t]` marks that the *input* fed at response position t
+was a soft input; the log-probability recorded at t was computed before that input (it scores y_t,
+sampled from the logits of the previous input), so the first log-probability that sees a replayed
+soft input is the one at t + 1 (`after_mixed`).
 
 Correction (`importance_weights`; verl `algorithm.rollout_correction.rollout_is` /
 `rollout_is_threshold`, TRL `vllm_importance_sampling_mode` / `vllm_importance_sampling_cap`;
@@ -97,8 +100,9 @@ def mismatch_metrics(
     mixed: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """The rollout–learner gap over the tokens in `mask` (N, T) (see the module docstring):
-    learner_logp = log π_old, rollout_logp = log π_rollout, `mixed` (N, T) bool the mixed
-    positions. Empty masks give zeros."""
+    learner_logp = log π_old, rollout_logp = log π_rollout, `mixed` (N, T) bool the positions
+    whose input was mixed (`RolloutBatch.mixed`): `mismatch/mixed/*` measures the positions right
+    after them (`after_mixed`). Empty masks give zeros."""
     valid = mask.bool()
     delta = (learner_logp.detach().float() - rollout_logp.detach().float()).masked_fill(~valid, 0)
     metrics = _token_measures(delta, valid, "mismatch/")
@@ -107,8 +111,18 @@ def mismatch_metrics(
     metrics["mismatch/seq_log_ratio_abs_mean"] = float(seq.mean()) if seq.numel() else 0.0
     metrics["mismatch/seq_log_ratio_abs_max"] = float(seq.max()) if seq.numel() else 0.0
     if mixed is not None:
-        metrics.update(_token_measures(delta, valid & mixed.bool(), "mismatch/mixed/"))
+        metrics.update(_token_measures(delta, valid & after_mixed(mixed), "mismatch/mixed/"))
     return metrics
+
+
+def after_mixed(mixed: torch.Tensor) -> torch.Tensor:
+    """(N, T) bool: the response positions whose log-probability is the first to see a mixed input.
+
+    `mixed` (N, T) marks the positions whose *input* was mixed; the input at t produces the logits
+    of t + 1, so the marks move one position right (a mix at the last position scores nothing)."""
+    after = torch.zeros_like(mixed, dtype=torch.bool)  # (N, T)
+    after[:, 1:] = mixed[:, :-1].bool()
+    return after
 
 
 def _token_measures(delta: torch.Tensor, valid: torch.Tensor, prefix: str) -> dict[str, float]:
