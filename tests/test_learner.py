@@ -280,6 +280,68 @@ def test_non_finite_loss_or_gradient_skips_the_step_and_training_goes_on(monkeyp
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def _fp16_accelerator(init_scale: float):
+    """accelerate's fp16 set-up as on a GPU (a `GradScaler` that `backward` scales by, clipping
+    unscales and the prepared optimizer's `step` steps and updates), forced on the CPU, where
+    accelerate creates no scaler."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(cpu=True, mixed_precision="fp16")
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    accelerator.native_amp = True
+    return accelerator
+
+
+@pytest.mark.parametrize("overflow", ["gradient", "loss"])
+def test_fp16_overflow_skips_the_step_backs_off_the_scale_and_the_next_steps_train(
+    overflow, monkeypatch
+):
+    model = _tiny()
+    batch = _rollouts(model, "neighbor", mix_rate=0.5)
+    advantages = _advantages(len(batch.response_ids))
+    accelerator = _fp16_accelerator(init_scale=1024.0)
+    optimizer = accelerator.prepare_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    fired = []
+    if overflow == "gradient":  # the first backward overflows (the loss itself finite)
+
+        def inf_once(grad):
+            fired.append(1)
+            return grad * float("inf") if len(fired) == 1 else grad
+
+        handle = model.get_input_embeddings().weight.register_hook(inf_once)
+    else:  # the first micro-batch's loss overflows
+        real_loss = ngrpo.learner.update.grpo_loss
+
+        def inf_once(*args, **kwargs):
+            loss, metrics = real_loss(*args, **kwargs)
+            fired.append(1)
+            return (loss * float("inf") if len(fired) == 1 else loss), metrics
+
+        monkeypatch.setattr(ngrpo.learner.update, "grpo_loss", inf_once)
+    steps = []
+    optimizer.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    before = [p.detach().clone() for p in model.parameters()]
+    params = _params(mini_batch_groups=1, micro_batch_size=8)  # 4 mini-batches of one micro
+    metrics = update_policy(
+        model, optimizer, None, batch, advantages, params, accelerator=accelerator
+    )
+    if overflow == "gradient":
+        handle.remove()
+    assert metrics["train/skipped_updates"] == 1.0 and metrics["train/optimizer_steps"] == 3.0
+    assert len(steps) == 3  # the inner optimizer stepped for the three finite mini-batches only
+    assert accelerator.scaler.get_scale() == 1024.0 * 0.5  # backed off once, not grown (2000)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    # the next update trains at the smaller scale, without an overflow
+    metrics = update_policy(
+        model, optimizer, None, batch, advantages, params, accelerator=accelerator
+    )
+    assert metrics["train/skipped_updates"] == 0.0 and metrics["train/optimizer_steps"] == 4.0
+    assert accelerator.scaler.get_scale() == 512.0
+
+
 def test_disable_dropout_zeroes_modules_and_config():
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from factories import tiny_lm
 
+from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.method.losses import grpo_loss
 from ngrpo.method.rollout_correction import (
     CORRECTIONS,
@@ -15,7 +16,6 @@ from ngrpo.method.rollout_correction import (
     importance_weights,
     mismatch_metrics,
 )
-from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.rollout import SamplingParams, generate
 from ngrpo.utils.errors import NgrpoError
 

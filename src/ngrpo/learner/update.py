@@ -35,7 +35,11 @@ Choices worth knowing:
   sharded by FSDP2), so the soft-input embedding and the head run inside the wrapped forward.
 - A non-finite loss or gradient skips that optimizer step (gradients dropped, counted in
   `train/skipped_updates`, logged as a warning); training goes on. Every micro-batch still runs
-  its backward and the decision is all-reduced, so data-parallel processes skip together.
+  its backward and the decision is all-reduced, so data-parallel processes skip together. Under
+  fp16 loss scaling (accelerate's `GradScaler`: `model.dtype=float16` on a GPU) the skipped step
+  still ends the scaler's iteration: the gradients are unscaled (if clipping did not already) and
+  `scaler.update()` backs the scale off, so the next mini-batch trains at the smaller scale
+  instead of failing on a second `unscale_()`.
 - The neighbour index needs no call from here: every lookup checks the searched table's version
   counter, which an optimizer step bumps, and rebuilds its cache then
   (`ngrpo.method.neighbors.NeighborIndex`); a frozen table (LoRA) keeps its cache for the run.
@@ -255,6 +259,7 @@ def update_policy(
             grad_norm = _clip(parameters, params.max_grad_norm, accelerator) if finite else 0.0
             if not (finite and math.isfinite(grad_norm)):
                 skipped += 1
+                _back_off_loss_scale(accelerator, unscaled=finite)
                 optimizer.zero_grad(set_to_none=True)
                 log.warning("non-finite loss or gradient: optimizer step skipped")
                 continue
@@ -276,6 +281,19 @@ def update_policy(
     result["train/optimizer_steps"] = float(len(grad_norms))
     result["train/oom_retries"] = float(retries[0])
     return result
+
+
+def _back_off_loss_scale(accelerator, *, unscaled: bool) -> None:
+    """End a skipped step's loss-scaler iteration (fp16): record the non-finite gradients if the
+    clipping did not (`unscaled` False: the loss itself was not finite, nothing was clipped), then
+    `update()`, which halves the scale (`backoff_factor`) and resets the per-optimizer state that
+    the next `unscale_()` checks. No scaler (fp32, bf16, no accelerator): nothing to do."""
+    scaler = None if accelerator is None else getattr(accelerator, "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return
+    if not unscaled:
+        accelerator.unscale_gradients()
+    scaler.update()
 
 
 def _retrying(attempt, params: LearnerParams, on_oom: OomRetry | None, retries: list[int]):
