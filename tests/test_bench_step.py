@@ -47,7 +47,16 @@ def test_bench_mismatch_tiny_reports_the_gap_and_where_it_starts(tmp_path):
         for strategy in ("none", "neighbor"):
             result = entry[strategy]
             assert result["tokens"] == 2 * 2 * 8
-            assert result["mismatch"]["mismatch/logp_abs_max"] >= 0
+            gap, other = result["mismatch"], report["precisions"]["compute"][strategy]["mismatch"]
+            if precision == "compute":  # the bf16 residual stream moves the log-probs
+                assert gap["mismatch/logp_abs_max"] > 0
+            else:  # the fp32 residual stream and head remove (most of) that gap
+                assert gap["mismatch/logp_abs_max"] < other["mismatch/logp_abs_max"]
+            if strategy == "none":  # nothing mixed, nothing measured after a mix
+                assert result["mixed_tokens"] == result["after_mixed_tokens"] == 0
+                assert gap["mismatch/mixed/logp_abs_max"] == 0.0
+            else:  # the tokens after a mix: one fewer per row whose last input was mixed
+                assert 0 < result["after_mixed_tokens"] <= result["mixed_tokens"]
             layers = result["layers"]
             assert [x["point"] for x in layers] == ["layer_0", "layer_1", "final_norm"]  # 2 layers
             if precision == "learner":  # layer 0 reads the same fp32 embedding on both paths

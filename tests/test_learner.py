@@ -6,17 +6,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import pytest
 import torch
 from factories import tiny_lm
+from numerics import REPLAY_ATOL
 from transformers import Qwen2ForCausalLM
 
 import ngrpo.learner.scored
 import ngrpo.learner.update
-from ngrpo.learner.update import LearnerParams, sequence_logprobs, update_policy
+from ngrpo.learner.update import (
+    LearnerParams,
+    recompute_old_logprobs,
+    sequence_logprobs,
+    update_policy,
+)
 from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.method.neighbors import NeighborIndex, bruteforce_neighbors
+from ngrpo.method.rollout_correction import mismatch_metrics
+from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.rollout import SamplingParams, generate
 
 PAD, EOS, MARKER = 0, [1], [4]
@@ -102,11 +111,12 @@ def test_recomputed_old_logprobs_make_the_first_mini_batch_ratios_exactly_one_in
     exact = results["recompute"]
     assert exact["actor/ratio_min"] == 1.0 and exact["actor/ratio_max"] == 1.0
     assert exact["actor/clip_frac"] == 0.0 and exact["time/old_logprobs_s"] > 0
-    # the gap is measured: the rollout's own log-probs are not the learner's
-    assert exact["mismatch/logp_abs_max"] > 1e-2
-    assert exact["mismatch/kl_k3"] >= 0 and exact["mismatch/seq_log_ratio_abs_max"] > 0
-    if strategy == "neighbor":
-        assert exact["mismatch/mixed/logp_abs_max"] > 0  # mixed positions measured on their own
+    # the gap measured is π_old's (the learner's own pass) against the rollout's log-probs, on
+    # every loss token, the positions after a mix separately
+    old = _bf16(lambda: recompute_old_logprobs(model, batch, _params(old_logprobs="recompute")))
+    expect = mismatch_metrics(old, batch.logprobs, batch.response_mask, batch.mixed)
+    assert {k: exact[k] for k in expect} == pytest.approx(expect, rel=1e-6, abs=1e-9)
+    assert exact["actor/replay_logp_err"] == expect["mismatch/logp_abs_max"]
     rollout = results["rollout"]  # π_old = the rollout's: ratios move by the gap
     assert rollout["actor/ratio_max"] > 1.0 or rollout["actor/ratio_min"] < 1.0
     assert "time/old_logprobs_s" not in rollout
@@ -114,23 +124,56 @@ def test_recomputed_old_logprobs_make_the_first_mini_batch_ratios_exactly_one_in
     assert rollout["mismatch/logp_abs_max"] == pytest.approx(exact["mismatch/logp_abs_max"])
 
 
+def _first_tokens(batch, row: int, tokens: int, gap: float):
+    """Row `row` of `batch` cut to its first `tokens` response tokens, with the rollout's log-probs
+    lowered by `gap / tokens` each: log π_old − log π_rollout sums to `gap` over the row (fp32:
+    π_old recomputed equals the rollout's within the replay invariant's 1e-4)."""
+    one = batch.select([row])
+    assert int(one.response_mask.sum()) >= tokens
+    end = one.prompt_ids.shape[1] + tokens
+    soft = one.soft_inputs
+    return dataclasses.replace(
+        one, response_ids=one.response_ids[:, :tokens], response_mask=one.response_mask[:, :tokens],
+        logprobs=one.logprobs[:, :tokens] - gap / tokens, mixed=one.mixed[:, :tokens],
+        eligible=None, truncated=None,
+        soft_inputs=SoftInputs(soft.ids[:, :end], soft.weights[:, :end],
+                               None if soft.noise is None else soft.noise[:, :end]),
+    )  # fmt: skip
+
+
+def _policy_gradient(model, batch, mode: str, cap: float) -> torch.Tensor:
+    """The gradient (flattened) of one update's loss on `batch` (one row, advantage 1)."""
+    model.zero_grad(set_to_none=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    params = LearnerParams(group_size=1, mini_batch_groups=1, micro_batch_size=1,
+                           max_grad_norm=None, old_logprobs="recompute", rollout_correction=mode,
+                           rollout_correction_cap=cap)  # fmt: skip
+    update_policy(model, optimizer, None, batch, torch.tensor([1.0]), params)
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
 @pytest.mark.numerics
-def test_rollout_correction_weights_the_policy_gradient_in_the_update():
-    model = _tiny()
-    batch = _with_rollout_gap(_bf16(lambda: _rollouts(model, "neighbor", mix_rate=0.5)))
-    advantages = _advantages(len(batch.response_ids))
-    metrics = {}
-    for mode in ("none", "token_truncate", "sequence_mask"):
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        params = _params(old_logprobs="recompute", rollout_correction=mode,
-                         rollout_correction_cap=1.001)  # fmt: skip
-        metrics[mode] = _bf16(lambda p=params, o=optimizer: update_policy(
-            model, o, None, batch, advantages, p))  # fmt: skip
-    assert "rollout_correction/weight_mean" not in metrics["none"]
-    truncated = metrics["token_truncate"]
-    assert 0 < truncated["rollout_correction/truncated_frac"] < 1
-    assert truncated["loss/pg"] != pytest.approx(metrics["none"]["loss/pg"])
-    assert metrics["sequence_mask"]["rollout_correction/masked_frac"] > 0
+@pytest.mark.parametrize("gap", [0.3, 0.5])  # e^0.3 = 1.35 under the cap 1.5, e^0.5 = 1.65 over
+def test_each_correction_mode_scales_the_gradient_by_its_hand_computed_weight(gap):
+    """One token (token modes) or one three-token sequence (sequence modes) whose rollout log-prob
+    lies `gap` below π_old: the corrected gradient is w × the uncorrected one, with w = e^gap,
+    truncated to the cap (TIS) or 0 above it (MIS)."""
+    model = tiny_lm(seed=0, max_positions=128).eval()  # no dropout: the passes are comparable
+    batch = _rollouts(model, "neighbor", mix_rate=0.5)
+    cap, weight = 1.5, math.exp(gap)
+    for mode in ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"):
+        row = _first_tokens(batch, row=1, tokens=1 if mode.startswith("token") else 3, gap=gap)
+        plain = _policy_gradient(model, row, "none", cap)
+        corrected = _policy_gradient(model, row, mode, cap)
+        kept = weight if weight <= cap else 0.0  # MIS: the token (sequence) is left out
+        expect = min(weight, cap) if mode.endswith("truncate") else kept
+        scale = float(plain.abs().max())
+        assert scale > 0
+        # same math, another order: w comes from the recomputed π_old, e^(gap ± 3 REPLAY_ATOL)
+        # over three tokens; the scaled loss's backward rounds each element within about
+        # sqrt(20 ops) * sqrt(64) * eps = 4e-6 of the largest gradient (numerics.REPLAY_ATOL)
+        rtol = math.expm1(3 * REPLAY_ATOL)
+        torch.testing.assert_close(corrected, expect * plain, rtol=rtol, atol=1e-5 * scale)
 
 
 def test_ratio_extremes_are_the_extremes_over_micro_batches():
