@@ -178,11 +178,48 @@ def test_each_correction_mode_scales_the_gradient_by_its_hand_computed_weight(ga
 
 def test_ratio_extremes_are_the_extremes_over_micro_batches():
     averages = ngrpo.learner.update._Averages()
-    averages.add({"actor/ratio_min": 0.9, "actor/ratio_max": 1.1, "loss/pg": 1.0})
-    averages.add({"actor/ratio_min": 0.7, "actor/ratio_max": 1.05, "loss/pg": 3.0})
+    averages.add({"actor/ratio_min": 0.9, "actor/ratio_max": 1.1, "actor/ratio_mean": 1.0,
+                  "actor/ratio_tokens": 3.0, "loss/pg": 1.0})  # fmt: skip
+    averages.add({"actor/ratio_min": 0.7, "actor/ratio_max": 1.05, "actor/ratio_mean": 0.8,
+                  "actor/ratio_tokens": 1.0, "loss/pg": 3.0})  # fmt: skip
+    averages.add({"actor/ratio_min": 1.0, "actor/ratio_max": 1.0, "actor/ratio_mean": 1.0,
+                  "actor/ratio_tokens": 0.0, "loss/pg": 2.0})  # fmt: skip  # nothing scored
     result = averages.result()
     assert result["actor/ratio_min"] == 0.7 and result["actor/ratio_max"] == 1.1
-    assert result["loss/pg"] == 2.0
+    assert result["actor/ratio_mean"] == pytest.approx((3 * 1.0 + 0.8) / 4)  # token-weighted
+    assert result["actor/ratio_tokens"] == 4.0 and result["loss/pg"] == 2.0
+    empty = ngrpo.learner.update._Averages()
+    empty.add({"actor/ratio_min": 1.0, "actor/ratio_max": 1.0, "actor/ratio_mean": 1.0,
+               "actor/ratio_tokens": 0.0})  # fmt: skip
+    assert empty.result() == {"actor/ratio_min": 1.0, "actor/ratio_max": 1.0,
+                              "actor/ratio_mean": 1.0, "actor/ratio_tokens": 0.0}  # fmt: skip
+
+
+@pytest.mark.numerics
+def test_a_micro_batch_of_truncated_rows_adds_no_ratio_and_the_mean_weighs_tokens():
+    """Rows 0-1 truncated under `mask_truncated_completions`: their micro-batch scores no token and
+    must not put ratio 1 into the extremes; the rollout's log-probs lowered by 0.1 + 0.05 * row
+    make every scored ratio e^(0.1 + 0.05 * row) > 1, and `actor/ratio_mean` is their token mean."""
+    model = _tiny()
+    batch = _rollouts(model, "none")
+    mask = batch.response_mask.bool()
+    n = len(mask)
+    gap = 0.1 + 0.05 * torch.arange(n, dtype=torch.float32)[:, None]  # (N, 1)
+    truncated = torch.zeros(n, dtype=torch.bool)
+    truncated[:2] = True
+    batch = dataclasses.replace(
+        batch, logprobs=torch.where(mask, batch.logprobs - gap, 0.0), truncated=truncated
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    params = _params(micro_batch_size=2, mask_truncated_completions=True)  # rows 0-1 alone
+    metrics = update_policy(model, optimizer, None, batch, _advantages(n), params)
+    scored = mask & ~truncated[:, None]  # (N, T)
+    ratios = torch.exp(gap.expand_as(mask))[scored]  # π_old = π_rollout e^gap (replay: ±1e-4)
+    rtol = math.expm1(REPLAY_ATOL)
+    assert metrics["actor/ratio_min"] == pytest.approx(float(ratios.min()), rel=rtol)
+    assert metrics["actor/ratio_max"] == pytest.approx(float(ratios.max()), rel=rtol)
+    assert metrics["actor/ratio_mean"] == pytest.approx(float(ratios.mean()), rel=rtol)
+    assert metrics["actor/ratio_tokens"] == float(scored.sum())
 
 
 def _fed_ids(batch) -> tuple[set[int], set[int]]:

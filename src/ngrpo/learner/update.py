@@ -89,7 +89,7 @@ from ngrpo.learner.policy import as_policy, policy_scores
 from ngrpo.learner.scored import recompute_old_logprobs, reference_logprobs
 from ngrpo.learner.scoring import score_tokens
 from ngrpo.method.losses import AGGREGATIONS, grpo_loss, resolve_aggregation
-from ngrpo.method.rollout_correction import importance_weights, mismatch_metrics
+from ngrpo.method.rollout_correction import MEAN_WEIGHTS, importance_weights, mismatch_metrics
 from ngrpo.rollout import RolloutBatch
 from ngrpo.sharding.data_parallel import global_loss_normalizer
 from ngrpo.utils.oom import PhaseOutOfMemory, oom_phase
@@ -99,6 +99,11 @@ log = logging.getLogger(__name__)
 REPLAY_ERR = "actor/replay_logp_err"  # largest |learner − rollout| log-prob: mismatch/logp_abs_max
 MIN_KEYS = ("actor/ratio_min",)  # metrics reduced by their minimum over micro-batches
 MAX_KEYS = ("actor/ratio_max",)  # ... and by their maximum
+RATIO_TOKENS = "actor/ratio_tokens"  # the loss tokens behind `actor/ratio_*` (summed)
+WEIGHTED_KEYS = {"actor/ratio_mean": RATIO_TOKENS, **MEAN_WEIGHTS}
+"""Means weighted by a count (mean key -> count key) when micro-batches or processes combine; the
+counts are summed. `MIN_KEYS` / `MAX_KEYS` skip what has no `RATIO_TOKENS` (nothing was scored:
+e.g. a micro-batch of truncated rows under `mask_truncated_completions`)."""
 OLD_LOGPROBS = ("rollout", "recompute")
 __all__ = [  # the learner's public names, including those defined by its parts
     "LearnerParams", "loss_mask", "micro_batches", "recompute_old_logprobs",
@@ -140,24 +145,41 @@ def _agreed(ok: bool, accelerator, device) -> bool:
 
 class _Averages:
     """Running means of metric dicts; `MIN_KEYS` keep their minimum and `MAX_KEYS` their maximum
-    instead (the extremes of the ratio, not a mean of per-micro-batch extremes)."""
+    instead (the extremes of the ratio, not a mean of per-micro-batch extremes), over the parts
+    that scored a loss token; `actor/ratio_mean` is weighted by `RATIO_TOKENS`, which is summed.
+    A result that scored no token at all reports ratios of 1 (and `RATIO_TOKENS` 0)."""
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, float] = {}
 
     def add(self, metrics: dict[str, float]) -> None:
+        tokens = metrics.get(RATIO_TOKENS)
         for key, value in metrics.items():
+            value = float(value)
             if key in MIN_KEYS or key in MAX_KEYS:
+                if tokens == 0:
+                    continue  # no loss token: no ratio (the loss function reports 1)
                 pick = min if key in MIN_KEYS else max
-                self.totals[key] = pick(self.totals.get(key, float(value)), float(value))
-                self.counts[key] = 1
-                continue
-            self.totals[key] = self.totals.get(key, 0.0) + float(value)
-            self.counts[key] = self.counts.get(key, 0) + 1
+                self.totals[key] = pick(self.totals.get(key, value), value)
+                self.counts[key] = 1.0
+            elif key == RATIO_TOKENS:
+                self.totals[key] = self.totals.get(key, 0.0) + value
+                self.counts[key] = 1.0
+            else:
+                weight = tokens if key == "actor/ratio_mean" and tokens is not None else 1.0
+                self.totals[key] = self.totals.get(key, 0.0) + value * weight
+                self.counts[key] = self.counts.get(key, 0.0) + weight
 
     def result(self) -> dict[str, float]:
-        return {key: self.totals[key] / self.counts[key] for key in self.totals}
+        result = {
+            key: self.totals[key] / self.counts[key] if self.counts[key] else 1.0
+            for key in self.totals
+        }
+        if RATIO_TOKENS in result:  # every part empty: the extremes of no ratio are 1
+            for key in (*MIN_KEYS, *MAX_KEYS):
+                result.setdefault(key, 1.0)
+        return result
 
 
 OomRetry = Callable[[LearnerParams, PhaseOutOfMemory], "LearnerParams | None"]
@@ -364,6 +386,7 @@ def _accumulate(
                 is_weights=None if params.rollout_correction == "none"
                 else is_weights[micro, :width],
             )  # fmt: skip
+            metrics[RATIO_TOKENS] = float(sub_mask.sum())
             finite = finite & torch.isfinite(loss.detach())
             if accelerator is not None:
                 accelerator.backward(loss)

@@ -14,6 +14,8 @@ Measures (`mismatch_metrics`, δ_t = log π_old(y_t) − log π_rollout(y_t) ove
     mismatch/seq_log_ratio_abs_mean, _abs_max           |Σ_t δ_t| per sequence (the sequence-level
                                                         log importance ratio)
     mismatch/frac_over_0.1                              share of tokens with |δ_t| > 0.1
+    mismatch/tokens, mismatch/sequences                 how many were measured (the weights of
+                                                        the means when processes are combined)
 and, over the positions right after a mixed input alone, the token measures again under
 `mismatch/mixed/`. `RolloutBatch.mixed[:, t]` marks that the *input* fed at response position t
 was a soft input; the log-probability recorded at t was computed before that input (it scores y_t,
@@ -42,6 +44,14 @@ from ngrpo.utils.errors import NgrpoError
 
 CORRECTIONS = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 MISMATCH_THRESHOLD = 0.1  # nats: `mismatch/frac_over_0.1`
+_TOKEN_MEANS = ("logp_abs_mean", "kl_k3", "frac_over_0.1")
+MEAN_WEIGHTS = {  # each mean of `mismatch_metrics` -> the count it averages over
+    **{f"mismatch/{key}": "mismatch/tokens" for key in _TOKEN_MEANS},
+    "mismatch/seq_log_ratio_abs_mean": "mismatch/sequences",
+    **{f"mismatch/mixed/{key}": "mismatch/mixed/tokens" for key in _TOKEN_MEANS},
+}
+"""How `mismatch_metrics` from several processes (or batches) combine: each mean weighted by its
+count, the counts summed, the maxima maximal."""
 
 
 def check_correction(mode: str, cap: float) -> None:
@@ -110,6 +120,7 @@ def mismatch_metrics(
     seq = delta.sum(dim=1)[rows].abs()  # (n,)
     metrics["mismatch/seq_log_ratio_abs_mean"] = float(seq.mean()) if seq.numel() else 0.0
     metrics["mismatch/seq_log_ratio_abs_max"] = float(seq.max()) if seq.numel() else 0.0
+    metrics["mismatch/sequences"] = float(seq.numel())
     if mixed is not None:
         metrics.update(_token_measures(delta, valid & after_mixed(mixed), "mismatch/mixed/"))
     return metrics
@@ -128,10 +139,10 @@ def after_mixed(mixed: torch.Tensor) -> torch.Tensor:
 def _token_measures(delta: torch.Tensor, valid: torch.Tensor, prefix: str) -> dict[str, float]:
     d = delta[valid]  # (M,)
     if d.numel() == 0:
-        return {f"{prefix}{key}": 0.0 for key in ("logp_abs_mean", "logp_abs_max", "kl_k3",
-                                                   "frac_over_0.1")}  # fmt: skip
+        return {f"{prefix}{key}": 0.0 for key in (*_TOKEN_MEANS, "logp_abs_max", "tokens")}
     clamped = d.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return {
+        f"{prefix}tokens": float(d.numel()),
         f"{prefix}logp_abs_mean": float(d.abs().mean()),
         f"{prefix}logp_abs_max": float(d.abs().max()),
         f"{prefix}kl_k3": float((torch.exp(clamped) - clamped - 1.0).mean()),

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from ngrpo.learner.update import MAX_KEYS, MIN_KEYS, update_policy
+from ngrpo.learner.update import MAX_KEYS, MIN_KEYS, RATIO_TOKENS, WEIGHTED_KEYS, update_policy
 from ngrpo.trainer.oom import oom_retry
 from ngrpo.trainer.setup import Run
 from ngrpo.utils.oom import oom_phase
@@ -42,22 +42,42 @@ MIN_METRICS = MIN_KEYS  # the smallest over processes
 
 
 def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
-    """Metrics over all processes: sums for `SUMMED_METRICS`, maxima for `MAX_METRICS`, minima for
-    `MIN_METRICS`, means for the rest (identity in a single process). Every process must hold the
-    same keys (they do: same code, same config)."""
+    """Metrics over all processes: sums for `SUMMED_METRICS` and the counts of `WEIGHTED_KEYS`,
+    means weighted by those counts for `WEIGHTED_KEYS`, maxima for `MAX_METRICS`, minima for
+    `MIN_METRICS` (the ratio's over the processes that scored a loss token), means for the rest
+    (identity in a single process). Every process must hold the same keys (they do: same code,
+    same config)."""
     world = run.accelerator.num_processes
     if world == 1:
         return metrics
     keys = sorted(metrics)
     values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
     gathered = run.accelerator.gather(values.to(run.accelerator.device)).view(world, -1).cpu()
-    sums, maxima, minima = gathered.sum(0), gathered.max(0).values, gathered.min(0).values
-    return {
-        key: float(maxima[i]) if key in MAX_METRICS
-        else float(minima[i]) if key in MIN_METRICS
-        else float(sums[i]) if key in SUMMED_METRICS else float(sums[i]) / world
-        for i, key in enumerate(keys)
-    }  # fmt: skip
+    return _combine(keys, gathered)
+
+
+def _combine(keys: list[str], gathered: torch.Tensor) -> dict[str, float]:
+    """`_reduce`'s rule over the processes' values (world, len(keys)), float64."""
+    column = {key: gathered[:, i] for i, key in enumerate(keys)}
+    counts = set(WEIGHTED_KEYS.values())
+    scored = column[RATIO_TOKENS] > 0 if RATIO_TOKENS in column else None  # (world,)
+    out = {}
+    for key, x in column.items():
+        if key in (*MIN_KEYS, *MAX_KEYS) and scored is not None and bool(scored.any()):
+            x = x[scored]  # a process without loss tokens has no ratio (it reports 1)
+        if key in WEIGHTED_KEYS and WEIGHTED_KEYS[key] in column:
+            weight, total = column[WEIGHTED_KEYS[key]], float(column[WEIGHTED_KEYS[key]].sum())
+            empty = 1.0 if key == "actor/ratio_mean" else 0.0  # nothing measured anywhere
+            out[key] = float((x * weight).sum()) / total if total > 0 else empty
+        elif key in MAX_METRICS:
+            out[key] = float(x.max())
+        elif key in MIN_METRICS:
+            out[key] = float(x.min())
+        elif key in SUMMED_METRICS or key in counts:
+            out[key] = float(x.sum())
+        else:
+            out[key] = float(x.sum()) / len(x)
+    return out
 
 
 # ------------------------------------------------------------------------------------ one step
