@@ -141,13 +141,13 @@ def _first_tokens(batch, row: int, tokens: int, gap: float):
     )  # fmt: skip
 
 
-def _policy_gradient(model, batch, mode: str, cap: float) -> torch.Tensor:
+def _policy_gradient(model, batch, mode: str, cap: float, **kw) -> torch.Tensor:
     """The gradient (flattened) of one update's loss on `batch` (one row, advantage 1)."""
     model.zero_grad(set_to_none=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     params = LearnerParams(group_size=1, mini_batch_groups=1, micro_batch_size=1,
                            max_grad_norm=None, old_logprobs="recompute", rollout_correction=mode,
-                           rollout_correction_cap=cap)  # fmt: skip
+                           rollout_correction_cap=cap, **kw)  # fmt: skip
     update_policy(model, optimizer, None, batch, torch.tensor([1.0]), params)
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
@@ -174,6 +174,23 @@ def test_each_correction_mode_scales_the_gradient_by_its_hand_computed_weight(ga
         # sqrt(20 ops) * sqrt(64) * eps = 4e-6 of the largest gradient (numerics.REPLAY_ATOL)
         rtol = math.expm1(3 * REPLAY_ATOL)
         torch.testing.assert_close(corrected, expect * plain, rtol=rtol, atol=1e-5 * scale)
+
+
+@pytest.mark.numerics
+def test_masked_tokens_keep_their_place_in_the_normaliser_or_leave_the_loss_mask():
+    """Two tokens, the first's weight e^1 above the cap 1.5 (masked), the second's 1. `keep`
+    (TRL): loss = (0 + ρ_2 A) / 2; `drop` (verl's rejection sampling): loss = ρ_2 A / 1, twice
+    the gradient."""
+    model = tiny_lm(seed=0, max_positions=128).eval()
+    row = _first_tokens(_rollouts(model, "neighbor", mix_rate=0.5), row=1, tokens=2, gap=0.0)
+    row = dataclasses.replace(row, logprobs=row.logprobs - torch.tensor([[1.0, 0.0]]))
+    keep = _policy_gradient(model, row, "token_mask", 1.5, rollout_correction_masked="keep")
+    drop = _policy_gradient(model, row, "token_mask", 1.5, rollout_correction_masked="drop")
+    scale = float(keep.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(drop, 2.0 * keep, rtol=0, atol=1e-5 * scale)  # rounding: as above
+    truncate = _policy_gradient(model, row, "token_truncate", 1.5, rollout_correction_masked="drop")
+    assert not torch.allclose(truncate, drop)  # truncation leaves no token out: nothing dropped
 
 
 def test_ratio_extremes_are_the_extremes_over_micro_batches():

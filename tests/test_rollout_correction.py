@@ -14,6 +14,7 @@ from ngrpo.method.rollout_correction import (
     after_mixed,
     check_correction,
     importance_weights,
+    masked_tokens,
     mismatch_metrics,
 )
 from ngrpo.rollout import SamplingParams, generate
@@ -53,6 +54,24 @@ def test_sequence_modes_hand_example():
     torch.testing.assert_close(masked[0], torch.zeros(3))  # the whole sequence is left out
     torch.testing.assert_close(masked[1], torch.full((3,), math.exp(0.85)))
     assert metrics["rollout_correction/masked_frac"] == pytest.approx(3 / 5)
+
+
+def test_a_lower_bound_truncates_up_or_masks_below_it():
+    # token weights: e^0.5, e^-0.2 = 0.8187, e^1 -> cap 2, e^-0.05 = 0.9512, e^0.9 = 2.46 -> cap 2
+    truncated, metrics = importance_weights(OLD, ROLLOUT, MASK, "token_truncate", 2.0, floor=0.9)
+    expect = torch.tensor([[math.exp(0.5), 0.9, 2.0], [math.exp(-0.05), 2.0, 1.0]])
+    torch.testing.assert_close(truncated, expect)
+    assert metrics["rollout_correction/truncated_frac"] == pytest.approx(3 / 5)
+    masked, metrics = importance_weights(OLD, ROLLOUT, MASK, "token_mask", 2.0, floor=0.9)
+    expect = torch.tensor([[math.exp(0.5), 0.0, 0.0], [math.exp(-0.05), 0.0, 1.0]])
+    torch.testing.assert_close(masked, expect)
+    assert metrics["rollout_correction/masked_frac"] == pytest.approx(3 / 5)
+    # sequence level, the gap reversed: row 0 e^-1.3 = 0.273 (under floor 0.3), row 1 e^-0.85
+    masked, _ = importance_weights(ROLLOUT, OLD, MASK, "sequence_mask", 2.0, floor=0.3)
+    torch.testing.assert_close(masked[0], torch.zeros(3))
+    torch.testing.assert_close(masked[1], torch.full((3,), math.exp(-0.85)))
+    assert masked_tokens(masked, "sequence_mask").tolist() == [[True] * 3, [False] * 3]
+    assert not masked_tokens(truncated, "token_truncate").any()  # truncation leaves nothing out
 
 
 def test_none_and_equal_policies_give_weights_of_exactly_one():
@@ -108,6 +127,8 @@ def test_mismatch_metrics_hand_example():
 def test_bad_settings_name_the_key(mode, cap, fragment):
     with pytest.raises(NgrpoError, match=fragment):
         check_correction(mode, cap)
+    with pytest.raises(NgrpoError, match="train.rollout_correction_min must be in"):
+        check_correction("token_mask", 2.0, floor=1.2)
 
 
 def test_after_mixed_moves_the_marks_one_position_right():

@@ -25,7 +25,9 @@ Choices worth knowing:
   log-probabilities with the rollout's on every token under `recompute`, on the tokens scored
   before the first optimizer step under `rollout`; `actor/replay_logp_err` is its maximum.
   `rollout_correction` multiplies each token's policy-gradient term by a truncated or masked
-  importance weight π_old / π_rollout (exactly 1 under `rollout`).
+  importance weight π_old / π_rollout (exactly 1 under `rollout`); with
+  `rollout_correction_masked="drop"` the tokens a `*_mask` mode leaves out also leave the loss
+  mask (normaliser, KL and entropy terms), as verl's rejection sampling does.
 - The mini-batch's loss normaliser (tokens or sequences) is computed once over the whole
   mini-batch and shared by its micro-batches, so accumulation equals one big batch exactly. Under
   data parallelism it is summed over the processes and each process's loss scaled by the world
@@ -89,7 +91,13 @@ from ngrpo.learner.policy import as_policy, policy_scores
 from ngrpo.learner.scored import recompute_old_logprobs, reference_logprobs
 from ngrpo.learner.scoring import score_tokens
 from ngrpo.method.losses import AGGREGATIONS, grpo_loss, resolve_aggregation
-from ngrpo.method.rollout_correction import MEAN_WEIGHTS, importance_weights, mismatch_metrics
+from ngrpo.method.rollout_correction import (
+    MASKED,
+    MEAN_WEIGHTS,
+    importance_weights,
+    masked_tokens,
+    mismatch_metrics,
+)
 from ngrpo.rollout import RolloutBatch
 from ngrpo.sharding.data_parallel import global_loss_normalizer
 from ngrpo.utils.oom import PhaseOutOfMemory, oom_phase
@@ -224,6 +232,9 @@ def update_policy(
     """
     if params.old_logprobs not in OLD_LOGPROBS:
         raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS}, got {params.old_logprobs!r}")
+    if params.rollout_correction_masked not in MASKED:
+        raise ValueError(f"rollout_correction_masked must be one of {MASKED}, got "
+                         f"{params.rollout_correction_masked!r}")  # fmt: skip
     model = as_policy(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     world = 1 if accelerator is None else accelerator.num_processes
@@ -251,8 +262,11 @@ def update_policy(
         learner_logp, measured = old_logp, mask
         clock.lap("time/old_logprobs_s")
     is_weights, correction_metrics = importance_weights(
-        old_logp, batch.logprobs, mask, params.rollout_correction, params.rollout_correction_cap
-    )  # (N, T), exactly 1 when π_old is the rollout's
+        old_logp, batch.logprobs, mask, params.rollout_correction, params.rollout_correction_cap,
+        params.rollout_correction_min,
+    )  # (N, T), exactly 1 when π_old is the rollout's  # fmt: skip
+    if params.rollout_correction_masked == "drop":  # verl's rejection sampling: out of the mask
+        mask = mask * ~masked_tokens(is_weights, params.rollout_correction)  # (N, T)
     minis = mini_batches(batch, params)
     averages = _Averages()
     skipped, grad_norms, first = 0, [], True
