@@ -15,8 +15,9 @@ from ngrpo.config import load_config
 from ngrpo.learner.update import sequence_logprobs
 from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.rollout import SamplingParams, generate
+from ngrpo.rollout.batch import concat_batches
 from ngrpo.trainer import load_run_config, read_metrics, train
-from ngrpo.trainer.dynamic_sampling import cat_batches, merge_stats, varied_groups
+from ngrpo.trainer.dynamic_sampling import cat_batches, merge_stats, renumbered, varied_groups
 
 PAD, EOS, MARKER = 0, [1], [4]
 
@@ -43,7 +44,11 @@ def test_merged_rounds_keep_every_row_and_replay_exactly(strategy):
         model, [[30]], SamplingParams(n=2, max_new_tokens=11), eos_token_id=[],
         pad_token_id=PAD, exploration=explore, answer_start_ids=MARKER, training=True, seed=1,
     )  # fmt: skip
-    merged = cat_batches([a.select(torch.tensor([2, 3])), b], PAD)
+    merged = renumbered(concat_batches([a.select(torch.tensor([2, 3])), b], PAD))
+    with pytest.warns(DeprecationWarning, match="concat_batches"):  # the old name still works
+        old = cat_batches([a.select(torch.tensor([2, 3])), b], PAD)
+    assert torch.equal(old.soft_inputs.weights, merged.soft_inputs.weights)
+    assert torch.equal(old.prompt_index, merged.prompt_index)
     assert merged.prompt_ids.shape == (4, 5) and merged.response_ids.shape == (4, 11)
     assert merged.prompt_index.tolist() == [0, 0, 1, 1]
     # rows keep their tokens (prompts left-padded, responses right-padded)
