@@ -76,3 +76,22 @@ def test_bench_step_bad_arguments(capsys):
     assert "--strategies: unknown ['fast']" in capsys.readouterr().err
     assert main(["bench", "mismatch", "--dtype", "float32"]) == 2
     assert "--dtype must be one of bfloat16, float16" in capsys.readouterr().err
+
+
+def test_bench_threads_end_with_the_command(tmp_path):
+    """`--threads` sets torch's CPU thread count for the bench only: a library caller of `main`
+    gets its own count back (before: the bench's stayed set for the rest of the process)."""
+    import torch
+
+    before = torch.get_num_threads()
+    mine = 1 if before > 1 else 2  # a count the bench's --threads is not
+    torch.set_num_threads(mine)
+    try:
+        argv = ["bench", "mismatch", "--preset", "tiny", "--prompts", "1", "--n", "1",
+                "--prompt-tokens", "4", "--new-tokens", "2", "--micro-batch", "1",
+                "--strategies", "none", "--threads", str(mine + 1),
+                "--json", str(tmp_path / "m.json")]  # fmt: skip
+        assert main(argv) == 0
+        assert torch.get_num_threads() == mine
+    finally:
+        torch.set_num_threads(before)
