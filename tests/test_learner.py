@@ -14,6 +14,7 @@ from factories import tiny_lm
 from numerics import REPLAY_ATOL
 from transformers import Qwen2ForCausalLM
 
+import ngrpo.learner.averages
 import ngrpo.learner.scored
 import ngrpo.learner.update
 from ngrpo.learner.update import (
@@ -194,7 +195,7 @@ def test_masked_tokens_keep_their_place_in_the_normaliser_or_leave_the_loss_mask
 
 
 def test_ratio_extremes_are_the_extremes_over_micro_batches():
-    averages = ngrpo.learner.update._Averages()
+    averages = ngrpo.learner.averages.Averages()
     averages.add({"actor/ratio_min": 0.9, "actor/ratio_max": 1.1, "actor/ratio_mean": 1.0,
                   "actor/ratio_tokens": 3.0, "loss/pg": 1.0})  # fmt: skip
     averages.add({"actor/ratio_min": 0.7, "actor/ratio_max": 1.05, "actor/ratio_mean": 0.8,
@@ -205,7 +206,7 @@ def test_ratio_extremes_are_the_extremes_over_micro_batches():
     assert result["actor/ratio_min"] == 0.7 and result["actor/ratio_max"] == 1.1
     assert result["actor/ratio_mean"] == pytest.approx((3 * 1.0 + 0.8) / 4)  # token-weighted
     assert result["actor/ratio_tokens"] == 4.0 and result["loss/pg"] == 2.0
-    empty = ngrpo.learner.update._Averages()
+    empty = ngrpo.learner.averages.Averages()
     empty.add({"actor/ratio_min": 1.0, "actor/ratio_max": 1.0, "actor/ratio_mean": 1.0,
                "actor/ratio_tokens": 0.0})  # fmt: skip
     assert empty.result() == {"actor/ratio_min": 1.0, "actor/ratio_max": 1.0,

@@ -76,6 +76,7 @@ from functools import partial
 
 import torch
 
+from ngrpo.learner.averages import MAX_KEYS, MIN_KEYS, RATIO_TOKENS, WEIGHTED_KEYS, Averages
 from ngrpo.learner.batching import (
     LearnerParams,
     budget_tokens,
@@ -93,7 +94,6 @@ from ngrpo.learner.scoring import score_tokens
 from ngrpo.method.losses import AGGREGATIONS, grpo_loss, resolve_aggregation
 from ngrpo.method.rollout_correction import (
     MASKED,
-    MEAN_WEIGHTS,
     importance_weights,
     masked_tokens,
     mismatch_metrics,
@@ -105,17 +105,11 @@ from ngrpo.utils.oom import PhaseOutOfMemory, oom_phase
 log = logging.getLogger(__name__)
 
 REPLAY_ERR = "actor/replay_logp_err"  # largest |learner − rollout| log-prob: mismatch/logp_abs_max
-MIN_KEYS = ("actor/ratio_min",)  # metrics reduced by their minimum over micro-batches
-MAX_KEYS = ("actor/ratio_max",)  # ... and by their maximum
-RATIO_TOKENS = "actor/ratio_tokens"  # the loss tokens behind `actor/ratio_*` (summed)
-WEIGHTED_KEYS = {"actor/ratio_mean": RATIO_TOKENS, **MEAN_WEIGHTS}
-"""Means weighted by a count (mean key -> count key) when micro-batches or processes combine; the
-counts are summed. `MIN_KEYS` / `MAX_KEYS` skip what has no `RATIO_TOKENS` (nothing was scored:
-e.g. a micro-batch of truncated rows under `mask_truncated_completions`)."""
 OLD_LOGPROBS = ("rollout", "recompute")
 __all__ = [  # the learner's public names, including those defined by its parts
-    "LearnerParams", "loss_mask", "micro_batches", "recompute_old_logprobs",
-    "reference_logprobs", "sequence_logprobs", "trim_padding", "update_policy",
+    "MAX_KEYS", "MIN_KEYS", "RATIO_TOKENS", "WEIGHTED_KEYS", "LearnerParams", "loss_mask",
+    "micro_batches", "recompute_old_logprobs", "reference_logprobs", "sequence_logprobs",
+    "trim_padding", "update_policy",
 ]  # fmt: skip
 
 
@@ -149,45 +143,6 @@ def _agreed(ok: bool, accelerator, device) -> bool:
         return ok
     flag = torch.tensor([0.0 if ok else 1.0], device=device)
     return float(accelerator.reduce(flag, reduction="sum")) == 0.0
-
-
-class _Averages:
-    """Running means of metric dicts; `MIN_KEYS` keep their minimum and `MAX_KEYS` their maximum
-    instead (the extremes of the ratio, not a mean of per-micro-batch extremes), over the parts
-    that scored a loss token; `actor/ratio_mean` is weighted by `RATIO_TOKENS`, which is summed.
-    A result that scored no token at all reports ratios of 1 (and `RATIO_TOKENS` 0)."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-        self.counts: dict[str, float] = {}
-
-    def add(self, metrics: dict[str, float]) -> None:
-        tokens = metrics.get(RATIO_TOKENS)
-        for key, value in metrics.items():
-            value = float(value)
-            if key in MIN_KEYS or key in MAX_KEYS:
-                if tokens == 0:
-                    continue  # no loss token: no ratio (the loss function reports 1)
-                pick = min if key in MIN_KEYS else max
-                self.totals[key] = pick(self.totals.get(key, value), value)
-                self.counts[key] = 1.0
-            elif key == RATIO_TOKENS:
-                self.totals[key] = self.totals.get(key, 0.0) + value
-                self.counts[key] = 1.0
-            else:
-                weight = tokens if key == "actor/ratio_mean" and tokens is not None else 1.0
-                self.totals[key] = self.totals.get(key, 0.0) + value * weight
-                self.counts[key] = self.counts.get(key, 0.0) + weight
-
-    def result(self) -> dict[str, float]:
-        result = {
-            key: self.totals[key] / self.counts[key] if self.counts[key] else 1.0
-            for key in self.totals
-        }
-        if RATIO_TOKENS in result:  # every part empty: the extremes of no ratio are 1
-            for key in (*MIN_KEYS, *MAX_KEYS):
-                result.setdefault(key, 1.0)
-        return result
 
 
 OomRetry = Callable[[LearnerParams, PhaseOutOfMemory], "LearnerParams | None"]
@@ -268,7 +223,7 @@ def update_policy(
     if params.rollout_correction_masked == "drop":  # verl's rejection sampling: out of the mask
         mask = mask * ~masked_tokens(is_weights, params.rollout_correction)  # (N, T)
     minis = mini_batches(batch, params)
-    averages = _Averages()
+    averages = Averages()
     skipped, grad_norms, first = 0, [], True
     for _ in range(params.num_iterations):
         for number, mini in enumerate(minis, start=1):
@@ -355,14 +310,14 @@ def _accumulate(
     mask: torch.Tensor, advantages: torch.Tensor, ref_logp: torch.Tensor | None,
     old_logp: torch.Tensor, is_weights: torch.Tensor, normalizer: float, accelerator, where: str,
     record: tuple[torch.Tensor, torch.Tensor] | None,
-) -> tuple[bool, _Averages]:  # fmt: skip
+) -> tuple[bool, Averages]:  # fmt: skip
     """Gradients of one mini-batch, accumulated over its micro-batches from zero; returns
     (whether every loss was finite, the micro-batches' metrics). `record`: (log-probs, mask)
     buffers (N, T) that take the learner's log-probs of these rows before any optimizer step (the
     rollout–learner gap when π_old is the rollout's)."""
     optimizer.zero_grad(set_to_none=True)
     finite = torch.ones((), dtype=torch.bool, device=mask.device)  # read once per mini-batch
-    mini_metrics = _Averages()
+    mini_metrics = Averages()
     parts = list(iter_micro_batches(batch, mini, params))
     count = len(parts) + fsdp_padding(len(parts), accelerator, mask.device)
     for i in range(count):
