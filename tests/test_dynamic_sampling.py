@@ -17,7 +17,13 @@ from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.rollout import SamplingParams, generate
 from ngrpo.rollout.batch import concat_batches
 from ngrpo.trainer import load_run_config, read_metrics, train
-from ngrpo.trainer.dynamic_sampling import cat_batches, merge_stats, renumbered, varied_groups
+from ngrpo.trainer.dynamic_sampling import (
+    cat_batches,
+    learner_slots,
+    merge_stats,
+    renumbered,
+    varied_groups,
+)
 
 PAD, EOS, MARKER = 0, [1], [4]
 
@@ -25,6 +31,15 @@ PAD, EOS, MARKER = 0, [1], [4]
 def test_varied_groups_drops_exactly_the_all_equal_groups():
     rewards = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.25]])
     assert varied_groups(rewards).tolist() == [False, False, True, True]
+
+
+def test_learner_slots_split_every_mini_batch_and_the_last_partial_one():
+    # 6 groups, mini-batches of 4 over 2 processes: [0 1 | 2 3] then the partial [4 | 5]
+    assert learner_slots(6, 4, 2, 0) == [0, 1, 4] and learner_slots(6, 4, 2, 1) == [2, 3, 5]
+    # 5 groups: the partial mini-batch's one group cannot be split evenly: left out
+    assert learner_slots(5, 4, 2, 0) == [0, 1] and learner_slots(5, 4, 2, 1) == [2, 3]
+    assert learner_slots(4, 2, 1, 0) == [0, 1, 2, 3]  # one process: everything, in order
+    assert learner_slots(1, 2, 2, 0) == []  # fewer groups than processes: the caller decides
 
 
 def _tiny() -> Qwen2ForCausalLM:

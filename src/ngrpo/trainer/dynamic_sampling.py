@@ -11,6 +11,7 @@ the step.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -72,6 +73,29 @@ def merge_stats(stats: Sequence[dict[str, float]], rows: Sequence[int]) -> dict[
     return merged
 
 
+def _moved(batch: RolloutBatch, device) -> RolloutBatch:
+    """`batch` with every tensor on `device` (stats shared)."""
+    fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    for name, value in fields.items():
+        if isinstance(value, torch.Tensor):
+            fields[name] = value.to(device)
+    fields["soft_inputs"] = batch.soft_inputs.to(device)
+    return RolloutBatch(**fields)
+
+
+def _whole_round(batch, texts, rewards, gather, pad_token_id):
+    """Every process's share of a round as one batch, in rank order (each process rolled out a
+    contiguous share of the round's prompts, so rank order is the round's prompt order)."""
+    device = batch.prompt_ids.device
+    parts = gather((_moved(batch, "cpu"), texts, rewards.cpu()))
+    whole = concat_batches([_moved(b, device) for b, _, _ in parts], pad_token_id)
+    return (
+        whole,
+        [t for _, ts, _ in parts for t in ts],
+        torch.cat([r for *_, r in parts]).to(device),
+    )
+
+
 def collect(
     draw: Callable[[int], list[int]],
     rollout: Callable[[list[int], int], tuple[RolloutBatch, list[str], torch.Tensor]],
@@ -80,11 +104,18 @@ def collect(
     group_size: int,
     max_rounds: int,
     pad_token_id: int,
+    gather: Callable[[object], list] | None = None,
 ) -> tuple[RolloutBatch, list[str], torch.Tensor, dict[str, float]]:
     """Rounds of `need` fresh prompts (`draw(need)` -> indices; `rollout(indices, round)` ->
     (batch, texts, rewards (N,))), keeping the groups whose rewards vary, until `need` are kept
     (the excess of the last round is dropped, as verl does) or `max_rounds` rounds ran; then the
     step trains on what it has, or on the last round as drawn if no group varied at all.
+
+    Several processes: `gather(obj)` returns every process's `obj` in rank order, and `rollout`
+    rolls out this process's contiguous share of the indices it is given. Each round's rollouts
+    are gathered whole, so every process makes the same choice of groups as one process would
+    and returns the same merged batch (the caller takes its share for the learner); the merged
+    `stats` describe this process's own rollouts (the trainer combines processes).
 
     Returns the merged batch, its texts, its rewards (N,) and `rollout/dynamic_sampling_rounds`,
     `rollout/groups_dropped` (all-equal groups seen), `rollout/groups_kept`. The caller's sampler
@@ -96,6 +127,8 @@ def collect(
         rounds += 1
         stats.append(batch.stats)
         rows.append(len(rewards))
+        if gather is not None:
+            batch, texts, rewards = _whole_round(batch, texts, rewards, gather, pad_token_id)
         keep = varied_groups(rewards.view(-1, group_size))  # (P,)
         dropped += int((~keep).sum())
         groups = keep.nonzero().flatten()[: need - have].tolist()
@@ -116,3 +149,16 @@ def collect(
         "rollout/groups_kept": float(have),
     }
     return merged, texts_kept, torch.cat(rewards_kept), metrics
+
+
+def learner_slots(groups: int, mini_batch_prompts: int, world: int, rank: int) -> list[int]:
+    """The merged groups process `rank` learns from: its slice of every mini-batch of
+    `mini_batch_prompts` (`ngrpo.sharding.data_parallel.process_prompt_slots`), the last,
+    partial mini-batch (a step at `max_sampling_rounds` with fewer groups) split evenly, the
+    remainder of that split (fewer than `world` groups) left out."""
+    from ngrpo.sharding.data_parallel import process_prompt_slots
+
+    full = groups // mini_batch_prompts * mini_batch_prompts
+    slots = process_prompt_slots(full, mini_batch_prompts, world, rank) if full else []
+    rest = (groups - full) // world
+    return slots + [full + rank * rest + i for i in range(rest)]

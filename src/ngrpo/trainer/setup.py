@@ -290,11 +290,6 @@ def _check_world_size(cfg: TrainConfig, world: int) -> None:
             f"train.prompts_per_step ({cfg.train.prompts_per_step}) and train.mini_batch_prompts "
             f"({cfg.train.mini_batch_prompts}) must be divisible by the {world} processes"
         )
-    if cfg.train.dynamic_sampling and world > 1:
-        raise NgrpoError(
-            "train.dynamic_sampling runs in a single process for now (kept groups would differ "
-            "between processes); set train.dynamic_sampling=false or run one process"
-        )
     if cfg.train.oom_retry and world > 1:
         raise NgrpoError(
             "train.oom_retry runs in a single process for now (a process out of memory cannot "
