@@ -47,7 +47,16 @@ def test_bench_mismatch_tiny_reports_the_gap_and_where_it_starts(tmp_path):
         for strategy in ("none", "neighbor"):
             result = entry[strategy]
             assert result["tokens"] == 2 * 2 * 8
-            assert result["mismatch"]["mismatch/logp_abs_max"] >= 0
+            gap, other = result["mismatch"], report["precisions"]["compute"][strategy]["mismatch"]
+            if precision == "compute":  # the bf16 residual stream moves the log-probs
+                assert gap["mismatch/logp_abs_max"] > 0
+            else:  # the fp32 residual stream and head remove (most of) that gap
+                assert gap["mismatch/logp_abs_max"] < other["mismatch/logp_abs_max"]
+            if strategy == "none":  # nothing mixed, nothing measured after a mix
+                assert result["mixed_tokens"] == result["after_mixed_tokens"] == 0
+                assert gap["mismatch/mixed/logp_abs_max"] == 0.0
+            else:  # the tokens after a mix: one fewer per row whose last input was mixed
+                assert 0 < result["after_mixed_tokens"] <= result["mixed_tokens"]
             layers = result["layers"]
             assert [x["point"] for x in layers] == ["layer_0", "layer_1", "final_norm"]  # 2 layers
             if precision == "learner":  # layer 0 reads the same fp32 embedding on both paths
@@ -67,3 +76,22 @@ def test_bench_step_bad_arguments(capsys):
     assert "--strategies: unknown ['fast']" in capsys.readouterr().err
     assert main(["bench", "mismatch", "--dtype", "float32"]) == 2
     assert "--dtype must be one of bfloat16, float16" in capsys.readouterr().err
+
+
+def test_bench_threads_end_with_the_command(tmp_path):
+    """`--threads` sets torch's CPU thread count for the bench only: a library caller of `main`
+    gets its own count back (before: the bench's stayed set for the rest of the process)."""
+    import torch
+
+    before = torch.get_num_threads()
+    mine = 1 if before > 1 else 2  # a count the bench's --threads is not
+    torch.set_num_threads(mine)
+    try:
+        argv = ["bench", "mismatch", "--preset", "tiny", "--prompts", "1", "--n", "1",
+                "--prompt-tokens", "4", "--new-tokens", "2", "--micro-batch", "1",
+                "--strategies", "none", "--threads", str(mine + 1),
+                "--json", str(tmp_path / "m.json")]  # fmt: skip
+        assert main(argv) == 0
+        assert torch.get_num_threads() == mine
+    finally:
+        torch.set_num_threads(before)

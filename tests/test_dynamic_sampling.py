@@ -15,8 +15,15 @@ from ngrpo.config import load_config
 from ngrpo.learner.update import sequence_logprobs
 from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.rollout import SamplingParams, generate
+from ngrpo.rollout.batch import concat_batches
 from ngrpo.trainer import load_run_config, read_metrics, train
-from ngrpo.trainer.dynamic_sampling import cat_batches, merge_stats, varied_groups
+from ngrpo.trainer.dynamic_sampling import (
+    cat_batches,
+    learner_slots,
+    merge_stats,
+    renumbered,
+    varied_groups,
+)
 
 PAD, EOS, MARKER = 0, [1], [4]
 
@@ -24,6 +31,15 @@ PAD, EOS, MARKER = 0, [1], [4]
 def test_varied_groups_drops_exactly_the_all_equal_groups():
     rewards = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.25]])
     assert varied_groups(rewards).tolist() == [False, False, True, True]
+
+
+def test_learner_slots_split_every_mini_batch_and_the_last_partial_one():
+    # 6 groups, mini-batches of 4 over 2 processes: [0 1 | 2 3] then the partial [4 | 5]
+    assert learner_slots(6, 4, 2, 0) == [0, 1, 4] and learner_slots(6, 4, 2, 1) == [2, 3, 5]
+    # 5 groups: the partial mini-batch's one group cannot be split evenly: left out
+    assert learner_slots(5, 4, 2, 0) == [0, 1] and learner_slots(5, 4, 2, 1) == [2, 3]
+    assert learner_slots(4, 2, 1, 0) == [0, 1, 2, 3]  # one process: everything, in order
+    assert learner_slots(1, 2, 2, 0) == []  # fewer groups than processes: the caller decides
 
 
 def _tiny() -> Qwen2ForCausalLM:
@@ -43,7 +59,11 @@ def test_merged_rounds_keep_every_row_and_replay_exactly(strategy):
         model, [[30]], SamplingParams(n=2, max_new_tokens=11), eos_token_id=[],
         pad_token_id=PAD, exploration=explore, answer_start_ids=MARKER, training=True, seed=1,
     )  # fmt: skip
-    merged = cat_batches([a.select(torch.tensor([2, 3])), b], PAD)
+    merged = renumbered(concat_batches([a.select(torch.tensor([2, 3])), b], PAD))
+    with pytest.warns(DeprecationWarning, match="concat_batches"):  # the old name still works
+        old = cat_batches([a.select(torch.tensor([2, 3])), b], PAD)
+    assert torch.equal(old.soft_inputs.weights, merged.soft_inputs.weights)
+    assert torch.equal(old.prompt_index, merged.prompt_index)
     assert merged.prompt_ids.shape == (4, 5) and merged.response_ids.shape == (4, 11)
     assert merged.prompt_index.tolist() == [0, 0, 1, 1]
     # rows keep their tokens (prompts left-padded, responses right-padded)

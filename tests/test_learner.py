@@ -6,17 +6,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import pytest
 import torch
 from factories import tiny_lm
+from numerics import REPLAY_ATOL
 from transformers import Qwen2ForCausalLM
 
+import ngrpo.learner.averages
 import ngrpo.learner.scored
 import ngrpo.learner.update
-from ngrpo.learner.update import LearnerParams, sequence_logprobs, update_policy
+from ngrpo.learner.update import (
+    LearnerParams,
+    recompute_old_logprobs,
+    sequence_logprobs,
+    update_policy,
+)
 from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.method.neighbors import NeighborIndex, bruteforce_neighbors
+from ngrpo.method.rollout_correction import mismatch_metrics
+from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.rollout import SamplingParams, generate
 
 PAD, EOS, MARKER = 0, [1], [4]
@@ -102,11 +112,12 @@ def test_recomputed_old_logprobs_make_the_first_mini_batch_ratios_exactly_one_in
     exact = results["recompute"]
     assert exact["actor/ratio_min"] == 1.0 and exact["actor/ratio_max"] == 1.0
     assert exact["actor/clip_frac"] == 0.0 and exact["time/old_logprobs_s"] > 0
-    # the gap is measured: the rollout's own log-probs are not the learner's
-    assert exact["mismatch/logp_abs_max"] > 1e-2
-    assert exact["mismatch/kl_k3"] >= 0 and exact["mismatch/seq_log_ratio_abs_max"] > 0
-    if strategy == "neighbor":
-        assert exact["mismatch/mixed/logp_abs_max"] > 0  # mixed positions measured on their own
+    # the gap measured is π_old's (the learner's own pass) against the rollout's log-probs, on
+    # every loss token, the positions after a mix separately
+    old = _bf16(lambda: recompute_old_logprobs(model, batch, _params(old_logprobs="recompute")))
+    expect = mismatch_metrics(old, batch.logprobs, batch.response_mask, batch.mixed)
+    assert {k: exact[k] for k in expect} == pytest.approx(expect, rel=1e-6, abs=1e-9)
+    assert exact["actor/replay_logp_err"] == expect["mismatch/logp_abs_max"]
     rollout = results["rollout"]  # π_old = the rollout's: ratios move by the gap
     assert rollout["actor/ratio_max"] > 1.0 or rollout["actor/ratio_min"] < 1.0
     assert "time/old_logprobs_s" not in rollout
@@ -114,32 +125,119 @@ def test_recomputed_old_logprobs_make_the_first_mini_batch_ratios_exactly_one_in
     assert rollout["mismatch/logp_abs_max"] == pytest.approx(exact["mismatch/logp_abs_max"])
 
 
+def _first_tokens(batch, row: int, tokens: int, gap: float):
+    """Row `row` of `batch` cut to its first `tokens` response tokens, with the rollout's log-probs
+    lowered by `gap / tokens` each: log π_old − log π_rollout sums to `gap` over the row (fp32:
+    π_old recomputed equals the rollout's within the replay invariant's 1e-4)."""
+    one = batch.select([row])
+    assert int(one.response_mask.sum()) >= tokens
+    end = one.prompt_ids.shape[1] + tokens
+    soft = one.soft_inputs
+    return dataclasses.replace(
+        one, response_ids=one.response_ids[:, :tokens], response_mask=one.response_mask[:, :tokens],
+        logprobs=one.logprobs[:, :tokens] - gap / tokens, mixed=one.mixed[:, :tokens],
+        eligible=None, truncated=None,
+        soft_inputs=SoftInputs(soft.ids[:, :end], soft.weights[:, :end],
+                               None if soft.noise is None else soft.noise[:, :end]),
+    )  # fmt: skip
+
+
+def _policy_gradient(model, batch, mode: str, cap: float, **kw) -> torch.Tensor:
+    """The gradient (flattened) of one update's loss on `batch` (one row, advantage 1)."""
+    model.zero_grad(set_to_none=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    params = LearnerParams(group_size=1, mini_batch_groups=1, micro_batch_size=1,
+                           max_grad_norm=None, old_logprobs="recompute", rollout_correction=mode,
+                           rollout_correction_cap=cap, **kw)  # fmt: skip
+    update_policy(model, optimizer, None, batch, torch.tensor([1.0]), params)
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
 @pytest.mark.numerics
-def test_rollout_correction_weights_the_policy_gradient_in_the_update():
-    model = _tiny()
-    batch = _with_rollout_gap(_bf16(lambda: _rollouts(model, "neighbor", mix_rate=0.5)))
-    advantages = _advantages(len(batch.response_ids))
-    metrics = {}
-    for mode in ("none", "token_truncate", "sequence_mask"):
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        params = _params(old_logprobs="recompute", rollout_correction=mode,
-                         rollout_correction_cap=1.001)  # fmt: skip
-        metrics[mode] = _bf16(lambda p=params, o=optimizer: update_policy(
-            model, o, None, batch, advantages, p))  # fmt: skip
-    assert "rollout_correction/weight_mean" not in metrics["none"]
-    truncated = metrics["token_truncate"]
-    assert 0 < truncated["rollout_correction/truncated_frac"] < 1
-    assert truncated["loss/pg"] != pytest.approx(metrics["none"]["loss/pg"])
-    assert metrics["sequence_mask"]["rollout_correction/masked_frac"] > 0
+@pytest.mark.parametrize("gap", [0.3, 0.5])  # e^0.3 = 1.35 under the cap 1.5, e^0.5 = 1.65 over
+def test_each_correction_mode_scales_the_gradient_by_its_hand_computed_weight(gap):
+    """One token (token modes) or one three-token sequence (sequence modes) whose rollout log-prob
+    lies `gap` below π_old: the corrected gradient is w × the uncorrected one, with w = e^gap,
+    truncated to the cap (TIS) or 0 above it (MIS)."""
+    model = tiny_lm(seed=0, max_positions=128).eval()  # no dropout: the passes are comparable
+    batch = _rollouts(model, "neighbor", mix_rate=0.5)
+    cap, weight = 1.5, math.exp(gap)
+    for mode in ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"):
+        row = _first_tokens(batch, row=1, tokens=1 if mode.startswith("token") else 3, gap=gap)
+        plain = _policy_gradient(model, row, "none", cap)
+        corrected = _policy_gradient(model, row, mode, cap)
+        kept = weight if weight <= cap else 0.0  # MIS: the token (sequence) is left out
+        expect = min(weight, cap) if mode.endswith("truncate") else kept
+        scale = float(plain.abs().max())
+        assert scale > 0
+        # same math, another order: w comes from the recomputed π_old, e^(gap ± 3 REPLAY_ATOL)
+        # over three tokens; the scaled loss's backward rounds each element within about
+        # sqrt(20 ops) * sqrt(64) * eps = 4e-6 of the largest gradient (numerics.REPLAY_ATOL)
+        rtol = math.expm1(3 * REPLAY_ATOL)
+        torch.testing.assert_close(corrected, expect * plain, rtol=rtol, atol=1e-5 * scale)
+
+
+@pytest.mark.numerics
+def test_masked_tokens_keep_their_place_in_the_normaliser_or_leave_the_loss_mask():
+    """Two tokens, the first's weight e^1 above the cap 1.5 (masked), the second's 1. `keep`
+    (TRL): loss = (0 + ρ_2 A) / 2; `drop` (verl's rejection sampling): loss = ρ_2 A / 1, twice
+    the gradient."""
+    model = tiny_lm(seed=0, max_positions=128).eval()
+    row = _first_tokens(_rollouts(model, "neighbor", mix_rate=0.5), row=1, tokens=2, gap=0.0)
+    row = dataclasses.replace(row, logprobs=row.logprobs - torch.tensor([[1.0, 0.0]]))
+    keep = _policy_gradient(model, row, "token_mask", 1.5, rollout_correction_masked="keep")
+    drop = _policy_gradient(model, row, "token_mask", 1.5, rollout_correction_masked="drop")
+    scale = float(keep.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(drop, 2.0 * keep, rtol=0, atol=1e-5 * scale)  # rounding: as above
+    truncate = _policy_gradient(model, row, "token_truncate", 1.5, rollout_correction_masked="drop")
+    assert not torch.allclose(truncate, drop)  # truncation leaves no token out: nothing dropped
 
 
 def test_ratio_extremes_are_the_extremes_over_micro_batches():
-    averages = ngrpo.learner.update._Averages()
-    averages.add({"actor/ratio_min": 0.9, "actor/ratio_max": 1.1, "loss/pg": 1.0})
-    averages.add({"actor/ratio_min": 0.7, "actor/ratio_max": 1.05, "loss/pg": 3.0})
+    averages = ngrpo.learner.averages.Averages()
+    averages.add({"actor/ratio_min": 0.9, "actor/ratio_max": 1.1, "actor/ratio_mean": 1.0,
+                  "actor/ratio_tokens": 3.0, "loss/pg": 1.0})  # fmt: skip
+    averages.add({"actor/ratio_min": 0.7, "actor/ratio_max": 1.05, "actor/ratio_mean": 0.8,
+                  "actor/ratio_tokens": 1.0, "loss/pg": 3.0})  # fmt: skip
+    averages.add({"actor/ratio_min": 1.0, "actor/ratio_max": 1.0, "actor/ratio_mean": 1.0,
+                  "actor/ratio_tokens": 0.0, "loss/pg": 2.0})  # fmt: skip  # nothing scored
     result = averages.result()
     assert result["actor/ratio_min"] == 0.7 and result["actor/ratio_max"] == 1.1
-    assert result["loss/pg"] == 2.0
+    assert result["actor/ratio_mean"] == pytest.approx((3 * 1.0 + 0.8) / 4)  # token-weighted
+    assert result["actor/ratio_tokens"] == 4.0 and result["loss/pg"] == 2.0
+    empty = ngrpo.learner.averages.Averages()
+    empty.add({"actor/ratio_min": 1.0, "actor/ratio_max": 1.0, "actor/ratio_mean": 1.0,
+               "actor/ratio_tokens": 0.0})  # fmt: skip
+    assert empty.result() == {"actor/ratio_min": 1.0, "actor/ratio_max": 1.0,
+                              "actor/ratio_mean": 1.0, "actor/ratio_tokens": 0.0}  # fmt: skip
+
+
+@pytest.mark.numerics
+def test_a_micro_batch_of_truncated_rows_adds_no_ratio_and_the_mean_weighs_tokens():
+    """Rows 0-1 truncated under `mask_truncated_completions`: their micro-batch scores no token and
+    must not put ratio 1 into the extremes; the rollout's log-probs lowered by 0.1 + 0.05 * row
+    make every scored ratio e^(0.1 + 0.05 * row) > 1, and `actor/ratio_mean` is their token mean."""
+    model = _tiny()
+    batch = _rollouts(model, "none")
+    mask = batch.response_mask.bool()
+    n = len(mask)
+    gap = 0.1 + 0.05 * torch.arange(n, dtype=torch.float32)[:, None]  # (N, 1)
+    truncated = torch.zeros(n, dtype=torch.bool)
+    truncated[:2] = True
+    batch = dataclasses.replace(
+        batch, logprobs=torch.where(mask, batch.logprobs - gap, 0.0), truncated=truncated
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    params = _params(micro_batch_size=2, mask_truncated_completions=True)  # rows 0-1 alone
+    metrics = update_policy(model, optimizer, None, batch, _advantages(n), params)
+    scored = mask & ~truncated[:, None]  # (N, T)
+    ratios = torch.exp(gap.expand_as(mask))[scored]  # π_old = π_rollout e^gap (replay: ±1e-4)
+    rtol = math.expm1(REPLAY_ATOL)
+    assert metrics["actor/ratio_min"] == pytest.approx(float(ratios.min()), rel=rtol)
+    assert metrics["actor/ratio_max"] == pytest.approx(float(ratios.max()), rel=rtol)
+    assert metrics["actor/ratio_mean"] == pytest.approx(float(ratios.mean()), rel=rtol)
+    assert metrics["actor/ratio_tokens"] == float(scored.sum())
 
 
 def _fed_ids(batch) -> tuple[set[int], set[int]]:
@@ -278,6 +376,68 @@ def test_non_finite_loss_or_gradient_skips_the_step_and_training_goes_on(monkeyp
     handle.remove()
     assert metrics["train/skipped_updates"] == 1.0 and metrics["train/optimizer_steps"] == 1.0
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _fp16_accelerator(init_scale: float):
+    """accelerate's fp16 set-up as on a GPU (a `GradScaler` that `backward` scales by, clipping
+    unscales and the prepared optimizer's `step` steps and updates), forced on the CPU, where
+    accelerate creates no scaler."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(cpu=True, mixed_precision="fp16")
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    accelerator.native_amp = True
+    return accelerator
+
+
+@pytest.mark.parametrize("overflow", ["gradient", "loss"])
+def test_fp16_overflow_skips_the_step_backs_off_the_scale_and_the_next_steps_train(
+    overflow, monkeypatch
+):
+    model = _tiny()
+    batch = _rollouts(model, "neighbor", mix_rate=0.5)
+    advantages = _advantages(len(batch.response_ids))
+    accelerator = _fp16_accelerator(init_scale=1024.0)
+    optimizer = accelerator.prepare_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    fired = []
+    if overflow == "gradient":  # the first backward overflows (the loss itself finite)
+
+        def inf_once(grad):
+            fired.append(1)
+            return grad * float("inf") if len(fired) == 1 else grad
+
+        handle = model.get_input_embeddings().weight.register_hook(inf_once)
+    else:  # the first micro-batch's loss overflows
+        real_loss = ngrpo.learner.update.grpo_loss
+
+        def inf_once(*args, **kwargs):
+            loss, metrics = real_loss(*args, **kwargs)
+            fired.append(1)
+            return (loss * float("inf") if len(fired) == 1 else loss), metrics
+
+        monkeypatch.setattr(ngrpo.learner.update, "grpo_loss", inf_once)
+    steps = []
+    optimizer.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    before = [p.detach().clone() for p in model.parameters()]
+    params = _params(mini_batch_groups=1, micro_batch_size=8)  # 4 mini-batches of one micro
+    metrics = update_policy(
+        model, optimizer, None, batch, advantages, params, accelerator=accelerator
+    )
+    if overflow == "gradient":
+        handle.remove()
+    assert metrics["train/skipped_updates"] == 1.0 and metrics["train/optimizer_steps"] == 3.0
+    assert len(steps) == 3  # the inner optimizer stepped for the three finite mini-batches only
+    assert accelerator.scaler.get_scale() == 1024.0 * 0.5  # backed off once, not grown (2000)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    # the next update trains at the smaller scale, without an overflow
+    metrics = update_policy(
+        model, optimizer, None, batch, advantages, params, accelerator=accelerator
+    )
+    assert metrics["train/skipped_updates"] == 0.0 and metrics["train/optimizer_steps"] == 4.0
+    assert accelerator.scaler.get_scale() == 512.0
 
 
 def test_disable_dropout_zeroes_modules_and_config():

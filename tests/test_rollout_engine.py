@@ -299,3 +299,27 @@ def test_a_kept_decoder_samples_what_a_fresh_one_does_and_follows_weight_updates
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _run(model, STATIC, "neighbor", max_new=40, seed=5, decoders=pool)
     assert pool.decoder is not kept and pool.reused == 2
+
+
+@pytest.mark.parametrize("precision", ["learner", "compute"])
+def test_dynamic_decoder_head_follows_rollout_precision_under_bf16_autocast(precision):
+    """`rollout.precision: learner` runs the dynamic decoder's head outside autocast on the fp32
+    head weight (as the learner's chunked head): its logits are not bf16 numbers; `compute` takes
+    the model's bf16 logits, every one exactly a bf16 number. Either way the decoder's logits are
+    those of one of the two heads over the same final hidden state."""
+    from ngrpo.rollout.hf import DynamicDecoder
+
+    model = _tiny("qwen2").eval()
+    decoder = DynamicDecoder(model, precision)
+    embeds = model.get_input_embeddings()(torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]))
+    mask = torch.ones(2, 4, dtype=torch.long)
+    positions = torch.arange(4).expand(2, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first = decoder.prefill(embeds, mask, positions, torch.arange(2))  # (2, V)
+        step = decoder.decode(embeds[:, :1])  # (2, V)
+    for logits in (first, step):
+        as_bf16 = logits.to(torch.bfloat16).float()
+        if precision == "compute":
+            assert torch.equal(logits, as_bf16)
+        else:  # fp32 products of fp32 weights: almost none is a bf16 number
+            assert (logits != as_bf16).float().mean() > 0.9

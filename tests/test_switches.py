@@ -5,7 +5,9 @@ configs' choices."""
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 
 import pytest
 import torch
@@ -306,10 +308,46 @@ def test_verl_aliases_of_the_new_keys():
     (["algorithm.rollout_correction.rollout_is=null"], "none", 2.0),
     (["vllm_importance_sampling_mode=token_mask", "vllm_importance_sampling_cap=5"],
      "token_mask", 5.0),
+    (["vllm_importance_sampling_mode=sequence_mask", "vllm_importance_sampling_clip_max=3.0"],
+     "sequence_mask", 3.0),
 ])  # fmt: skip
 def test_rollout_correction_aliases_of_verl_and_trl(overrides, mode, cap):
     cfg = load_config("tiny_ngrpo", overrides)
     assert cfg.train.rollout_correction == mode and cfg.train.rollout_correction_cap == cap
+
+
+def test_trl_correction_switch_and_lower_bound_reach_the_learner():
+    from ngrpo.trainer.setup import _learner_params
+
+    cfg = load_config("tiny_ngrpo", ["vllm_importance_sampling_clip_min=0.5",
+                                     "train.rollout_correction_masked=drop"])  # fmt: skip
+    params = _learner_params(cfg, 1, torch.bfloat16)
+    assert params.rollout_correction == "token_truncate"
+    assert params.rollout_correction_min == 0.5 and params.rollout_correction_masked == "drop"
+    off = load_config("tiny_ngrpo", ["vllm_importance_sampling_correction=false",
+                                     "vllm_importance_sampling_mode=token_mask"])  # fmt: skip
+    assert off.train.rollout_correction == "token_mask"  # stored as given ...
+    assert _learner_params(off, 1, torch.bfloat16).rollout_correction == "none"  # ... but off
+    for bad, fragment in (("train.rollout_correction_min=1.5", "must be in [0, 1] or null"),
+                          ("train.rollout_correction_masked=zero", "keep, drop")):  # fmt: skip
+        with pytest.raises(NgrpoError, match=re.escape(fragment)):
+            load_config("tiny_ngrpo", [bad])
+
+
+def test_a_correction_against_the_rollouts_own_logprobs_in_bf16_warns(caplog):
+    from ngrpo.trainer.setup import rollout_correction_mode
+
+    cfg = load_config("tiny_ngrpo", ["train.old_logprobs=rollout"])
+    with caplog.at_level(logging.WARNING, logger="ngrpo.trainer.setup"):
+        assert rollout_correction_mode(cfg.train, torch.float32) == "token_truncate"
+        assert not caplog.records  # fp32: the rollout's log-probs are π_old's, nothing to correct
+        assert rollout_correction_mode(cfg.train, torch.bfloat16) == "token_truncate"
+    assert "does nothing with train.old_logprobs=rollout" in caplog.text
+    caplog.clear()
+    auto = load_config("tiny_ngrpo", [])
+    with caplog.at_level(logging.WARNING, logger="ngrpo.trainer.setup"):
+        rollout_correction_mode(auto.train, torch.bfloat16)  # auto recomputes in bf16
+    assert not caplog.records
 
 
 def test_old_logprobs_auto_follows_the_compute_dtype():

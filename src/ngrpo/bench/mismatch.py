@@ -7,8 +7,8 @@ precision (`rollout.precision`: `compute`, `learner`) and strategy:
 - `mismatch`: rollouts of `prompts` × `n` responses (training mode: mixing at `mix_rate` for
   strategies other than `none`), then the learner's log-probabilities of the same records (the
   policy module, one pass without gradients, as `train.old_logprobs: recompute` computes them),
-  compared by `ngrpo.method.rollout_correction.mismatch_metrics` (`mismatch/*`, mixed positions
-  separately);
+  compared by `ngrpo.method.rollout_correction.mismatch_metrics` (`mismatch/*`, and the positions
+  right after a mixed input separately: `after_mixed_tokens` of them);
 - `layers`: where the two paths part: the residual stream entering every decoder layer and the
   final norm (forward pre-hooks on `input_layernorm` and the final `norm`, modules both paths
   call), decode path vs learner path, at every scored response position: relative difference
@@ -39,7 +39,7 @@ from ngrpo.learner.update import (
     trim_padding,
 )
 from ngrpo.method.exploration import ExplorationConfig
-from ngrpo.method.rollout_correction import mismatch_metrics
+from ngrpo.method.rollout_correction import after_mixed, mismatch_metrics
 from ngrpo.rollout import EngineOptions, RolloutBatch, SamplingParams, generate
 from ngrpo.rollout.step import PRECISIONS
 
@@ -221,6 +221,8 @@ def mismatch_report(
             entry[strategy] = {
                 "tokens": int(mask.sum()),
                 "mixed_tokens": int((batch.mixed & mask.bool()).sum()),
+                # the tokens `mismatch/mixed/*` measures: the first to see a mixed input
+                "after_mixed_tokens": int((after_mixed(batch.mixed) & mask.bool()).sum()),
                 "mismatch": mismatch_metrics(logp, batch.logprobs, mask, batch.mixed),
                 "layers": _layer_gaps(decode_calls, learner_calls, batch),
             }

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from ngrpo import __version__
+from ngrpo.cli._common import restore_threads
 from ngrpo.utils.errors import NgrpoError, TrainingStopped
 
 # Order is the order shown by `ngrpo --help`.
@@ -66,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # Ctrl-C, or a second stop signal during training
         print("interrupted", file=sys.stderr)
         return getattr(err, "exit_code", 130)
+    finally:
+        restore_threads()  # a bench's `--threads` ends with the command
 
 
 if __name__ == "__main__":

@@ -117,14 +117,30 @@ def _dtype_name(args) -> str:
     return name
 
 
+_THREADS_BEFORE: list[int] = []  # torch's CPU thread counts that `--threads` replaced
+
+
 def _set_threads(threads: int | None) -> None:
+    """`--threads`: torch's CPU thread count for this command; `restore_threads` (called by
+    `ngrpo.cli.main` when the command ends) puts the previous one back, so a library caller of
+    `main` does not inherit it."""
     if threads is None:
         return
     if threads < 1:
         raise NgrpoError(f"--threads must be >= 1, got {threads}")
     import torch
 
+    _THREADS_BEFORE.append(torch.get_num_threads())
     torch.set_num_threads(threads)
+
+
+def restore_threads() -> None:
+    """Undo the `_set_threads` calls of the command that ran (a no-op if there were none)."""
+    if _THREADS_BEFORE:
+        import torch
+
+        torch.set_num_threads(_THREADS_BEFORE[0])
+        _THREADS_BEFORE.clear()
 
 
 def _write_json(path: Path | None, report: dict) -> None:

@@ -43,8 +43,11 @@ _TRL_SHORTCUTS = {
     "max_steps": "train.steps",
     "max_prompt_length": "data.max_prompt_length",
     "gradient_checkpointing": "model.gradient_checkpointing",
+    "vllm_importance_sampling_correction": "train.rollout_correction_enabled",
     "vllm_importance_sampling_mode": "train.rollout_correction",
-    "vllm_importance_sampling_cap": "train.rollout_correction_cap",
+    "vllm_importance_sampling_clip_max": "train.rollout_correction_cap",
+    "vllm_importance_sampling_clip_min": "train.rollout_correction_min",
+    "vllm_importance_sampling_cap": "train.rollout_correction_cap",  # TRL's deprecated name
 }
 _VERL_KEYS = {
     "actor_rollout_ref.model.path": "model.path",

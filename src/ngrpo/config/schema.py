@@ -205,7 +205,17 @@ class GRPOConfig:
     sequence, truncating). Exactly 1 when π_old is the rollout's."""
     rollout_correction_cap: float = 2.0
     """Truncation or masking threshold of the weights, >= 1 (verl `rollout_is_threshold`, 2.0;
-    TRL `vllm_importance_sampling_cap`)."""
+    TRL `vllm_importance_sampling_clip_max`, 3.0, formerly `vllm_importance_sampling_cap`)."""
+    rollout_correction_min: float | None = None
+    """Lower bound of the weights, in [0, 1], or null (none): truncated up to it, or masked below
+    it (TRL `vllm_importance_sampling_clip_min`, null)."""
+    rollout_correction_masked: str = "keep"
+    """What a token a `*_mask` mode leaves out keeps: `keep` (TRL): weight 0 on its
+    policy-gradient term only, still counted in the loss normaliser, its KL and entropy terms
+    kept; `drop` (verl's rejection sampling): removed from the loss mask altogether."""
+    rollout_correction_enabled: bool = True
+    """TRL's `vllm_importance_sampling_correction`: false turns the correction off whatever
+    `rollout_correction` says."""
     oom_retry: bool = False
     """On an out-of-memory error in a learner (or reference) micro-batch, halve the token budget
     (`max_tokens_per_micro_batch`, or the failed micro-batch's tokens) and redo that mini-batch

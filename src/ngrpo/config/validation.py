@@ -22,7 +22,7 @@ from ngrpo.config.aliases import _VALUE_CANONICALIZERS, _reward_items
 from ngrpo.config.schema import MISSING, TrainConfig, _flatten, config_to_dict
 from ngrpo.learner.update import OLD_LOGPROBS
 from ngrpo.method.losses import IMPORTANCE_LEVELS
-from ngrpo.method.rollout_correction import CORRECTIONS
+from ngrpo.method.rollout_correction import CORRECTIONS, MASKED
 from ngrpo.rewards.functions import ERROR_POLICIES
 from ngrpo.rewards.specs import check_spec
 from ngrpo.rollout.decoders import CUDA_GRAPHS, KV_CACHES
@@ -219,6 +219,13 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         and t.rollout_correction_cap >= 1,
         f"train.rollout_correction_cap must be >= 1, got {t.rollout_correction_cap!r}",
     )
+    floor = t.rollout_correction_min
+    _require(
+        floor is None
+        or (isinstance(floor, (int, float)) and not isinstance(floor, bool) and 0 <= floor <= 1),
+        f"train.rollout_correction_min must be in [0, 1] or null (no lower bound), got {floor!r}",
+    )
+    _check_choice("train.rollout_correction_masked", t.rollout_correction_masked, list(MASKED))
     _check_choice("train.strategy", t.strategy, list(STRATEGIES))
     _require(
         not (t.strategy == "fsdp" and m.lora.enabled),

@@ -40,6 +40,8 @@ class LearnerParams:
     old_logprobs: str = "rollout"  # rollout | recompute: where π_old comes from
     rollout_correction: str = "none"  # see ngrpo.method.rollout_correction.CORRECTIONS
     rollout_correction_cap: float = 2.0  # truncation / masking threshold of the weights
+    rollout_correction_min: float | None = None  # ... and their lower bound (None: none)
+    rollout_correction_masked: str = "keep"  # keep | drop: masked tokens in the loss mask or not
 
 
 def micro_batches(

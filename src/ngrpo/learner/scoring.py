@@ -31,9 +31,7 @@ Deviations from the full-logits path, all deliberate:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +39,7 @@ import torch.nn.functional as F
 from ngrpo.method.losses import entropy_from_logits
 from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.rollout import RolloutBatch, token_logprobs
+from ngrpo.rollout.hf import head_bypassed
 from ngrpo.rollout.replay import mixed_detach_mask, replay_records
 
 log = logging.getLogger(__name__)
@@ -66,22 +65,6 @@ def output_head(model) -> torch.nn.Linear | None:
     except (AttributeError, NotImplementedError):
         return None
     return head if isinstance(head, torch.nn.Linear) else None
-
-
-@contextlib.contextmanager
-def _bypassed(head: torch.nn.Module, seen: list[torch.Tensor]) -> Iterator[None]:
-    """Within the block `head(x)` returns `x` (recorded in `seen`): an instance attribute shadows
-    the class's `forward` and is deleted on exit."""
-
-    def passthrough(hidden: torch.Tensor) -> torch.Tensor:
-        seen.append(hidden)
-        return hidden
-
-    head.forward = passthrough
-    try:
-        yield
-    finally:
-        del head.forward
 
 
 def _chunk_scores(
@@ -256,7 +239,7 @@ def score_records(
         )  # (N, T), (N, T)
         return logp.masked_fill(~mask, 0.0), entropy.masked_fill(~mask, 0.0)
     seen: list[torch.Tensor] = []
-    with _bypassed(head, seen):
+    with head_bypassed(head, seen):
         hidden = replay_records(
             model, soft, attention_mask, labels.shape[1], embedding=embedding, detach=detach
         )  # (N, T, d) final hidden states

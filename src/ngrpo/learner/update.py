@@ -25,7 +25,9 @@ Choices worth knowing:
   log-probabilities with the rollout's on every token under `recompute`, on the tokens scored
   before the first optimizer step under `rollout`; `actor/replay_logp_err` is its maximum.
   `rollout_correction` multiplies each token's policy-gradient term by a truncated or masked
-  importance weight π_old / π_rollout (exactly 1 under `rollout`).
+  importance weight π_old / π_rollout (exactly 1 under `rollout`); with
+  `rollout_correction_masked="drop"` the tokens a `*_mask` mode leaves out also leave the loss
+  mask (normaliser, KL and entropy terms), as verl's rejection sampling does.
 - The mini-batch's loss normaliser (tokens or sequences) is computed once over the whole
   mini-batch and shared by its micro-batches, so accumulation equals one big batch exactly. Under
   data parallelism it is summed over the processes and each process's loss scaled by the world
@@ -35,7 +37,11 @@ Choices worth knowing:
   sharded by FSDP2), so the soft-input embedding and the head run inside the wrapped forward.
 - A non-finite loss or gradient skips that optimizer step (gradients dropped, counted in
   `train/skipped_updates`, logged as a warning); training goes on. Every micro-batch still runs
-  its backward and the decision is all-reduced, so data-parallel processes skip together.
+  its backward and the decision is all-reduced, so data-parallel processes skip together. Under
+  fp16 loss scaling (accelerate's `GradScaler`: `model.dtype=float16` on a GPU) the skipped step
+  still ends the scaler's iteration: the gradients are unscaled (if clipping did not already) and
+  `scaler.update()` backs the scale off, so the next mini-batch trains at the smaller scale
+  instead of failing on a second `unscale_()`.
 - The neighbour index needs no call from here: every lookup checks the searched table's version
   counter, which an optimizer step bumps, and rebuilds its cache then
   (`ngrpo.method.neighbors.NeighborIndex`); a frozen table (LoRA) keeps its cache for the run.
@@ -70,6 +76,7 @@ from functools import partial
 
 import torch
 
+from ngrpo.learner.averages import MAX_KEYS, MIN_KEYS, RATIO_TOKENS, WEIGHTED_KEYS, Averages
 from ngrpo.learner.batching import (
     LearnerParams,
     budget_tokens,
@@ -85,7 +92,12 @@ from ngrpo.learner.policy import as_policy, policy_scores
 from ngrpo.learner.scored import recompute_old_logprobs, reference_logprobs
 from ngrpo.learner.scoring import score_tokens
 from ngrpo.method.losses import AGGREGATIONS, grpo_loss, resolve_aggregation
-from ngrpo.method.rollout_correction import importance_weights, mismatch_metrics
+from ngrpo.method.rollout_correction import (
+    MASKED,
+    importance_weights,
+    masked_tokens,
+    mismatch_metrics,
+)
 from ngrpo.rollout import RolloutBatch
 from ngrpo.sharding.data_parallel import global_loss_normalizer
 from ngrpo.utils.oom import PhaseOutOfMemory, oom_phase
@@ -93,12 +105,11 @@ from ngrpo.utils.oom import PhaseOutOfMemory, oom_phase
 log = logging.getLogger(__name__)
 
 REPLAY_ERR = "actor/replay_logp_err"  # largest |learner − rollout| log-prob: mismatch/logp_abs_max
-MIN_KEYS = ("actor/ratio_min",)  # metrics reduced by their minimum over micro-batches
-MAX_KEYS = ("actor/ratio_max",)  # ... and by their maximum
 OLD_LOGPROBS = ("rollout", "recompute")
 __all__ = [  # the learner's public names, including those defined by its parts
-    "LearnerParams", "loss_mask", "micro_batches", "recompute_old_logprobs",
-    "reference_logprobs", "sequence_logprobs", "trim_padding", "update_policy",
+    "MAX_KEYS", "MIN_KEYS", "RATIO_TOKENS", "WEIGHTED_KEYS", "LearnerParams", "loss_mask",
+    "micro_batches", "recompute_old_logprobs", "reference_logprobs", "sequence_logprobs",
+    "trim_padding", "update_policy",
 ]  # fmt: skip
 
 
@@ -132,28 +143,6 @@ def _agreed(ok: bool, accelerator, device) -> bool:
         return ok
     flag = torch.tensor([0.0 if ok else 1.0], device=device)
     return float(accelerator.reduce(flag, reduction="sum")) == 0.0
-
-
-class _Averages:
-    """Running means of metric dicts; `MIN_KEYS` keep their minimum and `MAX_KEYS` their maximum
-    instead (the extremes of the ratio, not a mean of per-micro-batch extremes)."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            if key in MIN_KEYS or key in MAX_KEYS:
-                pick = min if key in MIN_KEYS else max
-                self.totals[key] = pick(self.totals.get(key, float(value)), float(value))
-                self.counts[key] = 1
-                continue
-            self.totals[key] = self.totals.get(key, 0.0) + float(value)
-            self.counts[key] = self.counts.get(key, 0) + 1
-
-    def result(self) -> dict[str, float]:
-        return {key: self.totals[key] / self.counts[key] for key in self.totals}
 
 
 OomRetry = Callable[[LearnerParams, PhaseOutOfMemory], "LearnerParams | None"]
@@ -198,6 +187,9 @@ def update_policy(
     """
     if params.old_logprobs not in OLD_LOGPROBS:
         raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS}, got {params.old_logprobs!r}")
+    if params.rollout_correction_masked not in MASKED:
+        raise ValueError(f"rollout_correction_masked must be one of {MASKED}, got "
+                         f"{params.rollout_correction_masked!r}")  # fmt: skip
     model = as_policy(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     world = 1 if accelerator is None else accelerator.num_processes
@@ -225,10 +217,13 @@ def update_policy(
         learner_logp, measured = old_logp, mask
         clock.lap("time/old_logprobs_s")
     is_weights, correction_metrics = importance_weights(
-        old_logp, batch.logprobs, mask, params.rollout_correction, params.rollout_correction_cap
-    )  # (N, T), exactly 1 when π_old is the rollout's
+        old_logp, batch.logprobs, mask, params.rollout_correction, params.rollout_correction_cap,
+        params.rollout_correction_min,
+    )  # (N, T), exactly 1 when π_old is the rollout's  # fmt: skip
+    if params.rollout_correction_masked == "drop":  # verl's rejection sampling: out of the mask
+        mask = mask * ~masked_tokens(is_weights, params.rollout_correction)  # (N, T)
     minis = mini_batches(batch, params)
-    averages = _Averages()
+    averages = Averages()
     skipped, grad_norms, first = 0, [], True
     for _ in range(params.num_iterations):
         for number, mini in enumerate(minis, start=1):
@@ -255,6 +250,7 @@ def update_policy(
             grad_norm = _clip(parameters, params.max_grad_norm, accelerator) if finite else 0.0
             if not (finite and math.isfinite(grad_norm)):
                 skipped += 1
+                _back_off_loss_scale(accelerator, unscaled=finite)
                 optimizer.zero_grad(set_to_none=True)
                 log.warning("non-finite loss or gradient: optimizer step skipped")
                 continue
@@ -276,6 +272,19 @@ def update_policy(
     result["train/optimizer_steps"] = float(len(grad_norms))
     result["train/oom_retries"] = float(retries[0])
     return result
+
+
+def _back_off_loss_scale(accelerator, *, unscaled: bool) -> None:
+    """End a skipped step's loss-scaler iteration (fp16): record the non-finite gradients if the
+    clipping did not (`unscaled` False: the loss itself was not finite, nothing was clipped), then
+    `update()`, which halves the scale (`backoff_factor`) and resets the per-optimizer state that
+    the next `unscale_()` checks. No scaler (fp32, bf16, no accelerator): nothing to do."""
+    scaler = None if accelerator is None else getattr(accelerator, "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return
+    if not unscaled:
+        accelerator.unscale_gradients()
+    scaler.update()
 
 
 def _retrying(attempt, params: LearnerParams, on_oom: OomRetry | None, retries: list[int]):
@@ -301,14 +310,14 @@ def _accumulate(
     mask: torch.Tensor, advantages: torch.Tensor, ref_logp: torch.Tensor | None,
     old_logp: torch.Tensor, is_weights: torch.Tensor, normalizer: float, accelerator, where: str,
     record: tuple[torch.Tensor, torch.Tensor] | None,
-) -> tuple[bool, _Averages]:  # fmt: skip
+) -> tuple[bool, Averages]:  # fmt: skip
     """Gradients of one mini-batch, accumulated over its micro-batches from zero; returns
     (whether every loss was finite, the micro-batches' metrics). `record`: (log-probs, mask)
     buffers (N, T) that take the learner's log-probs of these rows before any optimizer step (the
     rollout–learner gap when π_old is the rollout's)."""
     optimizer.zero_grad(set_to_none=True)
     finite = torch.ones((), dtype=torch.bool, device=mask.device)  # read once per mini-batch
-    mini_metrics = _Averages()
+    mini_metrics = Averages()
     parts = list(iter_micro_batches(batch, mini, params))
     count = len(parts) + fsdp_padding(len(parts), accelerator, mask.device)
     for i in range(count):
@@ -346,6 +355,7 @@ def _accumulate(
                 is_weights=None if params.rollout_correction == "none"
                 else is_weights[micro, :width],
             )  # fmt: skip
+            metrics[RATIO_TOKENS] = float(sub_mask.sum())
             finite = finite & torch.isfinite(loss.detach())
             if accelerator is not None:
                 accelerator.backward(loss)

@@ -74,7 +74,7 @@ def make_decoder(model, options: EngineOptions, rows: int, max_len: int, device)
     """A fresh decoder for one call (see `DecoderPool` for one kept across calls)."""
     kind, graphs = decoder_kind(model, options, device)
     if kind == "dynamic":
-        return DynamicDecoder(model)
+        return DynamicDecoder(model, options.precision)
     return StaticDecoder(model, rows, max_len, cuda_graphs=graphs, precision=options.precision)
 
 
@@ -94,7 +94,7 @@ class DecoderPool:
     def get(self, model, options: EngineOptions, rows: int, max_len: int, device):
         kind, graphs = decoder_kind(model, options, device)
         if kind == "dynamic":
-            return DynamicDecoder(model)
+            return DynamicDecoder(model, options.precision)
         autocast = torch.is_autocast_enabled(device.type)
         dtype = torch.get_autocast_dtype(device.type) if autocast else None
         key = (id(model), str(device), dtype, graphs, options.precision)

@@ -3,19 +3,22 @@ rewards vary, and concatenate the rollouts of several rounds into one training b
 
 A group whose G rewards are all equal has zero advantage everywhere and contributes no policy
 gradient; dropping it and drawing more prompts keeps the effective batch size up. The trainer
-calls `collect`, which runs `varied_groups` on each round's rewards and `cat_batches` on the kept
-rows; `merge_stats` combines the rounds' `rollout/*` metrics so they describe every rollout
-generated in the step.
+calls `collect`, which runs `varied_groups` on each round's rewards and joins the kept rows with
+`ngrpo.rollout.batch.concat_batches` (the one padding and concatenation of rollout batches);
+`merge_stats` combines the rounds' `rollout/*` metrics so they describe every rollout generated in
+the step.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 
-from ngrpo.method.soft_inputs import SoftInputs
 from ngrpo.rollout import RolloutBatch
+from ngrpo.rollout.batch import concat_batches
 
 
 def varied_groups(rewards: torch.Tensor) -> torch.Tensor:
@@ -23,71 +26,23 @@ def varied_groups(rewards: torch.Tensor) -> torch.Tensor:
     return rewards.max(dim=1).values != rewards.min(dim=1).values  # (P,)
 
 
-def _pad(x: torch.Tensor, length: int, value, left: bool) -> torch.Tensor:
-    """Pad dim 1 of x (N, L, ...) to `length` with `value`, on the left or the right."""
-    extra = length - x.shape[1]
-    if extra == 0:
-        return x
-    fill = torch.full((x.shape[0], extra, *x.shape[2:]), value, dtype=x.dtype, device=x.device)
-    return torch.cat([fill, x] if left else [x, fill], dim=1)
-
-
-def _pad_soft(soft: SoftInputs, length: int, pad_id: int, left: bool, k: int) -> SoftInputs:
-    soft = soft.pad_k(k)
-    weights = _pad(soft.weights, length, 0.0, left)  # (N, L, K)
-    first = _pad(soft.weights[..., :1], length, 1.0, left)  # plain [1, 0, ...] padding records
-    weights = torch.cat([first, weights[..., 1:]], dim=-1)
-    noise = None if soft.noise is None else _pad(soft.noise, length, 0.0, left)
-    return SoftInputs(_pad(soft.ids, length, pad_id, left), weights, noise)
+def renumbered(batch: RolloutBatch) -> RolloutBatch:
+    """`batch` with `prompt_index` renumbered 0..P−1 in row order (rows prompt-major)."""
+    change = torch.ones_like(batch.prompt_index, dtype=torch.bool)  # (N,)
+    change[1:] = batch.prompt_index[1:] != batch.prompt_index[:-1]
+    batch.prompt_index = change.long().cumsum(0) - 1  # (N,)
+    return batch
 
 
 def cat_batches(batches: Sequence[RolloutBatch], pad_token_id: int) -> RolloutBatch:
-    """Rows of several rollout batches in one (prompts left-padded, responses right-padded to the
-    longest; padding records are plain pad tokens, masked out). `prompt_index` is renumbered
-    0..P−1 in order; `stats` are `merge_stats` of the batches' stats."""
-    p = max(b.prompt_ids.shape[1] for b in batches)
-    t = max(b.response_ids.shape[1] for b in batches)
-    k = max(b.soft_inputs.shape[2] for b in batches)
-    parts = []
-    for b in batches:
-        p0 = b.prompt_ids.shape[1]
-        noise = b.soft_inputs.noise
-        prompt_soft = SoftInputs(
-            b.soft_inputs.ids[:, :p0], b.soft_inputs.weights[:, :p0],
-            None if noise is None else noise[:, :p0],
-        )  # fmt: skip
-        response_soft = SoftInputs(
-            b.soft_inputs.ids[:, p0:], b.soft_inputs.weights[:, p0:],
-            None if b.soft_inputs.noise is None else b.soft_inputs.noise[:, p0:],
-        )  # fmt: skip
-        soft = SoftInputs.cat(
-            [_pad_soft(prompt_soft, p, pad_token_id, True, k),
-             _pad_soft(response_soft, t, pad_token_id, False, k)], dim=1,
-        )  # fmt: skip
-        parts.append((b, soft))
-    groups = sum(len(b.prompt_index.unique()) for b in batches)
-    n_rows = sum(len(b.prompt_index) for b in batches)
-    g = n_rows // groups
-    device = batches[0].prompt_ids.device
-    eligible = None
-    if all(b.eligible is not None for b in batches):
-        eligible = torch.cat([_pad(b.eligible, t, False, False) for b in batches])
-    truncated = None
-    if all(b.truncated is not None for b in batches):
-        truncated = torch.cat([b.truncated for b in batches])
-    return RolloutBatch(
-        prompt_ids=torch.cat([_pad(b.prompt_ids, p, pad_token_id, True) for b in batches]),
-        prompt_mask=torch.cat([_pad(b.prompt_mask, p, 0, True) for b in batches]),
-        response_ids=torch.cat([_pad(b.response_ids, t, pad_token_id, False) for b in batches]),
-        response_mask=torch.cat([_pad(b.response_mask, t, 0, False) for b in batches]),
-        logprobs=torch.cat([_pad(b.logprobs, t, 0.0, False) for b in batches]),
-        soft_inputs=SoftInputs.cat([soft for _, soft in parts], dim=0),
-        mixed=torch.cat([_pad(b.mixed, t, False, False) for b in batches]),
-        stats=merge_stats([b.stats for b in batches], [len(b.prompt_index) for b in batches]),
-        prompt_index=torch.arange(groups, device=device).repeat_interleave(g),
-        truncated=truncated,
-        eligible=eligible,
-    )
+    """Deprecated: `ngrpo.rollout.batch.concat_batches` (then `renumbered` and `merge_stats`)."""
+    warnings.warn(
+        "ngrpo.trainer.dynamic_sampling.cat_batches is deprecated; use "
+        "ngrpo.rollout.batch.concat_batches", DeprecationWarning, stacklevel=2,
+    )  # fmt: skip
+    merged = renumbered(concat_batches(list(batches), pad_token_id))
+    merged.stats = merge_stats([b.stats for b in batches], [len(b.prompt_index) for b in batches])
+    return merged
 
 
 _SUMS = ("rollout/tokens", "rollout/mixed_tokens", "rollout/seconds")
@@ -118,6 +73,29 @@ def merge_stats(stats: Sequence[dict[str, float]], rows: Sequence[int]) -> dict[
     return merged
 
 
+def _moved(batch: RolloutBatch, device) -> RolloutBatch:
+    """`batch` with every tensor on `device` (stats shared)."""
+    fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    for name, value in fields.items():
+        if isinstance(value, torch.Tensor):
+            fields[name] = value.to(device)
+    fields["soft_inputs"] = batch.soft_inputs.to(device)
+    return RolloutBatch(**fields)
+
+
+def _whole_round(batch, texts, rewards, gather, pad_token_id):
+    """Every process's share of a round as one batch, in rank order (each process rolled out a
+    contiguous share of the round's prompts, so rank order is the round's prompt order)."""
+    device = batch.prompt_ids.device
+    parts = gather((_moved(batch, "cpu"), texts, rewards.cpu()))
+    whole = concat_batches([_moved(b, device) for b, _, _ in parts], pad_token_id)
+    return (
+        whole,
+        [t for _, ts, _ in parts for t in ts],
+        torch.cat([r for *_, r in parts]).to(device),
+    )
+
+
 def collect(
     draw: Callable[[int], list[int]],
     rollout: Callable[[list[int], int], tuple[RolloutBatch, list[str], torch.Tensor]],
@@ -126,11 +104,18 @@ def collect(
     group_size: int,
     max_rounds: int,
     pad_token_id: int,
+    gather: Callable[[object], list] | None = None,
 ) -> tuple[RolloutBatch, list[str], torch.Tensor, dict[str, float]]:
     """Rounds of `need` fresh prompts (`draw(need)` -> indices; `rollout(indices, round)` ->
     (batch, texts, rewards (N,))), keeping the groups whose rewards vary, until `need` are kept
     (the excess of the last round is dropped, as verl does) or `max_rounds` rounds ran; then the
     step trains on what it has, or on the last round as drawn if no group varied at all.
+
+    Several processes: `gather(obj)` returns every process's `obj` in rank order, and `rollout`
+    rolls out this process's contiguous share of the indices it is given. Each round's rollouts
+    are gathered whole, so every process makes the same choice of groups as one process would
+    and returns the same merged batch (the caller takes its share for the learner); the merged
+    `stats` describe this process's own rollouts (the trainer combines processes).
 
     Returns the merged batch, its texts, its rewards (N,) and `rollout/dynamic_sampling_rounds`,
     `rollout/groups_dropped` (all-equal groups seen), `rollout/groups_kept`. The caller's sampler
@@ -142,6 +127,8 @@ def collect(
         rounds += 1
         stats.append(batch.stats)
         rows.append(len(rewards))
+        if gather is not None:
+            batch, texts, rewards = _whole_round(batch, texts, rewards, gather, pad_token_id)
         keep = varied_groups(rewards.view(-1, group_size))  # (P,)
         dropped += int((~keep).sum())
         groups = keep.nonzero().flatten()[: need - have].tolist()
@@ -154,7 +141,7 @@ def collect(
         rewards_kept.append(rewards[picked])
     if not kept:
         kept, texts_kept, rewards_kept = [batch], texts, [rewards]
-    merged = cat_batches(kept, pad_token_id)
+    merged = renumbered(concat_batches(kept, pad_token_id))
     merged.stats = merge_stats(stats, rows)
     metrics = {
         "rollout/dynamic_sampling_rounds": float(rounds),
@@ -162,3 +149,16 @@ def collect(
         "rollout/groups_kept": float(have),
     }
     return merged, texts_kept, torch.cat(rewards_kept), metrics
+
+
+def learner_slots(groups: int, mini_batch_prompts: int, world: int, rank: int) -> list[int]:
+    """The merged groups process `rank` learns from: its slice of every mini-batch of
+    `mini_batch_prompts` (`ngrpo.sharding.data_parallel.process_prompt_slots`), the last,
+    partial mini-batch (a step at `max_sampling_rounds` with fewer groups) split evenly, the
+    remainder of that split (fewer than `world` groups) left out."""
+    from ngrpo.sharding.data_parallel import process_prompt_slots
+
+    full = groups // mini_batch_prompts * mini_batch_prompts
+    slots = process_prompt_slots(full, mini_batch_prompts, world, rank) if full else []
+    rest = (groups - full) // world
+    return slots + [full + rank * rest + i for i in range(rest)]

@@ -330,11 +330,6 @@ def _check_world_size(cfg: TrainConfig, world: int) -> None:
             f"train.prompts_per_step ({cfg.train.prompts_per_step}) and train.mini_batch_prompts "
             f"({cfg.train.mini_batch_prompts}) must be divisible by the {world} processes"
         )
-    if cfg.train.dynamic_sampling and world > 1:
-        raise NgrpoError(
-            "train.dynamic_sampling runs in a single process for now (kept groups would differ "
-            "between processes); set train.dynamic_sampling=false or run one process"
-        )
     if cfg.train.oom_retry and world > 1:
         raise NgrpoError(
             "train.oom_retry runs in a single process for now (a process out of memory cannot "
@@ -400,9 +395,26 @@ def _learner_params(cfg: TrainConfig, world: int, dtype: torch.dtype) -> Learner
         max_grad_norm=cfg.train.max_grad_norm,
         mask_truncated_completions=cfg.train.mask_truncated_completions,
         old_logprobs=old_logprobs_mode(cfg.train.old_logprobs, dtype),
-        rollout_correction=cfg.train.rollout_correction,
+        rollout_correction=rollout_correction_mode(cfg.train, dtype),
         rollout_correction_cap=float(cfg.train.rollout_correction_cap),
+        rollout_correction_min=cfg.train.rollout_correction_min,
+        rollout_correction_masked=cfg.train.rollout_correction_masked,
     )
+
+
+def rollout_correction_mode(train, dtype: torch.dtype) -> str:
+    """`train.rollout_correction`, `none` when `rollout_correction_enabled` is false; warns when
+    it can do nothing: π_old taken from the rollout (`old_logprobs: rollout`) in a dtype where
+    the learner's log-probs differ from the rollout's, so every weight is exactly 1."""
+    mode = train.rollout_correction if train.rollout_correction_enabled else "none"
+    if mode != "none" and dtype != torch.float32 and train.old_logprobs == "rollout":
+        log.warning(
+            "train.rollout_correction=%s does nothing with train.old_logprobs=rollout: π_old is "
+            "then the rollout's own log-probs and every weight is exactly 1, while in %s the "
+            "learner's differ; set train.old_logprobs=recompute (or auto) to correct the gap",
+            mode, str(dtype).removeprefix("torch."),
+        )  # fmt: skip
+    return mode
 
 
 def _variant_classes(cfg: TrainConfig, tokenizer) -> torch.Tensor | None:

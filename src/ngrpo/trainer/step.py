@@ -3,7 +3,8 @@ exploration on (`ngrpo.rollout.generate`) -> rewards (`ngrpo.rewards.functions.R
 group advantages (`ngrpo.method.losses.group_advantages`) -> policy update
 (`ngrpo.learner.update.update_policy`) -> metrics reduced over processes. With
 `train.dynamic_sampling` `ngrpo.trainer.dynamic_sampling.collect` draws several rounds of prompts
-per step and only groups whose rewards vary are trained on (single process only).
+per step and only groups whose rewards vary are trained on (on several processes too: every
+round is gathered whole, so all processes keep the groups one process would).
 
 Several processes: the mini-batch's loss normaliser (token or sequence count) is summed over
 processes and each process's loss scaled by the world size, so the averaged gradient is exactly the
@@ -24,7 +25,7 @@ import time
 
 import torch
 
-from ngrpo.learner.update import MAX_KEYS, MIN_KEYS, update_policy
+from ngrpo.learner.update import MAX_KEYS, MIN_KEYS, RATIO_TOKENS, WEIGHTED_KEYS, update_policy
 from ngrpo.trainer.oom import oom_retry
 from ngrpo.trainer.setup import Run, engine_options
 from ngrpo.utils.oom import oom_phase
@@ -42,22 +43,42 @@ MIN_METRICS = MIN_KEYS  # the smallest over processes
 
 
 def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
-    """Metrics over all processes: sums for `SUMMED_METRICS`, maxima for `MAX_METRICS`, minima for
-    `MIN_METRICS`, means for the rest (identity in a single process). Every process must hold the
-    same keys (they do: same code, same config)."""
+    """Metrics over all processes: sums for `SUMMED_METRICS` and the counts of `WEIGHTED_KEYS`,
+    means weighted by those counts for `WEIGHTED_KEYS`, maxima for `MAX_METRICS`, minima for
+    `MIN_METRICS` (the ratio's over the processes that scored a loss token), means for the rest
+    (identity in a single process). Every process must hold the same keys (they do: same code,
+    same config)."""
     world = run.accelerator.num_processes
     if world == 1:
         return metrics
     keys = sorted(metrics)
     values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
     gathered = run.accelerator.gather(values.to(run.accelerator.device)).view(world, -1).cpu()
-    sums, maxima, minima = gathered.sum(0), gathered.max(0).values, gathered.min(0).values
-    return {
-        key: float(maxima[i]) if key in MAX_METRICS
-        else float(minima[i]) if key in MIN_METRICS
-        else float(sums[i]) if key in SUMMED_METRICS else float(sums[i]) / world
-        for i, key in enumerate(keys)
-    }  # fmt: skip
+    return _combine(keys, gathered)
+
+
+def _combine(keys: list[str], gathered: torch.Tensor) -> dict[str, float]:
+    """`_reduce`'s rule over the processes' values (world, len(keys)), float64."""
+    column = {key: gathered[:, i] for i, key in enumerate(keys)}
+    counts = set(WEIGHTED_KEYS.values())
+    scored = column[RATIO_TOKENS] > 0 if RATIO_TOKENS in column else None  # (world,)
+    out = {}
+    for key, x in column.items():
+        if key in (*MIN_KEYS, *MAX_KEYS) and scored is not None and bool(scored.any()):
+            x = x[scored]  # a process without loss tokens has no ratio (it reports 1)
+        if key in WEIGHTED_KEYS and WEIGHTED_KEYS[key] in column:
+            weight, total = column[WEIGHTED_KEYS[key]], float(column[WEIGHTED_KEYS[key]].sum())
+            empty = 1.0 if key == "actor/ratio_mean" else 0.0  # nothing measured anywhere
+            out[key] = float((x * weight).sum()) / total if total > 0 else empty
+        elif key in MAX_METRICS:
+            out[key] = float(x.max())
+        elif key in MIN_METRICS:
+            out[key] = float(x.min())
+        elif key in SUMMED_METRICS or key in counts:
+            out[key] = float(x.sum())
+        else:
+            out[key] = float(x.sum()) / len(x)
+    return out
 
 
 # ------------------------------------------------------------------------------------ one step
@@ -127,17 +148,47 @@ def _merge_round_metrics(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
-    """DAPO dynamic sampling (single process): `ngrpo.trainer.dynamic_sampling.collect` with this
-    run's sampler and rollouts."""
-    from ngrpo.trainer.dynamic_sampling import collect
+    """DAPO dynamic sampling: `ngrpo.trainer.dynamic_sampling.collect` with this run's sampler and
+    rollouts. Several processes: each rolls out a contiguous share of every round's prompts, the
+    rounds are gathered whole (every process chooses the groups one process would), and each
+    learns from its `learner_slots` of the merged groups."""
+    from ngrpo.trainer.dynamic_sampling import collect, learner_slots
 
-    cfg = run.cfg
-    return collect(
-        run.sampler.take,
-        lambda indices, round_: _rollout_round(run, indices, round_, reward_metrics),
-        need=cfg.train.prompts_per_step, group_size=cfg.rollout.num_generations,
+    cfg, acc = run.cfg, run.accelerator
+    world, rank, need = acc.num_processes, acc.process_index, cfg.train.prompts_per_step
+    group = cfg.rollout.num_generations
+    if world == 1:
+        rollout, gather = (lambda indices, round_: _rollout_round(
+            run, indices, round_, reward_metrics)), None  # fmt: skip
+    else:
+        share = list(range(rank * need // world, (rank + 1) * need // world))
+
+        def rollout(indices, round_):
+            return _rollout_round(run, [indices[i] for i in share], round_, reward_metrics,
+                                  slots=share)  # fmt: skip
+
+        def gather(obj) -> list:
+            out = [None] * world
+            torch.distributed.all_gather_object(out, obj)
+            return out
+
+    batch, texts, rewards, metrics = collect(
+        run.sampler.take, rollout, need=need, group_size=group,
         max_rounds=cfg.train.max_sampling_rounds, pad_token_id=run.tokenizer.pad_token_id,
+        gather=gather,
     )  # fmt: skip
+    if world == 1:
+        return batch, texts, rewards, metrics
+    groups = len(rewards) // group
+    # fewer groups than processes (a step at the round cap): every process learns from all of
+    # them (the global normaliser counts each copy, so while they fit one local mini-batch the
+    # averaged gradient is the one-process one)
+    slots = learner_slots(groups, cfg.train.mini_batch_prompts, world, rank) or list(range(groups))
+    rows = [s * group + j for s in slots for j in range(group)]
+    stats = batch.stats
+    batch = batch.select(torch.tensor(rows, device=batch.prompt_ids.device))
+    batch.stats = stats
+    return batch, [texts[r] for r in rows], rewards[rows], metrics
 
 
 def _train_step(run: Run) -> dict[str, float]:
