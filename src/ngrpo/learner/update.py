@@ -36,9 +36,9 @@ Choices worth knowing:
 - A non-finite loss or gradient skips that optimizer step (gradients dropped, counted in
   `train/skipped_updates`, logged as a warning); training goes on. Every micro-batch still runs
   its backward and the decision is all-reduced, so data-parallel processes skip together.
-- The neighbour index needs no call from here: every lookup checks the searched table's version
-  counter, which an optimizer step bumps, and rebuilds its cache then
-  (`ngrpo.method.neighbors.NeighborIndex`); a frozen table (LoRA) keeps its cache for the run.
+- The neighbour index and a kept decoder's weight copies are not refreshed from here: the
+  trainer tells them after the update (`ngrpo.trainer.step`), since the parameters' version
+  counter does not move under fused AdamW.
 - Log-probabilities and entropy never go through full logits: `ngrpo.learner.scoring.score_tokens`
   runs the body once and the head over chunks of the scored positions, recomputed in the backward
   (`full_logits=True` restores the full-logits path, for comparisons).

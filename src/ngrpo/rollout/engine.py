@@ -244,8 +244,10 @@ def generate(
     `answer_start_ids` (see `ngrpo.method.exploration.answer_start_ids`) is required.
     `eos_token_id=[]` disables early stopping (fixed-length generation, used by the benchmark).
     `batch_size` splits the N = len(prompts) * n rows into sequential chunks (the generators carry
-    over). Pass a long-lived `neighbor_index` to keep its cache warm across calls (it refreshes
-    itself after optimizer steps). `engine` chooses the decoder (default `EngineOptions()`).
+    over). Pass a long-lived `neighbor_index` to keep its cache warm across calls, and a
+    `decoders` pool to keep the static decoder; after changing the model's weights call
+    `neighbor_index.invalidate()` and `decoders.weights_changed()` (the version counter they also
+    watch misses fused optimizers). `engine` chooses the decoder (default `EngineOptions()`).
     """
     sampling.validate()
     engine = engine or EngineOptions()

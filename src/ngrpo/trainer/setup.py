@@ -238,15 +238,25 @@ def _optimizer(cfg: TrainConfig, module: torch.nn.Module):
     """AdamW over the trainable parameters (LoRA: the adapters only; everything else is frozen)
     and the warm-up schedule."""
     trainable = [p for p in module.parameters() if p.requires_grad]
-    # CUDA: the fused kernel (one launch for all parameters; same state dict); not for sharded
-    # (DTensor) parameters, which take the default multi-tensor path
-    fused = bool(trainable) and all(p.is_cuda and not hasattr(p, "to_local") for p in trainable)
     optimizer = torch.optim.AdamW(
         trainable, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay,
-        fused=fused or None,
+        **_adamw_options(trainable),
     )  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.train.warmup_steps))
     return optimizer, scheduler
+
+
+def _adamw_options(trainable: list[torch.nn.Parameter]) -> dict:
+    """How AdamW runs: on CUDA the fused kernel (one launch for all parameters; same state dict;
+    it does not bump the parameters' version counter, see `ngrpo.trainer.step.weights_changed`),
+    but not for sharded (DTensor) parameters; otherwise torch's default (multi-tensor `foreach` on
+    CUDA, the per-parameter loop on CPU). The three kinds are `ADAMW_KINDS`."""
+    fused = bool(trainable) and all(p.is_cuda and not hasattr(p, "to_local") for p in trainable)
+    return ADAMW_KINDS["fused"] if fused else {}
+
+
+ADAMW_KINDS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}
+"""AdamW's implementations the trainer can end up with (`_adamw_options`), as keyword arguments."""
 
 
 def _lr_lambda(warmup_steps: int):

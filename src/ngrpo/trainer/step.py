@@ -60,6 +60,32 @@ def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
     }  # fmt: skip
 
 
+def weights_changed(run: Run) -> float:
+    """Tell every derived copy of the weights that the optimizer stepped (call after each
+    update; returns the rollout copy's refresh time in seconds): the FSDP rollout copy takes the
+    new full parameters, the kept decoder copies its compute-dtype weights again and the
+    neighbour index drops its cache unless its table is frozen (LoRA). Told, not detected: fused
+    AdamW (CUDA) writes parameters without bumping their version counter, which the copies would
+    otherwise watch."""
+    seconds = 0.0
+    if run.sharded:
+        started = time.perf_counter()
+        run.rollout_copy.refresh()
+        seconds = time.perf_counter() - started
+    if run.decoders is not None:
+        run.decoders.weights_changed()
+    if run.neighbor_index is not None and _trained(run, run.neighbor_index.table()):
+        run.neighbor_index.invalidate()
+    return seconds
+
+
+def _trained(run: Run, table: torch.Tensor) -> bool:
+    """Whether the optimizer writes `table` (under FSDP the rollout copy's tables are rewritten
+    after every update)."""
+    groups = run.optimizer.param_groups
+    return run.sharded or any(p is table for group in groups for p in group["params"])
+
+
 # ------------------------------------------------------------------------------------ one step
 
 
@@ -181,11 +207,7 @@ def _train_step(run: Run) -> dict[str, float]:
         run.params, ref_model=run.ref_model, accelerator=acc, ref_context=run.ref_context,
         on_oom=oom_retry(run),  # train.oom_retry: a smaller token budget (kept in run.params)
     )  # fmt: skip
-    refresh_s = 0.0
-    if run.sharded:  # the rollout copy takes the new weights (its in-place copies bump the
-        refreshed = time.perf_counter()  # tables' version counters: the neighbour index refreshes)
-        run.rollout_copy.refresh()
-        refresh_s = time.perf_counter() - refreshed
+    refresh_s = weights_changed(run)
     learner_s = time.perf_counter() - started
     trained_tokens = float(batch.response_mask.sum()) * cfg.train.num_iterations  # × PPO epochs
     metrics = {
