@@ -10,6 +10,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from collective_devices import install  # tests/ is the script's directory
 
 import ngrpo.trainer.loop
 from ngrpo.cli import main
@@ -28,5 +29,6 @@ def _checked_step(run) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    install()  # every collective's tensors on the process group's device
     ngrpo.trainer.loop._train_step = _checked_step
     sys.exit(main(sys.argv[1:]))

@@ -84,8 +84,10 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
     return target
 
 
-def _rank0_pid() -> int:
-    pid = torch.tensor([os.getpid()], dtype=torch.int64)
+def _rank0_pid(device: torch.device) -> int:
+    """Rank 0's process id, on every rank. The tensor lives on the accelerator's `device`: NCCL
+    (GPUs) has no CPU backend, so a CPU tensor would fail there."""
+    pid = torch.tensor([os.getpid()], dtype=torch.int64, device=device)
     dist.broadcast(pid, src=0)
     return int(pid.item())
 
@@ -106,7 +108,8 @@ def save_sharded_checkpoint(run, step: int, trainer_state: dict) -> Path:
     root = run.run_dir / CHECKPOINTS
     target = root / f"step-{step:06d}"
     # the optimizer shards' staging directory: an unfinished one is deleted on resume
-    staging = root / f"{TMP_PREFIX}{target.name}-{OPTIMIZER_DIR}-{_rank0_pid()}"
+    pid = _rank0_pid(run.accelerator.device)
+    staging = root / f"{TMP_PREFIX}{target.name}-{OPTIMIZER_DIR}-{pid}"
     main = dist.get_rank() == 0
     if main:
         if staging.exists():
