@@ -99,11 +99,14 @@ def _rollout_round(
     `reward_metrics`. `slots`: each prompt's position in the round's global prompt list (default
     0, 1, ...). Each generation batch is seeded from (seed, step, round, global position of its
     first prompt) (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size."""
+    from ngrpo.evaluation import eos_token_ids
     from ngrpo.rollout import EngineOptions, SamplingParams, generate
     from ngrpo.rollout.batch import concat_batches
     from ngrpo.sharding.data_parallel import generation_batches, rollout_seed
 
     cfg, acc = run.cfg, run.accelerator
+    # the tokenizer's EOS and the generation config's (a chat model's end of turn), as evaluation
+    eos = eos_token_ids(run.policy, run.tokenizer)
     first = list(range(len(indices))) if slots is None else slots
     parts = []
     batches = generation_batches(
@@ -122,7 +125,7 @@ def _rollout_round(
                     top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
                     max_new_tokens=cfg.rollout.max_completion_length,
                 ),
-                eos_token_id=run.tokenizer.eos_token_id, pad_token_id=run.tokenizer.pad_token_id,
+                eos_token_id=eos, pad_token_id=run.tokenizer.pad_token_id,
                 exploration=cfg.exploration, answer_start_ids=run.answer_start_ids,
                 training=True, seed=rollout_seed(cfg.seed, run.step, round_, first[start]),
                 batch_size=cfg.rollout.generation_batch_size, neighbor_index=run.neighbor_index,
