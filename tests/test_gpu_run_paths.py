@@ -81,3 +81,25 @@ def test_training_rollouts_stop_at_the_generation_configs_end_of_turn(base_model
             ends += 1
     assert ends > 0
     assert batch.stats["rollout/truncated_frac"] < 1.0
+
+
+def test_resume_restores_cuda_rng_states_on_fewer_gpus_than_saved_them(monkeypatch):
+    # Rank 0 saves the RNG state of every visible GPU; a resume with fewer visible GPUs (README:
+    # resume under any world size) must not index past them. Emulated: 1 GPU present, 3 saved.
+    from ngrpo.trainer.checkpoints import _rng_state, _set_rng_state
+
+    state, restored = _rng_state(), []  # this machine's (CPU) streams
+
+    def set_rng_state(new_state, device="cuda"):
+        if device not in (0, "cuda"):
+            raise IndexError(f"CUDA device {device} does not exist (1 visible)")
+        restored.append((device, new_state))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_rng_state)  # set_rng_state_all's
+    gpu_states = [torch.full((16,), i, dtype=torch.uint8) for i in range(3)]
+    _set_rng_state({**state, "cuda": gpu_states})
+    assert len(restored) == 1 and restored[0][0] in (0, "cuda")
+    assert torch.equal(restored[0][1], gpu_states[0])

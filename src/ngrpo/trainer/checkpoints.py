@@ -24,6 +24,7 @@ is no checkpoint yet; `_truncate_metrics`); leftovers of an interrupted save are
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -42,6 +43,8 @@ from ngrpo.utils.io import (
     recover_interrupted_writes,
     write_atomically,
 )
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -167,7 +170,14 @@ def _set_rng_state(state: dict) -> None:
     internal = tuple(int(x) for x in state["python"].tolist())
     random.setstate((state["python_version"], internal, state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU visible at save time; resume may see fewer (another world size, node
+        # or CUDA_VISIBLE_DEVICES) or more: restore the ones present, leave the others as seeded
+        saved, present = state["cuda"], torch.cuda.device_count()
+        for device, gpu_state in enumerate(saved[:present]):
+            torch.cuda.set_rng_state(gpu_state, device)
+        if len(saved) != present:
+            log.warning("the checkpoint holds CUDA RNG states of %d GPUs, %d are visible: "
+                        "restored %d", len(saved), present, min(len(saved), present))  # fmt: skip
 
 
 STATE_KEYS = ("step", "best", "skipped", "optimizer", "scheduler", "sampler", "rng")
