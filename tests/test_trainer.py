@@ -6,8 +6,10 @@ and a full disk are in test_faults.py."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,6 +122,26 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(
         _weights(out / "checkpoints/step-000003"),
     )
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert _untimed(read_metrics(out)) == _untimed(read_metrics(straight_run)[:3])
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(straight_run, tmp_path,
+                                                                    caplog):  # fmt: skip
+    out = tmp_path / "damaged"
+    shutil.copytree(straight_run, out)
+    for late in ("step-000003", "step-000004"):  # as if killed after step 2's save ...
+        shutil.rmtree(out / "checkpoints" / late)
+    weights = out / "checkpoints/step-000002/model.safetensors"  # ... whose weights were lost
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING, logger="ngrpo.trainer.checkpoints"):
+        train(load_run_config(out, ["train.steps=3", f"output_dir={out}"]), resume=True)
+    assert "skipping checkpoint step-000002" in caplog.text
+    assert "model.safetensors is corrupted or truncated" in caplog.text
+    ref, got = (
+        _weights(straight_run / "checkpoints/step-000003"),
+        _weights(out / "checkpoints/step-000003"),
+    )
+    assert all(torch.equal(ref[k], got[k]) for k in ref)  # resumed from step 1, redid 2 and 3
     assert _untimed(read_metrics(out)) == _untimed(read_metrics(straight_run)[:3])
 
 

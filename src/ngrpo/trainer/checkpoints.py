@@ -42,6 +42,7 @@ from ngrpo.utils.io import (
     disk_problem,
     recover_interrupted_writes,
     write_atomically,
+    write_text_atomically,
 )
 
 log = logging.getLogger(__name__)
@@ -200,8 +201,56 @@ def load_trainer_state(path: Path) -> dict:
     return state
 
 
+def _checkpoint_problem(directory: Path) -> tuple[str | None, dict | None]:
+    """(why `directory` cannot be resumed from, None) or (None, its trainer state): the state
+    loads safely, the weight files open (safetensors headers cover the files), the JSON files
+    parse and a sharded run's optimizer metadata is safe to read."""
+    from safetensors import safe_open
+
+    from ngrpo.models.load import MODEL_JSON_FILES, check_json_files
+    from ngrpo.sharding.checkpoint import OPTIMIZER_IN_DCP, check_dcp_metadata
+
+    try:
+        state = load_trainer_state(directory / STATE_FILE)
+        check_json_files(directory, MODEL_JSON_FILES)
+        weights = sorted(directory.glob("*.safetensors"))
+        if not weights:
+            raise NgrpoError(f"{directory} holds no safetensors weights")
+        for path in weights:
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass
+            except Exception as err:  # noqa: BLE001 - SafetensorError and I/O errors alike
+                raise NgrpoError(f"{path} is corrupted or truncated ({err})") from None
+        if state["optimizer"] == OPTIMIZER_IN_DCP:
+            check_dcp_metadata(directory / OPTIMIZER_DIR)
+    except NgrpoError as err:
+        return str(err), None
+    return None, state
+
+
+def resume_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
+    """The newest complete checkpoint that can be resumed from and its trainer state ((None,
+    None) without any). A damaged one is skipped with a warning naming it and why, in favour of
+    the previous one; when every checkpoint is damaged, the newest one's problem is raised as an
+    `NgrpoError` (starting over silently would discard the run)."""
+    found = checkpoint_dirs(run_dir)
+    first_problem = None
+    for directory in reversed(found):
+        problem, state = _checkpoint_problem(directory)
+        if problem is None:
+            return directory, state
+        first_problem = first_problem or problem
+        log.warning("skipping checkpoint %s: %s; trying the one before it", directory.name,
+                    problem)  # fmt: skip
+    if first_problem is not None:
+        raise NgrpoError(first_problem)
+    return None, None
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines of steps after `step` (logged before an interruption; redone)."""
+    """Drop metric lines of steps after `step` (logged before an interruption; redone). The log is
+    rewritten atomically: a kill during the rewrite leaves it as it was."""
     if not path.is_file():
         return
     keep = []
@@ -212,4 +261,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue  # a line cut off by the interruption
         if row.get("step", 0) <= step:
             keep.append(line if line.endswith("\n") else line + "\n")
-    path.write_text("".join(keep), encoding="utf-8")
+    write_text_atomically(path, "".join(keep))

@@ -37,12 +37,10 @@ from ngrpo.learner.update import LearnerParams
 from ngrpo.rollout import DecoderPool
 from ngrpo.trainer.checkpoints import (
     OOM_BUDGET,
-    STATE_FILE,
     _recover_interrupted_writes,
     _set_rng_state,
     _truncate_metrics,
-    checkpoint_dirs,
-    load_trainer_state,
+    resume_checkpoint,
 )
 from ngrpo.trainer.prompts import PromptSampler, encode_prompts
 from ngrpo.utils.errors import NgrpoError
@@ -177,9 +175,9 @@ def _reward_set(cfg: TrainConfig, reward_funcs):
 
 
 def _resume_point(run_dir: Path, resume: bool) -> tuple[Path | None, dict | None]:
-    """The newest complete checkpoint and its trainer state when resuming, else (None, None)."""
-    latest = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
-    state = load_trainer_state(latest / STATE_FILE) if latest is not None else None
+    """The newest complete checkpoint that is not damaged and its trainer state when resuming
+    (`ngrpo.trainer.checkpoints.resume_checkpoint`), else (None, None)."""
+    latest, state = resume_checkpoint(run_dir) if resume else (None, None)
     if resume and latest is None:
         log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
     return latest, state
