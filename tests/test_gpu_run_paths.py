@@ -103,3 +103,26 @@ def test_resume_restores_cuda_rng_states_on_fewer_gpus_than_saved_them(monkeypat
     _set_rng_state({**state, "cuda": gpu_states})
     assert len(restored) == 1 and restored[0][0] in (0, "cuda")
     assert torch.equal(restored[0][1], gpu_states[0])
+
+
+def test_a_replaced_kept_decoder_is_freed_before_its_successor_is_built(monkeypatch):
+    # Prompts that grow replace the kept decoder; its KV cache and weight copies must be gone
+    # before the new one allocates, or the peak holds both (the memory plan counts one).
+    import weakref
+
+    from factories import tiny_lm
+
+    import ngrpo.rollout.decoders as decoders
+
+    model, pool, cpu = tiny_lm(), decoders.DecoderPool(), torch.device("cpu")
+    old = weakref.ref(pool.get(model, decoders.EngineOptions("static"), 2, 8, cpu))
+    alive_at_build, real = [], decoders.StaticDecoder
+
+    def building(*args, **kwargs):
+        alive_at_build.append(old() is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decoders, "StaticDecoder", building)
+    new = pool.get(model, decoders.EngineOptions("static"), 4, 8, cpu)  # more rows: replaced
+    assert alive_at_build == [False]
+    assert pool.decoder is new and new.capacity == 4

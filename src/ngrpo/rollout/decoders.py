@@ -109,6 +109,9 @@ class DecoderPool:
             kept.begin_call()
             self.reused += 1
             return kept
+        # the kept decoder (KV cache, weight copies, graphs) is freed before its successor is
+        # allocated: no local reference may keep both alive at the peak
+        del kept
         self.release()
         self.decoder = StaticDecoder(
             model, rows, max_len, cuda_graphs=graphs, precision=options.precision
