@@ -35,6 +35,7 @@ import torch.distributed as dist
 
 from ngrpo.sharding.checkpoint import OPTIMIZER_DIR
 from ngrpo.sharding.strategy import PREFIX
+from ngrpo.trainer.waits import wait_for_main
 from ngrpo.utils.errors import NgrpoError
 from ngrpo.utils.io import (
     TMP_PREFIX,
@@ -148,7 +149,7 @@ def save_sharded_checkpoint(run, step: int, trainer_state: dict) -> Path:
         for stale in checkpoint_dirs(run.run_dir)[: -run.cfg.logging.keep_last]:
             shutil.rmtree(stale)
     del gathered
-    dist.barrier()
+    wait_for_main(run.accelerator, run.waits)  # rank 0 wrote the model: no collective timeout
     return target
 
 

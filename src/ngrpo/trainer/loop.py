@@ -6,7 +6,9 @@ Run directory parts written here: `config.yaml` (the resolved configuration), `m
 (one line per training step and per evaluation) and `best/` (the model with the best
 `eval.best_metric` so far, written atomically like checkpoints; under FSDP the rollout copy's
 weights, i.e. in the compute dtype). Only rank 0 evaluates and writes files (under FSDP every rank
-writes its optimizer shard); the others wait at a barrier.
+writes its optimizer shard); the others wait for it on a group of their own, outside the
+process group's collective timeout (`ngrpo.trainer.waits`: NCCL's 10 minutes would end a long
+evaluation or a slow checkpoint write).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ngrpo.trainer.oom import oom_error
 from ngrpo.trainer.setup import Run, _setup
 from ngrpo.trainer.step import _train_step
 from ngrpo.trainer.stop import GracefulStop
+from ngrpo.trainer.waits import wait_for_main
 from ngrpo.utils.errors import NgrpoError, TrainingStopped
 from ngrpo.utils.io import DiskError, disk_problem, write_atomically
 from ngrpo.utils.oom import PhaseOutOfMemory, oom_phase
@@ -89,7 +92,7 @@ def _save(run: Run) -> None:
             f"{err}; {kept}: free space or make {err.target.parent} writable, then "
             f"`ngrpo train --resume {run.run_dir}`"
         ) from err
-    run.accelerator.wait_for_everyone()
+    wait_for_main(run.accelerator, run.waits)
 
 
 def _stop(run: Run, stop: GracefulStop, saved: int) -> None:
@@ -168,7 +171,7 @@ def _maybe_eval(run: Run, writer, progress: Progress | None) -> None:
                 (tmp / "best.json").write_text(json.dumps({"step": run.step, "value": value}))
 
             write_atomically(run.run_dir / "best", write)
-    run.accelerator.wait_for_everyone()
+    wait_for_main(run.accelerator, run.waits)
 
 
 def train(

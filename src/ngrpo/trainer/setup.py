@@ -43,6 +43,7 @@ from ngrpo.trainer.checkpoints import (
     resume_checkpoint,
 )
 from ngrpo.trainer.prompts import PromptSampler, encode_prompts
+from ngrpo.trainer.waits import wait_for_main, wait_group
 from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Run:
     dropped_prompts: int = 0
     rollout_copy: object | None = None  # ngrpo.sharding.RolloutCopy under FSDP
     decoders: object | None = None  # ngrpo.rollout.DecoderPool: the decoder kept between steps
+    waits: object | None = None  # the group waits for rank 0's work use (ngrpo.trainer.waits)
 
     @property
     def sharded(self) -> bool:
@@ -129,6 +131,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         ref_context=peft_model.disable_adapter if peft_model is not None else None,
         rollout_copy=copy,
         decoders=DecoderPool() if _keep_decoder(cfg, accelerator.device, world) else None,
+        waits=wait_group(world),
     )  # fmt: skip
     rewards.pool = run.pool  # the built-in graders share the run's grading workers
     rewards.start()  # a user function that cannot load fails here, before any step
@@ -137,7 +140,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     if resume and accelerator.is_main_process:
         # Lines logged after the checkpoint are redone; without one, everything is redone.
         _truncate_metrics(run_dir / "metrics.jsonl", run.step if latest is not None else -1)
-    accelerator.wait_for_everyone()
+    wait_for_main(accelerator, run.waits)
     return run
 
 
