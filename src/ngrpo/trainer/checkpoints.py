@@ -11,7 +11,8 @@ Run directory (`output_dir`) parts written here:
   saving leaves the previous checkpoint intact; only complete `step-*` directories are read back.
   Under FSDP the optimizer state is in `optimizer/` instead (`save_sharded_checkpoint`; the
   format and its loading are `ngrpo.sharding.checkpoint`);
-- `best/` goes through the same atomic write (`ngrpo.trainer.loop`).
+- `best/` goes through the same atomic write (`ngrpo.trainer.loop`); on resume a `best/` from the
+  discarded trajectory is replaced by the best step's checkpoint or removed (`_reconcile_best`).
 
 Resume (`resume=True`): continues from the newest complete checkpoint with the same data order,
 RNG streams and optimizer state, so 2 + 2 steps equal 4 straight steps (tested). Metrics lines of
@@ -246,6 +247,51 @@ def resume_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
                     problem)  # fmt: skip
     if first_problem is not None:
         raise NgrpoError(first_problem)
+    return None, None
+
+
+BEST = "best"
+BEST_STEP = "best_step"  # optional in trainer_state.pt: the step whose evaluation set `best`
+
+
+def _reconcile_best(
+    run_dir: Path, step: int, best: float | None, best_step: int | None
+) -> tuple[float | None, int | None]:
+    """`best/` after resuming from `step` (-1: from scratch), whose trainer state says the best
+    metric so far is `best`, reached at `best_step`; returns the (best, best_step) to go on with.
+
+    A `best/` whose best.json names a later step came from the discarded trajectory (its eval row
+    is truncated from the log). It is replaced by the model of `best_step`'s checkpoint when that
+    checkpoint is still on disk; otherwise it is removed and the best is forgotten, so the next
+    evaluation writes `best/` again. Either way with a warning naming the step."""
+    info = run_dir / BEST / "best.json"
+    if not info.is_file():
+        return best, best_step
+    try:
+        saved = int(json.loads(info.read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        saved = step + 1  # unreadable: treated as not belonging to the kept trajectory
+    if saved <= step:
+        return best, best_step
+    source = None if best_step is None else run_dir / CHECKPOINTS / f"step-{best_step:06d}"
+    if source is not None and (source / STATE_FILE).is_file():
+
+        def write(tmp: Path) -> None:
+            for item in source.iterdir():
+                if item.name in (STATE_FILE, OPTIMIZER_DIR):
+                    continue
+                copy = shutil.copytree if item.is_dir() else shutil.copy2
+                copy(item, tmp / item.name)
+            (tmp / "best.json").write_text(json.dumps({"step": best_step, "value": best}))
+
+        write_atomically(run_dir / BEST, write)
+        log.warning("best/ held step %d, after the resumed step %d (a discarded trajectory): "
+                    "replaced by step %d's checkpoint", saved, step, best_step)  # fmt: skip
+        return best, best_step
+    shutil.rmtree(run_dir / BEST)
+    log.warning("best/ held step %d, after the resumed step %d (a discarded trajectory), and the "
+                "best step's checkpoint is gone: removed; the next evaluation writes it again",
+                saved, step)  # fmt: skip
     return None, None
 
 

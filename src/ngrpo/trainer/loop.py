@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ngrpo.config import TrainConfig, derived_values, save_config
 from ngrpo.trainer.checkpoints import (
+    BEST_STEP,
     CHECKPOINTS,
     OOM_BUDGET,
     _rng_state,
@@ -70,7 +71,7 @@ def _trainer_state(run: Run) -> dict:
         "step": run.step, "best": run.best, "skipped": run.skipped_total,
         "optimizer": optimizer, "scheduler": run.scheduler.state_dict(),
         "sampler": run.sampler.state_dict(), "rng": _rng_state(),
-        OOM_BUDGET: run.params.max_tokens_per_micro_batch,
+        OOM_BUDGET: run.params.max_tokens_per_micro_batch, BEST_STEP: run.best_step,
     }  # fmt: skip
 
 
@@ -164,7 +165,7 @@ def _maybe_eval(run: Run, writer, progress: Progress | None) -> None:
                 f"{', '.join(sorted(metrics))}"
             )
         if value is not None and (run.best is None or value > run.best):
-            run.best = value
+            run.best, run.best_step = value, run.step
 
             def write(tmp: Path) -> None:
                 _save_model(tmp, _saved_model(run), run.tokenizer)

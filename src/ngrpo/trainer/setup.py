@@ -36,7 +36,9 @@ from ngrpo.config import TrainConfig
 from ngrpo.learner.update import LearnerParams
 from ngrpo.rollout import DecoderPool
 from ngrpo.trainer.checkpoints import (
+    BEST_STEP,
     OOM_BUDGET,
+    _reconcile_best,
     _recover_interrupted_writes,
     _set_rng_state,
     _truncate_metrics,
@@ -77,6 +79,7 @@ class Run:
     ref_context: Callable | None = None  # LoRA: peft's disable_adapter, the reference's context
     step: int = 0
     best: float | None = None
+    best_step: int | None = None  # the step whose evaluation gave `best` (best/ holds its model)
     skipped_total: int = 0
     dropped_prompts: int = 0
     rollout_copy: object | None = None  # ngrpo.sharding.RolloutCopy under FSDP
@@ -139,7 +142,9 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         _restore(run, module, latest, state)
     if resume and accelerator.is_main_process:
         # Lines logged after the checkpoint are redone; without one, everything is redone.
-        _truncate_metrics(run_dir / "metrics.jsonl", run.step if latest is not None else -1)
+        resumed = run.step if latest is not None else -1
+        _truncate_metrics(run_dir / "metrics.jsonl", resumed)
+        run.best, run.best_step = _reconcile_best(run_dir, resumed, run.best, run.best_step)
     wait_for_main(accelerator, run.waits)
     return run
 
@@ -396,6 +401,7 @@ def _restore(run: Run, module: torch.nn.Module, latest: Path, state: dict) -> No
     run.sampler.load_state_dict(state["sampler"])
     _set_rng_state(state["rng"])
     run.step, run.best, run.skipped_total = state["step"], state["best"], state["skipped"]
+    run.best_step = state.get(BEST_STEP)  # absent in checkpoints written before it was kept
     budget = state.get(OOM_BUDGET)  # a token budget `train.oom_retry` lowered (ngrpo.trainer.oom)
     if budget is not None and run.cfg.train.oom_retry:
         configured = run.params.max_tokens_per_micro_batch
