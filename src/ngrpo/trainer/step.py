@@ -14,8 +14,10 @@ first prompt), and each process takes its slice of every mini-batch of the step'
 (`ngrpo.sharding.data_parallel.process_prompt_slots`), so N processes produce one process's
 rollouts and optimizer steps when each process's slice of a mini-batch is a whole number of
 generation batches (a 1-process run with `generation_batch_size: null` keeps its old seeds).
-Metrics are averaged over processes, totals and throughputs (`SUMMED_METRICS`) summed,
-`memory/peak_bytes` the largest (`MAX_METRICS`), and `train/world_size` is logged.
+Metrics are averaged over processes, totals, throughputs and error counts (`SUMMED_METRICS`,
+`reward/<name>/errors`) summed, ratios (`rollout/mixed_frac`, `embed_shift`, `neighbor_weight`)
+weighted by each process's count (`ngrpo.rollout.batch.WEIGHTED_STATS`), `memory/peak_bytes` the
+largest (`MAX_METRICS`), and `train/world_size` is logged.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 import torch
 
 from ngrpo.learner.update import MAX_KEYS, MIN_KEYS, update_policy
+from ngrpo.rollout.batch import WEIGHTED_STATS
 from ngrpo.trainer.oom import oom_retry
 from ngrpo.trainer.setup import Run
 from ngrpo.utils.oom import oom_phase
@@ -32,7 +35,9 @@ from ngrpo.utils.oom import oom_phase
 # Metrics summed over processes (totals and throughputs); every other metric is averaged.
 SUMMED_METRICS = (
     "rollout/tokens", "rollout/mixed_tokens", "rollout/tokens_per_s", "learner/tokens_per_s",
+    "rollout/eligible_tokens", "rollout/embed_shift_tokens",
 )  # fmt: skip
+SUMMED_SUFFIXES = ("/errors",)  # counts: reward/<name>/errors
 # The learner's extremes over micro-batches (MIN_KEYS / MAX_KEYS) stay extremes over processes.
 MAX_METRICS = (  # the largest over processes: what must fit on each, the worst gap
     *MAX_KEYS, "memory/peak_bytes", "actor/replay_logp_err", "mismatch/logp_abs_max",
@@ -52,12 +57,19 @@ def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
     values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
     gathered = run.accelerator.gather(values.to(run.accelerator.device)).view(world, -1).cpu()
     sums, maxima, minima = gathered.sum(0), gathered.max(0).values, gathered.min(0).values
-    return {
+    reduced = {
         key: float(maxima[i]) if key in MAX_METRICS
         else float(minima[i]) if key in MIN_METRICS
-        else float(sums[i]) if key in SUMMED_METRICS else float(sums[i]) / world
+        else float(sums[i]) if key in SUMMED_METRICS or key.endswith(SUMMED_SUFFIXES)
+        else float(sums[i]) / world
         for i, key in enumerate(keys)
     }  # fmt: skip
+    for key, count in WEIGHTED_STATS.items():  # ratios: weighted by each process's count
+        if key in metrics and count in metrics:
+            values, weights = gathered[:, keys.index(key)], gathered[:, keys.index(count)]
+            total = float(weights.sum())
+            reduced[key] = float((values * weights).sum()) / total if total else 0.0
+    return reduced
 
 
 def weights_changed(run: Run) -> float:
