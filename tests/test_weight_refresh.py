@@ -55,9 +55,10 @@ def test_kept_decoder_and_neighbor_index_follow_every_optimizer_step(
         table = index.table()
         for kind, options in ADAMW_KINDS.items():  # one step with each, as the trainer builds it
             monkeypatch.setattr(ngrpo.trainer.setup, "_adamw_options", lambda _, o=options: o)
-            run.optimizer, run.scheduler = _optimizer(run.cfg, run.model)
+            optimizer, run.scheduler = _optimizer(run.cfg, run.model)
             for key, value in options.items():  # the optimizer really is this kind
-                assert run.optimizer.defaults[key] is value, kind
+                assert optimizer.defaults[key] is value, kind
+            run.optimizer = run.accelerator.prepare(optimizer)  # as `_setup` does
             before = table.detach().clone()
             _train_step(run)
             assert not torch.equal(table, before), kind  # the step moved the searched table
