@@ -128,3 +128,36 @@ def test_errors_and_metric_names(tokenizer):
         "eval/arith-id/pass@1": 0.5,
         "eval/arith-id/pass@2": 0.75,
     }
+
+
+def test_a_training_runs_evaluation_decodes_on_its_kept_decoder(
+    monkeypatch, tiny_model, tokenizer, pool
+):
+    # the trainer's evaluation (`ngrpo.trainer.loop._evaluate`) must not build a second static
+    # decoder (weight copies, KV cache, graph pool) beside the one kept between steps
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    import ngrpo.rollout.decoders
+    from ngrpo.config import load_config
+    from ngrpo.rollout import DecoderPool
+    from ngrpo.trainer.loop import _evaluate
+
+    built = []
+
+    class CountedDecoder(ngrpo.rollout.decoders.StaticDecoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(ngrpo.rollout.decoders, "StaticDecoder", CountedDecoder)
+    cfg = load_config("tiny_ngrpo", ["eval.n=2", "eval.max_new_tokens=6"])
+    run = SimpleNamespace(
+        cfg=cfg, accelerator=SimpleNamespace(autocast=nullcontext), policy=tiny_model,
+        tokenizer=tokenizer, pool=pool, decoders=DecoderPool(),
+        eval_sets={"arith-id": load_benchmark("arith-id", limit=2).examples},
+    )  # fmt: skip
+    first = _evaluate(run)
+    assert len(built) == 1 and run.decoders.decoder is built[0]  # the evaluation's, kept
+    assert _evaluate(run) == first  # same seeds, same decoder: the same samples
+    assert len(built) == 1 and run.decoders.reused == 1  # re-used, not rebuilt

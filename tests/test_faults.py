@@ -289,19 +289,54 @@ def test_a_read_only_directory_is_a_disk_error_injected(previous, monkeypatch):
     assert (previous / "a.txt").read_text() == "old"
 
 
-@pytest.mark.skipif(
-    os.geteuid() == 0,
-    reason="running as root: chmod does not stop root's writes (the EROFS injection test above "
-    "covers the same path)",
-)
-def test_a_read_only_directory_is_a_disk_error(previous):
-    previous.parent.chmod(0o555)
+_READ_ONLY_CHECK = """
+import os
+import sys
+from pathlib import Path
+from ngrpo.utils.io import DiskError, write_atomically
+if os.geteuid() == 0:  # imports done as root; the writes as nobody, whom chmod does stop
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+target = Path(sys.argv[1]) / "target"
+write_atomically(target, lambda tmp: (tmp / "a.txt").write_text("old"))
+target.parent.chmod(0o555)
+def write(tmp):
+    (tmp / "a.txt").write_text("new")
+try:
+    write_atomically(target, write)
+except DiskError as error:
+    print("DiskError:", error)
+finally:
+    target.parent.chmod(0o755)
+print("left:", sorted(p.name for p in target.parent.iterdir()), (target / "a.txt").read_text())
+"""
+
+
+def test_a_read_only_directory_is_a_disk_error(tmp_path):
+    """chmod does not stop root's writes, so the check runs in a child process that, when
+    started as root (CI), drops to the unprivileged user `nobody` (uid 65534) before writing in
+    a directory that user owns."""
+    import subprocess
+    import sys
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="ngrpo-ro-"))
     try:
-        with pytest.raises(DiskError, match=r"Permission denied \(EACCES\)"):
-            write_atomically(previous, _writing_fails(SAFETENSORS_FULL))
+        if os.geteuid() == 0:
+            os.chmod(work, 0o755)
+            os.chown(work, 65534, 65534)
+        done = subprocess.run(
+            [sys.executable, "-c", _READ_ONLY_CHECK, str(work)], capture_output=True, text=True,
+            timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, cwd=work,
+        )  # fmt: skip
     finally:
-        previous.parent.chmod(0o755)
-    assert sorted(p.name for p in previous.parent.iterdir()) == ["target"]
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"DiskError: .*Permission denied \(EACCES\)", done.stdout), done.stdout
+    assert "left: ['target'] old" in done.stdout, done.stdout
 
 
 def test_a_full_disk_at_the_metrics_log_is_an_error_naming_it(

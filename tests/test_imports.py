@@ -5,8 +5,8 @@ inside a function (a lazy import is a dependency all the same); imports under `i
 are not edges (they never run). `from ngrpo.pkg import name` is an edge to the module
 `ngrpo.pkg.name` when that is a module, else to `ngrpo.pkg` (its `__init__`).
 
-Layers (`LAYERS`, bottom first; the README's "Code map" lists the same order): a module belongs to
-the unit named by its first component under `ngrpo` (`ngrpo.models.lora` -> `models`;
+Layers (`LAYERS`, bottom first; docs/reference/code-map.md lists the same order): a module
+belongs to the unit named by its first component under `ngrpo` (`ngrpo.models.lora` -> `models`;
 `ngrpo/__init__.py` is the unit `__init__`). An import between two units must go to a strictly
 lower layer; units that share a layer do not import each other.
 """

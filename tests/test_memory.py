@@ -106,11 +106,38 @@ def test_kv_cache_and_phase_totals():
     assert plan.peak_bytes == max(plan.phase_bytes.values())
 
 
+def test_the_evaluation_decoder_and_the_graph_pool_are_planned():
+    from ngrpo.cli.plan import load_plan_config
+    from ngrpo.memory import inputs_from_config, shape_for_config
+
+    name = "r1_distill_qwen_1.5b_ngrpo"
+    cfg = load_plan_config(name, [])
+    shape = shape_for_config(cfg, name)
+    x = inputs_from_config(cfg, shape, world_size=8)  # 32 rollout rows per GPU, eval.n 32
+    assert (x.rollout_rows, x.cuda_graphs, x.eval_rows, x.eval_tokens) == (32, True, 64, 12_288)
+    assert not inputs_from_config(cfg, shape, device="cpu").cuda_graphs
+    off = load_plan_config(name, ["rollout.cuda_graphs=off", "eval.every=0", "eval.at_start=false"])
+    x_off = inputs_from_config(off, shape, world_size=8)
+    assert (x_off.cuda_graphs, x_off.eval_rows, x_off.eval_tokens) == (False, 0, 0)
+    per_row = 12_288 * shape.num_layers * 2 * shape.kv_dim * 2  # bf16 keys and values
+    # the evaluation's 64 rows re-size the decoder: the KV cache is the larger of the two
+    assert _bytes(estimate(x), "KV cache") == 64 * per_row
+    assert _bytes(estimate(x_off), "KV cache") == 32 * per_row
+    assert "CUDA graph pool" not in [c.name for c in estimate(x_off).components]
+    kept = estimate(dataclasses.replace(x, keep_decoder=True))
+    (pool,) = [c for c in kept.components if c.name == "CUDA graph pool"]
+    assert pool.phases == ("rollout", "learner", "step")  # kept with the decoder
+    assert pool.bytes > 64 * shape.vocab_size * 4  # at least the graphs' shared logits buffer
+    fewer = estimate(dataclasses.replace(x, eval_rows=16, keep_decoder=True))
+    assert _bytes(fewer, "CUDA graph pool") < pool.bytes  # sized for the decoder's rows
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(strategy="zero3"), "strategy must be one of ddp, fsdp"),
     (dict(world_size=0), "world_size must be an integer >= 1"),
     (dict(dtype="fp8"), "dtype must be one of"),
     (dict(strategy="fsdp", lora_r=8), "FSDP with LoRA is not supported"),
+    (dict(eval_rows=-1), "eval_rows and eval_tokens must be >= 0"),
 ])  # fmt: skip
 def test_bad_inputs_are_named(change, message):
     with pytest.raises(NgrpoError, match=message):
@@ -201,7 +228,7 @@ def test_plan_cli_table_lora_and_overrides(capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "LoRA r=16" in out and "frozen base weights" in out and "fits" in out
-    assert "32 rows × 12288 positions" in out
+    assert "KV cache" in out and "CUDA graph pool" in out  # sizes: test_the_evaluation_decoder...
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -254,15 +281,16 @@ def test_reduce_takes_the_maximum_of_peak_bytes_over_processes():
                                   "reward/mean": 0.5}  # fmt: skip
 
 
-def test_readme_memory_tables_match_ngrpo_plan():
-    """Every cell of README's "Memory planning" tables is what `ngrpo plan` estimates now."""
+def test_memory_guide_tables_match_ngrpo_plan():
+    """Every cell of the memory guide's tables (docs/guides/memory.md) is what `ngrpo plan`
+    estimates now."""
     import re
 
     from ngrpo.cli.plan import load_plan_config
     from ngrpo.memory import inputs_from_config, shape_for_config
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Memory planning") : readme.index("## Scale")]
+    guide = Path(__file__).parents[1] / "docs" / "guides" / "memory.md"
+    section = guide.read_text(encoding="utf-8")
     tables = section.split("| config | GPUs | DDP | FSDP | LoRA r=16 (DDP) |")[1:]
     assert len(tables) == 2
     strategies = (("ddp", 0), ("fsdp", 0), ("ddp", 16))

@@ -102,3 +102,19 @@ def test_index_errors():
         NeighborIndex(torch.randn(5, 2), 1, "hamming")
     with pytest.raises(NgrpoError, match=r"k must be in \[0, 4\]"):
         NeighborIndex(torch.randn(5, 2), 5)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_search_under_bf16_autocast_is_the_fp32_search(metric):
+    # The engine calls `fill` inside the accelerator's autocast (on by default on CUDA); a bf16
+    # matmul there would reorder close neighbours. CPU autocast forces the same branch. Same
+    # operations as the fp32 oracle once autocast is off inside the search: asserted bitwise.
+    table = torch.randn(600, 48, generator=torch.Generator().manual_seed(3))
+    anchors = torch.arange(0, 600, 3)
+    expect_ids, expect_scores = bruteforce_neighbors(table, anchors, 3, metric)
+    index = NeighborIndex(table, 3, metric)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ids, scores = bruteforce_neighbors(table, anchors, 3, metric)
+        looked_up = index.lookup(anchors)
+    assert torch.equal(ids, expect_ids) and torch.equal(looked_up, expect_ids)
+    assert scores.dtype == torch.float32 and torch.equal(scores, expect_scores)

@@ -95,3 +95,34 @@ def test_cat_pads_k_and_noise_and_select_rows():
     assert full[0:1].to("cpu").shape == (1, 5, 3)
     both = SoftInputs.cat([full[0:1], full[1:2]], dim=0)
     assert torch.equal(both.ids, full.ids) and torch.equal(both.noise, full.noise)
+
+
+@pytest.fixture
+def cuda_autocast_sum():
+    """CUDA's autocast policy for `sum` (an fp32 kernel: `aten/src/ATen/autocast_mode.cpp`'s fp32
+    list) registered for CPU autocast, which leaves `sum` in the input dtype: the GPU branch of
+    the mixture, on CPU."""
+
+    def sum_in_fp32(self, dim, keepdim=False, *, dtype=None):
+        no_autocast = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+        with torch._C._ExcludeDispatchKeyGuard(no_autocast):
+            return torch.ops.aten.sum.dim_IntList(self.float(), dim, keepdim, dtype=dtype)
+
+    lib = torch.library.Library("aten", "IMPL")
+    lib.impl("sum.dim_IntList", sum_in_fp32, "AutocastCPU")
+    yield
+    lib._destroy()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_mixture_stays_in_the_embedding_dtype_under_a_gpu_autocast(cuda_autocast_sum, dtype):
+    # a LoRA run's frozen base embeds in bf16: rollout (static decoder, `precision: learner`), KL
+    # reference (no autocast) and learner (autocast) must all start the residual stream from the
+    # same bf16 mixture; same operations with and without autocast: asserted bitwise
+    table = torch.randn(11, 5).to(dtype)
+    soft = _records()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.ones(2, 3, dtype=torch.bfloat16).sum(dim=-1).dtype == torch.float32  # forced
+        mixed = embed(table, soft)
+    assert mixed.dtype == dtype
+    assert torch.equal(mixed, embed(table, soft))

@@ -5,7 +5,7 @@ The Python API (stable, typed names; imported on first use so that `import ngrpo
     from ngrpo import TrainConfig, load_config, train, evaluate, read_metrics
     from ngrpo import Example, load_benchmark, grade, load_model, load_tokenizer, NgrpoError
 
-See `ngrpo.api` for `train` / `evaluate` and the README's "Python API" section.
+See `ngrpo.api` for `train` / `evaluate` and docs/reference/python-api.md (what is public).
 """
 
 from __future__ import annotations

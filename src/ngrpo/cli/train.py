@@ -2,7 +2,7 @@
 
     ngrpo train --config tiny_ngrpo train.steps=20 output_dir=runs/x
     ngrpo train --resume runs/x [train.steps=40]
-    torchrun --nproc_per_node 2 -m ngrpo train --config tiny_ngrpo   # data parallel (see README)
+    torchrun --nproc_per_node 2 -m ngrpo train --config tiny_ngrpo   # docs/guides/training.md
 
 Under a launcher (torchrun, accelerate launch) only the process of rank 0 draws the progress bar
 and prints; the others train silently.

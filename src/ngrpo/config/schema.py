@@ -215,8 +215,8 @@ class GRPOConfig:
     strategy: str = "ddp"
     """Data-parallel strategy under several processes (verl `actor_rollout_ref.actor.strategy`):
     `ddp` (every process holds the whole model and optimizer) | `fsdp` (FSDP2: parameters,
-    gradients and optimizer state sharded over the processes; `ngrpo.sharding`, README "Sharded
-    training (FSDP2)"). A single process shards nothing: its run and checkpoints are the same
+    gradients and optimizer state sharded over the processes; `ngrpo.sharding`,
+    docs/guides/fsdp.md). A single process shards nothing: its run and checkpoints are the same
     either way. Not combined with LoRA (`model.lora.r > 0`) yet."""
 
     @property

@@ -289,8 +289,10 @@ def resolve_device_dtype(
     """(device, compute dtype) for the requested `model.device` / `model.dtype`.
 
     `auto` device: `cuda` when available, else `cpu`. `auto` dtype: bfloat16 on a CUDA device that
-    supports it, float32 otherwise (CPU, or an older GPU: float16 would need loss scaling). An
-    explicit request that cannot be met is an error, never a silent substitute.
+    supports it natively (`bf16_supported`: compute capability 8.0 or later, Ampere on; emulated
+    bf16 on a V100 or T4 is much slower), float32 otherwise (CPU, or an older GPU: float16 would
+    need loss scaling). An explicit request that cannot be met is an error, never a silent
+    substitute.
     """
     _check_device(device)
     _check_choice("model.dtype", dtype, list(DTYPES))
@@ -302,5 +304,8 @@ def resolve_device_dtype(
     if dtype == "auto":
         return device, torch.bfloat16 if on_cuda and bf16_supported else torch.float32
     if dtype == "bfloat16" and on_cuda and not bf16_supported:
-        raise NgrpoError("model.dtype=bfloat16 but this GPU does not support it; use float32")
+        raise NgrpoError(
+            "model.dtype=bfloat16 but this GPU does not support it natively (compute capability "
+            "below 8.0: bf16 would be emulated, much slower); use float32 or float16"
+        )
     return device, DTYPES[dtype]

@@ -29,12 +29,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from ngrpo.data import Example
 from ngrpo.evaluation.metrics import summarize_problem_set
 from ngrpo.rewards import GradingPool, grade_batch
 from ngrpo.rewards.classes import equivalence_classes
 from ngrpo.utils.errors import NgrpoError
+
+if TYPE_CHECKING:
+    from ngrpo.rollout import DecoderPool, EngineOptions
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +136,14 @@ def evaluate(
     pool: GradingPool | None = None,
     completed: Mapping[str, Sequence[SampleResult]] | None = None,
     on_chunk: Callable[[list[SampleResult]], None] | None = None,
+    engine: EngineOptions | None = None,
+    decoders: DecoderPool | None = None,
 ) -> EvalResult:
     """Sample `n` responses per example (no mixing), grade them, and summarise.
 
     `batch_size` is the number of sequences decoded together (default: 64, at least n).
+    `engine` / `decoders` as in `ngrpo.rollout.generate`: a training run passes its own, so that
+    evaluation decodes on the decoder kept between steps instead of building a second one.
     """
     from ngrpo.rollout import SamplingParams, generate
 
@@ -173,6 +181,8 @@ def evaluate(
             training=False,
             seed=seed + start,
             batch_size=rows,
+            engine=engine,
+            decoders=decoders,
         )
         texts = [
             tokenizer.decode(ids, skip_special_tokens=True) for ids in batch.responses()

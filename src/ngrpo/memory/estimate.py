@@ -50,7 +50,11 @@ Approximations (say so when quoting numbers):
 - attention is assumed to run in a fused kernel (flash / memory-efficient SDPA): no T × T score
   tensor. On a backend that materialises scores, add rows × heads × T² × 4 bytes per layer;
 - allocator overheads (CUDA caching-allocator fragmentation, the CUDA context, NCCL buffers,
-  CUDA graph pools) are not included: leave ~10-20% headroom on a GPU;
+  the graphs' own executable memory) are not included: leave ~10-20% headroom on a GPU; the CUDA
+  graph pool is the graphs' shared (rows, V) fp32 logits buffer plus one decode step's
+  temporaries (from the code, not measured on a GPU); the evaluation decodes on the rollout's
+  decoder: the KV cache is the larger of the two, the row count the larger (its prefill is not
+  counted);
 - not counted: the soft-input embedding's (tokens, K, d) rows at the start of the forward (freed
   before the activations peak), the reference model's no-grad forward (before the policy's),
   the neighbour index's similarity rows (a few (rows, V) tensors on a cache miss);
@@ -131,6 +135,12 @@ class MemoryInputs:
     alive through the learner phase too."""
     fp32_head: bool = True
     """The decoder's head runs on the fp32 weight (`rollout.precision: learner`): no copy of it."""
+    cuda_graphs: bool = False
+    """The decode step runs as CUDA graphs (`rollout.cuda_graphs`): a graph pool is counted."""
+    eval_rows: int = 0
+    """Rows the evaluation decodes together on the rollout's decoder (0: no evaluation)."""
+    eval_tokens: int = 0
+    """Positions of an evaluation row (`data.max_prompt_length` + `eval.max_new_tokens`)."""
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -145,6 +155,9 @@ class MemoryInputs:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise NgrpoError(f"{name} must be an integer >= 1, got {value!r}")
+        if min(self.eval_rows, self.eval_tokens) < 0:
+            raise NgrpoError(f"eval_rows and eval_tokens must be >= 0, got {self.eval_rows}, "
+                             f"{self.eval_tokens}")  # fmt: skip
         if self.lora_r < 0:
             raise NgrpoError(f"lora_r must be >= 0 (0: no LoRA), got {self.lora_r}")
         if self.lora_r > 0 and self.strategy == "fsdp":
@@ -297,9 +310,22 @@ def _rollout_components(x: MemoryInputs, lora: bool, trainable: int, c: int) -> 
     elif c != 4 and lora:
         out.append(Component("autocast adapter copies", trainable * c, phase))
     length = x.prompt_tokens + x.new_tokens
-    out.append(Component("KV cache", rows * length * s.num_layers * 2 * s.kv_dim * c, decoder,
-                         f"{rows} rows × {length} positions, {x.dtype}{kept}"))  # fmt: skip
-    prompts = math.ceil(rows / x.num_generations)
+    per_position = s.num_layers * 2 * s.kv_dim * c
+    note = f"{rows} rows × {length} positions, {x.dtype}{kept}"
+    if x.eval_rows * x.eval_tokens > rows * length:  # the evaluation re-sizes the decoder
+        note = (f"the evaluation's {x.eval_rows} rows × {x.eval_tokens} positions (the rollout's: "
+                f"{rows} × {length}), {x.dtype}{kept}")  # fmt: skip
+        rows, length = x.eval_rows, x.eval_tokens
+    out.append(Component("KV cache", rows * length * per_position, decoder, note))
+    rows = max(x.rollout_rows, x.eval_rows)  # the decoder's rows: the rollout's or evaluation's
+    if x.cuda_graphs:
+        head = s.vocab_size * (4 if x.fp32_head else 4 + c)  # the head's output (and fp32 copy)
+        body = 3 * c * s.intermediate_size + 2 * c * (s.q_dim + s.kv_dim) + 12 * s.hidden_size
+        mask = max(length, x.eval_tokens)  # one bool per position and row
+        out.append(Component("CUDA graph pool", rows * (4 * s.vocab_size + head + body + mask),
+                             decoder, f"the graphs' (rows, V) fp32 logits buffer and one decode "
+                             f"step's temporaries at {rows} rows{kept}"))  # fmt: skip
+    prompts = math.ceil(x.rollout_rows / x.num_generations)
     tokens = prompts * x.prompt_tokens
     per_token = 3 * c * s.intermediate_size + 2 * c * s.q_dim + 3 * 4 * s.hidden_size
     out.append(Component("prefill activations", tokens * per_token + 2 * prompts

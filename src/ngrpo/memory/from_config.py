@@ -46,7 +46,9 @@ def inputs_from_config(
     lengths, or as many such rows as `train.max_tokens_per_micro_batch` holds (at least one), and
     never more than a process's share of a mini-batch. `keep_decoder` defaults to the config's
     `rollout.keep_decoder` when that is true or false; its `null` (decided at run time, see the
-    trainer) is planned as not kept."""
+    trainer) is planned as not kept. CUDA graphs: `rollout.cuda_graphs` on or auto, on CUDA (the
+    static decoder assumed). The evaluation (`data.eval_sets` with `eval.at_start` or
+    `eval.every`) decodes `max(eval.n, 64)` rows of prompt + `eval.max_new_tokens`."""
     from ngrpo.method.exploration import NOISE_STRATEGIES
 
     if not isinstance(world_size, int) or world_size < 1:
@@ -73,6 +75,12 @@ def inputs_from_config(
     rollout = cfg.rollout
     if keep_decoder is None:
         keep_decoder = getattr(rollout, "keep_decoder", None) is True
+    evaluation = getattr(cfg, "eval", None)
+    evaluates = evaluation is not None and bool(getattr(cfg.data, "eval_sets", None)) and (
+        evaluation.at_start or evaluation.every > 0
+    )  # fmt: skip
+    eval_rows = max(evaluation.n, 64) if evaluates else 0  # `ngrpo.evaluation.evaluate`'s rows
+    eval_tokens = prompt + evaluation.max_new_tokens if evaluates else 0
     return MemoryInputs(
         shape=shape, micro_rows=rows, micro_width=width, response_tokens=new,
         rollout_rows=cfg.rollout.generation_batch_size or step_rows, step_rows=step_rows,
@@ -81,4 +89,6 @@ def inputs_from_config(
         lora_targets=targets, gradient_checkpointing=cfg.model.gradient_checkpointing,
         reference=cfg.train.beta > 0, candidates=k, noise=explore.strategy in NOISE_STRATEGIES,
         keep_decoder=keep_decoder, fp32_head=getattr(rollout, "precision", "learner") == "learner",
+        cuda_graphs=device == "cuda" and getattr(rollout, "cuda_graphs", "auto") != "off",
+        eval_rows=eval_rows, eval_tokens=eval_tokens,
     )  # fmt: skip

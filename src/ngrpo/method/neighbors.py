@@ -8,7 +8,7 @@ Similarity metrics (larger is closer), as in DESIGN section 2:
 - `l2`: negative squared L2 distance.
 
 Tie policy: among equal scores the lower token id comes first (a stable descending sort), so the
-brute-force oracle and any faster index agree exactly.
+brute-force oracle and any faster index agree exactly. Scores are fp32 whatever autocast is active.
 """
 
 from __future__ import annotations
@@ -55,10 +55,15 @@ def check_metric(metric: str) -> None:
 def similarity(
     table: torch.Tensor, anchor_ids: torch.Tensor, metric: str = "cosine"
 ) -> torch.Tensor:
-    """Similarity of each anchor row to every row of `table`: (A,) ids -> (A, V) scores."""
+    """Similarity of each anchor row to every row of `table`: (A,) ids -> (A, V) scores, in fp32.
+
+    Autocast is switched off inside: the engine searches within the accelerator's autocast (on by
+    default on CUDA), which would run the matmul in bf16 and reorder close neighbours.
+    """
     check_metric(metric)
     table = table.detach().float()
-    return SIMILARITIES[metric](table, table[anchor_ids])
+    with torch.autocast(table.device.type, enabled=False):
+        return SIMILARITIES[metric](table, table[anchor_ids])
 
 
 def bruteforce_neighbors(

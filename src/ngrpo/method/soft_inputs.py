@@ -111,7 +111,9 @@ def embed(
     commute) or a bare (V, d) table. Gradients flow into the embedding rows of every candidate in
     proportion to its weight; weights and noise are constants. `detach` (B, T) bool: positions
     whose candidate rows get no gradient (`train.soft_input_grad: none` passes the mixed
-    positions); the values are unchanged, only the gradient path is cut.
+    positions); the values are unchanged, only the gradient path is cut. The result is in the
+    embedding's dtype whatever autocast is active (CUDA's autocast runs `sum` in fp32, CPU's does
+    not: a bf16 embedding would start the learner's residual stream in fp32 on a GPU only).
     """
     if isinstance(embedding, torch.Tensor):
         rows = torch.nn.functional.embedding(soft.ids, embedding)  # (B, T, K, d)
@@ -121,7 +123,8 @@ def embed(
         cut = detach.to(device=rows.device, dtype=torch.bool)[..., None, None]  # (B, T, 1, 1)
         rows = torch.where(cut, rows.detach(), rows)  # (B, T, K, d)
     weights = soft.weights.to(device=rows.device, dtype=rows.dtype).detach()  # (B, T, K)
-    mixed = (rows * weights.unsqueeze(-1)).sum(dim=-2)  # (B, T, d)
-    if soft.noise is not None:
-        mixed = mixed + soft.noise.to(device=rows.device, dtype=rows.dtype).detach()
+    with torch.autocast(rows.device.type, enabled=False):
+        mixed = (rows * weights.unsqueeze(-1)).sum(dim=-2)  # (B, T, d)
+        if soft.noise is not None:
+            mixed = mixed + soft.noise.to(device=rows.device, dtype=rows.dtype).detach()
     return mixed

@@ -164,10 +164,15 @@ def load_tokenizer(path: str | Path):
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
 ):
     """A causal LM from a local directory, in eval mode, on `device` with parameters in `dtype`.
 
+    `attn_implementation` (`model.attn_implementation`: eager, sdpa, flash_attention_2, ...) is
+    passed to `from_pretrained`; None keeps transformers' default (SDPA where available).
     A LoRA adapter directory (a LoRA run's checkpoint) loads as its base model (the directory in
     its adapter_config.json) with the adapter merged in: a plain transformers model (no peft
     layers); the merge is done in fp32 and the result cast to `dtype`."""
@@ -175,13 +180,14 @@ def load_model(
 
     model_dir = resolve_model_path(path)
     if _adapter_only(model_dir):
-        base = load_model(adapter_base_path(model_dir), "cpu", torch.float32)
+        base = load_model(adapter_base_path(model_dir), "cpu", torch.float32, attn_implementation)
         merged = load_adapter(base, model_dir, trainable=False).merge_and_unload()
         return merged.to(device=device, dtype=dtype).eval()
     check_weight_files(model_dir)
+    chosen = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=dtype, trust_remote_code=False
+            str(model_dir), dtype=dtype, trust_remote_code=False, **chosen
         )
     except _LOAD_ERRORS as err:
         raise NgrpoError(
@@ -224,12 +230,13 @@ def load_lora(
     adapter_dir: Path | None,
     device: str | torch.device,
     base_dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
 ):
     """(peft model, policy) for training: the frozen base in `base_dtype` with fresh adapters, or
     with the trainable adapter of checkpoint `adapter_dir` (resume); the adapters are fp32 either
     way (peft upcasts them). The policy is the injected transformers model that rollout, learner
     and evaluation call."""
-    model = load_model(base_dir, device, base_dtype)
+    model = load_model(base_dir, device, base_dtype, attn_implementation)
     if adapter_dir is None:
         peft_model = inject(model, cfg, base_dir)
     else:
@@ -257,6 +264,7 @@ def load_policy(
     compute_dtype: torch.dtype,
     *,
     gradient_checkpointing: bool = False,
+    attn_implementation: str | None = None,
 ) -> TrainingPolicy:
     """The policy a run trains, from the run's `model.path` and the checkpoint it resumes (None:
     a new run).
@@ -267,6 +275,7 @@ def load_policy(
     full-weight run loads the checkpoint (or the base) in fp32; a LoRA run holds the frozen base in
     `compute_dtype` (it needs no fp32 master copy) with fresh adapters or the checkpoint's (fp32,
     `ngrpo.models.lora`). Dropout is zeroed (`disable_dropout`) and the policy is in train mode.
+    `attn_implementation`: as in `load_model`.
     """
     base_dir = resolve_model_path(path)
     if checkpoint is not None:
@@ -276,9 +285,11 @@ def load_policy(
     tokenizer = load_tokenizer(base_dir)
     peft_model = None
     if lora.enabled:
-        peft_model, policy = load_lora(lora, base_dir, checkpoint, device, compute_dtype)
+        peft_model, policy = load_lora(
+            lora, base_dir, checkpoint, device, compute_dtype, attn_implementation
+        )
     else:
-        policy = load_model(checkpoint or base_dir, device, torch.float32)
+        policy = load_model(checkpoint or base_dir, device, torch.float32, attn_implementation)
     if gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     disable_dropout(policy)  # the learner must see exactly what the rollout saw (replay)

@@ -13,7 +13,13 @@ embedding, final norm, LM head — over a `StaticKVCache` sized to prompt + max_
   up to `length_quantum` (256 on CUDA, exact on CPU) under a mask of the valid ones, so a step
   costs what the sequence length needs, not the whole preallocated cache. With `cuda_graphs` the
   step is captured once per (batch size, length bucket) as a `torch.cuda.CUDAGraph` (all graphs
-  share one memory pool) and replayed: one launch instead of hundreds of small kernels.
+  share one memory pool) and replayed: one launch instead of hundreds of small kernels. Capture
+  and replay run on the model's GPU (made current, its own streams), whichever GPU is current.
+  Every graph writes its logits into one shared (rows, V) fp32 buffer, so a graph pins no output
+  of its own, and at most `max_graphs` graphs are kept (the least recently used is dropped):
+  within one call the (batch size, length) pairs visited form a monotone path (sizes shrink,
+  lengths grow), so the default bound, twice the length buckets plus batch sizes, never evicts a
+  graph the same call needs again.
 - `compact(keep)` moves the rows still decoding to the front (cache rows, masks, positions), so
   finished rows stop costing compute.
 
@@ -80,6 +86,8 @@ def _round_up(n: int, quantum: int) -> int:
 
 
 PRECISIONS = ("learner", "compute")
+LENGTH_QUANTUM = {"cuda": 256}
+"""Attention length buckets by device type (1 elsewhere: exact lengths, nothing is captured)."""
 
 
 class StaticDecoder:
@@ -95,7 +103,7 @@ class StaticDecoder:
 
     def __init__(
         self, model, rows: int, max_len: int, *, cuda_graphs: bool = False,
-        precision: str = "learner",
+        precision: str = "learner", max_graphs: int | None = None,
     ) -> None:  # fmt: skip
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -129,9 +137,19 @@ class StaticDecoder:
         self.max_len = max_len
         self.precision = precision
         self.cuda_graphs = cuda_graphs
-        self.length_quantum = 256 if device.type == "cuda" else 1
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
+        self.device = device
+        self.length_quantum = LENGTH_QUANTUM.get(device.type, 1)
+        buckets = -(-max_len // self.length_quantum) + rows.bit_length()
+        self.max_graphs = max_graphs or 2 * buckets
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # least recently used first
+        self.captures = 0  # graphs captured since construction
+        self.logits = None  # (R, V) fp32: every graph's output
+        self.pool = self.stream = None
+        if cuda_graphs:
+            vocab = lm_head.weight.shape[0]
+            self.logits = torch.zeros((rows, vocab), dtype=torch.float32, device=device)
+            self.pool = torch.cuda.graph_pool_handle()
+            self.stream = torch.cuda.Stream(device)  # warm-up and capture, on the model's GPU
         self.capture_seconds = 0.0  # wall time spent warming up and capturing graphs (this call)
 
     def refresh_weights(self, force: bool = False) -> None:
@@ -151,9 +169,11 @@ class StaticDecoder:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the decoder's own buffers: KV cache and compute-dtype weight copies."""
+        """Bytes held by the decoder's own buffers: KV cache, compute-dtype weight copies and the
+        graphs' logits buffer (not the graph pool: the allocator's, see `ngrpo.memory`)."""
         head = self.head.weight.numel() * self.head.weight.element_size() if self.head.copy else 0
-        return self.cache.nbytes + self.weights.nbytes + head
+        out = 0 if self.logits is None else self.logits.numel() * 4
+        return self.cache.nbytes + self.weights.nbytes + head + out
 
     # ------------------------------------------------------------------------ model arithmetic
 
@@ -238,23 +258,34 @@ class StaticDecoder:
         return self._logits(hidden[:, 0])  # (b, V)
 
     def _replay(self, b: int, length: int) -> torch.Tensor:
-        entry = self.graphs.get((b, length))
-        if entry is None:
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            # warm-up off the capture (cuBLAS workspaces, lazy init); it computes this very step,
-            # so writing its keys and values now is harmless: the replay writes the same ones
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                self._step(b, length)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = self._step(b, length)
-            entry = self.graphs[(b, length)] = (graph, out)
-            torch.cuda.synchronize()
-            self.capture_seconds += time.perf_counter() - start
-        graph, out = entry
-        graph.replay()
-        return out  # (b, V), overwritten by the next replay of this graph
+        with torch.cuda.device(self.device):  # capture and replay on the model's GPU
+            graph = self.graphs.pop((b, length), None)
+            if graph is None:
+                while len(self.graphs) >= self.max_graphs:  # drop the least recently used
+                    del self.graphs[next(iter(self.graphs))]
+                graph = self._capture(b, length)
+            self.graphs[(b, length)] = graph  # most recently used last
+            graph.replay()
+        return self.logits[:b]  # (b, V), overwritten by the next replay of any graph
+
+    def _graphed_step(self, b: int, length: int) -> None:
+        self.logits[:b].copy_(self._step(b, length))
+
+    def _capture(self, b: int, length: int) -> torch.cuda.CUDAGraph:
+        torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        # warm-up off the capture (cuBLAS workspaces, lazy init); it computes this very step,
+        # so writing its keys and values now is harmless: the replay writes the same ones
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            self._graphed_step(b, length)
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        graph = torch.cuda.CUDAGraph()
+        # the stream named: `torch.cuda.graph`'s own default is made once, on whichever GPU was
+        # current then
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+            self._graphed_step(b, length)
+        torch.cuda.synchronize(self.device)
+        self.captures += 1
+        self.capture_seconds += time.perf_counter() - start
+        return graph

@@ -50,7 +50,7 @@ PASSK_SPLITS = ("arith-id", "arith-ood")  # the large-k pass@k evaluation (H2)
 EVAL_TEMPERATURE, EVAL_TOP_P, EVAL_MAX_NEW_TOKENS = 0.6, 0.95, 64
 CURVE_N = 4  # samples per problem of the evaluations during training
 DEFAULT_SEEDS, FULL_MIN_SEEDS = 3, 5  # seeds of `ngrpo demo`; the least `--full` accepts
-FULL_SEEDS = 20  # seeds of `ngrpo demo --full`: sized for an MDE of 3 points (README "Results")
+FULL_SEEDS = 20  # seeds of `ngrpo demo --full`: sized for an MDE of 3 points (docs/study.md)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from ngrpo.trainer.checkpoints import (
     save_sharded_checkpoint,
 )
 from ngrpo.trainer.oom import oom_error
-from ngrpo.trainer.setup import Run, _setup
+from ngrpo.trainer.setup import Run, _setup, engine_options
 from ngrpo.trainer.step import _train_step
 from ngrpo.trainer.stop import GracefulStop
 from ngrpo.trainer.waits import wait_for_main
@@ -53,6 +53,7 @@ def _evaluate(run: Run) -> dict[str, float]:
                 run.policy, run.tokenizer, examples, n=cfg.eval.n,
                 temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                 max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed, pool=run.pool,
+                engine=engine_options(cfg), decoders=run.decoders,  # the kept decoder, if any
             )  # fmt: skip
             metrics.update(eval_metrics(name, result.summary))
     return metrics

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,21 +154,55 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
 
 
 def _accelerator(cfg: TrainConfig):
-    """accelerate's `Accelerator` for `model.device` / `model.dtype`, and the compute dtype."""
+    """accelerate's `Accelerator` for `model.device` / `model.dtype`, and the compute dtype.
+    `cuda:N` makes GPU N the current device first (accelerate puts one process on the current
+    GPU); `auto` dtype is bf16 only on a GPU with native bf16 (`native_bf16`)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     from ngrpo.config import resolve_device_dtype
 
+    cuda = torch.cuda.is_available()
+    index = _cuda_index(cfg.model.device, cuda)
     device, dtype = resolve_device_dtype(
-        cfg.model.device, cfg.model.dtype, torch.cuda.is_available(),
-        torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-    )  # fmt: skip
+        cfg.model.device, cfg.model.dtype, cuda, cuda and native_bf16(index)
+    )
+    if index is not None:  # accelerate places a single process on the *current* GPU
+        torch.cuda.set_device(index)
     mixed_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
     # accelerate keeps one mixed-precision setting per process; a second run in the same process
     # (the Python API, a notebook) may choose another: reset it (the process group is kept).
     AcceleratorState._reset_state()
     return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision), dtype
+
+
+def native_bf16(index: int | None = None) -> bool:
+    """Whether CUDA device `index` (None: the current one) computes bf16 natively: compute
+    capability 8.0 or later (Ampere on; ROCm: always). `torch.cuda.is_bf16_supported()` also
+    counts emulation (True on a V100 or T4, where bf16 is much slower) and asks the current
+    device, not the configured one."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(index)[0] >= 8
+
+
+def _cuda_index(device: str, cuda_available: bool) -> int | None:
+    """The GPU `model.device: cuda:N` names (None for auto, cpu, cuda), checked against the GPUs
+    present and the launcher: under torchrun each process takes its local rank's GPU, so `cuda:N`
+    is refused there unless it names that very GPU (never silently ignored)."""
+    if not (device.startswith("cuda:") and cuda_available):
+        return None  # `resolve_device_dtype` refuses cuda:N without CUDA
+    index, count = int(device.split(":")[1]), torch.cuda.device_count()
+    if index >= count:
+        raise NgrpoError(f"model.device={device} but this machine has {count} GPU(s)")
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None and int(local_rank) != index:
+        raise NgrpoError(
+            f"model.device={device} under torchrun: each process uses its local rank's GPU "
+            f"(this one cuda:{local_rank}); set model.device=cuda and choose GPUs with "
+            "CUDA_VISIBLE_DEVICES"
+        )
+    return index
 
 
 def _reward_set(cfg: TrainConfig, reward_funcs):
@@ -199,6 +234,7 @@ def _policy(cfg: TrainConfig, latest: Path | None, device, dtype):
     loaded = load_policy(
         cfg.model.path, cfg.model.lora, latest, device, dtype,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
+        attn_implementation=cfg.model.attn_implementation,
     )  # fmt: skip
     cfg.exploration.validate(vocab_size=loaded.policy.get_input_embeddings().weight.shape[0])
     return loaded
@@ -212,7 +248,9 @@ def _reference(cfg: TrainConfig, loaded, device, dtype):
     if cfg.train.beta > 0 and cfg.model.lora.enabled:
         return loaded.policy
     if cfg.train.beta > 0:
-        return load_model(loaded.base_dir, device, dtype).requires_grad_(False)
+        return load_model(
+            loaded.base_dir, device, dtype, cfg.model.attn_implementation
+        ).requires_grad_(False)
     return None
 
 
@@ -230,7 +268,9 @@ def _distribute(cfg: TrainConfig, accelerator, loaded, ref_model, dtype):
     from ngrpo.models.load import disable_dropout, load_model
     from ngrpo.sharding import FsdpStrategy, RolloutCopy, device_mesh, shard_policy
 
-    rollout_model = load_model(loaded.weights_dir, accelerator.device, dtype)  # compute dtype
+    rollout_model = load_model(  # compute dtype
+        loaded.weights_dir, accelerator.device, dtype, cfg.model.attn_implementation
+    )
     disable_dropout(rollout_model)
     mesh = device_mesh(accelerator.num_processes, accelerator.device.type)
     shard_policy(module, dtype, mesh)
@@ -336,6 +376,15 @@ def _keep_decoder(cfg: TrainConfig, device: torch.device, world: int) -> bool:
              "it kept, GPU %.1f GB)", "keeping" if keep else "not keeping", plan.peak_bytes / 1e9,
              total / 1e9)  # fmt: skip
     return keep
+
+
+def engine_options(cfg: TrainConfig):
+    """How the run's rollouts and evaluations decode (`rollout.kv_cache`, `cuda_graphs`,
+    `precision`): one set of options, so that evaluation re-uses the kept decoder."""
+    from ngrpo.rollout import EngineOptions
+
+    r = cfg.rollout
+    return EngineOptions(r.kv_cache, r.cuda_graphs, precision=r.precision)
 
 
 def old_logprobs_mode(setting: str, dtype: torch.dtype) -> str:

@@ -29,7 +29,7 @@ import torch
 from ngrpo.learner.update import MAX_KEYS, MIN_KEYS, update_policy
 from ngrpo.rollout.batch import WEIGHTED_STATS
 from ngrpo.trainer.oom import oom_retry
-from ngrpo.trainer.setup import Run
+from ngrpo.trainer.setup import Run, engine_options
 from ngrpo.utils.oom import oom_phase
 
 # Metrics summed over processes (totals and throughputs); every other metric is averaged.
@@ -112,7 +112,7 @@ def _rollout_round(
     0, 1, ...). Each generation batch is seeded from (seed, step, round, global position of its
     first prompt) (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size."""
     from ngrpo.evaluation import eos_token_ids
-    from ngrpo.rollout import EngineOptions, SamplingParams, generate
+    from ngrpo.rollout import SamplingParams, generate
     from ngrpo.rollout.batch import concat_batches
     from ngrpo.sharding.data_parallel import generation_batches, rollout_seed
 
@@ -141,8 +141,7 @@ def _rollout_round(
                 exploration=cfg.exploration, answer_start_ids=run.answer_start_ids,
                 training=True, seed=rollout_seed(cfg.seed, run.step, round_, first[start]),
                 batch_size=cfg.rollout.generation_batch_size, neighbor_index=run.neighbor_index,
-                engine=EngineOptions(cfg.rollout.kv_cache, cfg.rollout.cuda_graphs,
-                                     precision=cfg.rollout.precision),
+                engine=engine_options(cfg),
                 decoders=run.decoders,
             ))  # fmt: skip
     batch = concat_batches(parts, run.tokenizer.pad_token_id)
