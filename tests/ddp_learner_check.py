@@ -13,6 +13,7 @@ import sys
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
+from collective_devices import install  # tests/ is the script's directory
 
 from ngrpo.bench.learner import synthetic_rollouts, vocab_model
 from ngrpo.learner.policy import SoftInputPolicy
@@ -52,4 +53,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    install()  # every collective's tensors on the process group's device
     sys.exit(main())

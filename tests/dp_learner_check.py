@@ -14,6 +14,7 @@ import sys
 
 import torch
 from accelerate import Accelerator
+from collective_devices import install  # tests/ is the script's directory
 
 from ngrpo.bench.learner import synthetic_rollouts, vocab_model
 from ngrpo.learner.policy import SoftInputPolicy
@@ -79,4 +80,5 @@ def main(strategy: str) -> int:
 
 
 if __name__ == "__main__":
+    install()  # every collective's tensors on the process group's device
     sys.exit(main(sys.argv[1]))

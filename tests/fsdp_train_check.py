@@ -16,6 +16,7 @@ import sys
 
 import torch
 import torch.distributed.checkpoint
+from collective_devices import install  # tests/ is the script's directory
 
 import ngrpo.learner.update
 import ngrpo.trainer.loop
@@ -67,6 +68,7 @@ def _killed_in_save(count: int):
 
 
 if __name__ == "__main__":
+    install()  # every collective's tensors on the process group's device
     ngrpo.trainer.loop._train_step = _checked_step
     ngrpo.trainer.step.update_policy = _checked_update
     if "KILL_IN_SAVE" in os.environ:

@@ -129,6 +129,61 @@ def test_joined_batches_keep_each_batch_rows_and_offset_prompt_indices():
 
 
 @pytest.mark.numerics
+def test_joined_batch_ratios_are_the_whole_batchs():
+    """`embed_shift` and `neighbor_weight` are means over mixed positions: the joined batch's are
+    the whole batch's (recomputed from its records), not the parts' weighted by rows."""
+    from ngrpo.rollout.engine import _embed_shift_sum
+
+    model = _tiny()
+    explore = ExplorationConfig(strategy="neighbor", mix_rate=0.6, mix_top_k=3)
+    parts = [
+        generate(model, prompts, SamplingParams(n=n, max_new_tokens=12), eos_token_id=EOS,
+                 pad_token_id=PAD, exploration=explore, answer_start_ids=MARKER, training=True,
+                 seed=seed)
+        for prompts, n, seed in (([[10, 11, 12]], 2, 3), ([[20, 21], [30]], 3, 4))
+    ]  # fmt: skip
+    joined = concat_batches(parts, PAD)
+    start = joined.prompt_ids.shape[1]
+    ids, weights = joined.soft_inputs.ids[:, start:], joined.soft_inputs.weights[:, start:]
+    mixed = joined.mixed  # (N, T)
+    assert [int(p.mixed.sum()) for p in parts] != [0, 0]
+    expected = float((1 - weights[..., 0])[mixed].mean())
+    assert joined.stats["rollout/neighbor_weight"] == pytest.approx(expected, rel=1e-6)
+    with torch.no_grad():
+        total, count = _embed_shift_sum(model.get_input_embeddings(), joined.response_ids, ids,
+                                        weights, None, mixed)  # fmt: skip
+    assert joined.stats["rollout/embed_shift"] == pytest.approx(float(total / count), rel=1e-6)
+
+
+def test_process_reduction_sums_error_counts_and_weights_ratios_by_their_counts():
+    """Over processes: `reward/<name>/errors` is a count (summed); `mixed_frac` / `embed_shift`
+    / `neighbor_weight` are ratios of the whole (weighted by eligible, measured, mixed tokens)."""
+    from types import SimpleNamespace
+
+    from ngrpo.trainer.step import _reduce
+
+    mine = {"reward/math/errors": 1.0, "rollout/mixed_frac": 0.5, "rollout/eligible_tokens": 10.0,
+            "rollout/embed_shift": 0.2, "rollout/embed_shift_tokens": 5.0,
+            "rollout/neighbor_weight": 0.3, "rollout/mixed_tokens": 5.0}  # fmt: skip
+    other = {"reward/math/errors": 2.0, "rollout/mixed_frac": 0.1, "rollout/eligible_tokens": 30.0,
+             "rollout/embed_shift": 0.6, "rollout/embed_shift_tokens": 3.0,
+             "rollout/neighbor_weight": 0.5, "rollout/mixed_tokens": 3.0}  # fmt: skip
+
+    def gather(values):  # two processes: this one and `other`, in sorted-key order
+        theirs = torch.tensor([other[k] for k in sorted(other)], dtype=values.dtype)
+        return torch.cat([values, theirs])
+
+    run = SimpleNamespace(accelerator=SimpleNamespace(num_processes=2, device="cpu",
+                                                      gather=gather))  # fmt: skip
+    out = _reduce(run, mine)
+    assert out["reward/math/errors"] == 3.0
+    assert out["rollout/eligible_tokens"] == 40.0 and out["rollout/mixed_tokens"] == 8.0
+    assert out["rollout/mixed_frac"] == pytest.approx((5 + 3) / 40)  # mixed over eligible
+    assert out["rollout/embed_shift"] == pytest.approx((0.2 * 5 + 0.6 * 3) / 8)
+    assert out["rollout/neighbor_weight"] == pytest.approx((0.3 * 5 + 0.5 * 3) / 8)
+
+
+@pytest.mark.numerics
 def test_joined_batch_replays_its_own_log_probabilities():
     """Padding added by `concat_batches` (prompts left, responses right, records) scores
     nothing: the replay of the joined batch equals the rollout's log-probs (fp32, 1e-4)."""

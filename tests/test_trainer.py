@@ -6,8 +6,10 @@ and a full disk are in test_faults.py."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,6 +123,63 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(
     )
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     assert _untimed(read_metrics(out)) == _untimed(read_metrics(straight_run)[:3])
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(straight_run, tmp_path,
+                                                                    caplog):  # fmt: skip
+    out = tmp_path / "damaged"
+    shutil.copytree(straight_run, out)
+    for late in ("step-000003", "step-000004"):  # as if killed after step 2's save ...
+        shutil.rmtree(out / "checkpoints" / late)
+    weights = out / "checkpoints/step-000002/model.safetensors"  # ... whose weights were lost
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING, logger="ngrpo.trainer.checkpoints"):
+        train(load_run_config(out, ["train.steps=3", f"output_dir={out}"]), resume=True)
+    assert "skipping checkpoint step-000002" in caplog.text
+    assert "model.safetensors is corrupted or truncated" in caplog.text
+    ref, got = (
+        _weights(straight_run / "checkpoints/step-000003"),
+        _weights(out / "checkpoints/step-000003"),
+    )
+    assert all(torch.equal(ref[k], got[k]) for k in ref)  # resumed from step 1, redid 2 and 3
+    assert _untimed(read_metrics(out)) == _untimed(read_metrics(straight_run)[:3])
+
+
+def test_resume_replaces_a_best_model_of_the_discarded_trajectory(straight_run, tmp_path):
+    from ngrpo.trainer.setup import _setup
+
+    out = tmp_path / "best_after_resume"
+    shutil.copytree(straight_run, out)
+    for late in ("step-000003", "step-000004"):  # killed after step 4's eval, before its save
+        shutil.rmtree(out / "checkpoints" / late)
+    state_file = out / "checkpoints/step-000002/trainer_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    state["best"], state["best_step"] = 0.5, 1  # the kept trajectory's best: step 1's eval
+    torch.save(state, state_file)
+    best = out / "best"  # ... but best/ holds step 4's model, whose eval row resume drops
+
+    def discarded_best() -> None:
+        shutil.rmtree(best, ignore_errors=True)
+        shutil.copytree(straight_run / "checkpoints/step-000004", best)
+        (best / "best.json").write_text(json.dumps({"step": 4, "value": 0.75}))
+
+    def resume():
+        run = _setup(load_run_config(out, [f"output_dir={out}"]), out, resume=True)
+        run.rewards.close()
+        run.pool.close()
+        return run
+
+    discarded_best()
+    run = resume()
+    assert (run.step, run.best, run.best_step) == (2, 0.5, 1)
+    assert json.loads((best / "best.json").read_text()) == {"step": 1, "value": 0.5}
+    ref = _weights(out / "checkpoints/step-000001")
+    assert all(torch.equal(ref[k], v) for k, v in _weights(best).items())
+    # the best step's checkpoint is gone too: best/ is removed and the best forgotten
+    shutil.rmtree(out / "checkpoints/step-000001")
+    discarded_best()
+    run = resume()
+    assert not best.exists() and (run.best, run.best_step) == (None, None)
 
 
 def test_interrupted_replacement_of_best_is_rolled_back(tmp_path):

@@ -42,9 +42,9 @@ Choices worth knowing:
   still ends the scaler's iteration: the gradients are unscaled (if clipping did not already) and
   `scaler.update()` backs the scale off, so the next mini-batch trains at the smaller scale
   instead of failing on a second `unscale_()`.
-- The neighbour index needs no call from here: every lookup checks the searched table's version
-  counter, which an optimizer step bumps, and rebuilds its cache then
-  (`ngrpo.method.neighbors.NeighborIndex`); a frozen table (LoRA) keeps its cache for the run.
+- The neighbour index and a kept decoder's weight copies are not refreshed from here: the
+  trainer tells them after the update (`ngrpo.trainer.step`), since the parameters' version
+  counter does not move under fused AdamW.
 - Log-probabilities and entropy never go through full logits: `ngrpo.learner.scoring.score_tokens`
   runs the body once and the head over chunks of the scored positions, recomputed in the backward
   (`full_logits=True` restores the full-logits path, for comparisons).

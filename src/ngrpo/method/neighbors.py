@@ -90,11 +90,14 @@ class NeighborIndex:
     The first lookup of an anchor runs the brute-force oracle on it (so the index equals the oracle,
     ties included); later lookups are a gather from a (V, k) table kept on the embedding's device.
     It searches whatever table it is given (the input embedding or the output projection); the
-    cache is dropped when that table's weights change: the index remembers the weight
-    tensor's identity, storage pointer and in-place version counter (`Tensor._version`, bumped by
-    every in-place update such as an optimizer step or `load_state_dict`), and checks them on each
-    lookup; `invalidate()` drops it explicitly. The authors' code instead recomputes a full V×d
-    similarity for every decoded token; the cache makes lookup cost independent of V after warm-up.
+    cache must be dropped when that table's weights change: whoever changes them calls
+    `invalidate()` (the trainer does after every update, because it knows when it stepped). The
+    index also drops it by itself when the weight tensor's identity, storage pointer or in-place
+    version counter (`Tensor._version`) moved since the cache was filled, a convenience for
+    callers outside the trainer, not a guarantee: fused AdamW (the trainer's optimizer on CUDA)
+    writes the parameters without bumping the version counter. The authors' code instead
+    recomputes a full V×d similarity for every decoded token; the cache makes lookup cost
+    independent of V after warm-up.
     """
 
     def __init__(

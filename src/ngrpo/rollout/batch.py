@@ -50,15 +50,23 @@ class RolloutBatch:
 
 
 _SUMMED_STATS = ("rollout/tokens", "rollout/mixed_tokens", "rollout/graph_capture_s",
-                 "rollout/graphs", "rollout/seconds")  # fmt: skip
+                 "rollout/graphs", "rollout/seconds", "rollout/eligible_tokens",
+                 "rollout/embed_shift_tokens")  # fmt: skip
+WEIGHTED_STATS = {
+    "rollout/mixed_frac": "rollout/eligible_tokens",
+    "rollout/embed_shift": "rollout/embed_shift_tokens",
+    "rollout/neighbor_weight": "rollout/mixed_tokens",
+}
+"""Ratio stats and the count each is a mean over: merging batches (or processes) weights each
+part's value by its count, so the result is the ratio of the whole."""
 
 
 def concat_batches(parts: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
     """Rollout batches of separately generated prompts as one batch (rows in order, prompt indices
     offset): prompts left-padded and responses right-padded to the widest part, records padded
     with plain pad-token records (weight 0 beyond the first slot, zero noise), which score nothing
-    (masked). Stats: totals summed, fractions recomputed from the rows, other means weighted by
-    rows. One part is returned as is."""
+    (masked). Stats: totals summed, fractions recomputed from the rows, ratios weighted by their
+    counts (`WEIGHTED_STATS`), other means weighted by rows. One part is returned as is."""
     if len(parts) == 1:
         return parts[0]
     width_p = max(b.prompt_ids.shape[1] for b in parts)
@@ -104,6 +112,11 @@ def concat_batches(parts: list[RolloutBatch], pad_token_id: int) -> RolloutBatch
         values = [b.stats.get(key, 0.0) for b in parts]
         if key in _SUMMED_STATS:
             stats[key] = float(sum(values))
+        elif WEIGHTED_STATS.get(key) in parts[0].stats:
+            weights = [b.stats.get(WEIGHTED_STATS[key], 0.0) for b in parts]
+            total = sum(weights)
+            weighted = sum(v * w for v, w in zip(values, weights, strict=True))
+            stats[key] = weighted / total if total else 0.0
         else:
             stats[key] = sum(v * r for v, r in zip(values, rows, strict=True)) / sum(rows)
     batch = RolloutBatch(

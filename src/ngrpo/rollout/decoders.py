@@ -80,11 +80,15 @@ def make_decoder(model, options: EngineOptions, rows: int, max_len: int, device)
 
 class DecoderPool:
     """Keeps the static decoder of one `generate` call for the next: its KV cache, compute-dtype
-    weight copies (refreshed in place when the model's weights changed) and captured CUDA graphs,
+    weight copies and captured CUDA graphs,
     so that a training run pays allocation and capture once per shape, not once per step. One
     decoder is kept; a call it cannot serve (more rows or positions than it holds, another model,
     device, autocast dtype or options) replaces it. The kept decoder's memory stays allocated
-    between calls (`nbytes`); `release()` frees it. The dynamic decoder is never kept."""
+    between calls (`nbytes`); `release()` frees it. The dynamic decoder is never kept.
+
+    Whoever changes the model's weights calls `weights_changed()` (the trainer does after every
+    update): the kept decoder's weight copies are then copied again, in place. The parameters'
+    version counter is not relied on (fused AdamW does not bump it; `ngrpo.rollout.weights`)."""
 
     def __init__(self) -> None:
         self.decoder: StaticDecoder | None = None
@@ -105,12 +109,21 @@ class DecoderPool:
             kept.begin_call()
             self.reused += 1
             return kept
+        # the kept decoder (KV cache, weight copies, graphs) is freed before its successor is
+        # allocated: no local reference may keep both alive at the peak
+        del kept
         self.release()
         self.decoder = StaticDecoder(
             model, rows, max_len, cuda_graphs=graphs, precision=options.precision
         )
         self.key = key
         return self.decoder
+
+    def weights_changed(self) -> None:
+        """The model's weights were written (an optimizer step, a rollout-copy refresh): refresh
+        every weight copy of the kept decoder now, in place (captured graphs stay valid)."""
+        if self.decoder is not None:
+            self.decoder.refresh_weights(force=True)
 
     def release(self) -> None:
         """Free the kept decoder (its graphs first, then its buffers)."""

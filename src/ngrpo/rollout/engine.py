@@ -244,8 +244,10 @@ def generate(
     `answer_start_ids` (see `ngrpo.method.exploration.answer_start_ids`) is required.
     `eos_token_id=[]` disables early stopping (fixed-length generation, used by the benchmark).
     `batch_size` splits the N = len(prompts) * n rows into sequential chunks (the generators carry
-    over). Pass a long-lived `neighbor_index` to keep its cache warm across calls (it refreshes
-    itself after optimizer steps). `engine` chooses the decoder (default `EngineOptions()`).
+    over). Pass a long-lived `neighbor_index` to keep its cache warm across calls, and a
+    `decoders` pool to keep the static decoder; after changing the model's weights call
+    `neighbor_index.invalidate()` and `decoders.weights_changed()` (the version counter they also
+    watch misses fused optimizers). `engine` chooses the decoder (default `EngineOptions()`).
     """
     sampling.validate()
     engine = engine or EngineOptions()
@@ -322,7 +324,9 @@ def _assemble(parts: list[dict], prompt_ids, prompt_mask, num_prompts: int, n: i
         "rollout/prompt_len": float(prompt_mask.sum()) / prompt_mask.shape[0],
         "rollout/truncated_frac": float((~finished).float().mean()),
         "rollout/mixed_tokens": float(n_mixed),
+        "rollout/eligible_tokens": float(n_eligible),  # mixed_frac's denominator
         "rollout/mixed_frac": n_mixed / n_eligible if n_eligible else 0.0,
+        "rollout/embed_shift_tokens": float(shift_count),  # embed_shift's denominator
         "rollout/embed_shift": shift / shift_count if shift_count else 0.0,
         # rows the model ran per decoding step (compaction lowers it below the batch size)
         "rollout/decoded_rows": row_steps / max(1, decode_calls),

@@ -152,11 +152,17 @@ class StaticDecoder:
             self.stream = torch.cuda.Stream(device)  # warm-up and capture, on the model's GPU
         self.capture_seconds = 0.0  # wall time spent warming up and capturing graphs (this call)
 
+    def refresh_weights(self, force: bool = False) -> None:
+        """Bring the compute-dtype weight copies up to date, in place (`ngrpo.rollout.weights`:
+        all of them with `force`, else those whose source's version counter moved)."""
+        self.weights.refresh(force)
+        self.head.refresh(force)
+
     def begin_call(self) -> None:
-        """Make a kept decoder ready for another `generate` call: weight copies brought up to
-        date (in place), graphs kept only when they read nothing autocast caches per call."""
-        self.weights.refresh()
-        self.head.refresh()
+        """Make a kept decoder ready for another `generate` call: weight copies whose source's
+        version counter moved brought up to date (in place; the pool's `weights_changed` refreshes
+        them all), graphs kept only when they read nothing autocast caches per call."""
+        self.refresh_weights()
         if not (self.weights.graph_safe and self.head.plain):
             self.graphs.clear()
         self.capture_seconds = 0.0

@@ -5,10 +5,15 @@ bf16 when it is used, caching the copy until the autocast region ends. A CUDA gr
 `generate` call would then hold pointers to copies that are freed when that call's region ends,
 and, after an optimizer step, stale. So the decoder keeps its own compute-dtype copy of every
 plain `torch.nn.Linear` projection of its layers (q, k, v, o, gate, up, down), made once and
-refreshed in place (same addresses, so captured graphs stay valid) whenever the source parameter's
-version counter moved: an optimizer step, a rollout-copy refresh or a checkpoint load all write
-parameters in place, and every in-place write bumps the counter. The values are exactly autocast's
-casts, so the arithmetic is unchanged.
+refreshed in place (same addresses, so captured graphs stay valid). The values are exactly
+autocast's casts, so the arithmetic is unchanged.
+
+When to refresh: `refresh(force=True)` copies unconditionally; the trainer calls it (through
+`ngrpo.rollout.DecoderPool.weights_changed`) after every update, because it knows when it stepped.
+The parameters' version counter is not a reliable signal: fused AdamW (the trainer's optimizer
+on CUDA) writes the parameters without bumping it. `refresh()` without `force` still copies when
+the counter moved (an in-place write by an ordinary operation, as a caller outside the trainer
+may make), which is a convenience, not the guarantee.
 
 A projection that is not a plain `Linear` (a LoRA-wrapped one, whose fp32 adapters autocast casts
 per region) is called as a module; then `graph_safe` is False and the decoder does not keep
@@ -44,9 +49,10 @@ class Projection:
         bias = self.module.bias
         return self.module.weight._version, -1 if bias is None else bias._version
 
-    def refresh(self) -> bool:
-        """Copy the source parameters in when they changed; True when a copy was made."""
-        if not self.copy or self._source_versions() == self.versions:
+    def refresh(self, force: bool = False) -> bool:
+        """Copy the source parameters in when `force` or their version counter moved; True when a
+        copy was made."""
+        if not self.copy or (not force and self._source_versions() == self.versions):
             return False
         with torch.no_grad():
             self.weight.copy_(self.module.weight)
@@ -77,9 +83,10 @@ class LayerWeights:
     def __getitem__(self, i: int) -> dict[str, Projection]:
         return self.layers[i]
 
-    def refresh(self) -> int:
-        """Bring every copy up to date with its source; the number of copies refreshed."""
-        return sum(p.refresh() for layer in self.layers for p in layer.values())
+    def refresh(self, force: bool = False) -> int:
+        """Bring every copy up to date with its source (all of them with `force`, else those whose
+        source's version counter moved); the number of copies refreshed."""
+        return sum(p.refresh(force) for layer in self.layers for p in layer.values())
 
     @property
     def nbytes(self) -> int:

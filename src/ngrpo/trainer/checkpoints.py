@@ -11,7 +11,8 @@ Run directory (`output_dir`) parts written here:
   saving leaves the previous checkpoint intact; only complete `step-*` directories are read back.
   Under FSDP the optimizer state is in `optimizer/` instead (`save_sharded_checkpoint`; the
   format and its loading are `ngrpo.sharding.checkpoint`);
-- `best/` goes through the same atomic write (`ngrpo.trainer.loop`).
+- `best/` goes through the same atomic write (`ngrpo.trainer.loop`); on resume a `best/` from the
+  discarded trajectory is replaced by the best step's checkpoint or removed (`_reconcile_best`).
 
 Resume (`resume=True`): continues from the newest complete checkpoint with the same data order,
 RNG streams and optimizer state, so 2 + 2 steps equal 4 straight steps (tested). Metrics lines of
@@ -24,6 +25,7 @@ is no checkpoint yet; `_truncate_metrics`); leftovers of an interrupted save are
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -34,6 +36,7 @@ import torch.distributed as dist
 
 from ngrpo.sharding.checkpoint import OPTIMIZER_DIR
 from ngrpo.sharding.strategy import PREFIX
+from ngrpo.trainer.waits import wait_for_main
 from ngrpo.utils.errors import NgrpoError
 from ngrpo.utils.io import (
     TMP_PREFIX,
@@ -41,7 +44,10 @@ from ngrpo.utils.io import (
     disk_problem,
     recover_interrupted_writes,
     write_atomically,
+    write_text_atomically,
 )
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -84,8 +90,10 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
     return target
 
 
-def _rank0_pid() -> int:
-    pid = torch.tensor([os.getpid()], dtype=torch.int64)
+def _rank0_pid(device: torch.device) -> int:
+    """Rank 0's process id, on every rank. The tensor lives on the accelerator's `device`: NCCL
+    (GPUs) has no CPU backend, so a CPU tensor would fail there."""
+    pid = torch.tensor([os.getpid()], dtype=torch.int64, device=device)
     dist.broadcast(pid, src=0)
     return int(pid.item())
 
@@ -106,7 +114,8 @@ def save_sharded_checkpoint(run, step: int, trainer_state: dict) -> Path:
     root = run.run_dir / CHECKPOINTS
     target = root / f"step-{step:06d}"
     # the optimizer shards' staging directory: an unfinished one is deleted on resume
-    staging = root / f"{TMP_PREFIX}{target.name}-{OPTIMIZER_DIR}-{_rank0_pid()}"
+    pid = _rank0_pid(run.accelerator.device)
+    staging = root / f"{TMP_PREFIX}{target.name}-{OPTIMIZER_DIR}-{pid}"
     main = dist.get_rank() == 0
     if main:
         if staging.exists():
@@ -141,7 +150,7 @@ def save_sharded_checkpoint(run, step: int, trainer_state: dict) -> Path:
         for stale in checkpoint_dirs(run.run_dir)[: -run.cfg.logging.keep_last]:
             shutil.rmtree(stale)
     del gathered
-    dist.barrier()
+    wait_for_main(run.accelerator, run.waits)  # rank 0 wrote the model: no collective timeout
     return target
 
 
@@ -164,7 +173,14 @@ def _set_rng_state(state: dict) -> None:
     internal = tuple(int(x) for x in state["python"].tolist())
     random.setstate((state["python_version"], internal, state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU visible at save time; resume may see fewer (another world size, node
+        # or CUDA_VISIBLE_DEVICES) or more: restore the ones present, leave the others as seeded
+        saved, present = state["cuda"], torch.cuda.device_count()
+        for device, gpu_state in enumerate(saved[:present]):
+            torch.cuda.set_rng_state(gpu_state, device)
+        if len(saved) != present:
+            log.warning("the checkpoint holds CUDA RNG states of %d GPUs, %d are visible: "
+                        "restored %d", len(saved), present, min(len(saved), present))  # fmt: skip
 
 
 STATE_KEYS = ("step", "best", "skipped", "optimizer", "scheduler", "sampler", "rng")
@@ -187,8 +203,101 @@ def load_trainer_state(path: Path) -> dict:
     return state
 
 
+def _checkpoint_problem(directory: Path) -> tuple[str | None, dict | None]:
+    """(why `directory` cannot be resumed from, None) or (None, its trainer state): the state
+    loads safely, the weight files open (safetensors headers cover the files), the JSON files
+    parse and a sharded run's optimizer metadata is safe to read."""
+    from safetensors import safe_open
+
+    from ngrpo.models.load import MODEL_JSON_FILES, check_json_files
+    from ngrpo.sharding.checkpoint import OPTIMIZER_IN_DCP, check_dcp_metadata
+
+    try:
+        state = load_trainer_state(directory / STATE_FILE)
+        check_json_files(directory, MODEL_JSON_FILES)
+        weights = sorted(directory.glob("*.safetensors"))
+        if not weights:
+            raise NgrpoError(f"{directory} holds no safetensors weights")
+        for path in weights:
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass
+            except Exception as err:  # noqa: BLE001 - SafetensorError and I/O errors alike
+                raise NgrpoError(f"{path} is corrupted or truncated ({err})") from None
+        if state["optimizer"] == OPTIMIZER_IN_DCP:
+            check_dcp_metadata(directory / OPTIMIZER_DIR)
+    except NgrpoError as err:
+        return str(err), None
+    return None, state
+
+
+def resume_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
+    """The newest complete checkpoint that can be resumed from and its trainer state ((None,
+    None) without any). A damaged one is skipped with a warning naming it and why, in favour of
+    the previous one; when every checkpoint is damaged, the newest one's problem is raised as an
+    `NgrpoError` (starting over silently would discard the run)."""
+    found = checkpoint_dirs(run_dir)
+    first_problem = None
+    for directory in reversed(found):
+        problem, state = _checkpoint_problem(directory)
+        if problem is None:
+            return directory, state
+        first_problem = first_problem or problem
+        log.warning("skipping checkpoint %s: %s; trying the one before it", directory.name,
+                    problem)  # fmt: skip
+    if first_problem is not None:
+        raise NgrpoError(first_problem)
+    return None, None
+
+
+BEST = "best"
+BEST_STEP = "best_step"  # optional in trainer_state.pt: the step whose evaluation set `best`
+
+
+def _reconcile_best(
+    run_dir: Path, step: int, best: float | None, best_step: int | None
+) -> tuple[float | None, int | None]:
+    """`best/` after resuming from `step` (-1: from scratch), whose trainer state says the best
+    metric so far is `best`, reached at `best_step`; returns the (best, best_step) to go on with.
+
+    A `best/` whose best.json names a later step came from the discarded trajectory (its eval row
+    is truncated from the log). It is replaced by the model of `best_step`'s checkpoint when that
+    checkpoint is still on disk; otherwise it is removed and the best is forgotten, so the next
+    evaluation writes `best/` again. Either way with a warning naming the step."""
+    info = run_dir / BEST / "best.json"
+    if not info.is_file():
+        return best, best_step
+    try:
+        saved = int(json.loads(info.read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        saved = step + 1  # unreadable: treated as not belonging to the kept trajectory
+    if saved <= step:
+        return best, best_step
+    source = None if best_step is None else run_dir / CHECKPOINTS / f"step-{best_step:06d}"
+    if source is not None and (source / STATE_FILE).is_file():
+
+        def write(tmp: Path) -> None:
+            for item in source.iterdir():
+                if item.name in (STATE_FILE, OPTIMIZER_DIR):
+                    continue
+                copy = shutil.copytree if item.is_dir() else shutil.copy2
+                copy(item, tmp / item.name)
+            (tmp / "best.json").write_text(json.dumps({"step": best_step, "value": best}))
+
+        write_atomically(run_dir / BEST, write)
+        log.warning("best/ held step %d, after the resumed step %d (a discarded trajectory): "
+                    "replaced by step %d's checkpoint", saved, step, best_step)  # fmt: skip
+        return best, best_step
+    shutil.rmtree(run_dir / BEST)
+    log.warning("best/ held step %d, after the resumed step %d (a discarded trajectory), and the "
+                "best step's checkpoint is gone: removed; the next evaluation writes it again",
+                saved, step)  # fmt: skip
+    return None, None
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines of steps after `step` (logged before an interruption; redone)."""
+    """Drop metric lines of steps after `step` (logged before an interruption; redone). The log is
+    rewritten atomically: a kill during the rewrite leaves it as it was."""
     if not path.is_file():
         return
     keep = []
@@ -199,4 +308,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue  # a line cut off by the interruption
         if row.get("step", 0) <= step:
             keep.append(line if line.endswith("\n") else line + "\n")
-    path.write_text("".join(keep), encoding="utf-8")
+    write_text_atomically(path, "".join(keep))

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ngrpo.rollout import RolloutBatch
-from ngrpo.rollout.batch import concat_batches
+from ngrpo.rollout.batch import WEIGHTED_STATS, concat_batches
 
 
 def varied_groups(rewards: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,8 @@ def cat_batches(batches: Sequence[RolloutBatch], pad_token_id: int) -> RolloutBa
     return merged
 
 
-_SUMS = ("rollout/tokens", "rollout/mixed_tokens", "rollout/seconds")
+_SUMS = ("rollout/tokens", "rollout/mixed_tokens", "rollout/seconds", "rollout/eligible_tokens",
+         "rollout/embed_shift_tokens")  # fmt: skip
 # per-mixed-token means, weighted by mixed tokens
 _PER_MIXED = ("rollout/embed_shift", "rollout/neighbor_weight")
 
@@ -63,6 +64,8 @@ def merge_stats(stats: Sequence[dict[str, float]], rows: Sequence[int]) -> dict[
             merged[key] = float(sum(values))
             continue
         weights = mixed if key in _PER_MIXED else eligible if key == "rollout/mixed_frac" else rows
+        if WEIGHTED_STATS.get(key) in stats[0]:  # the count the ratio is a mean over
+            weights = [s.get(WEIGHTED_STATS[key], 0.0) for s in stats]
         total = sum(weights)
         weighted = sum(v * w for v, w in zip(values, weights, strict=True))
         merged[key] = weighted / total if total else 0.0

@@ -6,7 +6,9 @@ Run directory parts written here: `config.yaml` (the resolved configuration), `m
 (one line per training step and per evaluation) and `best/` (the model with the best
 `eval.best_metric` so far, written atomically like checkpoints; under FSDP the rollout copy's
 weights, i.e. in the compute dtype). Only rank 0 evaluates and writes files (under FSDP every rank
-writes its optimizer shard); the others wait at a barrier.
+writes its optimizer shard); the others wait for it on a group of their own, outside the
+process group's collective timeout (`ngrpo.trainer.waits`: NCCL's 10 minutes would end a long
+evaluation or a slow checkpoint write).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from ngrpo.config import TrainConfig, derived_values, save_config
 from ngrpo.trainer.checkpoints import (
+    BEST_STEP,
     CHECKPOINTS,
     OOM_BUDGET,
     _rng_state,
@@ -30,6 +33,7 @@ from ngrpo.trainer.oom import oom_error
 from ngrpo.trainer.setup import Run, _setup, engine_options
 from ngrpo.trainer.step import _train_step
 from ngrpo.trainer.stop import GracefulStop
+from ngrpo.trainer.waits import wait_for_main
 from ngrpo.utils.errors import NgrpoError, TrainingStopped
 from ngrpo.utils.io import DiskError, disk_problem, write_atomically
 from ngrpo.utils.oom import PhaseOutOfMemory, oom_phase
@@ -68,7 +72,7 @@ def _trainer_state(run: Run) -> dict:
         "step": run.step, "best": run.best, "skipped": run.skipped_total,
         "optimizer": optimizer, "scheduler": run.scheduler.state_dict(),
         "sampler": run.sampler.state_dict(), "rng": _rng_state(),
-        OOM_BUDGET: run.params.max_tokens_per_micro_batch,
+        OOM_BUDGET: run.params.max_tokens_per_micro_batch, BEST_STEP: run.best_step,
     }  # fmt: skip
 
 
@@ -90,7 +94,7 @@ def _save(run: Run) -> None:
             f"{err}; {kept}: free space or make {err.target.parent} writable, then "
             f"`ngrpo train --resume {run.run_dir}`"
         ) from err
-    run.accelerator.wait_for_everyone()
+    wait_for_main(run.accelerator, run.waits)
 
 
 def _stop(run: Run, stop: GracefulStop, saved: int) -> None:
@@ -162,14 +166,14 @@ def _maybe_eval(run: Run, writer, progress: Progress | None) -> None:
                 f"{', '.join(sorted(metrics))}"
             )
         if value is not None and (run.best is None or value > run.best):
-            run.best = value
+            run.best, run.best_step = value, run.step
 
             def write(tmp: Path) -> None:
                 _save_model(tmp, _saved_model(run), run.tokenizer)
                 (tmp / "best.json").write_text(json.dumps({"step": run.step, "value": value}))
 
             write_atomically(run.run_dir / "best", write)
-    run.accelerator.wait_for_everyone()
+    wait_for_main(run.accelerator, run.waits)
 
 
 def train(

@@ -37,15 +37,16 @@ from ngrpo.config import TrainConfig
 from ngrpo.learner.update import LearnerParams
 from ngrpo.rollout import DecoderPool
 from ngrpo.trainer.checkpoints import (
+    BEST_STEP,
     OOM_BUDGET,
-    STATE_FILE,
+    _reconcile_best,
     _recover_interrupted_writes,
     _set_rng_state,
     _truncate_metrics,
-    checkpoint_dirs,
-    load_trainer_state,
+    resume_checkpoint,
 )
 from ngrpo.trainer.prompts import PromptSampler, encode_prompts
+from ngrpo.trainer.waits import wait_for_main, wait_group
 from ngrpo.utils.errors import NgrpoError
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,12 @@ class Run:
     ref_context: Callable | None = None  # LoRA: peft's disable_adapter, the reference's context
     step: int = 0
     best: float | None = None
+    best_step: int | None = None  # the step whose evaluation gave `best` (best/ holds its model)
     skipped_total: int = 0
     dropped_prompts: int = 0
     rollout_copy: object | None = None  # ngrpo.sharding.RolloutCopy under FSDP
     decoders: object | None = None  # ngrpo.rollout.DecoderPool: the decoder kept between steps
+    waits: object | None = None  # the group waits for rank 0's work use (ngrpo.trainer.waits)
 
     @property
     def sharded(self) -> bool:
@@ -132,6 +135,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         ref_context=peft_model.disable_adapter if peft_model is not None else None,
         rollout_copy=copy,
         decoders=DecoderPool() if _keep_decoder(cfg, accelerator.device, world) else None,
+        waits=wait_group(world),
     )  # fmt: skip
     rewards.pool = run.pool  # the built-in graders share the run's grading workers
     rewards.start()  # a user function that cannot load fails here, before any step
@@ -139,8 +143,10 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         _restore(run, module, latest, state)
     if resume and accelerator.is_main_process:
         # Lines logged after the checkpoint are redone; without one, everything is redone.
-        _truncate_metrics(run_dir / "metrics.jsonl", run.step if latest is not None else -1)
-    accelerator.wait_for_everyone()
+        resumed = run.step if latest is not None else -1
+        _truncate_metrics(run_dir / "metrics.jsonl", resumed)
+        run.best, run.best_step = _reconcile_best(run_dir, resumed, run.best, run.best_step)
+    wait_for_main(accelerator, run.waits)
     return run
 
 
@@ -212,9 +218,9 @@ def _reward_set(cfg: TrainConfig, reward_funcs):
 
 
 def _resume_point(run_dir: Path, resume: bool) -> tuple[Path | None, dict | None]:
-    """The newest complete checkpoint and its trainer state when resuming, else (None, None)."""
-    latest = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
-    state = load_trainer_state(latest / STATE_FILE) if latest is not None else None
+    """The newest complete checkpoint that is not damaged and its trainer state when resuming
+    (`ngrpo.trainer.checkpoints.resume_checkpoint`), else (None, None)."""
+    latest, state = resume_checkpoint(run_dir) if resume else (None, None)
     if resume and latest is None:
         log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
     return latest, state
@@ -278,15 +284,25 @@ def _optimizer(cfg: TrainConfig, module: torch.nn.Module):
     """AdamW over the trainable parameters (LoRA: the adapters only; everything else is frozen)
     and the warm-up schedule."""
     trainable = [p for p in module.parameters() if p.requires_grad]
-    # CUDA: the fused kernel (one launch for all parameters; same state dict); not for sharded
-    # (DTensor) parameters, which take the default multi-tensor path
-    fused = bool(trainable) and all(p.is_cuda and not hasattr(p, "to_local") for p in trainable)
     optimizer = torch.optim.AdamW(
         trainable, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay,
-        fused=fused or None,
+        **_adamw_options(trainable),
     )  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.train.warmup_steps))
     return optimizer, scheduler
+
+
+def _adamw_options(trainable: list[torch.nn.Parameter]) -> dict:
+    """How AdamW runs: on CUDA the fused kernel (one launch for all parameters; same state dict;
+    it does not bump the parameters' version counter, see `ngrpo.trainer.step.weights_changed`),
+    but not for sharded (DTensor) parameters; otherwise torch's default (multi-tensor `foreach` on
+    CUDA, the per-parameter loop on CPU). The three kinds are `ADAMW_KINDS`."""
+    fused = bool(trainable) and all(p.is_cuda and not hasattr(p, "to_local") for p in trainable)
+    return ADAMW_KINDS["fused"] if fused else {}
+
+
+ADAMW_KINDS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}
+"""AdamW's implementations the trainer can end up with (`_adamw_options`), as keyword arguments."""
 
 
 def _lr_lambda(warmup_steps: int):
@@ -446,6 +462,7 @@ def _restore(run: Run, module: torch.nn.Module, latest: Path, state: dict) -> No
     run.sampler.load_state_dict(state["sampler"])
     _set_rng_state(state["rng"])
     run.step, run.best, run.skipped_total = state["step"], state["best"], state["skipped"]
+    run.best_step = state.get(BEST_STEP)  # absent in checkpoints written before it was kept
     budget = state.get(OOM_BUDGET)  # a token budget `train.oom_retry` lowered (ngrpo.trainer.oom)
     if budget is not None and run.cfg.train.oom_retry:
         configured = run.params.max_tokens_per_micro_batch

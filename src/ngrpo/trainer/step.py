@@ -15,8 +15,10 @@ first prompt), and each process takes its slice of every mini-batch of the step'
 (`ngrpo.sharding.data_parallel.process_prompt_slots`), so N processes produce one process's
 rollouts and optimizer steps when each process's slice of a mini-batch is a whole number of
 generation batches (a 1-process run with `generation_batch_size: null` keeps its old seeds).
-Metrics are averaged over processes, totals and throughputs (`SUMMED_METRICS`) summed,
-`memory/peak_bytes` the largest (`MAX_METRICS`), and `train/world_size` is logged.
+Metrics are averaged over processes, totals, throughputs and error counts (`SUMMED_METRICS`,
+`reward/<name>/errors`) summed, ratios (`rollout/mixed_frac`, `embed_shift`, `neighbor_weight`)
+weighted by each process's count (`ngrpo.rollout.batch.WEIGHTED_STATS`), `memory/peak_bytes` the
+largest (`MAX_METRICS`), and `train/world_size` is logged.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 import torch
 
 from ngrpo.learner.update import MAX_KEYS, MIN_KEYS, RATIO_TOKENS, WEIGHTED_KEYS, update_policy
+from ngrpo.rollout.batch import WEIGHTED_STATS
 from ngrpo.trainer.oom import oom_retry
 from ngrpo.trainer.setup import Run, engine_options
 from ngrpo.utils.oom import oom_phase
@@ -33,7 +36,9 @@ from ngrpo.utils.oom import oom_phase
 # Metrics summed over processes (totals and throughputs); every other metric is averaged.
 SUMMED_METRICS = (
     "rollout/tokens", "rollout/mixed_tokens", "rollout/tokens_per_s", "learner/tokens_per_s",
+    "rollout/eligible_tokens", "rollout/embed_shift_tokens",
 )  # fmt: skip
+SUMMED_SUFFIXES = ("/errors",)  # counts: reward/<name>/errors
 # The learner's extremes over micro-batches (MIN_KEYS / MAX_KEYS) stay extremes over processes.
 MAX_METRICS = (  # the largest over processes: what must fit on each, the worst gap
     *MAX_KEYS, "memory/peak_bytes", "actor/replay_logp_err", "mismatch/logp_abs_max",
@@ -60,25 +65,52 @@ def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
 def _combine(keys: list[str], gathered: torch.Tensor) -> dict[str, float]:
     """`_reduce`'s rule over the processes' values (world, len(keys)), float64."""
     column = {key: gathered[:, i] for i, key in enumerate(keys)}
-    counts = set(WEIGHTED_KEYS.values())
+    weighted = {**WEIGHTED_KEYS, **WEIGHTED_STATS}  # mean key -> the count it is a mean over
+    counts = set(weighted.values())
     scored = column[RATIO_TOKENS] > 0 if RATIO_TOKENS in column else None  # (world,)
     out = {}
     for key, x in column.items():
         if key in (*MIN_KEYS, *MAX_KEYS) and scored is not None and bool(scored.any()):
             x = x[scored]  # a process without loss tokens has no ratio (it reports 1)
-        if key in WEIGHTED_KEYS and WEIGHTED_KEYS[key] in column:
-            weight, total = column[WEIGHTED_KEYS[key]], float(column[WEIGHTED_KEYS[key]].sum())
+        if key in weighted and weighted[key] in column:
+            weight, total = column[weighted[key]], float(column[weighted[key]].sum())
             empty = 1.0 if key == "actor/ratio_mean" else 0.0  # nothing measured anywhere
             out[key] = float((x * weight).sum()) / total if total > 0 else empty
         elif key in MAX_METRICS:
             out[key] = float(x.max())
         elif key in MIN_METRICS:
             out[key] = float(x.min())
-        elif key in SUMMED_METRICS or key in counts:
+        elif key in SUMMED_METRICS or key in counts or key.endswith(SUMMED_SUFFIXES):
             out[key] = float(x.sum())
         else:
             out[key] = float(x.sum()) / len(x)
     return out
+
+
+def weights_changed(run: Run) -> float:
+    """Tell every derived copy of the weights that the optimizer stepped (call after each
+    update; returns the rollout copy's refresh time in seconds): the FSDP rollout copy takes the
+    new full parameters, the kept decoder copies its compute-dtype weights again and the
+    neighbour index drops its cache unless its table is frozen (LoRA). Told, not detected: fused
+    AdamW (CUDA) writes parameters without bumping their version counter, which the copies would
+    otherwise watch."""
+    seconds = 0.0
+    if run.sharded:
+        started = time.perf_counter()
+        run.rollout_copy.refresh()
+        seconds = time.perf_counter() - started
+    if run.decoders is not None:
+        run.decoders.weights_changed()
+    if run.neighbor_index is not None and _trained(run, run.neighbor_index.table()):
+        run.neighbor_index.invalidate()
+    return seconds
+
+
+def _trained(run: Run, table: torch.Tensor) -> bool:
+    """Whether the optimizer writes `table` (under FSDP the rollout copy's tables are rewritten
+    after every update)."""
+    groups = run.optimizer.param_groups
+    return run.sharded or any(p is table for group in groups for p in group["params"])
 
 
 # ------------------------------------------------------------------------------------ one step
@@ -94,11 +126,14 @@ def _rollout_round(
     `reward_metrics`. `slots`: each prompt's position in the round's global prompt list (default
     0, 1, ...). Each generation batch is seeded from (seed, step, round, global position of its
     first prompt) (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size."""
+    from ngrpo.evaluation import eos_token_ids
     from ngrpo.rollout import SamplingParams, generate
     from ngrpo.rollout.batch import concat_batches
     from ngrpo.sharding.data_parallel import generation_batches, rollout_seed
 
     cfg, acc = run.cfg, run.accelerator
+    # the tokenizer's EOS and the generation config's (a chat model's end of turn), as evaluation
+    eos = eos_token_ids(run.policy, run.tokenizer)
     first = list(range(len(indices))) if slots is None else slots
     parts = []
     batches = generation_batches(
@@ -117,7 +152,7 @@ def _rollout_round(
                     top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
                     max_new_tokens=cfg.rollout.max_completion_length,
                 ),
-                eos_token_id=run.tokenizer.eos_token_id, pad_token_id=run.tokenizer.pad_token_id,
+                eos_token_id=eos, pad_token_id=run.tokenizer.pad_token_id,
                 exploration=cfg.exploration, answer_start_ids=run.answer_start_ids,
                 training=True, seed=rollout_seed(cfg.seed, run.step, round_, first[start]),
                 batch_size=cfg.rollout.generation_batch_size, neighbor_index=run.neighbor_index,
@@ -231,11 +266,7 @@ def _train_step(run: Run) -> dict[str, float]:
         run.params, ref_model=run.ref_model, accelerator=acc, ref_context=run.ref_context,
         on_oom=oom_retry(run),  # train.oom_retry: a smaller token budget (kept in run.params)
     )  # fmt: skip
-    refresh_s = 0.0
-    if run.sharded:  # the rollout copy takes the new weights (its in-place copies bump the
-        refreshed = time.perf_counter()  # tables' version counters: the neighbour index refreshes)
-        run.rollout_copy.refresh()
-        refresh_s = time.perf_counter() - refreshed
+    refresh_s = weights_changed(run)
     learner_s = time.perf_counter() - started
     trained_tokens = float(batch.response_mask.sum()) * cfg.train.num_iterations  # × PPO epochs
     metrics = {

@@ -14,7 +14,12 @@ as they are and leave the temporary directory, as a kill would. Checked on a rea
 system (a small tmpfs): safetensors' and torch.save's errors are both recognised.
 
 `write_text_atomically(path, text)` is the same guarantee for one small file (a resolved config,
-a finished demo unit): written next to it under a hidden name, then renamed over it.
+a finished demo unit, the metrics log rewritten on resume): written next to it under a hidden
+name, then renamed over it.
+
+Durability: both fsync what they wrote before the rename (every file and directory of the
+temporary directory: `fsync_tree`) and the parent directory after it, so a power loss cannot
+leave a renamed target whose files the disk never received.
 """
 
 from __future__ import annotations
@@ -84,9 +89,11 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         write(tmp)
+        fsync_tree(tmp)  # the contents reach the disk before the rename makes them the target
         if target.exists():
             target.rename(old)
         tmp.rename(target)
+        _fsync_directory(target.parent)  # the renames themselves
     except Exception as err:
         reason = disk_problem(target.parent, err)
         if reason is None:
@@ -104,7 +111,45 @@ def write_text_atomically(path: Path, text: str) -> None:
     or a killed writer never sees a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
+    _fsync_file(tmp)
     os.replace(tmp, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a directory's entries (renames, new files) durable; a no-op where directories cannot
+    be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file under `root`, then the directories (deepest first): a rename of `root`
+    after this never exposes files the disk does not hold yet (a power loss right after a
+    rename could otherwise leave a complete-looking checkpoint of empty files)."""
+    directories = []
+    for current, _, files in os.walk(root):
+        directories.append(Path(current))
+        for name in files:
+            _fsync_file(Path(current) / name)
+    for directory in reversed(directories):
+        _fsync_directory(directory)
 
 
 def recover_interrupted_writes(parent: Path) -> None:
