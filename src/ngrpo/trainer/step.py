@@ -16,6 +16,10 @@ rollouts and optimizer steps when each process's slice of a mini-batch is a whol
 generation batches (a 1-process run with `generation_batch_size: null` keeps its old seeds).
 Metrics are averaged over processes, totals and throughputs (`SUMMED_METRICS`) summed,
 `memory/peak_bytes` the largest (`MAX_METRICS`), and `train/world_size` is logged.
+
+Stop requests: each generation batch and each round's rewards run inside a `SafePoints.region`, a
+check follows each round, and `update_policy` has its own safe points up to its first optimizer
+step; a stop there raises `StepAbandoned` out of `_train_step` (`ngrpo.trainer.safe_point`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 
 from ngrpo.learner.update import MAX_KEYS, MIN_KEYS, update_policy
 from ngrpo.trainer.oom import oom_retry
+from ngrpo.trainer.safe_point import NO_STOP, SafePoints
 from ngrpo.trainer.setup import Run
 from ngrpo.utils.oom import oom_phase
 
@@ -65,14 +70,16 @@ def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
 
 def _rollout_round(
     run: Run, indices: list[int], round_: int, reward_metrics: list[dict],
-    slots: list[int] | None = None,
+    slots: list[int] | None = None, points: SafePoints = NO_STOP,
 ):  # fmt: skip
     """Rollouts with exploration on for this process's prompt `indices`, and their rewards.
 
     Returns (batch, texts, rewards (N,)) and appends the round's reward metrics to
     `reward_metrics`. `slots`: each prompt's position in the round's global prompt list (default
     0, 1, ...). Each generation batch is seeded from (seed, step, round, global position of its
-    first prompt) (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size."""
+    first prompt) (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size.
+    `points`: a stop request inside a generation batch or the rewards abandons the step, and the
+    safe point after the rewards agrees on it over processes."""
     from ngrpo.rollout import EngineOptions, SamplingParams, generate
     from ngrpo.rollout.batch import concat_batches
     from ngrpo.sharding.data_parallel import generation_batches, rollout_seed
@@ -88,7 +95,7 @@ def _rollout_round(
         rows, width = count * cfg.rollout.num_generations, max(map(len, prompts))
         shape = (f"generation batch {number} of {len(batches)}: {rows} rows × ({width} prompt + "
                  f"up to {cfg.rollout.max_completion_length} new) tokens")  # fmt: skip
-        with acc.autocast(), oom_phase("rollout", shape, rows):
+        with acc.autocast(), oom_phase("rollout", shape, rows), points.region("rollout"):
             parts.append(generate(
                 run.policy, prompts,
                 SamplingParams(
@@ -109,10 +116,12 @@ def _rollout_round(
     response_ids = batch.responses()
     texts = [run.tokenizer.decode(r, skip_special_tokens=True) for r in response_ids]
     examples = [run.examples[indices[int(i)]] for i in batch.prompt_index]
-    totals, metrics = run.rewards.compute(
-        texts, [e.prompt for e in examples], [e.columns for e in examples],
-        [e.answer for e in examples], response_ids,
-    )  # fmt: skip
+    with points.region("rewards"):
+        totals, metrics = run.rewards.compute(
+            texts, [e.prompt for e in examples], [e.columns for e in examples],
+            [e.answer for e in examples], response_ids,
+        )  # fmt: skip
+    points.check("rewards")  # on every process: a stop request anywhere abandons the step here
     reward_metrics.append(metrics)
     return batch, texts, torch.tensor(totals)  # (N,)
 
@@ -127,7 +136,7 @@ def _merge_round_metrics(rounds: list[dict[str, float]]) -> dict[str, float]:
     return merged
 
 
-def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
+def _dynamic_rollouts(run: Run, reward_metrics: list[dict], points: SafePoints):
     """DAPO dynamic sampling (single process): `ngrpo.trainer.dynamic_sampling.collect` with this
     run's sampler and rollouts."""
     from ngrpo.trainer.dynamic_sampling import collect
@@ -135,13 +144,15 @@ def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
     cfg = run.cfg
     return collect(
         run.sampler.take,
-        lambda indices, round_: _rollout_round(run, indices, round_, reward_metrics),
+        lambda indices, round_: _rollout_round(run, indices, round_, reward_metrics, None, points),
         need=cfg.train.prompts_per_step, group_size=cfg.rollout.num_generations,
         max_rounds=cfg.train.max_sampling_rounds, pad_token_id=run.tokenizer.pad_token_id,
     )  # fmt: skip
 
 
-def _train_step(run: Run) -> dict[str, float]:
+def _train_step(run: Run, points: SafePoints = NO_STOP) -> dict[str, float]:
+    """One step (the module); `points`: where a stop request abandons it, raising
+    `StepAbandoned` (`ngrpo.trainer.safe_point`)."""
     from ngrpo.evaluation.diagnostics import (
         neighbor_synonym_frac,
         rollout_diagnostics,
@@ -159,14 +170,14 @@ def _train_step(run: Run) -> dict[str, float]:
     # rollouts with exploration on and their rewards (dynamic sampling: several rounds)
     started, round_metrics = time.perf_counter(), []
     if cfg.train.dynamic_sampling:
-        batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run, round_metrics)
+        batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run, round_metrics, points)
     else:
         indices = run.sampler.take(cfg.train.prompts_per_step)
         slots = process_prompt_slots(
             cfg.train.prompts_per_step, cfg.train.mini_batch_prompts, world, rank
         )  # this process's slice of every mini-batch
         batch, texts, rewards = _rollout_round(
-            run, [indices[i] for i in slots], 0, round_metrics, slots=slots
+            run, [indices[i] for i in slots], 0, round_metrics, slots=slots, points=points
         )
         sampling_metrics = {}
     rollout_s = time.perf_counter() - started
@@ -180,6 +191,7 @@ def _train_step(run: Run) -> dict[str, float]:
         run.model, run.optimizer, run.scheduler, batch, advantages.to(batch.logprobs.device),
         run.params, ref_model=run.ref_model, accelerator=acc, ref_context=run.ref_context,
         on_oom=oom_retry(run),  # train.oom_retry: a smaller token budget (kept in run.params)
+        safe_points=points,  # up to the first optimizer step
     )  # fmt: skip
     refresh_s = 0.0
     if run.sharded:  # the rollout copy takes the new weights (its in-place copies bump the
