@@ -204,7 +204,13 @@ def run(args: argparse.Namespace) -> None:
         build_r1_shape(model_dir)
     work = Path(tempfile.mkdtemp(prefix="stop_latency_"))
     load_before = os.getloadavg()
-    windows = calibrate(codes[0][1], args.shape, model_dir, args.threads, work, args.limit)
+    if args.offset:  # fixed offsets into step 2, no calibration run
+        windows = {}
+        for item in args.offset:
+            phase, seconds = item.rsplit("=", 1)
+            windows[phase] = (float(seconds), float(seconds))
+    else:
+        windows = calibrate(codes[0][1], args.shape, model_dir, args.threads, work, args.limit)
     trials = []
     for label, src in codes:
         for phase in TARGETED:
@@ -266,6 +272,12 @@ def main() -> None:
     r.add_argument("--shape", choices=sorted(SHAPES), default="embedded")
     r.add_argument("--model-dir", default="/tmp/ngrpo_r1_1.5b_shape")
     r.add_argument("--points", type=int, default=2, help="signals per phase and code")
+    r.add_argument(
+        "--offset",
+        action="append",
+        default=[],
+        help="PHASE=SECONDS into step 2 (repeatable): no calibration run",
+    )
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--timeout", type=float, default=120, help="seconds after the signal")
     r.add_argument("--limit", type=float, default=600, help="seconds to reach step 2")

@@ -6,6 +6,8 @@ signal the run inside it. The two-process stop is in test_trainer_ddp.py."""
 
 from __future__ import annotations
 
+import argparse
+import gc
 import os
 import re
 import signal
@@ -18,10 +20,11 @@ import pytest
 import torch
 from test_trainer import _overrides, _untimed, _weights
 
+import ngrpo.cli
 from ngrpo.cli import main
 from ngrpo.trainer import checkpoint_dirs, read_metrics, train
 from ngrpo.trainer.stop import DUPLICATE_S
-from ngrpo.utils.errors import STOPPED_EXIT_CODE
+from ngrpo.utils.errors import STOPPED_EXIT_CODE, TrainingStopped
 
 SCRIPT = Path(__file__).with_name("slow_phase_check.py")
 STEPS = 3
@@ -185,3 +188,21 @@ def test_a_second_signal_exits_at_once_keeping_the_previous_checkpoint(base_mode
     assert [p.name for p in checkpoint_dirs(out)] == ["step-000001"]
     load_model(out / "checkpoints/step-000001")
     assert [r["step"] for r in read_metrics(out)] == [1]
+
+
+def test_a_stopped_run_skips_the_final_garbage_collection(monkeypatch, capsys):
+    """After `stopped:` (and `interrupted`) the CLI freezes the heap at exit: the interpreter's
+    final collection took 4-6 s of a scheduler's grace period (docs/stopping.md)."""
+    registered = []
+    monkeypatch.setattr(ngrpo.cli.atexit, "register", registered.append)
+
+    def stopped(args):
+        raise TrainingStopped("after step 1 of 2 (SIGTERM, 0.1 s after it); ...")
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--log-level", default="warning")
+    parser.set_defaults(func=stopped)
+    monkeypatch.setattr(ngrpo.cli, "build_parser", lambda: parser)
+    assert ngrpo.cli.main([]) == STOPPED_EXIT_CODE
+    assert capsys.readouterr().err.startswith("stopped: after step 1 of 2")
+    assert registered == [gc.freeze]
