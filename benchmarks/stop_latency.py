@@ -240,7 +240,7 @@ def run(args: argparse.Namespace) -> None:
 def table(path: str) -> str:
     """Markdown: median (and max) seconds to stop per phase and code, with the run counts."""
     report = json.loads(Path(path).read_text())
-    codes = list(report["codes"])
+    codes = sorted(report["codes"], key=lambda c: c != "before")  # before, then after
     rows = ["| phase the signal landed in | " + " | ".join(codes) + " |",
             "| --- | " + " | ".join("---" for _ in codes) + " |"]  # fmt: skip
     for phase in PHASES:
