@@ -150,11 +150,10 @@ def test_a_stop_while_a_reward_function_runs_drops_the_step(base_model_dir, tmp_
     assert [r["step"] for r in read_metrics(out)] == [1]
 
 
-def test_a_stop_after_the_first_optimizer_step_finishes_the_step(straight, base_model_dir,
-                                                                 tmp_path):  # fmt: skip
+def test_a_stop_after_the_first_optimizer_step_finishes_the_step(base_model_dir, tmp_path):
     """SIGTERM during step 2's second mini-batch (after its first optimizer step, held 3 s): the
-    step runs to its end, its checkpoint is written, one `stopped: after step 2` line, exit 75;
-    `--resume` equals an uninterrupted run."""
+    step runs to its end, its checkpoint is written, one `stopped: after step 2` line, exit 75.
+    (Resuming from a step's own checkpoint is test_trainer.py's 2 + 2 = 4 steps.)"""
     out = tmp_path / "run"
     process = _start_slowed(base_model_dir, out, "learner", 4, 3, "logging.save_every=0")
     process.send_signal(signal.SIGTERM)
@@ -166,7 +165,6 @@ def test_a_stop_after_the_first_optimizer_step_finishes_the_step(straight, base_
     assert f"`ngrpo train --resume {out}` continues" in last and "error:" not in stderr
     assert [p.name for p in checkpoint_dirs(out)] == ["step-000002"]
     assert [r["step"] for r in read_metrics(out)] == [1, 2]
-    _resumed_equals_straight(out, straight)
 
 
 def test_a_second_signal_exits_at_once_keeping_the_previous_checkpoint(base_model_dir, tmp_path):
