@@ -45,8 +45,8 @@ def _slow_once(work, seconds: float):
     return slow
 
 
-def _checked_step(run) -> dict[str, float]:
-    metrics = _train_step(run)
+def _checked_step(run, *args) -> dict[str, float]:
+    metrics = _train_step(run, *args)
     flat = torch.cat([p.detach().flatten() for p in run.policy.parameters()])  # (P,)
     gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)

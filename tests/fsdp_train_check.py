@@ -35,7 +35,7 @@ def _checked_update(*args, **kwargs) -> dict[str, float]:
     return metrics
 
 
-def _checked_step(run) -> dict[str, float]:
+def _checked_step(run, *args) -> dict[str, float]:
     if not run.sharded:
         raise SystemExit("train.strategy=fsdp did not shard the policy")
     if run.ref_model is not None:
@@ -43,7 +43,7 @@ def _checked_step(run) -> dict[str, float]:
 
         if not isinstance(run.ref_model, FSDPModule):
             raise SystemExit("train.strategy=fsdp did not shard the KL reference")
-    metrics = _train_step(run)
+    metrics = _train_step(run, *args)
     copy = dict(run.policy.named_parameters())
     for name, param in run.model.named_parameters():
         full = param.detach().full_tensor()

@@ -28,7 +28,7 @@ from ngrpo.models.load import load_model
 from ngrpo.trainer import checkpoint_dirs, load_trainer_state, read_metrics, train
 from ngrpo.trainer.checkpoints import OOM_BUDGET
 from ngrpo.trainer.setup import _check_world_size
-from ngrpo.trainer.stop import DUPLICATE_S, GracefulStop
+from ngrpo.trainer.stop import DUPLICATE_S, GracefulStop, StepAbandoned
 from ngrpo.utils.errors import Interrupted, NgrpoError
 from ngrpo.utils.io import DiskError, write_atomically
 from ngrpo.utils.oom import is_out_of_memory
@@ -363,7 +363,7 @@ def test_a_full_disk_at_the_metrics_log_is_an_error_naming_it(
 def test_the_stop_handlers_are_put_back_and_a_late_second_signal_interrupts():
     """`GracefulStop` (what `train()` runs under) restores the handlers it found; a signal
     within `DUPLICATE_S` of the first is the same request, a later one raises `Interrupted`
-    with the shell's code for that signal. (Real signals to `ngrpo train`: test_trainer.py.)"""
+    with the shell's code for that signal. (Real signals to `ngrpo train`: test_stop.py.)"""
 
     def mine(signum, frame):
         pass
@@ -376,10 +376,11 @@ def test_the_stop_handlers_are_put_back_and_a_late_second_signal_interrupts():
         with GracefulStop() as stop:
             assert signal.getsignal(signal.SIGTERM) == stop._handle
             assert signal.getsignal(signal.SIGINT) == stop._handle
+            assert signal.getsignal(signal.SIGUSR1) == stop._handle  # Slurm's early warning
             stop._handle(signal.SIGTERM, None)
             stop._handle(signal.SIGINT, None)  # the same request, delivered twice
             assert stop.signal_name == "SIGTERM"
-            stop._received_at -= DUPLICATE_S
+            stop.received_at -= DUPLICATE_S
             with pytest.raises(Interrupted) as interrupted:
                 stop._handle(signal.SIGTERM, None)
             assert interrupted.value.exit_code == 143
@@ -388,3 +389,22 @@ def test_the_stop_handlers_are_put_back_and_a_late_second_signal_interrupts():
         assert signal.getsignal(signal.SIGINT) is sigint_before
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_signal_inside_an_abandonable_block_raises_at_once_and_only_there():
+    """Inside `abandonable(phase)` the first signal raises `StepAbandoned(phase)` (a
+    `BaseException`, which `except Exception` lets through); outside it only sets the flag, and
+    a block entered after it raises at once."""
+    with GracefulStop() as stop:
+        with pytest.raises(StepAbandoned) as left, stop.abandonable("rollout"):
+            try:
+                stop._handle(signal.SIGUSR1, None)
+            except Exception:  # noqa: BLE001 - what a reward's error policy might do
+                pytest.fail("StepAbandoned was caught as an Exception")
+        assert (left.value.phase, left.value.agreed) == ("rollout", False)
+        assert stop.signal_name == "SIGUSR1"
+        with pytest.raises(StepAbandoned, match="rewards"), stop.abandonable("rewards"):
+            pytest.fail("entered after the signal")
+    with GracefulStop() as stop:
+        stop._handle(signal.SIGTERM, None)  # outside any block: the flag only
+        assert stop.signal_name == "SIGTERM"

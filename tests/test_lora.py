@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from ngrpo.cli import main
 from ngrpo.config import load_config, save_config
 from ngrpo.learner.update import reference_logprobs
 from ngrpo.method.neighbors import NeighborIndex
+from ngrpo.models.load import load_model, set_activation_checkpointing
 from ngrpo.models.lora import adapter_parameters, check_targets
 from ngrpo.rollout import EngineOptions, SamplingParams, generate, replay_logits
 from ngrpo.trainer import checkpoint_dirs, load_run_config, read_metrics, train
@@ -346,7 +348,7 @@ def test_adapters_get_the_same_gradient_with_gradient_checkpointing(lora_run, ba
         torch.manual_seed(0)  # the same adapter init (lora_A is random) both times
         peft_model, policy = load_lora(LoraConfig(r=4), base_model_dir, None, "cpu")
         if checkpointing:
-            policy.gradient_checkpointing_enable()
+            set_activation_checkpointing(policy, True)
         policy.train()
         logp, _ = sequence_logprobs(policy, batch, 1.0)
         logp.sum().backward()
@@ -387,3 +389,20 @@ def test_bf16_base_is_held_in_bf16_and_scored_through_the_chunked_head(base_mode
     assert not ngrpo.learner.scoring._FULL_LOGITS_CLASSES
     row = read_metrics(tmp_path / "bf16")[-1]
     assert row["actor/grad_norm"] > 0 and row["actor/replay_logp_err"] < 0.2
+
+
+def test_activation_checkpointing_under_the_name_transformers_has(base_model_dir):
+    """transformers 5.24+ renamed `gradient_checkpointing_enable` to
+    `activation_checkpointing_enable` and warns at the old name: the loader uses the new one where
+    it exists (no warning) and the old one elsewhere; either way checkpointing is on, then off."""
+    model = load_model(base_model_dir, "cpu", torch.float32)
+    states = []
+    for on in (True, False):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            set_activation_checkpointing(model, on)
+        assert not [str(w.message) for w in caught], on
+        with warnings.catch_warnings():  # the state's old name warns too (transformers 5.24+)
+            warnings.simplefilter("ignore")
+            states.append(model.is_gradient_checkpointing)
+    assert states == [True, False]

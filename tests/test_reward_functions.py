@@ -71,7 +71,8 @@ def hog(completions, **kwargs):
 def signals_ignored(completions, **kwargs):
     import signal
 
-    ignored = all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM))
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    ignored = all(signal.getsignal(s) == signal.SIG_IGN for s in stops)
     return [float(ignored)] * len(completions)
 """
 
@@ -199,8 +200,9 @@ def test_a_function_over_its_memory_cap_is_an_error_naming_it(policy, user_file,
 
 
 def test_reward_workers_ignore_stop_signals(user_file, pool):
-    """A graceful stop must still score the step in progress: a Ctrl-C reaches the whole
-    process group, torchrun forwards signals to each worker's group."""
+    """The trainer decides what happens on a stop request: a Ctrl-C reaches the whole process
+    group, torchrun forwards signals to each worker's group, Slurm signals every process of a
+    job step (SIGUSR1, whose default action is to exit, too)."""
     totals, _ = _compute([(f"{user_file}:signals_ignored", 1.0)], pool)
     assert totals == [1.0, 1.0, 1.0]
 

@@ -8,12 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,8 +22,6 @@ from ngrpo.config import load_config
 from ngrpo.models.load import load_model
 from ngrpo.trainer import checkpoint_dirs, load_run_config, read_metrics, train
 from ngrpo.trainer.checkpoints import _recover_interrupted_writes
-from ngrpo.trainer.stop import DUPLICATE_S
-from ngrpo.utils.errors import STOPPED_EXIT_CODE
 
 TIMING = ("time/", "rollout/seconds", "memory/")  # measured, not reproducible: left out
 THROUGHPUT = ("tokens_per_s",)
@@ -318,102 +311,3 @@ def test_cli_data_errors(base_model_dir, tmp_path, capsys):
     _assert_one_error_line(capsys.readouterr().err, f"{data}:2: invalid JSON")
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
     _assert_one_error_line(capsys.readouterr().err, "is not a run directory")
-
-
-# --------------------------------------------------------------- stopping on a signal (CLI runs)
-
-SLOW_REWARD = """
-import pathlib
-import time
-
-CALLS = 0
-
-
-def slow_after_first(completions, **kwargs):
-    global CALLS
-    CALLS += 1
-    if CALLS > 1:  # the second step's rewards take 30 s: a signal arrives inside a step
-        pathlib.Path(__file__).with_suffix(".started").touch()
-        time.sleep(30)
-    return [float(i % 2) for i in range(len(completions))]
-"""
-
-
-def _start_training(argv: list[str]) -> subprocess.Popen:
-    """`ngrpo train ARGV` in a subprocess (its own process group), stderr captured, with this
-    process's number of CPU threads (sums, so results, depend on it; other tests change it)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    return subprocess.Popen(
-        [sys.executable, "-m", "ngrpo", "train", *argv], stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, start_new_session=True, env=env,
-    )  # fmt: skip
-
-
-def wait_for_step(process: subprocess.Popen, run_dir: Path, step: int, timeout: float = 180):
-    """Wait until `run_dir`'s metrics log training step `step` (the process still running)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        path = run_dir / "metrics.jsonl"
-        if path.is_file() and any(r["step"] >= step for r in read_metrics(run_dir)):
-            return
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"step {step} not reached in {timeout} s")
-
-
-def test_sigterm_finishes_the_step_saves_and_resume_is_exact(
-    straight_run, base_model_dir, tmp_path
-):
-    """SIGTERM mid-run: the step in progress ends, its checkpoint is written (save_every is 0
-    here, so the stop wrote it), exit code 75 and one `stopped:` line; `--resume` then gives
-    bit-identical weights and metrics to 4 straight steps."""
-    out = tmp_path / "stopped"
-    overrides = _overrides(base_model_dir, out, 4, "logging.save_every=0")
-    process = _start_training(["--config", "tiny_ngrpo", *overrides])
-    wait_for_step(process, out, 1)
-    process.send_signal(signal.SIGTERM)
-    stderr = process.communicate(timeout=120)[1]
-    assert process.returncode == STOPPED_EXIT_CODE == 75, stderr[-3000:]
-    stopped = read_metrics(out)[-1]["step"]
-    assert 1 <= stopped < 4, stderr[-3000:]
-    assert [p.name for p in checkpoint_dirs(out)] == [f"step-{stopped:06d}"]
-    assert "SIGTERM received: stopping after the current step" in stderr
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith(f"stopped: after step {stopped} of 4 (SIGTERM); checkpoint ")
-    assert f"`ngrpo train --resume {out}` continues" in last and "error:" not in stderr
-
-    assert main(["train", "--resume", str(out)]) == 0
-    ref, got = (
-        _weights(straight_run / "checkpoints/step-000004"),
-        _weights(out / "checkpoints/step-000004"),
-    )
-    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
-    assert _untimed(read_metrics(out)) == _untimed(read_metrics(straight_run))
-
-
-def test_a_second_signal_exits_at_once_keeping_the_previous_checkpoint(base_model_dir, tmp_path):
-    """SIGINT during step 2 (its rewards take 30 s), then SIGINT again 1.5 s later: exit 130
-    within seconds, no checkpoint of step 2, step 1's complete and loadable."""
-    reward = tmp_path / "slow_reward.py"
-    reward.write_text(SLOW_REWARD)
-    out = tmp_path / "twice"
-    overrides = _overrides(base_model_dir, out, 5, f"train.reward={reward}:slow_after_first",
-                           "train.reward_timeout_s=60")  # fmt: skip
-    process = _start_training(["--config", "tiny_ngrpo", *overrides])
-    wait_for_step(process, out, 1)
-    while not reward.with_suffix(".started").exists():  # step 2's rewards are being computed
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    time.sleep(DUPLICATE_S + 0.5)  # later than a launcher's duplicate of the first signal
-    process.send_signal(signal.SIGINT)
-    second = time.monotonic()
-    stderr = process.communicate(timeout=60)[1]
-    assert time.monotonic() - second < 15, "the step's 30 s reward call was waited for"
-    assert process.returncode == 130, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1] == "interrupted"
-    assert "SIGINT received: stopping after the current step" in stderr
-    assert [p.name for p in checkpoint_dirs(out)] == ["step-000001"]
-    load_model(out / "checkpoints/step-000001")
-    assert [r["step"] for r in read_metrics(out)] == [1]

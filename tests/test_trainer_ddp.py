@@ -1,6 +1,6 @@
 """A two-process CPU training run (torchrun, gloo) of `ngrpo train`: world size, finite losses,
 synchronised weights, rank-0-only files, no deadlock at evaluation or checkpoints; a stop signal
-to one process stops both after the same step."""
+to one process stops both at the same safe point."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
-
-from test_trainer import wait_for_step
 
 from ngrpo.trainer import checkpoint_dirs, read_metrics
 
 SCRIPT = Path(__file__).with_name("ddp_train_check.py")
+SLOWED = Path(__file__).with_name("slow_phase_check.py")
 
 
 def test_two_process_cpu_run(base_model_dir, tmp_path):
@@ -64,36 +64,46 @@ def _child_of_rank(launcher: int, rank: int) -> int:
     raise AssertionError(f"no worker of rank {rank} under process {launcher}")
 
 
-def test_a_signal_to_one_process_stops_both_after_the_same_step(base_model_dir, tmp_path):
-    """SIGTERM to rank 1 alone (as a scheduler's signal that reached one node): the flag is
-    all-reduced between steps, so both processes stop after the same step, rank 0 writes its
-    checkpoint (save_every is 0: the stop wrote it) and both exit with 75. (That `--resume`
-    continues exactly is tested in one process, test_trainer.py, and for two in
-    test_trainer_fsdp.py.)"""
+def test_a_signal_to_one_process_stops_both_at_the_same_safe_point(base_model_dir, tmp_path):
+    """SIGTERM to rank 1 alone (a scheduler's signal that reached one node) while it is inside
+    step 2's rollout (held there for 120 s by tests/slow_phase_check.py): rank 1 leaves it at
+    once, rank 0 learns of it at the safe point after its rollout and rewards (the flag is
+    all-reduced there), so both drop step 2 before any optimizer step, within seconds; rank 0
+    writes step 1's checkpoint (save_every is 0: the stop wrote it) and both exit with 75.
+    (That `--resume` redoes the step exactly is tested in one process, test_stop.py.)"""
     out = tmp_path / "ddp_stop"
+    marker = tmp_path / "slow"
     overrides = [
-        f"model.path={base_model_dir}", f"output_dir={out}", "train.steps=8",
+        f"model.path={base_model_dir}", f"output_dir={out}", "train.steps=4",
         "train.prompts_per_step=2", "train.mini_batch_prompts=2", "rollout.num_generations=2",
         "rollout.max_completion_length=16", "train.entropy_coef=0.01", "eval.every=0",
         "eval.at_start=false", "logging.save_every=0",
     ]  # fmt: skip
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-              "2", str(SCRIPT), "train"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+              "2", str(SLOWED), "train"]  # fmt: skip
+    env = {
+        **os.environ, "OMP_NUM_THREADS": "1", "SLOW_PHASE": "rollout", "SLOW_CALL": "2",
+        "SLOW_S": "120", "SLOW_RANKS": "1", "SLOW_MARKER": str(marker),
+    }  # fmt: skip
     process = subprocess.Popen(
         [*launch, "--config", "tiny_ngrpo", *overrides], stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    wait_for_step(process, out, 1)
+    deadline = time.monotonic() + 240
+    while not marker.with_suffix(".1").exists():  # rank 1 is inside step 2's rollout
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "rank 1 did not reach step 2's rollout"
+        time.sleep(0.05)
+    signalled = time.monotonic()
     os.kill(_child_of_rank(process.pid, 1), signal.SIGTERM)
     stderr = process.communicate(timeout=240)[1]
-    lines = [line for line in stderr.splitlines() if line.startswith("stopped: ")]
+    assert time.monotonic() - signalled < 60, "the stop waited for rank 1's rollout"
+    lines = sorted(line for line in stderr.splitlines() if line.startswith("stopped: "))
     assert len(lines) == 2, stderr[-3000:]
-    steps = {int(re.search(r"after step (\d+) of 8", line).group(1)) for line in lines}
-    assert len(steps) == 1, lines  # both processes stopped after the same step
-    step = steps.pop()
-    assert sorted("(SIGTERM)" in line for line in lines) == [False, True]  # rank 1's own
-    assert any("(a signal to another process)" in line for line in lines)
+    assert lines[0].startswith(
+        "stopped: during step 2 of 4, in the rewards (a signal to another process); checkpoint "
+    ), lines  # rank 0, at its safe point
+    assert lines[1].startswith("stopped: during step 2 of 4, in the rollout (SIGTERM, "), lines
     assert re.search(r"exitcode\s*:\s*75", stderr)  # torchrun's report of a worker's exit
-    assert [p.name for p in checkpoint_dirs(out)] == [f"step-{step:06d}"]
-    assert [r["step"] for r in read_metrics(out)] == list(range(1, step + 1))
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-000001"]
+    assert [r["step"] for r in read_metrics(out)] == [1]

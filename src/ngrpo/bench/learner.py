@@ -259,12 +259,12 @@ def bf16_matmul_peak(device: torch.device, n: int = 8192, repeats: int = 5) -> f
 
 
 def _set_checkpointing(model, on: bool, was: bool) -> bool:
-    """Gradient checkpointing of the body on or off, called only on a change (transformers 5.24
-    deprecates these names with a warning; 5.17 lacks the new ones). Returns `on`."""
-    if on and not was:
-        model.gradient_checkpointing_enable()
-    elif was and not on:
-        model.gradient_checkpointing_disable()
+    """Gradient checkpointing of the body on or off, called only on a change
+    (`ngrpo.models.load.set_activation_checkpointing`). Returns `on`."""
+    from ngrpo.models.load import set_activation_checkpointing
+
+    if on != was:
+        set_activation_checkpointing(model, on)
     return on
 
 

@@ -54,6 +54,11 @@ Choices worth knowing:
   budget, redoing the mini-batch from zeroed gradients (see `update_policy`). After a learner
   retry the recomputed π_old came from the larger micro-batches: the mini-batch's ratios are then
   1 up to the kernels' batch-variance, not bitwise.
+- Stop requests (`safe_points`, the trainer's `ngrpo.trainer.safe_point.SafePoints`): nothing a
+  checkpoint holds changes before the first optimizer step, so reference and π_old scoring and
+  the mini-batches before that step run inside its `region`s (a stop request may leave them at
+  once) and are followed by its `check`s (every process the same ones); either raises the
+  trainer's `StepAbandoned`, and the trainer saves the state at the step's start.
 - Micro-batches: `micro_batch_size` rows in order, or, with `max_tokens_per_micro_batch`, rows
   sorted by length and packed greedily so that rows × (longest prompt + longest response) stays
   within the budget (a row longer than the budget goes alone). Each micro-batch is cut to its
@@ -162,6 +167,7 @@ def update_policy(
     accelerator=None,
     ref_context=None,
     on_oom: OomRetry | None = None,
+    safe_points=None,
 ) -> dict[str, float]:
     """Learn from one step's rollouts; returns averaged metrics (loss/*, actor/*, train/*,
     mismatch/*, rollout_correction/*, time/*).
@@ -184,6 +190,9 @@ def update_policy(
     micro-batch with zeroed gradients, so the update goes on from the state before the failed
     attempt (earlier mini-batches' optimizer steps were complete; the failed one changed only
     gradients); `train/oom_retries` counts the retries.
+
+    `safe_points`: an object with `region(phase, collectives=True)` (a context manager) and
+    `check(phase)` (see the module), used up to the first optimizer step; None: none.
     """
     if params.old_logprobs not in OLD_LOGPROBS:
         raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS}, got {params.old_logprobs!r}")
@@ -198,22 +207,27 @@ def update_policy(
     retries = [0]
     clock = _PhaseClock(device)
     ref_logp = None
+    safe = _SafePoints(safe_points)
     if params.beta > 0:
-        with ref_context() if ref_context is not None else contextlib.nullcontext():
+        reference = ref_context() if ref_context is not None else contextlib.nullcontext()
+        with reference, safe.region("reference"):
             ref_logp, params = _retrying(  # (N, T)
                 partial(reference_logprobs, ref_model, batch, params.temperature,
                         accelerator=accelerator),
                 params, on_oom, retries,
             )  # fmt: skip
+        safe.check("reference")
         clock.lap("time/reference_s")
     old_logp = batch.logprobs  # (N, T)
     learner_logp = torch.zeros_like(mask)  # (N, T) the learner's log-probs before any update
     measured = torch.zeros_like(mask)  # (N, T) 1 where `learner_logp` holds a value
     if params.old_logprobs == "recompute":
-        old_logp, params = _retrying(  # (N, T)
-            partial(recompute_old_logprobs, model, batch, accelerator=accelerator),
-            params, on_oom, retries,
-        )  # fmt: skip
+        with safe.region("old_logprobs"):
+            old_logp, params = _retrying(  # (N, T)
+                partial(recompute_old_logprobs, model, batch, accelerator=accelerator),
+                params, on_oom, retries,
+            )  # fmt: skip
+        safe.check("old_logprobs")
         learner_logp, measured = old_logp, mask
         clock.lap("time/old_logprobs_s")
     is_weights, correction_metrics = importance_weights(
@@ -231,22 +245,22 @@ def update_policy(
                 _count(mask[mini], params.loss_type), world,
                 lambda count: _sum_over_processes(count, accelerator, device),
             )  # fmt: skip
-            (finite, mini_metrics), params = _retrying(
-                partial(
-                    _accumulate, model, optimizer, batch, mini, mask=mask, advantages=advantages,
-                    ref_logp=ref_logp, old_logp=old_logp, is_weights=is_weights,
-                    normalizer=normalizer, accelerator=accelerator,
-                    where=f"mini-batch {number} of {len(minis)}",
-                    record=(learner_logp, measured) if first and params.old_logprobs == "rollout"
-                    else None,
-                ),
-                params, on_oom, retries,
+            accumulate = partial(
+                _accumulate, model, optimizer, batch, mini, mask=mask, advantages=advantages,
+                ref_logp=ref_logp, old_logp=old_logp, is_weights=is_weights,
+                normalizer=normalizer, accelerator=accelerator,
+                where=f"mini-batch {number} of {len(minis)}",
+                record=(learner_logp, measured) if first and params.old_logprobs == "rollout"
+                else None,
             )  # fmt: skip
+            with safe.region("learner"):  # until the first optimizer step
+                (finite, mini_metrics), params = _retrying(accumulate, params, on_oom, retries)
             first = False
             clock.lap("time/forward_backward_s")
             # A non-finite gradient makes the global norm non-finite (checked below), identically
             # on every process (it is taken after the gradients' reduction).
             finite = _agreed(finite, accelerator, device)
+            safe.check("learner")  # the last point to abandon the step: nothing changed yet
             grad_norm = _clip(parameters, params.max_grad_norm, accelerator) if finite else 0.0
             if not (finite and math.isfinite(grad_norm)):
                 skipped += 1
@@ -256,6 +270,7 @@ def update_policy(
                 continue
             averages.add(mini_metrics.result())
             grad_norms.append(grad_norm)
+            safe.stepped = True  # no safe point after this: the step now runs to its end
             with oom_phase("optimizer", f"AdamW over {_numel(parameters):,} trainable parameters"):
                 optimizer.step()
             if scheduler is not None:
@@ -285,6 +300,22 @@ def _back_off_loss_scale(accelerator, *, unscaled: bool) -> None:
     if not unscaled:
         accelerator.unscale_gradients()
     scaler.update()
+
+
+class _SafePoints:
+    """The caller's safe points (or none) up to the first optimizer step, none after it."""
+
+    def __init__(self, points) -> None:
+        self.points, self.stepped = points, False
+
+    def region(self, phase: str) -> contextlib.AbstractContextManager:
+        if self.points is None or self.stepped:
+            return contextlib.nullcontext()
+        return self.points.region(phase, collectives=True)  # FSDP forwards, DDP's backward
+
+    def check(self, phase: str) -> None:
+        if self.points is not None and not self.stepped:
+            self.points.check(phase)
 
 
 def _retrying(attempt, params: LearnerParams, on_oom: OomRetry | None, retries: list[int]):

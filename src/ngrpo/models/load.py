@@ -207,6 +207,15 @@ def load_model_and_tokenizer(
 # ------------------------------------------------------------------------------------ training
 
 
+def set_activation_checkpointing(model, on: bool) -> None:
+    """Activation (gradient) checkpointing of a transformers model's body on or off, under the
+    name its version has: `activation_checkpointing_enable` / `_disable` since transformers 5.24
+    (whose old `gradient_checkpointing_*` names warn of their removal), the old ones before."""
+    verb = "enable" if on else "disable"
+    method = getattr(model, f"activation_checkpointing_{verb}", None)
+    (method or getattr(model, f"gradient_checkpointing_{verb}"))()
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """Zero every dropout probability: dropout modules, attention-dropout rates, the config.
 
@@ -291,7 +300,7 @@ def load_policy(
     else:
         policy = load_model(checkpoint or base_dir, device, torch.float32, attn_implementation)
     if gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
+        set_activation_checkpointing(policy, True)
     disable_dropout(policy)  # the learner must see exactly what the rollout saw (replay)
     policy.train()
     return TrainingPolicy(policy, tokenizer, base_dir, checkpoint or base_dir, peft_model)

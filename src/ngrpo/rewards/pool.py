@@ -11,8 +11,8 @@ Workers start through the `forkserver` method with math-verify preloaded and war
 `spawn` is used where forkserver does not exist. A worker also caps its address space
 (`WORKER_MEMORY_BYTES`) so a runaway comparison fails with MemoryError instead of exhausting the
 machine. A replacement's start-up is waited for when it is next used, never inside the call that
-timed out, and a deadline starts only once a worker is ready. Workers ignore SIGINT and SIGTERM
-(`ignore_stop_signals`): a graceful stop of the run still grades the step in progress.
+timed out, and a deadline starts only once a worker is ready. Workers ignore the stop signals
+(`ignore_stop_signals`): the trainer decides what a stop does to the step in progress.
 """
 
 from __future__ import annotations
@@ -39,12 +39,14 @@ _PRELOAD = [
 
 
 def ignore_stop_signals() -> None:
-    """In a worker: ignore SIGINT and SIGTERM. A terminal's Ctrl-C reaches the whole process
-    group and a scheduler signals every process of a job, but a worker must go on scoring the
-    step in progress while the trainer stops gracefully (`ngrpo.trainer.stop`); the trainer
-    ends its workers itself, and an idle worker whose trainer is gone exits at its pipe's end."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+    """In a worker: ignore the stop signals (SIGINT, SIGTERM, SIGUSR1: `ngrpo.trainer.stop`). A
+    terminal's Ctrl-C reaches the whole process group and a scheduler signals every process of a
+    job (Slurm's `--signal=USR1@90` too, whose default action would kill a worker), but the
+    trainer decides what its workers do when it stops; it ends them itself, and an idle worker
+    whose trainer is gone exits at its pipe's end."""
+    for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+        if signum is not None:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def cap_memory(limit: str, max_bytes: int) -> None:

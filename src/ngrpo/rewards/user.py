@@ -16,9 +16,9 @@ address space it never touches (measured on an H200: CUDA fails to start under a
 `RLIMIT_AS`, and starts under an 8 GiB `RLIMIT_DATA`, the process then holding 1.4 GB of data
 and 18 GB of address space). Memory on a GPU is not capped.
 
-Signals: a worker ignores SIGINT and SIGTERM (as the grading workers do, `pool.ignore_stop_signals`)
-so that a graceful stop of the run (`ngrpo.trainer.stop`) can still score the step in progress;
-the trainer ends its workers itself.
+Signals: a worker ignores SIGINT, SIGTERM and SIGUSR1 (as the grading workers do,
+`pool.ignore_stop_signals`): a stop request (`ngrpo.trainer.stop`) is the trainer's to handle (it
+drops a step whose rewards are being computed); the trainer ends its workers itself.
 
 The function is named to the worker by its spec string (imported there) or sent pickled (a Python
 callable: by reference, so it must be defined at the top level of a module or of a script guarded by

@@ -19,9 +19,11 @@ Parts (each imports only those above it):
   state); the DDP / FSDP strategies are described there;
 - `oom`: out of memory during a step: the one-line error (phase, shape, device memory, `ngrpo
   plan`'s estimate, settings) and `train.oom_retry`'s smaller token budget;
+- `stop`: SIGTERM / SIGUSR1 / SIGINT during `train`: stop at the next safe point with a
+  checkpoint (every process at the same point); a second signal leaves at once;
+- `safe_point`: where a step may be dropped on a stop request (before its first optimizer step)
+  and the state at its start that is then saved;
 - `step`: one training step (rollout rounds, advantages, update, metrics reduced over processes);
-- `stop`: SIGTERM / SIGINT during `train`: finish the step, checkpoint, stop (every process after
-  the same step); a second signal leaves at once;
 - `loop`: `train` (evaluations, `best/`, checkpoints, logging, stopping), `load_run_config`,
   `read_metrics`;
 - `export`: a run's checkpoint as a standalone Hugging Face model directory (`ngrpo export`).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,9 +31,10 @@ from ngrpo.trainer.checkpoints import (
     save_sharded_checkpoint,
 )
 from ngrpo.trainer.oom import oom_error
+from ngrpo.trainer.safe_point import PHASES, SafePoints, StepStart
 from ngrpo.trainer.setup import Run, _setup, engine_options
 from ngrpo.trainer.step import _train_step
-from ngrpo.trainer.stop import GracefulStop
+from ngrpo.trainer.stop import GracefulStop, StepAbandoned
 from ngrpo.trainer.waits import wait_for_main
 from ngrpo.utils.errors import NgrpoError, TrainingStopped
 from ngrpo.utils.io import DiskError, disk_problem, write_atomically
@@ -97,18 +99,33 @@ def _save(run: Run) -> None:
     wait_for_main(run.accelerator, run.waits)
 
 
-def _stop(run: Run, stop: GracefulStop, saved: int) -> None:
-    """End the run after a stop request: a checkpoint of the last step (unless there is one),
-    then `TrainingStopped` with what to do next."""
-    cause = stop.signal_name or "a signal to another process"
+def _cause(stop: GracefulStop) -> str:
+    """The signal and how long the stop took since it came (another process's: unknown)."""
+    if stop.signal_name is None:
+        return "a signal to another process"
+    return f"{stop.signal_name}, {time.monotonic() - stop.received_at:.1f} s after it"
+
+
+def _stop(run: Run, stop: GracefulStop, saved: int, abandoned: str | None = None) -> None:
+    """End the run after a stop request: a checkpoint of the last complete step (unless there
+    is one), then `TrainingStopped` saying where it stopped, how long the stop took and what to
+    do next. `abandoned`: the phase of step `run.step + 1` it left (the run's state is that
+    step's start again, `ngrpo.trainer.safe_point`); None: between steps."""
+    steps, resume = run.cfg.train.steps, f"`ngrpo train --resume {run.run_dir}`"
+    if abandoned is None and run.step == 0:
+        raise TrainingStopped(f"before the first step ({_cause(stop)}); nothing to save")
+    if abandoned is None:
+        where, redo = f"after step {run.step} of {steps}", ""
+    else:
+        where = f"during step {run.step + 1} of {steps}, in {PHASES[abandoned]}"
+        redo = f" (step {run.step + 1} was dropped: {resume} redoes it)"
     if run.step == 0:
-        raise TrainingStopped(f"before the first step ({cause}); nothing to save")
+        raise TrainingStopped(f"{where} ({_cause(stop)}); nothing to save: {resume} starts over")
     if saved != run.step:
         _save(run)
-    where = run.run_dir / CHECKPOINTS / f"step-{run.step:06d}"
+    checkpoint = run.run_dir / CHECKPOINTS / f"step-{run.step:06d}"
     raise TrainingStopped(
-        f"after step {run.step} of {run.cfg.train.steps} ({cause}); checkpoint {where} is "
-        f"complete: `ngrpo train --resume {run.run_dir}` continues"
+        f"{where} ({_cause(stop)}); checkpoint {checkpoint} is complete{redo}: {resume} continues"
     )
 
 
@@ -217,24 +234,31 @@ def train(
 
 
 def _loop(run: Run, stop: GracefulStop, progress: Progress | None) -> None:
-    """Steps until `train.steps`, with logging, evaluations and checkpoints; between steps, a
-    stop request (`stop`, agreed by every process) ends the run with a checkpoint."""
+    """Steps until `train.steps`, with logging, evaluations and checkpoints; a stop request
+    (`stop`, agreed by every process) ends the run with a checkpoint, between steps or at a safe
+    point inside one (`ngrpo.trainer.safe_point`: the step is dropped)."""
     cfg = run.cfg
     if run.accelerator.is_main_process:
         save_config(cfg, run.run_dir / "config.yaml")
         log.info("derived values: %s", derived_values(cfg))
     writer = _tensorboard(run)
     saved = run.step  # the step of the newest checkpoint (a resumed run's, or none at 0)
+    points = SafePoints(stop, run.accelerator)
     try:
         if run.step == 0:
             _maybe_eval(run, writer, progress)
         while run.step < cfg.train.steps:
             if stop.requested(run.accelerator):
                 _stop(run, stop, saved)
+            start = StepStart.take(run)  # what a dropped step puts back
             try:
-                metrics = _train_step(run)
+                metrics = _train_step(run, points)
             except PhaseOutOfMemory as err:
                 raise oom_error(run, err, f"at step {run.step + 1}") from None
+            except StepAbandoned as abandoned:
+                points.settle(abandoned)  # every process now drops the step
+                start.restore(run)
+                _stop(run, stop, saved, abandoned.phase)
             run.step += 1
             run.skipped_total += int(metrics["train/skipped_updates"])
             metrics["train/skipped_total"] = float(run.skipped_total)

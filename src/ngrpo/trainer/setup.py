@@ -161,6 +161,7 @@ def _accelerator(cfg: TrainConfig):
     from accelerate.state import AcceleratorState
 
     from ngrpo.config import resolve_device_dtype
+    from ngrpo.utils.cpu_bf16 import warn_if_slow_bf16
 
     cuda = torch.cuda.is_available()
     index = _cuda_index(cfg.model.device, cuda)
@@ -173,7 +174,10 @@ def _accelerator(cfg: TrainConfig):
     # accelerate keeps one mixed-precision setting per process; a second run in the same process
     # (the Python API, a notebook) may choose another: reset it (the process group is kept).
     AcceleratorState._reset_state()
-    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision), dtype
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
+    if accelerator.is_main_process:
+        warn_if_slow_bf16(device, dtype)  # bf16 on a CPU without native bf16: ~100× slower
+    return accelerator, dtype
 
 
 def native_bf16(index: int | None = None) -> bool:

@@ -19,6 +19,10 @@ Metrics are averaged over processes, totals, throughputs and error counts (`SUMM
 `reward/<name>/errors`) summed, ratios (`rollout/mixed_frac`, `embed_shift`, `neighbor_weight`)
 weighted by each process's count (`ngrpo.rollout.batch.WEIGHTED_STATS`), `memory/peak_bytes` the
 largest (`MAX_METRICS`), and `train/world_size` is logged.
+
+Stop requests: each generation batch and each round's rewards run inside a `SafePoints.region`, a
+check follows each round, and `update_policy` has its own safe points up to its first optimizer
+step; a stop there raises `StepAbandoned` out of `_train_step` (`ngrpo.trainer.safe_point`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from ngrpo.learner.update import MAX_KEYS, MIN_KEYS, RATIO_TOKENS, WEIGHTED_KEYS, update_policy
 from ngrpo.rollout.batch import WEIGHTED_STATS
 from ngrpo.trainer.oom import oom_retry
+from ngrpo.trainer.safe_point import NO_STOP, SafePoints
 from ngrpo.trainer.setup import Run, engine_options
 from ngrpo.utils.oom import oom_phase
 
@@ -118,14 +123,16 @@ def _trained(run: Run, table: torch.Tensor) -> bool:
 
 def _rollout_round(
     run: Run, indices: list[int], round_: int, reward_metrics: list[dict],
-    slots: list[int] | None = None,
+    slots: list[int] | None = None, points: SafePoints = NO_STOP,
 ):  # fmt: skip
     """Rollouts with exploration on for this process's prompt `indices`, and their rewards.
 
     Returns (batch, texts, rewards (N,)) and appends the round's reward metrics to
     `reward_metrics`. `slots`: each prompt's position in the round's global prompt list (default
     0, 1, ...). Each generation batch is seeded from (seed, step, round, global position of its
-    first prompt) (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size."""
+    first prompt) (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size.
+    `points`: a stop request inside a generation batch or the rewards abandons the step, and the
+    safe point after the rewards agrees on it over processes."""
     from ngrpo.evaluation import eos_token_ids
     from ngrpo.rollout import SamplingParams, generate
     from ngrpo.rollout.batch import concat_batches
@@ -144,7 +151,7 @@ def _rollout_round(
         rows, width = count * cfg.rollout.num_generations, max(map(len, prompts))
         shape = (f"generation batch {number} of {len(batches)}: {rows} rows × ({width} prompt + "
                  f"up to {cfg.rollout.max_completion_length} new) tokens")  # fmt: skip
-        with acc.autocast(), oom_phase("rollout", shape, rows):
+        with acc.autocast(), oom_phase("rollout", shape, rows), points.region("rollout"):
             parts.append(generate(
                 run.policy, prompts,
                 SamplingParams(
@@ -164,10 +171,12 @@ def _rollout_round(
     response_ids = batch.responses()
     texts = [run.tokenizer.decode(r, skip_special_tokens=True) for r in response_ids]
     examples = [run.examples[indices[int(i)]] for i in batch.prompt_index]
-    totals, metrics = run.rewards.compute(
-        texts, [e.prompt for e in examples], [e.columns for e in examples],
-        [e.answer for e in examples], response_ids,
-    )  # fmt: skip
+    with points.region("rewards"):
+        totals, metrics = run.rewards.compute(
+            texts, [e.prompt for e in examples], [e.columns for e in examples],
+            [e.answer for e in examples], response_ids,
+        )  # fmt: skip
+    points.check("rewards")  # on every process: a stop request anywhere abandons the step here
     reward_metrics.append(metrics)
     return batch, texts, torch.tensor(totals)  # (N,)
 
@@ -182,7 +191,7 @@ def _merge_round_metrics(rounds: list[dict[str, float]]) -> dict[str, float]:
     return merged
 
 
-def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
+def _dynamic_rollouts(run: Run, reward_metrics: list[dict], points: SafePoints):
     """DAPO dynamic sampling: `ngrpo.trainer.dynamic_sampling.collect` with this run's sampler and
     rollouts. Several processes: each rolls out a contiguous share of every round's prompts, the
     rounds are gathered whole (every process chooses the groups one process would), and each
@@ -194,13 +203,13 @@ def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
     group = cfg.rollout.num_generations
     if world == 1:
         rollout, gather = (lambda indices, round_: _rollout_round(
-            run, indices, round_, reward_metrics)), None  # fmt: skip
+            run, indices, round_, reward_metrics, None, points)), None  # fmt: skip
     else:
         share = list(range(rank * need // world, (rank + 1) * need // world))
 
         def rollout(indices, round_):
             return _rollout_round(run, [indices[i] for i in share], round_, reward_metrics,
-                                  slots=share)  # fmt: skip
+                                  slots=share, points=points)  # fmt: skip
 
         def gather(obj) -> list:
             out = [None] * world
@@ -226,7 +235,9 @@ def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
     return batch, [texts[r] for r in rows], rewards[rows], metrics
 
 
-def _train_step(run: Run) -> dict[str, float]:
+def _train_step(run: Run, points: SafePoints = NO_STOP) -> dict[str, float]:
+    """One step (the module); `points`: where a stop request abandons it, raising
+    `StepAbandoned` (`ngrpo.trainer.safe_point`)."""
     from ngrpo.evaluation.diagnostics import (
         neighbor_synonym_frac,
         rollout_diagnostics,
@@ -244,14 +255,14 @@ def _train_step(run: Run) -> dict[str, float]:
     # rollouts with exploration on and their rewards (dynamic sampling: several rounds)
     started, round_metrics = time.perf_counter(), []
     if cfg.train.dynamic_sampling:
-        batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run, round_metrics)
+        batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run, round_metrics, points)
     else:
         indices = run.sampler.take(cfg.train.prompts_per_step)
         slots = process_prompt_slots(
             cfg.train.prompts_per_step, cfg.train.mini_batch_prompts, world, rank
         )  # this process's slice of every mini-batch
         batch, texts, rewards = _rollout_round(
-            run, [indices[i] for i in slots], 0, round_metrics, slots=slots
+            run, [indices[i] for i in slots], 0, round_metrics, slots=slots, points=points
         )
         sampling_metrics = {}
     rollout_s = time.perf_counter() - started
@@ -265,6 +276,7 @@ def _train_step(run: Run) -> dict[str, float]:
         run.model, run.optimizer, run.scheduler, batch, advantages.to(batch.logprobs.device),
         run.params, ref_model=run.ref_model, accelerator=acc, ref_context=run.ref_context,
         on_oom=oom_retry(run),  # train.oom_retry: a smaller token budget (kept in run.params)
+        safe_points=points,  # up to the first optimizer step
     )  # fmt: skip
     refresh_s = weights_changed(run)
     learner_s = time.perf_counter() - started
