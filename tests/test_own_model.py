@@ -65,6 +65,19 @@ def test_train_refuses_a_budget_past_the_positions_and_leaves_no_directory(
     assert not (tmp_path / "runs").exists()  # the failed start removed what it had created
 
 
+def test_train_refuses_an_evaluation_budget_past_the_positions_at_its_start(
+    own_model, own_data, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(EXAMPLE)
+    argv = ["train", *_mine(own_model, own_data), f"data.eval_sets={own_data}/test.jsonl",
+            "eval.max_new_tokens=300", "eval.at_start=false", "eval.every=1",
+            f"output_dir={tmp_path / 'run'}"]  # fmt: skip
+    assert main(argv) == 2
+    err = _squash(capsys.readouterr().err)
+    assert _squash("+ eval.max_new_tokens (300) =") in err and "the model's256positions" in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # before any step
+
+
 def test_evaluate_refuses_a_prompt_and_budget_past_the_positions(embedded_tokenizer):
     from ngrpo.data import load_benchmark
     from ngrpo.evaluation import evaluate

@@ -114,6 +114,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
         model, optimizer = accelerator.prepare(module, optimizer)
     tokenizer = loaded.tokenizer
     examples, prompts, dropped = _encoded(cfg, tokenizer, train_set)
+    _check_eval_lengths(cfg, policy, tokenizer, eval_sets)
     index = _neighbor_index(cfg, policy)
     world = accelerator.num_processes
     _check_world_size(cfg, world)
@@ -288,6 +289,24 @@ def _encoded(cfg: TrainConfig, tokenizer, train_set):
         log.warning("dropped %d training prompts longer than %d tokens", dropped,
                     cfg.data.max_prompt_length)  # fmt: skip
     return examples, prompts, dropped
+
+
+def _check_eval_lengths(cfg: TrainConfig, policy, tokenizer, eval_sets: dict) -> None:
+    """Each evaluation set's longest prompt + `eval.max_new_tokens` fits in the model's positions
+    (checked again by `evaluate`; here so that a run stops at its start, not at its first
+    evaluation)."""
+    from ngrpo.evaluation import build_prompts
+    from ngrpo.models.limits import check_positions, position_limit
+
+    if not (cfg.eval.every > 0 or cfg.eval.at_start):
+        return
+    limit = position_limit(policy.config)
+    for name, examples in eval_sets.items():
+        longest = max(map(len, build_prompts(tokenizer, [e.problem for e in examples])))
+        check_positions(
+            limit, (f"the longest prompt of {name}", longest),
+            ("eval.max_new_tokens", cfg.eval.max_new_tokens), cfg.model.path,
+        )  # fmt: skip
 
 
 def _neighbor_index(cfg: TrainConfig, policy):
