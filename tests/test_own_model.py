@@ -74,7 +74,7 @@ def test_train_refuses_an_evaluation_budget_past_the_positions_at_its_start(
             f"output_dir={tmp_path / 'run'}"]  # fmt: skip
     assert main(argv) == 2
     err = _squash(capsys.readouterr().err)
-    assert _squash("+ eval.max_new_tokens (300) =") in err and "the model's256positions" in err
+    assert _squash("+ eval.max_new_tokens (300) =") in err and "themodel's256positions" in err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # before any step
 
 
