@@ -311,7 +311,7 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path):
         ("train.steps=0", ["train.steps", ">= 1"]),
         ("data.long_prompts=truncate", ["data.long_prompts", "drop, reject"]),
         ("eval.best_metric=accuracy", ["eval.best_metric", "eval/"]),
-        ("data.eval_sets=", ["data.eval_sets is empty", "eval.every=0"]),
+        ("data.eval_sets=", ["eval.best_metric", "data.eval_sets is empty"]),
         ("train.oom_retry=sometimes", ["train.oom_retry"]),
         ("train.reward_memory_gb=-1", ["train.reward_memory_gb", "> 0 (GB) or null"]),
     ],

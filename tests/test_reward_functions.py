@@ -111,8 +111,9 @@ def test_file_functions_and_builtin_weighted_with_columns_and_metrics(user_file,
     # math: only "\boxed{7}" vs gold 7 is right; format: the first only; target: 7 in #1, none else
     assert totals == pytest.approx([1.0 + 0.2 + 0.5, 0.0, 0.0])
     assert metrics == pytest.approx(
-        {"reward/math": 1 / 3, "reward/format_ok": 1 / 3, "reward/uses_target": 1 / 3}
-    )
+        {"reward/math": 1 / 3, "reward/format_ok": 1 / 3, "reward/uses_target": 1 / 3,
+         "reward/accuracy": 1 / 3}  # the grader's share of correct answers
+    )  # fmt: skip
 
 
 def test_module_function_spec_and_repeated_names_are_made_unique(user_file, pool, monkeypatch):

@@ -3,10 +3,15 @@
     ngrpo eval --model DIR --bench math500 aime24 --n 32 --temperature 0.6 --top-p 0.95 \\
         --max-new-tokens 8192 --batch-size 256 --out results.json
 
-Writes `results.json` (summary: per benchmark num_problems, n, mean@n, pass@k for k = 1, 2, 4, ...
-<= n, maj@n, unparsed; plus the config) and `results.samples.jsonl` next to it (one row per
-sample: benchmark, problem id, response, extracted answer, correct). Re-running with the same
-`--out` and the same settings skips the problems whose n samples are already in the JSONL.
+Prints a table of the results. With `--out FILE` also writes FILE (summary: per benchmark
+num_problems, n, mean@n, pass@k for k = 1, 2, 4, ... <= n, maj@n, unparsed; plus the config) and
+`FILE.samples.jsonl` next to it (one row per sample: benchmark, problem id, response, extracted
+answer, correct); re-running with the same `--out` and the same settings skips the problems whose n
+samples are already in the JSONL. Without `--out` nothing is written (no shared default file that
+a later evaluation of another model would collide with).
+
+`--max-new-tokens` defaults to 1024, lowered (with a note) to what the model's positions leave
+after the longest prompt; a value given that does not fit is an error naming both numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ GENERATION_KEYS = (
     "model", "n", "temperature", "top_p", "top_k", "max_new_tokens", "seed", "grader",
 )  # fmt: skip
 DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_MAX_NEW_TOKENS = 1024
 
 
 def register(subparsers) -> None:
@@ -39,7 +45,11 @@ def register(subparsers) -> None:
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--top-k", type=int, default=0, help="0 = off")
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None,
+        help=f"default {DEFAULT_MAX_NEW_TOKENS}, or what the model's positions leave after the "
+        "longest prompt",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=64, help="sequences decoded together")
     parser.add_argument("--limit", type=int, default=None, help="first K problems per benchmark")
     parser.add_argument("--bench-dir", default=None, help="directory of <name>.jsonl benchmarks")
@@ -49,7 +59,10 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
-    parser.add_argument("--out", type=Path, default=Path("results.json"), help="summary JSON")
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="summary JSON (and FILE.samples.jsonl; resumable); default: print only",
+    )  # fmt: skip
     parser.set_defaults(func=handler)
 
 
@@ -129,7 +142,33 @@ def _table(summaries: dict, n: int):
     return table
 
 
+def _max_new_tokens(requested: int | None, model, tokenizer, benchmarks, console) -> int:
+    """`--max-new-tokens`, or its default lowered to what the model's positions leave after the
+    longest prompt (said on the console); a requested value that does not fit is left to
+    `evaluate`, which refuses it naming both numbers."""
+    from ngrpo.evaluation import build_prompts
+    from ngrpo.models.limits import position_limit
+
+    if requested is not None:
+        return requested
+    limit = position_limit(getattr(model, "config", {}))
+    if limit is None:
+        return DEFAULT_MAX_NEW_TOKENS
+    problems = [e.problem for bench in benchmarks for e in bench.examples]
+    longest = max(map(len, build_prompts(tokenizer, problems)))
+    room = limit - longest
+    if room >= DEFAULT_MAX_NEW_TOKENS or room < 1:
+        return DEFAULT_MAX_NEW_TOKENS  # no room at all: `evaluate` says why
+    console.print(
+        f"note: --max-new-tokens {room} (the model's {limit} positions minus the longest prompt, "
+        f"{longest} tokens; the default {DEFAULT_MAX_NEW_TOKENS} does not fit)", style="yellow",
+    )  # fmt: skip
+    return room
+
+
 def handler(args: argparse.Namespace) -> int:
+    import contextlib
+
     import torch
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -141,14 +180,9 @@ def handler(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise NgrpoError("--n, --batch-size and --limit must be >= 1")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise NgrpoError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    config = {
-        "model": str(args.model), "benchmarks": list(args.bench), "n": args.n,
-        "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-        "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-        "limit": args.limit, "seed": args.seed, "grader": args.grader, "mixing": "off",
-        "device": device, "dtype": args.dtype,
-    }  # fmt: skip
     benchmarks = [
         load_benchmark(
             source,
@@ -159,16 +193,27 @@ def handler(args: argparse.Namespace) -> int:
         )  # fmt: skip
         for source in args.bench
     ]
-    summaries = _check_resumable(args.out, config)
-    completed = _load_completed(samples_path(args.out))
     model, tokenizer = load_model_and_tokenizer(args.model, device, getattr(torch, args.dtype))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    _write_summary(args.out, summaries, config)
-
     console = Console()
+    max_new_tokens = _max_new_tokens(args.max_new_tokens, model, tokenizer, benchmarks, console)
+    config = {
+        "model": str(args.model), "benchmarks": list(args.bench), "n": args.n,
+        "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+        "max_new_tokens": max_new_tokens, "batch_size": args.batch_size,
+        "limit": args.limit, "seed": args.seed, "grader": args.grader, "mixing": "off",
+        "device": device, "dtype": args.dtype,
+    }  # fmt: skip
+    summaries, completed = {}, {}
+    if args.out is not None:
+        summaries = _check_resumable(args.out, config)
+        completed = _load_completed(samples_path(args.out))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        _write_summary(args.out, summaries, config)
+
     with (
         GradingPool() as pool,
-        samples_path(args.out).open("a", encoding="utf-8") as sample_file,
+        samples_path(args.out).open("a", encoding="utf-8") if args.out is not None
+        else contextlib.nullcontext() as sample_file,
         Progress(
             "{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console,
@@ -181,19 +226,26 @@ def handler(args: argparse.Namespace) -> int:
             progress.advance(task, finished)
 
             def on_chunk(new, name=bench.name, task=task):
-                for sample in new:
-                    sample_file.write(json.dumps({"benchmark": name, **sample.to_json()}) + "\n")
-                sample_file.flush()
+                if sample_file is not None:
+                    for sample in new:
+                        row = {"benchmark": name, **sample.to_json()}
+                        sample_file.write(json.dumps(row) + "\n")
+                    sample_file.flush()
                 progress.advance(task, len(new) // args.n)
 
             result = evaluate(
                 model, tokenizer, bench.examples, n=args.n, temperature=args.temperature,
-                top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+                top_p=args.top_p, top_k=args.top_k, max_new_tokens=max_new_tokens,
                 batch_size=args.batch_size, seed=args.seed, grader=args.grader, pool=pool,
                 completed=done, on_chunk=on_chunk,
             )  # fmt: skip
             summaries[bench.name] = result.summary
-            _write_summary(args.out, summaries, config)
+            if args.out is not None:
+                _write_summary(args.out, summaries, config)
     console.print(_table({b.name: summaries[b.name] for b in benchmarks}, args.n))
-    console.print(f"summary -> {args.out}; samples -> {samples_path(args.out)}")
+    if args.out is not None:
+        console.print(f"summary -> {args.out}; samples -> {samples_path(args.out)}")
+    else:
+        console.print("nothing written (--out FILE writes the summary and the samples)",
+                      style="dim")  # fmt: skip
     return 0

@@ -7,7 +7,10 @@
 Prints the components of the estimate (`ngrpo.memory.estimate`), the total of each phase
 (rollout, learner, optimizer step), the peak, and whether it fits on 24 / 40 / 80 / 141 GB GPUs.
 Required keys left at `???` are not needed except `model.path`, whose shape is read from its
-config.json (or `--model-shape PRESET`, or guessed from an R1 config's name).
+config.json (or `--model-shape PRESET`, or guessed from an R1 config's name). The plan is for this
+machine's device (CUDA when available, else CPU: float32) unless `--device` says otherwise; sizes
+below 1 GB are shown in MB. A prompt + response longer than the model's positions is an error,
+as in `ngrpo train` (`ngrpo.models.limits`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from pathlib import Path
 
 HELP = "Estimate peak memory per GPU for a config (strategy, world size, LoRA, micro-batch)"
 
@@ -44,8 +48,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--device",
         choices=("cuda", "cpu"),
-        default="cuda",
-        help="what the plan is for (cpu: float32, single-tensor AdamW)",
+        default=None,
+        help="what the plan is for (cpu: float32, single-tensor AdamW); default: this machine's "
+        "(cuda when available, else cpu)",
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(func=handler)
@@ -66,6 +71,7 @@ def load_plan_config(source: str, overrides: list[str]):
 
 def handler(args: argparse.Namespace) -> int:
     from ngrpo.memory import estimate, inputs_from_config, shape_for_config
+    from ngrpo.models.limits import check_positions
     from ngrpo.utils.errors import NgrpoError
 
     if args.world_size < 1:
@@ -74,9 +80,14 @@ def handler(args: argparse.Namespace) -> int:
         raise NgrpoError(f"--lora-r must be >= 0 (0: off), got {args.lora_r}")
     cfg = load_plan_config(args.config, args.overrides)
     shape = shape_for_config(cfg, args.config, args.model_shape)
+    check_positions(
+        _position_limit(cfg, args.config, args.model_shape),
+        ("data.max_prompt_length", cfg.data.max_prompt_length),
+        ("rollout.max_completion_length", cfg.rollout.max_completion_length), cfg.model.path,
+    )  # fmt: skip
     plan = estimate(inputs_from_config(
         cfg, shape, world_size=args.world_size, strategy=args.strategy, lora_r=args.lora_r,
-        device=args.device,
+        device=args.device or _machine_device(),
     ))  # fmt: skip
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
@@ -85,8 +96,39 @@ def handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:,.2f}"
+def _machine_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _position_limit(cfg, config_name: str, preset: str | None) -> int | None:
+    """The position limit of the model the plan is for (as `shape_for_config` finds its shape);
+    None when unknown."""
+    from ngrpo.memory.from_config import SHAPE_HINTS
+    from ngrpo.models.limits import position_limit_of_dir
+    from ngrpo.models.presets import PRESETS
+
+    path = str(cfg.model.path)
+    if preset is None and path == "base":
+        from ngrpo.models.base_model import shipped_base_dir
+
+        return position_limit_of_dir(shipped_base_dir())
+    if preset is None and path != "???":
+        return position_limit_of_dir(path)
+    if preset is None:
+        name = Path(config_name).name.lower()
+        preset = next((s for h, s in SHAPE_HINTS.items() if f"_{h}_" in f"_{name}_"), None)
+    return PRESETS.get(preset, {}).get("max_position_embeddings") if preset else None
+
+
+def _size(n: float) -> str:
+    """Bytes as GB (10⁹), or as MB below 1 GB (a small model's plan is not all zeros)."""
+    return f"{n / 1e9:,.2f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
 
 def _render(plan, name: str) -> None:
@@ -95,24 +137,24 @@ def _render(plan, name: str) -> None:
 
     x = plan.inputs
     lora = f", LoRA r={x.lora_r}" if x.lora_r else ""
-    title = (f"{name}: {plan.parameters / 1e9:.2f}B parameters ({plan.trainable_parameters:,} "
-             f"trained), {x.strategy} × {x.world_size}, {x.dtype}{lora}, micro-batch "
+    title = (f"{name}: {_count(plan.parameters)} parameters ({plan.trainable_parameters:,} "
+             f"trained), {x.device}, {x.strategy} × {x.world_size}, {x.dtype}{lora}, micro-batch "
              f"{x.micro_rows} × {x.micro_width} tokens"
              f"{', checkpointing' if x.gradient_checkpointing else ''}")  # fmt: skip
     table = Table(title=title, title_justify="left")
     table.add_column("component")
     table.add_column("phases")
-    table.add_column("GB", justify="right")
+    table.add_column("size", justify="right")
     table.add_column("note")
     for c in plan.components:
         phases = "all" if len(c.phases) == 3 else ", ".join(c.phases)
-        table.add_row(c.name, phases, _gb(c.bytes), c.note)
+        table.add_row(c.name, phases, _size(c.bytes), c.note)
     for phase, total in plan.phase_bytes.items():
         style = "bold" if phase == plan.peak_phase else ""
-        table.add_row(f"total: {phase}", "", _gb(total), "", style=style)
+        table.add_row(f"total: {phase}", "", _size(total), "", style=style)
     console = Console()
     console.print(table)
     fits = "  ".join(f"{gb}: {'yes' if ok else 'no'}" for gb, ok in plan.fits().items())
-    console.print(f"peak {_gb(plan.peak_bytes)} GB per process ({plan.peak_phase}) · fits {fits}")
+    console.print(f"peak {_size(plan.peak_bytes)} per process ({plan.peak_phase}) · fits {fits}")
     console.print("estimate: upper bound at the longest prompt + response, no allocator overhead "
                   "(keep ~10-20% headroom); see ngrpo.memory.estimate", style="dim")  # fmt: skip

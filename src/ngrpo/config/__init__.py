@@ -16,7 +16,8 @@ The parts, each importing only the ones listed before it:
   keys (`config_keys`), `config_to_dict`, `set_field` (a dotted key's field, set as given);
 - `coercion`: a value from YAML or an override string as its field's declared type;
 - `aliases`: TRL / verl / shorthand key aliases (`ALIASES`) and value canonicalisers;
-- `validation`: `validate_config` and its checks, `missing_keys`, `derived_values`,
+- `validation`: `validate_config` and its checks, `resolve_defaults` (`output_dir` and
+  `data.eval_sets` following the method and the data), `missing_keys`, `derived_values`,
   `resolve_device_dtype`;
 - `loading`: `load_config`, `apply_mapping`, `apply_overrides`, shipped configs (`CONFIG_DIR`),
   `save_config`.
@@ -54,7 +55,9 @@ from ngrpo.config.validation import (
     SOFT_INPUT_GRAD,
     STRATEGIES,
     derived_values,
+    method_name,
     missing_keys,
+    resolve_defaults,
     resolve_device_dtype,
     validate_config,
 )
@@ -64,6 +67,6 @@ __all__ = [
     "LONG_PROMPT_POLICIES", "MISSING", "SOFT_INPUT_GRAD", "STRATEGIES", "DataConfig", "EvalConfig",
     "GRPOConfig", "LoggingConfig", "ModelConfig", "RolloutConfig", "TrainConfig", "apply_mapping",
     "apply_overrides", "config_keys", "config_to_dict", "derived_values", "load_config",
-    "missing_keys", "parse_override", "resolve_config_path", "resolve_device_dtype", "save_config",
-    "set_field", "shipped_configs", "validate_config",
+    "method_name", "missing_keys", "parse_override", "resolve_config_path", "resolve_defaults",
+    "resolve_device_dtype", "save_config", "set_field", "shipped_configs", "validate_config",
 ]  # fmt: skip

@@ -118,8 +118,9 @@ def _rollout_correction(value: Any) -> str:
     return {"token": "token_truncate", "sequence": "sequence_truncate"}.get(value, value)
 
 
-# Fields where a YAML null means a value (verl's `rollout_is: null` is off).
-_NULL_MEANS = {"train.rollout_correction": "none"}
+# Fields where a null (YAML, or `null` / `none` / `~` on the command line) means a value
+# (verl's `rollout_is: null` is off; `train.rewards=null` clears the list, as `[]` does).
+_NULL_MEANS = {"train.rollout_correction": "none", "train.rewards": []}
 
 # Fields whose values have aliases of their own: a function returning the canonical value.
 _VALUE_CANONICALIZERS = {

@@ -12,6 +12,7 @@ The resolved config is written with `save_config` and loads back to an equal `Tr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -22,7 +23,7 @@ from typing import Any
 import yaml
 
 from ngrpo.config.aliases import _NULL_MEANS, _VALUE_CANONICALIZERS, ALIASES
-from ngrpo.config.coercion import _coerce
+from ngrpo.config.coercion import _NULL, _coerce
 from ngrpo.config.schema import (
     MISSING,
     TrainConfig,
@@ -72,8 +73,9 @@ def _canonical_key(key: str, source: str) -> str:
 
 def _set(cfg: TrainConfig, key: str, value: Any) -> None:
     """Set canonical dotted `key` to `value`, coerced to the field's type."""
-    if value is None and key in _NULL_MEANS:  # a null that a verl alias gives a meaning
-        value = _NULL_MEANS[key]
+    null = value is None or (isinstance(value, str) and value.strip().lower() in _NULL)
+    if null and key in _NULL_MEANS:  # a null that has a meaning for this key
+        value = copy.deepcopy(_NULL_MEANS[key])
     value = _coerce(key, value, _schema()[key])
     if key in _VALUE_CANONICALIZERS and value != MISSING:
         _check_named(key, _VALUE_CANONICALIZERS[key], value)

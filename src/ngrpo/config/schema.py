@@ -64,8 +64,10 @@ class DataConfig:
     answer_field: str | None = None
     """Column holding the gold answer; null: `answer` (GSM8K text after `####` is handled), else
     verl's `reward_model.ground_truth`."""
-    eval_sets: list[str] = field(default_factory=lambda: ["arith-id", "arith-ood"])
-    """Evaluation sets: embedded splits, shipped benchmark names (`math500`, …) or file paths."""
+    eval_sets: list[str] | None = None
+    """Evaluation sets: embedded splits, shipped benchmark names (`math500`, …) or file paths.
+    null: the embedded `arith-id`, `arith-ood` when training on the embedded task, else none (no
+    evaluation: your own data is never scored on the toy task unless named here)."""
     max_prompt_length: int = 64
     """Prompt tokens (chat template and suffix included) allowed before `long_prompts` applies."""
     long_prompts: str = "drop"
@@ -282,8 +284,10 @@ class TrainConfig:
 
     seed: int = 0
     """Seed of every random stream (data order, sampling, exploration)."""
-    output_dir: str = "runs/ngrpo"
-    """Run directory: config.yaml, metrics.jsonl, checkpoints."""
+    output_dir: str | None = None
+    """Run directory: config.yaml, metrics.jsonl, checkpoints. null: `runs/<method>`, named after
+    `exploration.strategy` (`runs/grpo` for none, `runs/ngrpo` for neighbor, `runs/stht` for
+    gaussian, `runs/<strategy>` otherwise)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

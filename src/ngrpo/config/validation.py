@@ -5,6 +5,11 @@ field set to `???` must be overridden (the R1 configs leave `model.path` and `da
 validation reports every such key with the override to add. `null` is never "required": it is a
 real value of an optional field.
 
+Defaults that follow other settings are filled in here too (`resolve_defaults`, the first thing
+`validate_config` does): `output_dir: null` becomes `runs/<method>`, `data.eval_sets: null` the
+embedded evaluation splits when training on the embedded task, else none. The resolved values are
+what `config.yaml` records.
+
 Also here: `derived_values` (tokens per step, total rollouts, … for the start-up summary and the
 LR schedule) and `resolve_device_dtype` (`auto` device / dtype to what runs).
 """
@@ -109,8 +114,36 @@ def missing_keys(cfg: TrainConfig) -> list[str]:
     return [key for key, value in flat.items() if value == MISSING]
 
 
+METHOD_NAMES = {"none": "grpo", "neighbor": "ngrpo", "gaussian": "stht"}
+"""Run-directory names of the exploration strategies (`output_dir: null`); others keep theirs."""
+EMBEDDED_EVAL_SETS = ("arith-id", "arith-ood")
+"""The evaluation sets of a run on the embedded task (`data.eval_sets: null`)."""
+
+
+def method_name(strategy: str) -> str:
+    """The method an exploration strategy names (`none` -> `grpo`, `neighbor` -> `ngrpo`)."""
+    return METHOD_NAMES.get(strategy, strategy)
+
+
+def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
+    """Fill the settings whose default follows others, in place; returns `cfg`.
+
+    `output_dir: null` -> `runs/<method>` (`method_name`); `data.eval_sets: null` -> the embedded
+    splits (`EMBEDDED_EVAL_SETS`) when `data.train` is an embedded split, else `[]` (TRL and verl
+    evaluate only on data they are given)."""
+    from ngrpo.tasks import SPLITS
+
+    if cfg.output_dir is None:
+        cfg.output_dir = f"runs/{method_name(str(cfg.exploration.strategy))}"
+    if cfg.data.eval_sets is None:
+        embedded = str(cfg.data.train) in SPLITS
+        cfg.data.eval_sets = list(EMBEDDED_EVAL_SETS) if embedded else []
+    return cfg
+
+
 def validate_config(cfg: TrainConfig) -> TrainConfig:
-    """Check every value; raise `NgrpoError` naming the key and what is allowed. Returns `cfg`.
+    """Check every value; raise `NgrpoError` naming the key and what is allowed. Returns `cfg`,
+    with the defaults that follow other settings filled in (`resolve_defaults`).
 
     Checks that need the model (`exploration.mix_top_k` <= vocabulary size) or the file system
     (paths exist) belong to the code that loads them: call `cfg.exploration.validate(vocab_size)`
@@ -124,6 +157,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             f"set {'them' if len(missing) > 1 else 'it'} on the command line, e.g. {example}"
         )
 
+    resolve_defaults(cfg)
     _check_int("seed", cfg.seed, 0)
     _require(bool(cfg.output_dir.strip()), "output_dir must not be empty")
 
@@ -245,9 +279,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if e.limit is not None:
         _check_int("eval.limit", e.limit, 1)
     _require(
-        not ((e.every > 0 or e.at_start) and not d.eval_sets),
-        "evaluation is on (eval.every > 0 or eval.at_start) but data.eval_sets is empty; "
-        "set data.eval_sets=NAME,... or eval.every=0 eval.at_start=false",
+        e.best_metric is None or bool(d.eval_sets),
+        f"eval.best_metric={e.best_metric} but nothing is evaluated (data.eval_sets is empty); "
+        "name the sets with data.eval_sets=NAME,...",
     )
     _require(
         e.best_metric is None or e.best_metric.startswith("eval/"),

@@ -155,6 +155,9 @@ def load_benchmark(
             if not skip_malformed:
                 raise NgrpoError(f"{path}:{line_number}: {err}") from err
             bench.skipped += 1
+    if not bench.examples and limit != 0:
+        skipped = f" ({bench.skipped} malformed rows skipped)" if bench.skipped else ""
+        raise NgrpoError(f"{path}: no rows{skipped}; the file holds no problem")
     if bench.skipped:
         log.warning("%s: skipped %d malformed rows", path, bench.skipped)
     return bench

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from ngrpo.data import Example
 from ngrpo.evaluation.metrics import summarize_problem_set
+from ngrpo.models.limits import check_positions, position_limit
 from ngrpo.rewards import GradingPool, grade_batch
 from ngrpo.rewards.classes import equivalence_classes
 from ngrpo.utils.errors import NgrpoError
@@ -144,6 +145,8 @@ def evaluate(
     `batch_size` is the number of sequences decoded together (default: 64, at least n).
     `engine` / `decoders` as in `ngrpo.rollout.generate`: a training run passes its own, so that
     evaluation decodes on the decoder kept between steps instead of building a second one.
+    The longest prompt plus `max_new_tokens` must fit in the model's positions
+    (`ngrpo.models.limits`), else `NgrpoError` naming both numbers.
     """
     from ngrpo.rollout import SamplingParams, generate
 
@@ -162,6 +165,13 @@ def evaluate(
     eos = eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
 
+    prompts = dict(zip(ids, build_prompts(tokenizer, [e.problem for e in examples]), strict=True))
+    check_positions(
+        position_limit(getattr(model, "config", {})),
+        ("the longest prompt", max(map(len, prompts.values()))),
+        ("max_new_tokens", max_new_tokens),
+    )  # fmt: skip
+
     samples: list[SampleResult] = []
     for start in range(0, len(examples), per_chunk):
         chunk = examples[start : start + per_chunk]
@@ -173,7 +183,7 @@ def evaluate(
             continue
         batch = generate(
             model,
-            build_prompts(tokenizer, [e.problem for e in todo]),
+            [prompts[e.id] for e in todo],
             sampling,
             eos_token_id=eos,
             pad_token_id=pad,

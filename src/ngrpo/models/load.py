@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 MODEL_JSON_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Files that define a tokenizer (fast: tokenizer.json; slow: a vocabulary); a model directory
+# with none of them has no tokenizer (tokenizer_config.json alone only configures one).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 # Errors transformers raises for unreadable model files (after the checks below).
 _LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, EOFError)
 
@@ -150,11 +153,20 @@ def load_tokenizer(path: str | Path):
         else AutoTokenizer
     )
     check_json_files(model_dir, TOKENIZER_JSON_FILES)
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        config = " (tokenizer_config.json alone defines none)" if (
+            model_dir / "tokenizer_config.json").is_file() else ""  # fmt: skip
+        raise NgrpoError(
+            f"{str(model_dir)!r} has no tokenizer files: looked for "
+            f"{', '.join(TOKENIZER_FILES)}{config}; save the tokenizer next to the model "
+            "(tokenizer.save_pretrained(DIR))"
+        )
     try:
         tokenizer = loader.from_pretrained(str(model_dir))
     except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception for bad files
+        message = " ".join(str(err).split())  # the whole message, on one line
         raise NgrpoError(
-            f"cannot load a tokenizer from {str(model_dir)!r}: {_first_line(err)}"
+            f"cannot load a tokenizer from {str(model_dir)!r}: {type(err).__name__}: {message}"
         ) from err
     if tokenizer.pad_token_id is None:
         # Padding is masked everywhere; reusing EOS keeps the vocabulary unchanged.

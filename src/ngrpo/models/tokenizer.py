@@ -105,16 +105,35 @@ def pin_tokenizer(model_dir: str | Path) -> None:
     class, and rebuilds a byte-level BPE from the vocabulary, which splits words and numbers the
     embedded model never saw. An `auto_map` entry in tokenizer_config.json takes AutoTokenizer off
     that path (for model types it lists as having wrong hub tokenizer classes, it then loads the
-    declared class without following the map). Model-specific tokenizers are left as saved.
+    declared class without following the map). Model-specific tokenizers are left as saved, and
+    so is a generic one that a plain `AutoTokenizer` already loads unchanged (a BPE tokenizer of
+    one's own next to a Llama model): only a directory that needs the pin gets it.
     """
     model_dir = Path(model_dir)
     config_path = model_dir / "tokenizer_config.json"
     if declared_tokenizer_class(model_dir) not in GENERIC_TOKENIZER_CLASSES:
         return
+    if _loads_as_saved(model_dir):
+        return  # e.g. a BPE tokenizer next to a Llama model: nothing to pin
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["auto_map"] = {"AutoTokenizer": [None, f"{PINNED_TOKENIZER_MODULE}.NgrpoTokenizer"]}
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
     (model_dir / f"{PINNED_TOKENIZER_MODULE}.py").write_text(_PINNED_TOKENIZER_SOURCE, "utf-8")
+
+
+def _loads_as_saved(model_dir: Path) -> bool:
+    """Whether a plain `AutoTokenizer.from_pretrained(model_dir)` gives the ids tokenizer.json
+    gives, on a probe of ordinary text and the first 300 tokens of the vocabulary."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    saved = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    try:
+        auto = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception:  # noqa: BLE001 - any failure to load plainly is a reason to pin
+        return False
+    probe = "Tom has 3 apples and buys 12 more . How many ? 7 + 5 = 12 \\boxed{12} "
+    probe += saved.decode(list(range(min(len(saved), 300))))
+    return auto(probe)["input_ids"] == saved(probe)["input_ids"]
 
 
 def declared_tokenizer_class(model_dir: Path) -> str | None:

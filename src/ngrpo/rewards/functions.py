@@ -22,7 +22,11 @@ function's mean metric (as TRL does).
 The total reward of a rollout is `sum_i weight_i × reward_i`. Metrics: `reward/<name>` is the mean
 of component i over the rollouts it applies to (NaN when it applies to none), named after its
 function's `__name__` (made unique with `_2`, `_3`, ... when repeated); `reward/mean` is the mean
-total.
+total. `reward/accuracy` is the share of rollouts that the built-in graders (the correctness
+rewards) score 1, every one of them when there are several; it is logged only when the set has a
+built-in grader (a user function's reward is not taken for correctness). The trainer adds
+`reward/positive_frac`, the share of rollouts whose total is > 0 (equal to `reward/accuracy`
+when one grader is the only reward).
 
 Failures are never silent: a function that raises, hangs past its deadline (`train.reward_timeout_s`
 per completion, in a worker process: `ngrpo.rewards.user`), allocates past its worker's memory cap
@@ -56,6 +60,7 @@ log = logging.getLogger(__name__)
 
 RESERVED_ARGUMENTS = ("completions", "prompts", "completion_ids")
 ERROR_POLICIES = ("raise", "zero")
+RESERVED_NAMES = ("mean", "accuracy", "positive_frac", "std_in_group")  # reward/<name> metrics
 
 
 # --------------------------------------------------------------------------------- components
@@ -74,7 +79,7 @@ class RewardComponent:
 
 def _unique(name: str, taken: set[str]) -> str:
     unique, i = name, 1
-    while unique in taken or unique in ("mean", "accuracy", "std_in_group"):
+    while unique in taken or unique in RESERVED_NAMES:
         i += 1
         unique = f"{name}_{i}"
     taken.add(unique)
@@ -115,6 +120,9 @@ class RewardSet:
     ) -> tuple[list[float], dict[str, float]]:
         """(total reward per rollout, metrics) for rollouts aligned with their prompts/columns.
 
+        Metrics: `reward/<name>` per component, `reward/accuracy` when a built-in grader is one
+        of them (module docstring).
+
         `prompts[i]` is rollout i's prompt: a string, or a list of chat messages (then user
         functions receive conversational completions); `columns[i]` its example's dataset
         columns; `answers[i]` its gold answer for the built-in graders.
@@ -123,11 +131,14 @@ class RewardSet:
         if not (len(prompts) == len(columns) == len(answers) == count):
             raise ValueError("completions, prompts, columns and answers must align")
         totals = [0.0] * count
+        correct = [True] * count  # every built-in grader gives 1
         metrics: dict[str, float] = {}
         for component in self.components:
             values, failed = self._component_values(
                 component, completions, prompts, columns, answers, completion_ids
             )
+            if component.kind is not None:
+                correct = [c and v == 1.0 for c, v in zip(correct, values, strict=True)]
             present = [v for v in values if v is not None]
             metrics[f"reward/{component.name}"] = (
                 sum(present) / len(present) if present else float("nan")
@@ -137,6 +148,8 @@ class RewardSet:
             for i, value in enumerate(values):
                 if value is not None:
                     totals[i] += component.weight * value
+        if self.needs_answer and count:
+            metrics["reward/accuracy"] = sum(correct) / count
         return totals, metrics
 
     def _component_values(self, component, completions, prompts, columns, answers, ids):

@@ -16,6 +16,10 @@ address space it never touches (measured on an H200: CUDA fails to start under a
 `RLIMIT_AS`, and starts under an 8 GiB `RLIMIT_DATA`, the process then holding 1.4 GB of data
 and 18 GB of address space). Memory on a GPU is not capped.
 
+A function that raises is reported with its exception, the file and line where it was raised
+inside the function's own file, and a pointer to `--log-level DEBUG`, which logs the whole
+traceback from the worker.
+
 Signals: a worker ignores SIGINT, SIGTERM and SIGUSR1 (as the grading workers do,
 `pool.ignore_stop_signals`): a stop request (`ngrpo.trainer.stop`) is the trainer's to handle (it
 drops a step whose rewards are being computed); the trainer ends its workers itself.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -77,9 +82,21 @@ def _serve(conn: Connection, target: str | bytes, memory_bytes: int | None) -> N
         except BaseException as err:  # noqa: BLE001 - any failure is the user's function's
             status = "memory" if isinstance(err, MemoryError) else "error"
             try:
-                conn.send((status, f"{type(err).__name__}: {err}"))
+                conn.send((status, _failure(fn, err)))
             except (EOFError, OSError):
                 return
+
+
+def _failure(fn: Callable, err: BaseException) -> dict[str, str]:
+    """What the parent reports of an exception in `fn`: its message, where it was raised (the
+    deepest frame in `fn`'s own file, `file:line in function`; else the deepest frame below this
+    worker) and the full traceback (logged at DEBUG)."""
+    frames = traceback.extract_tb(err.__traceback__)[1:]  # [0] is `_serve`'s call
+    own_file = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    inside = [f for f in frames if f.filename == own_file] or frames
+    where = f"{inside[-1].filename}:{inside[-1].lineno} in {inside[-1].name}" if inside else ""
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    return {"message": f"{type(err).__name__}: {err}", "where": where, "traceback": text}
 
 
 def picklable_target(fn: Callable) -> bytes:
@@ -172,11 +189,17 @@ class UserRewardWorker:
             hint = self._cap_hint() if code is not None and code < 0 else ""
             raise RewardCallError(f"the worker process died (exit code {code}){hint}") from None
         log.debug("reward %s: %.3f s", self.name, time.monotonic() - started)
+        if status == "ok":
+            return value
+        log.debug("reward function %s failed in its worker:\n%s", self.name, value["traceback"])
         if status == "memory":
-            raise RewardCallError(f"ran out of memory ({value.rstrip(': ')}){self._cap_hint()}")
-        if status != "ok":
-            raise RewardCallError(f"raised {value}")
-        return value
+            raise RewardCallError(
+                f"ran out of memory ({value['message'].rstrip(': ')}){self._cap_hint()}"
+            )
+        where = f" at {value['where']}" if value["where"] else ""
+        hint = "" if log.isEnabledFor(logging.DEBUG) else (
+            "; --log-level DEBUG shows the full traceback")  # fmt: skip
+        raise RewardCallError(f"raised {value['message']}{where}{hint}")
 
     def _cap_hint(self) -> str:
         """The worker's memory cap, for messages about memory (a killed worker may have hit it)."""

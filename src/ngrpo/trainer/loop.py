@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ngrpo.config import TrainConfig, derived_values, save_config
+from ngrpo.config import TrainConfig, derived_values, resolve_defaults, save_config
 from ngrpo.trainer.checkpoints import (
     BEST_STEP,
     CHECKPOINTS,
@@ -213,24 +213,39 @@ def train(
     does a disk that refuses a checkpoint (`ngrpo.utils.io`); none of them touches a complete
     checkpoint.
     """
-    run_dir = Path(cfg.output_dir).expanduser()
+    resolve_defaults(cfg)  # `output_dir` / `data.eval_sets` null: what they follow (a config
+    run_dir = Path(cfg.output_dir).expanduser()  # built in Python may not have been validated)
     if not resume and (run_dir / "metrics.jsonl").exists():
         raise NgrpoError(
             f"{str(run_dir)!r} already holds a run; resume it with --resume {run_dir} or choose "
             "another output_dir=..."
         )
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # deepest first
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NgrpoError(f"cannot create output_dir {str(run_dir)!r}: {err.strerror}") from err
     with GracefulStop() as stop:  # SIGTERM / SIGINT: finish the step, save, stop (`stop`)
-        run = _setup(cfg, run_dir, resume, reward_funcs)
+        try:
+            run = _setup(cfg, run_dir, resume, reward_funcs)
+        except BaseException:
+            _remove_empty(created)  # a failed start leaves no empty run directory behind
+            raise
         try:
             _loop(run, stop, progress)
         finally:
             run.rewards.close()
             run.pool.close()
     return run_dir
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove the directories this run created (deepest first) while they are empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (another process wrote there), or already gone
+            return
 
 
 def _loop(run: Run, stop: GracefulStop, progress: Progress | None) -> None:

@@ -102,6 +102,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     rewards = _reward_set(cfg, reward_funcs)
+    train_set, eval_sets = _datasets(cfg, rewards.needs_answer)  # before any model is loaded
     if resume and accelerator.is_main_process:  # before the newest checkpoint is chosen: a save
         _recover_interrupted_writes(run_dir)  # caught between its two renames gets it back
     accelerator.wait_for_everyone()
@@ -116,7 +117,8 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     if copy is None:
         model, optimizer = accelerator.prepare(module, optimizer)
     tokenizer = loaded.tokenizer
-    examples, prompts, dropped, eval_sets = _data(cfg, tokenizer, rewards.needs_answer)
+    examples, prompts, dropped = _encoded(cfg, tokenizer, train_set)
+    _check_eval_lengths(cfg, policy, tokenizer, eval_sets)
     index = _neighbor_index(cfg, policy)
     world = accelerator.num_processes
     _check_world_size(cfg, world)
@@ -233,6 +235,7 @@ def _resume_point(run_dir: Path, resume: bool) -> tuple[Path | None, dict | None
 def _policy(cfg: TrainConfig, latest: Path | None, device, dtype):
     """The policy, its tokenizer and (LoRA) adapters (`ngrpo.models.load.load_policy`); the
     exploration settings are checked against its vocabulary."""
+    from ngrpo.models.limits import check_positions, position_limit
     from ngrpo.models.load import load_policy
 
     loaded = load_policy(
@@ -241,6 +244,11 @@ def _policy(cfg: TrainConfig, latest: Path | None, device, dtype):
         attn_implementation=cfg.model.attn_implementation,
     )  # fmt: skip
     cfg.exploration.validate(vocab_size=loaded.policy.get_input_embeddings().weight.shape[0])
+    check_positions(
+        position_limit(loaded.policy.config),
+        ("data.max_prompt_length", cfg.data.max_prompt_length),
+        ("rollout.max_completion_length", cfg.rollout.max_completion_length), cfg.model.path,
+    )  # fmt: skip
     return loaded
 
 
@@ -313,22 +321,52 @@ def _lr_lambda(warmup_steps: int):
     return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
-def _data(cfg: TrainConfig, tokenizer, needs_answer: bool):
-    """(training examples, their encoded prompts, prompts dropped as too long, eval sets)."""
+def _datasets(cfg: TrainConfig, needs_answer: bool):
+    """(the training set, the evaluation sets by benchmark name: a file's stem), read before any
+    model is loaded, so that an empty or malformed file stops the run at once."""
     from ngrpo.data import load_benchmark
 
     train_set = load_benchmark(
         cfg.data.train, limit=cfg.data.train_limit, problem_field=cfg.data.problem_field,
         answer_field=cfg.data.answer_field, require_answer=needs_answer,
     )  # fmt: skip
+    eval_sets: dict[str, list] = {}  # by benchmark name (a file's stem): `eval/<name>/...`
+    for source in cfg.data.eval_sets:
+        bench = load_benchmark(source, limit=cfg.eval.limit)
+        if bench.name in eval_sets:
+            raise NgrpoError(
+                f"data.eval_sets: two sets are named {bench.name!r} (metrics are named "
+                f"eval/<name>/...); rename one of the files"
+            )
+        eval_sets[bench.name] = bench.examples
+    return train_set, eval_sets
+
+
+def _encoded(cfg: TrainConfig, tokenizer, train_set):
+    """(training examples, their encoded prompts, prompts dropped as too long)."""
     examples, prompts, dropped = encode_prompts(tokenizer, train_set.examples, cfg)
     if dropped:
         log.warning("dropped %d training prompts longer than %d tokens", dropped,
                     cfg.data.max_prompt_length)  # fmt: skip
-    eval_sets = {
-        name: load_benchmark(name, limit=cfg.eval.limit).examples for name in cfg.data.eval_sets
-    }
-    return examples, prompts, dropped, eval_sets
+    return examples, prompts, dropped
+
+
+def _check_eval_lengths(cfg: TrainConfig, policy, tokenizer, eval_sets: dict) -> None:
+    """Each evaluation set's longest prompt + `eval.max_new_tokens` fits in the model's positions
+    (checked again by `evaluate`; here so that a run stops at its start, not at its first
+    evaluation)."""
+    from ngrpo.evaluation import build_prompts
+    from ngrpo.models.limits import check_positions, position_limit
+
+    if not (cfg.eval.every > 0 or cfg.eval.at_start):
+        return
+    limit = position_limit(policy.config)
+    for name, examples in eval_sets.items():
+        longest = max(map(len, build_prompts(tokenizer, [e.problem for e in examples])))
+        check_positions(
+            limit, (f"the longest prompt of {name}", longest),
+            ("eval.max_new_tokens", cfg.eval.max_new_tokens), cfg.model.path,
+        )  # fmt: skip
 
 
 def _neighbor_index(cfg: TrainConfig, policy):

@@ -283,7 +283,9 @@ def _train_step(run: Run, points: SafePoints = NO_STOP) -> dict[str, float]:
     trained_tokens = float(batch.response_mask.sum()) * cfg.train.num_iterations  # × PPO epochs
     metrics = {
         "reward/mean": float(rewards.mean()),
-        "reward/accuracy": float((rewards > 0).float().mean()),
+        # the total's share > 0; `reward/accuracy` (the built-in graders' share of 1) comes with
+        # the reward components (`ngrpo.rewards.functions`)
+        "reward/positive_frac": float((rewards > 0).float().mean()),
         "reward/std_in_group": float(groups.std(dim=1).mean()) if groups.shape[1] > 1 else 0.0,
         **reward_metrics,
         **{k: v for k, v in batch.stats.items() if k != "rollout/seconds"},
