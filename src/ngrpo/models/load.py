@@ -38,6 +38,7 @@ from ngrpo.models.lora import (
 )
 from ngrpo.models.tokenizer import GENERIC_TOKENIZER_CLASSES, declared_tokenizer_class
 from ngrpo.utils.errors import NgrpoError
+from ngrpo.utils.progress import no_library_progress
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +181,10 @@ def load_model(
         return merged.to(device=device, dtype=dtype).eval()
     check_weight_files(model_dir)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=dtype, trust_remote_code=False
-        )
+        with no_library_progress():  # library use: no "Loading weights" bar
+            model = AutoModelForCausalLM.from_pretrained(
+                str(model_dir), dtype=dtype, trust_remote_code=False
+            )
     except _LOAD_ERRORS as err:
         raise NgrpoError(
             f"cannot load a causal LM from {str(model_dir)!r}: {_first_line(err)}"

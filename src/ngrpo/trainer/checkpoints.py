@@ -42,6 +42,7 @@ from ngrpo.utils.io import (
     recover_interrupted_writes,
     write_atomically,
 )
+from ngrpo.utils.progress import no_library_progress
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -68,7 +69,8 @@ def _save_model(directory: Path, model, tokenizer) -> None:
     tokenizer loads back with a plain `AutoTokenizer` (`ngrpo.models.tokenizer.save_tokenizer`)."""
     from ngrpo.models.tokenizer import save_tokenizer
 
-    model.save_pretrained(str(directory), safe_serialization=True)
+    with no_library_progress():  # library use: no "Writing model shards" bar
+        model.save_pretrained(str(directory), safe_serialization=True)
     save_tokenizer(tokenizer, directory)
 
 
@@ -128,7 +130,8 @@ def save_sharded_checkpoint(run, step: int, trainer_state: dict) -> Path:
         weights = {name.removeprefix(PREFIX): value for name, value in gathered.items()}
 
         def write(tmp: Path) -> None:
-            run.policy.save_pretrained(str(tmp), state_dict=weights, safe_serialization=True)
+            with no_library_progress():
+                run.policy.save_pretrained(str(tmp), state_dict=weights, safe_serialization=True)
             save_tokenizer(run.tokenizer, tmp)
             staging.rename(tmp / OPTIMIZER_DIR)
             torch.save(trainer_state, tmp / STATE_FILE)  # written last: marks completeness

@@ -82,6 +82,7 @@ class Run:
     dropped_prompts: int = 0
     rollout_copy: object | None = None  # ngrpo.sharding.RolloutCopy under FSDP
     decoders: object | None = None  # ngrpo.rollout.DecoderPool: the decoder kept between steps
+    completions: list | None = None  # the last step's completion rows, when they were due
 
     @property
     def sharded(self) -> bool:

@@ -26,6 +26,7 @@ import torch
 
 from ngrpo.learner.update import MAX_KEYS, MIN_KEYS, update_policy
 from ngrpo.trainer.oom import oom_retry
+from ngrpo.trainer.reporting import completions_due
 from ngrpo.trainer.setup import Run
 from ngrpo.utils.oom import oom_phase
 
@@ -65,14 +66,15 @@ def _reduce(run: Run, metrics: dict[str, float]) -> dict[str, float]:
 
 def _rollout_round(
     run: Run, indices: list[int], round_: int, reward_metrics: list[dict],
-    slots: list[int] | None = None,
+    slots: list[int] | None = None, reward_values: dict | None = None,
 ):  # fmt: skip
     """Rollouts with exploration on for this process's prompt `indices`, and their rewards.
 
     Returns (batch, texts, rewards (N,)) and appends the round's reward metrics to
     `reward_metrics`. `slots`: each prompt's position in the round's global prompt list (default
     0, 1, ...). Each generation batch is seeded from (seed, step, round, global position of its
-    first prompt) (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size."""
+    first prompt) (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size.
+    `reward_values` (a dict) receives each reward function's value per rollout."""
     from ngrpo.rollout import EngineOptions, SamplingParams, generate
     from ngrpo.rollout.batch import concat_batches
     from ngrpo.sharding.data_parallel import generation_batches, rollout_seed
@@ -111,7 +113,7 @@ def _rollout_round(
     examples = [run.examples[indices[int(i)]] for i in batch.prompt_index]
     totals, metrics = run.rewards.compute(
         texts, [e.prompt for e in examples], [e.columns for e in examples],
-        [e.answer for e in examples], response_ids,
+        [e.answer for e in examples], response_ids, values=reward_values,
     )  # fmt: skip
     reward_metrics.append(metrics)
     return batch, texts, torch.tensor(totals)  # (N,)
@@ -142,6 +144,8 @@ def _dynamic_rollouts(run: Run, reward_metrics: list[dict]):
 
 
 def _train_step(run: Run) -> dict[str, float]:
+    """One step; `run.completions` gets its completion rows when they are due
+    (`ngrpo.trainer.reporting.completions_due`), else None."""
     from ngrpo.evaluation.diagnostics import (
         neighbor_synonym_frac,
         rollout_diagnostics,
@@ -157,8 +161,8 @@ def _train_step(run: Run) -> dict[str, float]:
     # 1-2. this process's slice of each mini-batch of the step's prompts (the same global order
     # for every process),
     # rollouts with exploration on and their rewards (dynamic sampling: several rounds)
-    started, round_metrics = time.perf_counter(), []
-    if cfg.train.dynamic_sampling:
+    started, round_metrics, reward_values = time.perf_counter(), [], {}
+    if cfg.train.dynamic_sampling:  # (per-function reward values are not kept across rounds)
         batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run, round_metrics)
     else:
         indices = run.sampler.take(cfg.train.prompts_per_step)
@@ -166,8 +170,9 @@ def _train_step(run: Run) -> dict[str, float]:
             cfg.train.prompts_per_step, cfg.train.mini_batch_prompts, world, rank
         )  # this process's slice of every mini-batch
         batch, texts, rewards = _rollout_round(
-            run, [indices[i] for i in slots], 0, round_metrics, slots=slots
-        )
+            run, [indices[i] for i in slots], 0, round_metrics, slots=slots,
+            reward_values=reward_values,
+        )  # fmt: skip
         sampling_metrics = {}
     rollout_s = time.perf_counter() - started
     reward_metrics = _merge_round_metrics(round_metrics)
@@ -215,4 +220,12 @@ def _train_step(run: Run) -> dict[str, float]:
         metrics["rollout/neighbor_synonym_frac"] = neighbor_synonym_frac(
             response_ids, batch.mixed, run.variant_classes
         )
+    run.completions = None
+    if completions_due(cfg, run.step + 1):
+        from ngrpo.tracking.completions import completion_rows
+
+        run.completions = completion_rows(
+            batch, texts, rewards.tolist(), advantages.tolist(), run.tokenizer, run.step + 1,
+            reward_values=reward_values, group_size=cfg.rollout.num_generations,
+        )  # fmt: skip
     return {**_reduce(run, metrics), "train/world_size": float(world)}
