@@ -179,6 +179,9 @@ def test_tensorboard_events_hold_metrics_and_completion_text(tracked_run):
 
 @pytest.mark.slow
 def test_completion_files_record_every_mixed_position(tracked_run):
+    from ngrpo.models.load import load_tokenizer
+
+    specials = set(load_tokenizer("base").all_special_tokens)
     for step in (1, 2, 3):
         rows = read_completions(tracked_run / "completions" / f"step-{step:06d}.jsonl")
         assert len(rows) == PROMPTS * GROUP
@@ -189,7 +192,8 @@ def test_completion_files_record_every_mixed_position(tracked_run):
         mixed = sum(len(r["mixed"]) for r in rows)
         assert mixed == row["rollout/mixed_tokens"]  # the step's own count
         for r in rows:
-            assert r["sep"].join(r["tokens"]) == r["response"] and len(r["tokens"]) == r["length"]
+            words = [t for t in r["tokens"] if t not in specials]  # the response skips EOS
+            assert r["sep"].join(words) == r["response"] and len(r["tokens"]) == r["length"]
             assert r["rewards"] == {"math": r["reward"]}
             for m in r["mixed"]:
                 assert r["tokens"][m["position"]] == m["token"]
@@ -291,3 +295,48 @@ def test_tracker_with_no_backend_reports_nothing():
     tracker.log_table("t", [{"a": 1}], step=1)
     tracker.close({"a": 1.0})
     assert tracker.backends == {} and tracker.failed == {}
+
+
+def test_completion_rows_from_a_hand_made_batch(embedded_tokenizer):
+    """One response `7 + 5 <eos>` whose `+` input was mixed (anchor `+`, neighbour `-` at 0.25,
+    noise of norm 5), and one plain response: every field read back from the batch."""
+    import torch
+
+    from ngrpo.method.soft_inputs import SoftInputs
+    from ngrpo.rollout.batch import RolloutBatch
+    from ngrpo.tracking.completions import completion_rows, table_rows
+
+    tok = embedded_tokenizer
+    ids = {w: tok.convert_tokens_to_ids(w) for w in ("7", "+", "-", "5", "Mia", "has")}
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    prompt = torch.tensor([[ids["Mia"], ids["has"]]] * 2)  # (2, 2)
+    response = torch.tensor([[ids["7"], ids["+"], ids["5"], eos], [ids["5"], eos, pad, pad]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    soft = SoftInputs.from_token_ids(torch.cat([prompt, response], 1), k=2)  # (2, 6, 2)
+    soft.ids[0, 3] = torch.tensor([ids["+"], ids["-"]])
+    soft.weights[0, 3] = torch.tensor([0.75, 0.25])
+    soft.noise = torch.zeros(2, 6, 4)
+    soft.noise[0, 3] = torch.tensor([3.0, 4.0, 0.0, 0.0])  # norm 5
+    mixed = torch.zeros(2, 4, dtype=torch.bool)
+    mixed[0, 1] = True
+    batch = RolloutBatch(
+        prompt_ids=prompt, prompt_mask=torch.ones(2, 2, dtype=torch.long), response_ids=response,
+        response_mask=mask, logprobs=torch.zeros(2, 4), soft_inputs=soft, mixed=mixed, stats={},
+        prompt_index=torch.tensor([0, 0]), truncated=torch.tensor([False, False]),
+    )  # fmt: skip
+    texts = [tok.decode(r, skip_special_tokens=True) for r in batch.responses()]
+    rows = completion_rows(batch, texts, [1.0, 0.0], [0.7, -0.7], tok, step=5,
+                           reward_values={"math": [1.0, None]}, group_size=2)  # fmt: skip
+    first, second = rows
+    assert (first["group"], first["sample"], second["sample"]) == (0, 0, 1)
+    assert first["prompt"] == "Mia has" and first["response"] == "7 + 5"
+    assert first["tokens"] == ["7", "+", "5", tok.eos_token] and first["sep"] == " "
+    assert first["length"] == 4 and second["length"] == 2 and second["rewards"] == {"math": None}
+    assert first["mixed"] == [{
+        "position": 1, "token": "+", "anchor": "+", "anchor_weight": 0.75,
+        "neighbors": [{"token": "-", "weight": 0.25}], "noise_norm": 5.0, "next": "5",
+    }]  # fmt: skip
+    assert second["mixed"] == [] and first["advantage"] == 0.7 and first["truncated"] is False
+    flat = table_rows(rows)
+    assert flat[0]["mixed_count"] == 1 and flat[0]["reward/math"] == 1.0
+    assert json.loads(flat[0]["mixing"]) == first["mixed"] and "tokens" not in flat[0]

@@ -27,10 +27,9 @@ def tracked_overrides(out: Path, steps: int, *extra: str) -> list[str]:
 
 
 def run_tracked(root: Path) -> Path:
-    """Train 2 steps, resume to 3; returns the run directory (`root/run`; Trackio's store is
-    `root/trackio`)."""
-    from ngrpo.config import load_config
-    from ngrpo.trainer import load_run_config, train
+    """`ngrpo train` 2 steps, `--resume` to 3; returns the run directory (`root/run`; Trackio's
+    store is `root/trackio`)."""
+    from ngrpo.cli import main
 
     env = {"WANDB_MODE": "offline", "TRACKIO_DIR": str(root / "trackio"), "WANDB_SILENT": "true"}
     saved = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI", "SWANLAB_MODE"]}
@@ -38,9 +37,9 @@ def run_tracked(root: Path) -> Path:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("SWANLAB_MODE", None)
     try:
-        out = root / "run"
-        train(load_config("tiny_ngrpo", tracked_overrides(out, 2)))
-        train(load_run_config(out, ["train.steps=3"]), resume=True)
+        out = root / "run"  # the issue's command line, then its --resume
+        assert main(["train", "--config", "tiny_ngrpo", *tracked_overrides(out, 2)]) == 0
+        assert main(["train", "--resume", str(out), "train.steps=3"]) == 0
     finally:
         for key, value in saved.items():
             if value is None:

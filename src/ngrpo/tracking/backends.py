@@ -213,7 +213,7 @@ class MlflowBackend:
 
     @classmethod
     def start(cls, info: RunInfo, run_id: str | None) -> MlflowBackend:
-        from mlflow.entities import Metric, Param  # noqa: F401  (fails early when broken)
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         local = info.run_dir / "mlflow"

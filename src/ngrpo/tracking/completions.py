@@ -7,15 +7,15 @@
      "mixed": [{"position", "token", "anchor", "neighbors": [{"token", "weight"}],
                 "anchor_weight", "noise_norm", "next"}]}
 
-`tokens` are the response's tokens as text (joined with `sep` they give `response` for a
-word-level tokenizer, with "" for a byte-level one); `mixed` lists every response position whose
-input was mixed: `token` is the sampled token written there (the text keeps it), `anchor` and
-`neighbors` the record's candidates (slot 0, then the others with weight > 0), `noise_norm` the
-norm of the additive noise (Gaussian-type strategies; None otherwise) and `next` the token the
-model wrote after that input (None at the last position). `write_completions` and
-`read_completions` store a step's rows as `completions/step-NNNNNN.jsonl` in the run directory
-(evaluation samples as `completions/eval-step-NNNNNN.jsonl`); `table_rows` flattens rows for the
-trackers' table types.
+`tokens` are the response's tokens as text, special tokens (EOS) included (joined with `sep`, " "
+for a word-level tokenizer and "" for a byte-level one, they give the decoded response); `mixed`
+lists every response position whose input was mixed: `token` is the sampled token written there
+(the text keeps it), `anchor` and `neighbors` the record's candidates (slot 0, then the others
+with weight > 0), `noise_norm` the norm of the additive noise (Gaussian-type strategies; None
+otherwise) and `next` the token the model wrote after that input (None at the last position).
+`write_completions` and `read_completions` store a step's rows as `completions/step-NNNNNN.jsonl`
+in the run directory (evaluation samples as `completions/eval-step-NNNNNN.jsonl`); `table_rows`
+flattens rows for the trackers' table types.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ def _pieces(tokenizer, ids: list[int]) -> list[str]:
     return [tokenizer.decode([i]) for i in ids]
 
 
-def _joiner(pieces: list[str], text: str) -> str:
+def _joiner(tokenizer, ids: list[int], pieces: list[str]) -> str:
+    """ " " when the tokenizer joins tokens with spaces (word level), else "" (byte-level BPE
+    pieces carry their own spaces); judged on the text with special tokens kept."""
+    text = tokenizer.decode(ids)
     return " " if "".join(pieces) != text and " ".join(pieces) == text else ""
 
 
@@ -80,7 +83,7 @@ def completion_rows(
         rows.append({
             "step": step, "kind": "train", "group": i // group_size, "sample": i % group_size,
             "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
-            "response": text, "tokens": pieces, "sep": _joiner(pieces, text),
+            "response": text, "tokens": pieces, "sep": _joiner(tokenizer, ids, pieces),
             "reward": float(rewards[i]),
             "rewards": {k: v[i] for k, v in (reward_values or {}).items()},
             "advantage": float(advantages[i]), "length": len(ids),
