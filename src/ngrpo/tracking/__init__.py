@@ -140,6 +140,7 @@ def open_tracker(info: RunInfo, names: Sequence[str], resume: bool = False) -> T
     check_installed(names)
     ids = _read_ids(info.run_dir) if resume else {}
     started: dict[str, Backend] = {}
+    info.run_dir.mkdir(parents=True, exist_ok=True)
     try:
         for name in names:
             try:
@@ -151,9 +152,9 @@ def open_tracker(info: RunInfo, names: Sequence[str], resume: bool = False) -> T
                     f"tracker {name} could not start: {type(err).__name__}: {err}"
                 ) from err
             ids[name] = started[name].run_id
+        if started:
+            write_text_atomically(info.run_dir / IDS_FILE, json.dumps(ids, indent=1) + "\n")
     except BaseException:
-        Tracker(started).close()
+        Tracker(started).close()  # no run left open
         raise
-    if started:
-        write_text_atomically(info.run_dir / IDS_FILE, json.dumps(ids, indent=1) + "\n")
     return Tracker(started)
