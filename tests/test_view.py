@@ -106,3 +106,21 @@ def test_text_in_completions_cannot_close_the_script(tmp_path):
 def test_view_of_a_directory_that_is_not_a_run(tmp_path):
     with pytest.raises(NgrpoError, match="not a run directory"):
         build_page([tmp_path])
+
+
+def test_demo_writes_the_page_beside_its_report(tracked_run, tmp_path):
+    """`ngrpo demo` ends with `view.html` of each method's first run (here the same run twice:
+    the two labels are told apart by their parent folder)."""
+    import json
+    from types import SimpleNamespace
+
+    from ngrpo.study.demo import _write_view
+
+    other = tmp_path / "copy" / tracked_run.name
+    shutil.copytree(tracked_run, other, ignore=shutil.ignore_patterns("checkpoints", "best"))
+    settings = SimpleNamespace(out=tmp_path, seeds=[0])
+    _write_view(settings, {"a": [{"run_dir": str(tracked_run)}], "b": [{"run_dir": str(other)}]})
+    html = (tmp_path / "view.html").read_text()
+    data = json.loads(re.search(r'id="data">(.*?)</script>', html, re.S).group(1))
+    names = [run["name"] for run in data["runs"]]
+    assert len(set(names)) == 2 and all(n.endswith(tracked_run.name) for n in names)
