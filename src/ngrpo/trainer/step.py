@@ -221,7 +221,7 @@ def _train_step(run: Run) -> dict[str, float]:
             response_ids, batch.mixed, run.variant_classes
         )
     run.completions = None
-    if completions_due(cfg, run.step + 1):
+    if completions_due(cfg, run.step + 1) and acc.is_main_process:  # only rank 0 writes them
         from ngrpo.tracking.completions import completion_rows
 
         run.completions = completion_rows(
