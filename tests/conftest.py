@@ -21,3 +21,11 @@ def embedded_tokenizer():
     from ngrpo.models.tokenizer import build_tokenizer
 
     return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tracked_run(tmp_path_factory) -> Path:
+    """A 2 + 1 step N-GRPO run reporting to every tracker, offline (`tracked_runs.py`)."""
+    from tracked_runs import run_tracked
+
+    return run_tracked(tmp_path_factory.mktemp("tracked"))

@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("method",),  # the algorithm as pure tensor functions
     ("tasks", "rewards", "rollout", "sharding"),
     ("data", "models", "learner"),
-    ("config", "evaluation"),
+    ("config", "evaluation", "tracking"),
     ("memory",),
     ("trainer",),
     ("study", "bench"),

@@ -22,7 +22,7 @@ from ngrpo.utils.errors import NgrpoError, TrainingStopped
 # Order is the order shown by `ngrpo --help`.
 COMMANDS = (
     "build-base", "demo", "train", "eval", "export", "grade", "bench", "neighbors", "probe",
-    "task", "plan",
+    "task", "plan", "view",
 )  # fmt: skip
 
 

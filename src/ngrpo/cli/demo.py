@@ -75,4 +75,6 @@ def handler(args: argparse.Namespace) -> int:
     for line in verdict_lines(results):
         console.print(line.removeprefix("- ").replace("**", ""), markup=False)
     console.print(f"report: {args.out / 'report.md'}")
+    if (args.out / "view.html").is_file():
+        console.print(f"page: {args.out / 'view.html'} (curves and completions, opens offline)")
     return 0

@@ -7,7 +7,8 @@
   `actor_rollout_ref.rollout.n`, `actor_rollout_ref.actor.kl_loss_coef`, `data.train_batch_size`, …
 - value aliases: `kl_estimator: low_var_kl` (verl) is `k3`; `loss_type: grpo | bnpo | dapo` (TRL)
   are `seq-mean-token-mean | token-mean | token-mean`; `rollout_correction: token | sequence |
-  null` (verl's `rollout_is`) are `token_truncate | sequence_truncate | none`. Stored
+  null` (verl's `rollout_is`) are `token_truncate | sequence_truncate | none`; trackers
+  (`report_to`, verl's `trainer.logger`) are lower-cased, `console` / `none` dropped. Stored
   canonically, so a saved config shows what runs (`_VALUE_CANONICALIZERS`, applied by
   `ngrpo.config.loading`).
 """
@@ -48,6 +49,8 @@ _TRL_SHORTCUTS = {
     "vllm_importance_sampling_clip_max": "train.rollout_correction_cap",
     "vllm_importance_sampling_clip_min": "train.rollout_correction_min",
     "vllm_importance_sampling_cap": "train.rollout_correction_cap",  # TRL's deprecated name
+    "report_to": "logging.report_to",
+    "run_name": "logging.run_name",
 }
 _VERL_KEYS = {
     "actor_rollout_ref.model.path": "model.path",
@@ -83,6 +86,9 @@ _VERL_KEYS = {
     "trainer.default_local_dir": "output_dir",
     "algorithm.rollout_correction.rollout_is": "train.rollout_correction",
     "algorithm.rollout_correction.rollout_is_threshold": "train.rollout_correction_cap",
+    "trainer.logger": "logging.report_to",
+    "trainer.project_name": "logging.project",
+    "trainer.experiment_name": "logging.run_name",
 }
 _SECTION_SHORTHANDS = {
     "train.clip_low": "train.epsilon",
@@ -111,6 +117,27 @@ def _reward_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# The trackers `logging.report_to` takes (`ngrpo.tracking.BACKENDS` holds one adapter each).
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "swanlab")
+_NO_TRACKER = ("console", "none", "")  # verl's console logger (always on here), TRL's "none"
+
+
+def _report_to(names: list[str]) -> list[str]:
+    """Tracker names, lower-cased, without `console` / `none`, each once; an unknown one (TRL's
+    `all` included: name them) is an error listing the choices."""
+    out: list[str] = []
+    for raw in names:
+        name = str(raw).strip().lower()
+        if name in _NO_TRACKER or name in out:
+            continue
+        if name not in TRACKERS:
+            raise NgrpoError(
+                f"unknown tracker {raw!r}; choose from {', '.join(TRACKERS)} (or console)"
+            )
+        out.append(name)
+    return out
+
+
 def _rollout_correction(value: Any) -> str:
     """verl's `rollout_is` values (token | sequence, truncating; null: off) as our modes."""
     if value == "null":  # a command-line override: `...rollout_is=null`
@@ -128,4 +155,5 @@ _VALUE_CANONICALIZERS = {
     "train.loss_type": resolve_aggregation,
     "train.rewards": _reward_items,
     "train.rollout_correction": _rollout_correction,
+    "logging.report_to": _report_to,
 }

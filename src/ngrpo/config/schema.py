@@ -275,7 +275,21 @@ class LoggingConfig:
     keep_last: int = 2
     """Checkpoints kept (older ones are deleted; `best/` is kept apart)."""
     tensorboard: bool = False
-    """Also write TensorBoard event files (needs the `tensorboard` extra)."""
+    """Also write TensorBoard event files (needs the `tensorboard` extra); the same as adding
+    `tensorboard` to `report_to`."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers to report to besides `metrics.jsonl`: any of tensorboard, wandb,
+    trackio, mlflow, swanlab (each needs its extra: `pip install "ngrpo[wandb]"`); rank 0 only.
+    TRL's `report_to` and verl's `trainer.logger` (`console` is dropped) are aliases."""
+    project: str = "ngrpo"
+    """The trackers' project (verl: `trainer.project_name`)."""
+    run_name: str | None = None
+    """The trackers' run name (verl: `trainer.experiment_name`); null: the run directory's name."""
+    tags: list[str] = field(default_factory=list)
+    """Tags of the trackers' run."""
+    completions_every: int = 10
+    """Write `completions/step-NNNNNN.jsonl` (and send it to the trackers as a table) every N
+    steps and at the last step (0: never); evaluations write `eval-step-NNNNNN.jsonl`."""
 
 
 @dataclass

@@ -292,6 +292,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     lg = cfg.logging
     _check_int("logging.save_every", lg.save_every, 0)
     _check_int("logging.keep_last", lg.keep_last, 1)
+    _check_int("logging.completions_every", lg.completions_every, 0)
     return cfg
 
 

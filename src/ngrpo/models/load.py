@@ -38,6 +38,7 @@ from ngrpo.models.lora import (
 )
 from ngrpo.models.tokenizer import GENERIC_TOKENIZER_CLASSES, declared_tokenizer_class
 from ngrpo.utils.errors import NgrpoError
+from ngrpo.utils.progress import no_library_progress
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +199,10 @@ def load_model(
     check_weight_files(model_dir)
     chosen = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=dtype, trust_remote_code=False, **chosen
-        )
+        with no_library_progress():  # library use: no "Loading weights" bar
+            model = AutoModelForCausalLM.from_pretrained(
+                str(model_dir), dtype=dtype, trust_remote_code=False, **chosen
+            )
     except _LOAD_ERRORS as err:
         raise NgrpoError(
             f"cannot load a causal LM from {str(model_dir)!r}: {_first_line(err)}"

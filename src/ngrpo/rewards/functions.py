@@ -117,6 +117,7 @@ class RewardSet:
         columns: Sequence[Mapping[str, Any]],
         answers: Sequence[str],
         completion_ids: Sequence[Sequence[int]] | None = None,
+        values: dict[str, list[float | None]] | None = None,
     ) -> tuple[list[float], dict[str, float]]:
         """(total reward per rollout, metrics) for rollouts aligned with their prompts/columns.
 
@@ -125,7 +126,9 @@ class RewardSet:
 
         `prompts[i]` is rollout i's prompt: a string, or a list of chat messages (then user
         functions receive conversational completions); `columns[i]` its example's dataset
-        columns; `answers[i]` its gold answer for the built-in graders.
+        columns; `answers[i]` its gold answer for the built-in graders. `values`, when given,
+        receives each component's unweighted value per rollout by component name (None where a
+        function returned None).
         """
         count = len(completions)
         if not (len(prompts) == len(columns) == len(answers) == count):
@@ -134,18 +137,20 @@ class RewardSet:
         correct = [True] * count  # every built-in grader gives 1
         metrics: dict[str, float] = {}
         for component in self.components:
-            values, failed = self._component_values(
+            scores, failed = self._component_values(
                 component, completions, prompts, columns, answers, completion_ids
             )
             if component.kind is not None:
-                correct = [c and v == 1.0 for c, v in zip(correct, values, strict=True)]
-            present = [v for v in values if v is not None]
+                correct = [c and v == 1.0 for c, v in zip(correct, scores, strict=True)]
+            if values is not None:
+                values[component.name] = list(scores)
+            present = [v for v in scores if v is not None]
             metrics[f"reward/{component.name}"] = (
                 sum(present) / len(present) if present else float("nan")
             )
             if self.on_error == "zero" and component.worker is not None:
                 metrics[f"reward/{component.name}/errors"] = float(failed)
-            for i, value in enumerate(values):
+            for i, value in enumerate(scores):
                 if value is not None:
                     totals[i] += component.weight * value
         if self.needs_answer and count:

@@ -411,5 +411,17 @@ def run_demo(settings: DemoSettings, progress: Progress | None = None, jobs: int
     (settings.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     results["plots"] = write_plots(results, settings.out)
     (settings.out / "report.md").write_text(render_report(results))
+    _write_view(settings, per_seed)
     log.info("demo finished in %.0f s (torch %s)", results["wall_seconds"], torch.__version__)
     return results
+
+
+def _write_view(settings: DemoSettings, per_seed: dict) -> None:
+    """`view.html` beside report.md (`ngrpo view`): the first seed's run of each method."""
+    from ngrpo.study.view import write_page
+
+    dirs = [Path(units[0]["run_dir"]) for units in per_seed.values() if units]
+    dirs = [d for d in dirs if (d / "metrics.jsonl").is_file()]
+    if dirs:
+        write_page(dirs, settings.out / "view.html",
+                   title=f"ngrpo demo, seed {settings.seeds[0]} of each method")  # fmt: skip

@@ -46,6 +46,7 @@ from ngrpo.utils.io import (
     write_atomically,
     write_text_atomically,
 )
+from ngrpo.utils.progress import no_library_progress
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ def _save_model(directory: Path, model, tokenizer) -> None:
     tokenizer loads back with a plain `AutoTokenizer` (`ngrpo.models.tokenizer.save_tokenizer`)."""
     from ngrpo.models.tokenizer import save_tokenizer
 
-    model.save_pretrained(str(directory), safe_serialization=True)
+    with no_library_progress():  # library use: no "Writing model shards" bar
+        model.save_pretrained(str(directory), safe_serialization=True)
     save_tokenizer(tokenizer, directory)
 
 
@@ -137,7 +139,8 @@ def save_sharded_checkpoint(run, step: int, trainer_state: dict) -> Path:
         weights = {name.removeprefix(PREFIX): value for name, value in gathered.items()}
 
         def write(tmp: Path) -> None:
-            run.policy.save_pretrained(str(tmp), state_dict=weights, safe_serialization=True)
+            with no_library_progress():
+                run.policy.save_pretrained(str(tmp), state_dict=weights, safe_serialization=True)
             save_tokenizer(run.tokenizer, tmp)
             staging.rename(tmp / OPTIMIZER_DIR)
             torch.save(trainer_state, tmp / STATE_FILE)  # written last: marks completeness

@@ -20,6 +20,7 @@ from ngrpo.config import DTYPES
 from ngrpo.models.load import adapter_base_path, load_model
 from ngrpo.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_dir
 from ngrpo.utils.errors import NgrpoError
+from ngrpo.utils.progress import no_library_progress
 
 # Files of a checkpoint that are not part of the exported model.
 TRAINER_FILES = ("trainer_state.pt", "best.json")
@@ -82,7 +83,8 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, which: str = "la
         merged = load_model(checkpoint, "cpu", dtype)  # base named by the adapter + adapter
     out_dir.mkdir(parents=True, exist_ok=True)
     if adapter:
-        merged.save_pretrained(str(out_dir), safe_serialization=True)
+        with no_library_progress():
+            merged.save_pretrained(str(out_dir), safe_serialization=True)
         _copy_files(checkpoint, out_dir, TRAINER_FILES + ADAPTER_FILES)  # the tokenizer files
     else:
         _copy_files(checkpoint, out_dir, TRAINER_FILES)

@@ -31,6 +31,12 @@ from ngrpo.trainer.checkpoints import (
     save_sharded_checkpoint,
 )
 from ngrpo.trainer.oom import oom_error
+from ngrpo.trainer.reporting import (
+    check_trackers,
+    eval_rows,
+    report_completions,
+    start_tracker,
+)
 from ngrpo.trainer.safe_point import PHASES, SafePoints, StepStart
 from ngrpo.trainer.setup import Run, _setup, engine_options
 from ngrpo.trainer.step import _train_step
@@ -45,10 +51,11 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict], None]
 
 
-def _evaluate(run: Run) -> dict[str, float]:
+def _evaluate(run: Run) -> tuple[dict[str, float], list[dict]]:
+    """Evaluation metrics, and completion rows of the first problems of each set."""
     from ngrpo.evaluation import eval_metrics, evaluate
 
-    cfg, metrics = run.cfg, {}
+    cfg, metrics, rows = run.cfg, {}, []
     with run.accelerator.autocast():
         for name, examples in run.eval_sets.items():
             result = evaluate(
@@ -58,7 +65,8 @@ def _evaluate(run: Run) -> dict[str, float]:
                 engine=engine_options(cfg), decoders=run.decoders,  # the kept decoder, if any
             )  # fmt: skip
             metrics.update(eval_metrics(name, result.summary))
-    return metrics
+            rows += eval_rows(run.step, name, examples, result.samples)
+    return metrics, rows
 
 
 def _saved_model(run: Run):
@@ -129,7 +137,7 @@ def _stop(run: Run, stop: GracefulStop, saved: int, abandoned: str | None = None
     )
 
 
-def _log(run: Run, row: dict, writer) -> None:
+def _log(run: Run, row: dict, tracker) -> None:
     if not run.accelerator.is_main_process:
         return
     path = run.run_dir / "metrics.jsonl"
@@ -138,26 +146,10 @@ def _log(run: Run, row: dict, writer) -> None:
             handle.write(json.dumps(row) + "\n")
     except OSError as err:  # a full disk: the line may be cut, which `--resume` drops
         raise NgrpoError(f"cannot write {path}: {disk_problem(path.parent, err)}") from err
-    if writer is not None:
-        for key, value in row.items():
-            if isinstance(value, (int, float)) and key != "step":
-                writer.add_scalar(key, value, row["step"])
+    tracker.log(row, row["step"])
 
 
-def _tensorboard(run: Run):
-    if not (run.cfg.logging.tensorboard and run.accelerator.is_main_process):
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as err:
-        raise NgrpoError(
-            "logging.tensorboard=true needs the tensorboard package: "
-            "pip install 'ngrpo[tensorboard]'"
-        ) from err
-    return SummaryWriter(str(run.run_dir / "tensorboard"))
-
-
-def _maybe_eval(run: Run, writer, progress: Progress | None) -> None:
+def _maybe_eval(run: Run, tracker, progress: Progress | None) -> None:
     cfg = run.cfg
     due = (run.step == 0 and cfg.eval.at_start) or (
         cfg.eval.every > 0 and run.step > 0
@@ -170,10 +162,12 @@ def _maybe_eval(run: Run, writer, progress: Progress | None) -> None:
                  f"{cfg.eval.max_new_tokens} new tokens")  # fmt: skip
         try:
             with oom_phase("evaluation", shape):
-                metrics = _evaluate(run)
+                metrics, rows = _evaluate(run)
         except PhaseOutOfMemory as err:
             raise oom_error(run, err, f"after step {run.step}") from None
-        _log(run, {"step": run.step, "type": "eval", **metrics}, writer)
+        _log(run, {"step": run.step, "type": "eval", **metrics}, tracker)
+        if run.cfg.logging.completions_every:
+            report_completions(run, tracker, rows, kind="eval")
         if progress is not None:
             progress("eval", run.step, cfg.train.steps, metrics)
         value = metrics.get(cfg.eval.best_metric) if cfg.eval.best_metric else None
@@ -221,6 +215,7 @@ def train(
             "another output_dir=..."
         )
     created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # deepest first
+    check_trackers(cfg)  # a chosen tracker that is not installed stops before any work
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -232,7 +227,7 @@ def train(
             _remove_empty(created)  # a failed start leaves no empty run directory behind
             raise
         try:
-            _loop(run, stop, progress)
+            _loop(run, stop, progress, start_tracker(run, resume))
         finally:
             run.rewards.close()
             run.pool.close()
@@ -248,20 +243,20 @@ def _remove_empty(directories: list[Path]) -> None:
             return
 
 
-def _loop(run: Run, stop: GracefulStop, progress: Progress | None) -> None:
-    """Steps until `train.steps`, with logging, evaluations and checkpoints; a stop request
-    (`stop`, agreed by every process) ends the run with a checkpoint, between steps or at a safe
-    point inside one (`ngrpo.trainer.safe_point`: the step is dropped)."""
+def _loop(run: Run, stop: GracefulStop, progress: Progress | None, tracker) -> None:
+    """Steps until `train.steps`, with logging (`metrics.jsonl`, `tracker`, completions),
+    evaluations and checkpoints; a stop request (`stop`, agreed by every process) ends the run
+    with a checkpoint, between steps or at a safe point inside one (`ngrpo.trainer.safe_point`:
+    the step is dropped). Closes `tracker` with the last metrics as its summary."""
     cfg = run.cfg
     if run.accelerator.is_main_process:
         save_config(cfg, run.run_dir / "config.yaml")
         log.info("derived values: %s", derived_values(cfg))
-    writer = _tensorboard(run)
     saved = run.step  # the step of the newest checkpoint (a resumed run's, or none at 0)
     points = SafePoints(stop, run.accelerator)
     try:
         if run.step == 0:
-            _maybe_eval(run, writer, progress)
+            _maybe_eval(run, tracker, progress)
         while run.step < cfg.train.steps:
             if stop.requested(run.accelerator):
                 _stop(run, stop, saved)
@@ -278,17 +273,31 @@ def _loop(run: Run, stop: GracefulStop, progress: Progress | None) -> None:
             run.skipped_total += int(metrics["train/skipped_updates"])
             metrics["train/skipped_total"] = float(run.skipped_total)
             metrics["train/dropped_prompts"] = float(run.dropped_prompts)
-            _log(run, {"step": run.step, "type": "train", **metrics}, writer)
+            _log(run, {"step": run.step, "type": "train", **metrics}, tracker)
+            report_completions(run, tracker, run.completions)
             if progress is not None:
                 progress("train", run.step, cfg.train.steps, metrics)
-            _maybe_eval(run, writer, progress)
+            _maybe_eval(run, tracker, progress)
             save_every = cfg.logging.save_every
             if run.step == cfg.train.steps or (save_every and run.step % save_every == 0):
                 _save(run)
                 saved = run.step
     finally:
-        if writer is not None:
-            writer.close()
+        tracker.close(summary=_summary(run.run_dir) if run.accelerator.is_main_process else None)
+
+
+def _summary(run_dir: Path) -> dict[str, float]:
+    """The last value of every metric in metrics.jsonl (the trackers' run summary)."""
+    last: dict[str, float] = {}
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut by a full disk
+            continue
+        last.update({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"})
+    return last
 
 
 def load_run_config(run_dir: str | Path, overrides=()) -> TrainConfig:

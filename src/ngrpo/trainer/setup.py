@@ -86,6 +86,7 @@ class Run:
     rollout_copy: object | None = None  # ngrpo.sharding.RolloutCopy under FSDP
     decoders: object | None = None  # ngrpo.rollout.DecoderPool: the decoder kept between steps
     waits: object | None = None  # the group waits for rank 0's work use (ngrpo.trainer.waits)
+    completions: list | None = None  # the last step's completion rows, when they were due
 
     @property
     def sharded(self) -> bool:

@@ -34,6 +34,7 @@ import torch
 from ngrpo.learner.update import MAX_KEYS, MIN_KEYS, RATIO_TOKENS, WEIGHTED_KEYS, update_policy
 from ngrpo.rollout.batch import WEIGHTED_STATS
 from ngrpo.trainer.oom import oom_retry
+from ngrpo.trainer.reporting import completions_due
 from ngrpo.trainer.safe_point import NO_STOP, SafePoints
 from ngrpo.trainer.setup import Run, engine_options
 from ngrpo.utils.oom import oom_phase
@@ -124,6 +125,7 @@ def _trained(run: Run, table: torch.Tensor) -> bool:
 def _rollout_round(
     run: Run, indices: list[int], round_: int, reward_metrics: list[dict],
     slots: list[int] | None = None, points: SafePoints = NO_STOP,
+    reward_values: dict | None = None,
 ):  # fmt: skip
     """Rollouts with exploration on for this process's prompt `indices`, and their rewards.
 
@@ -132,7 +134,8 @@ def _rollout_round(
     0, 1, ...). Each generation batch is seeded from (seed, step, round, global position of its
     first prompt) (`ngrpo.sharding.data_parallel`), so rollouts do not depend on the world size.
     `points`: a stop request inside a generation batch or the rewards abandons the step, and the
-    safe point after the rewards agrees on it over processes."""
+    safe point after the rewards agrees on it over processes.
+    `reward_values` (a dict) receives each reward function's value per rollout."""
     from ngrpo.evaluation import eos_token_ids
     from ngrpo.rollout import SamplingParams, generate
     from ngrpo.rollout.batch import concat_batches
@@ -174,7 +177,7 @@ def _rollout_round(
     with points.region("rewards"):
         totals, metrics = run.rewards.compute(
             texts, [e.prompt for e in examples], [e.columns for e in examples],
-            [e.answer for e in examples], response_ids,
+            [e.answer for e in examples], response_ids, values=reward_values,
         )  # fmt: skip
     points.check("rewards")  # on every process: a stop request anywhere abandons the step here
     reward_metrics.append(metrics)
@@ -237,7 +240,8 @@ def _dynamic_rollouts(run: Run, reward_metrics: list[dict], points: SafePoints):
 
 def _train_step(run: Run, points: SafePoints = NO_STOP) -> dict[str, float]:
     """One step (the module); `points`: where a stop request abandons it, raising
-    `StepAbandoned` (`ngrpo.trainer.safe_point`)."""
+    `StepAbandoned` (`ngrpo.trainer.safe_point`). `run.completions` gets its completion rows
+    when they are due (`ngrpo.trainer.reporting.completions_due`), else None."""
     from ngrpo.evaluation.diagnostics import (
         neighbor_synonym_frac,
         rollout_diagnostics,
@@ -253,8 +257,8 @@ def _train_step(run: Run, points: SafePoints = NO_STOP) -> dict[str, float]:
     # 1-2. this process's slice of each mini-batch of the step's prompts (the same global order
     # for every process),
     # rollouts with exploration on and their rewards (dynamic sampling: several rounds)
-    started, round_metrics = time.perf_counter(), []
-    if cfg.train.dynamic_sampling:
+    started, round_metrics, reward_values = time.perf_counter(), [], {}
+    if cfg.train.dynamic_sampling:  # (per-function reward values are not kept across rounds)
         batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run, round_metrics, points)
     else:
         indices = run.sampler.take(cfg.train.prompts_per_step)
@@ -262,8 +266,9 @@ def _train_step(run: Run, points: SafePoints = NO_STOP) -> dict[str, float]:
             cfg.train.prompts_per_step, cfg.train.mini_batch_prompts, world, rank
         )  # this process's slice of every mini-batch
         batch, texts, rewards = _rollout_round(
-            run, [indices[i] for i in slots], 0, round_metrics, slots=slots, points=points
-        )
+            run, [indices[i] for i in slots], 0, round_metrics, slots=slots, points=points,
+            reward_values=reward_values,
+        )  # fmt: skip
         sampling_metrics = {}
     rollout_s = time.perf_counter() - started
     reward_metrics = _merge_round_metrics(round_metrics)
@@ -310,4 +315,12 @@ def _train_step(run: Run, points: SafePoints = NO_STOP) -> dict[str, float]:
         metrics["rollout/neighbor_synonym_frac"] = neighbor_synonym_frac(
             response_ids, batch.mixed, run.variant_classes
         )
+    run.completions = None
+    if completions_due(cfg, run.step + 1) and acc.is_main_process:  # only rank 0 writes them
+        from ngrpo.tracking.completions import completion_rows
+
+        run.completions = completion_rows(
+            batch, texts, rewards.tolist(), advantages.tolist(), run.tokenizer, run.step + 1,
+            reward_values=reward_values, group_size=cfg.rollout.num_generations,
+        )  # fmt: skip
     return {**_reduce(run, metrics), "train/world_size": float(world)}
