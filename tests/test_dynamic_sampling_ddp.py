@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
+from test_trainer_fsdp import _max_diff, _weights
 
 from ngrpo.trainer import checkpoint_dirs, read_metrics
 
@@ -36,15 +35,6 @@ def _run(args: list[str], processes: int) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=400,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-
-
-def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "checkpoints" / f"step-{step:06d}" / "model.safetensors")
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    assert sorted(a) == sorted(b)
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
 @pytest.mark.numerics

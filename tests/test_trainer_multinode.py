@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
+from test_trainer_fsdp import _max_diff, _weights
 
 from ngrpo.trainer import checkpoint_dirs, read_metrics
 
@@ -70,15 +69,6 @@ def _two_nodes(args: list[str]) -> None:
                 p.wait()
     for p, err in zip(launchers, errors, strict=True):
         assert p.returncode == 0, err[-3000:]
-
-
-def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "checkpoints" / f"step-{step:06d}" / "model.safetensors")
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    assert sorted(a) == sorted(b)
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
 @pytest.mark.numerics
