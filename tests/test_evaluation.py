@@ -154,7 +154,7 @@ def test_a_training_runs_evaluation_decodes_on_its_kept_decoder(
     cfg = load_config("tiny_ngrpo", ["eval.n=2", "eval.max_new_tokens=6"])
     run = SimpleNamespace(
         cfg=cfg, accelerator=SimpleNamespace(autocast=nullcontext), policy=tiny_model,
-        tokenizer=tokenizer, pool=pool, decoders=DecoderPool(),
+        tokenizer=tokenizer, pool=pool, decoders=DecoderPool(), step=0,
         eval_sets={"arith-id": load_benchmark("arith-id", limit=2).examples},
     )  # fmt: skip
     first = _evaluate(run)

@@ -33,6 +33,8 @@ class FakeGpus:
         gpus = self
 
         class Accelerator:
+            is_main_process = True
+
             def __init__(self, cpu=False, mixed_precision="no"):
                 gpus.accelerators.append(
                     dict(cpu=cpu, mixed_precision=mixed_precision, device=gpus.current)

@@ -223,7 +223,7 @@ def test_plan_cli_json_for_the_7b_config_on_eight_gpus(capsys):
 
 
 def test_plan_cli_table_lora_and_overrides(capsys):
-    argv = ["plan", "--config", "r1_distill_qwen_1.5b_grpo", "--lora-r", "16",
+    argv = ["plan", "--config", "r1_distill_qwen_1.5b_grpo", "--lora-r", "16", "--device", "cuda",
             "rollout.generation_batch_size=32"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out

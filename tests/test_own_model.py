@@ -306,7 +306,7 @@ def test_the_example_config_is_complete_but_for_its_two_paths():
 
 def test_the_readme_walks_through_the_example_script():
     script = (EXAMPLE / "five_minutes.sh").read_text()
-    guide = (Path(__file__).parents[1] / "docs" / "getting-started.md").read_text()
+    guide = (Path(__file__).parents[1] / "docs" / "guides" / "own-model.md").read_text()
     for command in ("make_model.py", "make_data.py", "ngrpo plan", "ngrpo train --resume",
                     "ngrpo export", "ngrpo eval"):  # fmt: skip
         assert command.split()[-1] in script and command in guide

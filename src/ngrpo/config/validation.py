@@ -278,8 +278,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _check_int("eval.max_new_tokens", e.max_new_tokens, 1)
     if e.limit is not None:
         _check_int("eval.limit", e.limit, 1)
+    evaluates = e.every > 0 or e.at_start  # with eval.every 0 and no start evaluation, none runs
     _require(
-        e.best_metric is None or bool(d.eval_sets),
+        e.best_metric is None or bool(d.eval_sets) or not evaluates,
         f"eval.best_metric={e.best_metric} but nothing is evaluated (data.eval_sets is empty); "
         "name the sets with data.eval_sets=NAME,...",
     )
