@@ -82,6 +82,7 @@ class Run:
     dropped_prompts: int = 0
     rollout_copy: object | None = None  # ngrpo.sharding.RolloutCopy under FSDP
     decoders: object | None = None  # ngrpo.rollout.DecoderPool: the decoder kept between steps
+    embed_start: torch.Tensor | None = None  # embedded task: the input table at the first step
 
     @property
     def sharded(self) -> bool:
