@@ -86,7 +86,7 @@ def handler(args: argparse.Namespace) -> int:
     with progress_bar() as update:
         results = run_demo(settings, progress=update, jobs=args.jobs or default_jobs())
     console = Console()
-    if results["per_seed"]:  # the 20-step comparison has at least one finished seed
+    if results.get("summary"):  # the 20-step comparison has at least one finished seed
         rows = main_table(results)
         table = Table(title=f"ngrpo demo ({results['wall_seconds']:.0f} s) — percent, mixing off")
         for i, column in enumerate(rows[0]):

@@ -53,61 +53,32 @@ from ngrpo.study.settings import (
     EVAL_SPLITS,
     EVAL_TEMPERATURE,
     EVAL_TOP_P,
-    LONG_COMPARED,
     LONG_SERIES_KEYS,
     PASSK_SPLITS,
     SEMANTIC_KEYS,
     DemoSettings,
 )
 from ngrpo.study.stats import sampling_se
+from ngrpo.study.units import (
+    FINAL_BATCH,
+    PASSK_BATCH,
+    Unit,
+    base_spec,
+    cached,
+    complete_prefix,
+    finished,
+    finished_base,
+    probe_spec,
+    run_spec,
+    timings,
+    to_compute,
+)
 from ngrpo.utils.environment import environment
 from ngrpo.utils.errors import NgrpoError
-from ngrpo.utils.io import write_text_atomically
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int, str], None]
-# Sequences decoded together in the final evaluation (16 problems x 16) and the large-k one (4 x
-# 256): larger batches decode faster on a CPU. (The samples depend on the batch: each chunk of
-# problems is seeded from its first problem's index.)
-FINAL_BATCH, PASSK_BATCH = 256, 1024
-
-
-def _lookup(path: Path, inputs: dict) -> dict | None:
-    """The result saved at `path` by an earlier computation with equal `inputs`, else None."""
-    inputs = json.loads(json.dumps(inputs))  # as it reads back (tuples become lists)
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return saved["result"] if saved.get("inputs") == inputs else None
-
-
-def _cached(path: Path, inputs: dict, compute: Callable[[], dict]) -> dict:
-    """`compute()`, or the result saved at `path` by an earlier call with equal `inputs`; either
-    way as it reads back from JSON (tuples become lists), so a re-used unit equals a fresh one."""
-    saved = _lookup(path, inputs)
-    if saved is not None:
-        log.info("re-using %s", path)
-        return saved
-    inputs = json.loads(json.dumps(inputs))
-    result = json.loads(json.dumps(compute()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, json.dumps({"inputs": inputs, "result": result}) + "\n")
-    return result
-
-
-def _eval_inputs(settings: DemoSettings, passk: bool) -> dict:
-    """The evaluation settings a unit's results depend on."""
-    return {
-        "splits": EVAL_SPLITS, "final_limit": settings.final_limit, "final_n": settings.final_n,
-        "batches": [FINAL_BATCH, PASSK_BATCH],
-        "curve_limit": settings.curve_limit, "curve_n": CURVE_N,
-        "sampling": [EVAL_TEMPERATURE, EVAL_TOP_P, EVAL_MAX_NEW_TOKENS],
-        "passk": [PASSK_SPLITS, settings.passk_n, settings.passk_limit] if passk else None,
-    }  # fmt: skip
 
 
 def _train_one(
@@ -210,7 +181,7 @@ def _run_unit(
     from ngrpo.models.load import load_model_and_tokenizer
     from ngrpo.trainer import checkpoint_dirs
 
-    name, path, inputs = _run_spec(key, seed, steps, settings, base)
+    name, path, inputs = run_spec(key, seed, steps, settings, base)
     run_dir = settings.out / "runs" / name
     passk = inputs["passk"] is not None
 
@@ -233,28 +204,12 @@ def _run_unit(
             entry["series"] = {k: [r.get(k) for r in rows] for k in LONG_SERIES_KEYS}
         return entry
 
-    return _cached(path, inputs, compute)
-
-
-def _run_spec(
-    key: str, seed: int, steps: int, settings: DemoSettings, base: dict
-) -> tuple[str, Path, dict]:
-    """One run unit's name, result file and the settings its results depend on. The large-k
-    evaluation runs on the first `passk_seeds` seeds (after the long training only with
-    `long_passk`)."""
-    name = f"{key}-seed{seed}" if steps == settings.steps else f"{key}-{steps}steps-seed{seed}"
-    passk = seed in settings.passk_seed_list and (steps == settings.steps or settings.long_passk)
-    inputs = {
-        "method": asdict(settings.all_methods[key]), "seed": seed, "steps": steps,
-        "eval_every": settings.eval_every, "base": base["sha256"],
-        **_eval_inputs(settings, passk),
-    }  # fmt: skip
-    return name, settings.out / "runs" / f"{name}.json", inputs
+    return cached(path, inputs, compute)
 
 
 def _base_unit(model, tokenizer, settings: DemoSettings, sha256: str, pool) -> dict:
-    passk = bool(settings.passk_seed_list)
-    inputs = {"base": sha256, "eval_seed": settings.base_seed, **_eval_inputs(settings, passk)}
+    path, inputs = base_spec(settings, sha256)
+    passk = inputs["passk"] is not None
 
     def compute() -> dict:
         started = time.time()
@@ -265,14 +220,14 @@ def _base_unit(model, tokenizer, settings: DemoSettings, sha256: str, pool) -> d
         base.update(eval_seed=settings.base_seed, seconds={"evaluation": time.time() - started})
         return base
 
-    return {**_cached(settings.out / "runs" / "base.json", inputs, compute), "sha256": sha256}
+    return {**cached(path, inputs, compute), "sha256": sha256}
 
 
 def _probe_unit(model, tokenizer, settings: DemoSettings, seed: int, sha256: str, pool, progress):
     from ngrpo.study.probe import run_probe
     from ngrpo.tasks import generate
 
-    path, inputs = _probe_spec(settings, seed, sha256)
+    path, inputs = probe_spec(settings, seed, sha256)
 
     def compute() -> dict:
         problems = generate("arith-id", settings.probe_problems, seed=1)
@@ -283,99 +238,7 @@ def _probe_unit(model, tokenizer, settings: DemoSettings, seed: int, sha256: str
             else (lambda s, d, t: progress(f"probe (seed {seed})", d, t, s)),
         )  # fmt: skip
 
-    return _cached(path, inputs, compute)
-
-
-def _probe_spec(settings: DemoSettings, seed: int, sha256: str) -> tuple[Path, dict]:
-    inputs = {
-        "base": sha256, "seed": seed, "problems": settings.probe_problems, "n": settings.probe_n,
-        "shifts": settings.probe_shifts,
-    }  # fmt: skip
-    return settings.out / "runs" / f"probe-seed{seed}.json", inputs
-
-
-def _timings(base: dict, per_seed: dict, long: dict, probes: list[dict]) -> dict[str, float]:
-    """Compute seconds per stage, summed over the units (whichever invocation ran them): the
-    base's evaluation, the 20-step runs' training and evaluation, the long setting's (`long`: GRPO
-    and N-GRPO (release); `diagnosis`: the other methods) and the probe."""
-    totals: dict[str, float] = {}
-    for stage, seconds in base["seconds"].items():
-        totals[f"base {stage}"] = totals.get(f"base {stage}", 0.0) + seconds
-    groups = [("", entries) for entries in per_seed.values()]
-    groups += [("long " if key in LONG_COMPARED else "diagnosis ", es) for key, es in long.items()]
-    for prefix, entries in groups:
-        for entry in entries:
-            for stage, seconds in entry["seconds"].items():
-                totals[prefix + stage] = totals.get(prefix + stage, 0.0) + seconds
-    totals["probe"] = sum(p["seconds"] for p in probes)
-    return {stage: round(seconds, 1) for stage, seconds in totals.items()}
-
-
-Unit = tuple[str, str, int, int]  # ("run", method, seed, steps) | ("probe", "", seed, 0)
-
-
-def _units(settings: DemoSettings) -> dict[str, list[Unit]]:
-    """Every unit after the base evaluation, by stage (`STAGES`): `long` the long setting's GRPO
-    and N-GRPO (release), `diagnosis` its other methods, `main` the 20-step comparison and the
-    probe; `long` and `main` seed by seed, `diagnosis` method by method, so a stage stopped early
-    has complete results for its first seeds (methods)."""
-    long = [m for m in settings.long_methods if m in LONG_COMPARED]
-    diagnosis = [m for m in settings.long_methods if m not in LONG_COMPARED]
-    main: list[Unit] = []
-    for seed in settings.seeds:
-        main += [("run", key, seed, settings.steps) for key in settings.methods]
-        if seed in settings.probe_seed_list:
-            main.append(("probe", "", seed, 0))
-    return {
-        "long": [("run", k, s, settings.long_steps) for s in settings.long_seed_list for k in long],
-        "diagnosis": [  # method by method: each finished method is a complete answer
-            ("run", k, s, settings.long_steps) for k in diagnosis for s in settings.long_seed_list
-        ],
-        "main": main,
-    }
-
-
-def _to_compute(settings: DemoSettings) -> list[Unit]:
-    """The units of `settings.stages`, in that order."""
-    by_stage = _units(settings)
-    return [unit for stage in settings.stages for unit in by_stage[stage]]
-
-
-def _unit_name(unit: Unit, settings: DemoSettings) -> str:
-    kind, key, seed, steps = unit
-    if kind == "probe":
-        return f"probe-seed{seed}"
-    return f"{key}-seed{seed}" if steps == settings.steps else f"{key}-{steps}steps-seed{seed}"
-
-
-def _finished(settings: DemoSettings, base: dict) -> tuple[dict[Unit, dict], dict[str, list]]:
-    """Every unit of every stage whose results are saved with matching settings, and the names
-    of the missing ones by stage (nothing is computed)."""
-    done: dict[Unit, dict] = {}
-    pending: dict[str, list[str]] = {}
-    for stage, units in _units(settings).items():
-        for unit in units:
-            kind, key, seed, steps = unit
-            if kind == "probe":
-                path, inputs = _probe_spec(settings, seed, base["sha256"])
-            else:
-                _, path, inputs = _run_spec(key, seed, steps, settings, base)
-            result = _lookup(path, inputs)
-            if result is None:
-                pending.setdefault(stage, []).append(_unit_name(unit, settings))
-            else:
-                done[unit] = result
-    return done, pending
-
-
-def _complete_prefix(seeds: tuple[int, ...], has: Callable[[int], bool]) -> list[int]:
-    """The leading seeds for which `has(seed)` holds (paired comparisons need the same seeds)."""
-    out = []
-    for seed in seeds:
-        if not has(seed):
-            break
-        out.append(seed)
-    return out
+    return cached(path, inputs, compute)
 
 
 def _do_unit(unit: Unit, settings: DemoSettings, base: dict, pool, progress=None) -> dict:
@@ -459,20 +322,20 @@ def run_demo(settings: DemoSettings, progress: Progress | None = None, jobs: int
             if settings.stages:
                 model, tokenizer = load_model_and_tokenizer(base_dir)
                 base = _base_unit(model, tokenizer, settings, sha256, pool)
-                _run_units(_to_compute(settings), settings, base, pool, jobs, progress)
+                _run_units(to_compute(settings), settings, base, pool, jobs, progress)
             else:  # the report from the finished units only
-                base = _finished_base(settings, sha256)
+                base = finished_base(settings, sha256)
     finally:
         torch.set_num_threads(threads)
-    done, pending = _finished(settings, base)
+    done, pending = finished(settings, base)
     steps, long_steps = settings.steps, settings.long_steps
-    seeds = _complete_prefix(
+    seeds = complete_prefix(
         settings.seeds, lambda s: all(("run", k, s, steps) in done for k in settings.methods)
     )
     per_seed = {k: [done[("run", k, s, steps)] for s in seeds] for k in settings.methods}
     long = {}
     for key in settings.long_methods:
-        found = _complete_prefix(
+        found = complete_prefix(
             settings.long_seed_list, lambda s, k=key: ("run", k, s, long_steps) in done
         )
         if found:
@@ -494,7 +357,7 @@ def run_demo(settings: DemoSettings, progress: Progress | None = None, jobs: int
         "pending": pending,
         "probe": aggregate_probe(probes) if probes else None,
         "environment": environment(),
-        "timings": _timings(base, per_seed if seeds else {}, long, probes),
+        "timings": timings(base, per_seed if seeds else {}, long, probes),
         "wall_seconds": round(time.time() - started, 1),
         "jobs": jobs,
         "base_model": {
@@ -509,16 +372,3 @@ def run_demo(settings: DemoSettings, progress: Progress | None = None, jobs: int
     (settings.out / "report.md").write_text(render_report(results))
     log.info("demo finished in %.0f s (torch %s)", results["wall_seconds"], torch.__version__)
     return results
-
-
-def _finished_base(settings: DemoSettings, sha256: str) -> dict:
-    """The saved base evaluation (`--report-only`), or an error saying nothing is finished."""
-    passk = bool(settings.passk_seed_list)
-    inputs = {"base": sha256, "eval_seed": settings.base_seed, **_eval_inputs(settings, passk)}
-    saved = _lookup(settings.out / "runs" / "base.json", inputs)
-    if saved is None:
-        raise NgrpoError(
-            f"{settings.out}: no finished base evaluation with these settings; run the same "
-            "command without --report-only first"
-        )
-    return {**saved, "sha256": sha256}
