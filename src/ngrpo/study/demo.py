@@ -11,8 +11,10 @@ seed (the seed changes its sampling; the first `probe_seeds` seeds), and writes 
 Methods: the default run compares GRPO, N-GRPO with the authors' released weighting
 (`exploration.neighbor_weights=release`) and the STHT-style Gaussian baseline; `full` adds N-GRPO
 with the paper text's weighting (`policy`) and with the sampled token as anchor (the control for
-mixing around the argmax), pass@k up to k = `passk_n` (256) on a fixed problem subset for the base
-and every method, and a long-training setting (`long_steps`, 100) for `long_methods`. Adding a
+mixing around the argmax) and the authors' full released reading, pass@k up to k = `passk_n` (256)
+on a fixed problem subset for the base and every method, and a long-training setting
+(`long_steps`, 100) for `long_methods`: GRPO, N-GRPO (release), the full release and the diagnosis
+switches (`DIAGNOSIS_METHODS`; `ngrpo.study.long_study`). Adding a
 method is one line of `METHODS` / `FULL_METHODS` (`ngrpo.study.settings`, with the evaluation
 protocol and the budgets).
 
@@ -24,12 +26,16 @@ across seeds, so the "vs base" intervals add it in quadrature
 (`ngrpo.study.stats.paired_difference`). Each trained policy is evaluated with its training seed
 as sampling seed.
 
-Finished work is kept: every unit (the base evaluation, one method and seed, one probe seed, one
-long run) writes its results next to the settings they depend on (`<unit>.json` under `DIR/runs/`),
-and a later run into the same directory re-uses a unit whose settings match instead of computing
-it again, so an interrupted demo continues where it stopped and adding seeds costs only the new
-ones. (Code changes are not part of those settings: delete `DIR` to start over.) The stage times
-in the report are the compute times of the units, whichever invocation ran them.
+Finished work is kept (`ngrpo.study.units`): every unit (the base evaluation, one method and seed,
+one probe seed, one long run) writes its results next to the settings they depend on
+(`<unit>.json` under `DIR/runs/`), and a later run into the same directory re-uses a unit whose
+settings match instead of computing it again, so an interrupted demo continues where it stopped
+and adding seeds costs only the new ones. (Code changes are not part of those settings: delete
+`DIR` to start over.) `settings.stages` says which stages compute their missing units, in order
+(long, diagnosis, main by default: the most informative first); the report always covers every
+finished unit and lists the others as pending, so `stages=()` (`--report-only`) only writes the
+report. The stage times in the report are the compute times of the units, whichever invocation
+ran them.
 
 Statistics (`ngrpo.study.stats`): every number over seeds is a mean with a 95% Student-t interval,
 seeds as the unit; a difference between two methods is paired by seed and called "within noise" when

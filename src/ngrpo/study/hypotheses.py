@@ -11,8 +11,9 @@ when every part of it does.
 - **H2, exploration at large k** (`passk`): on a fixed problem subset sampled `passk_n` times,
   N-GRPO's pass@k at the largest k exceeds GRPO's; the crossover k, where the base model's pass@k
   reaches a method's (`crossover`), is reported for every method, from the means and from the
-  intervals. The long-training setting (`long`) repeats the comparison where GRPO's entropy and
-  group variance have fallen.
+  intervals. The long-training setting repeats the comparison where it ran with `long_passk`
+  (`ngrpo.study.long_study` holds the rest of that setting).
+  Every difference row carries its `mde` (80% power, two-sided 5%).
 - **H3, out-of-distribution generalisation** (`ood`): N-GRPO − GRPO mean@n > 0 on `arith-ood`
   (larger start values) and on `arith-long` (longer chains than training saw).
 

@@ -41,6 +41,24 @@ SERIES_NAMES = {
     "actor/clip_frac": "clip frac.",
     "actor/grad_norm": "grad norm",
 }
+# Why N-GRPO (release) falls behind GRPO in the long setting: one hypothesis per switch, stated
+# before the runs (docs/results/long_diagnosis.md has the reasoning and the predicted logs)
+DIAGNOSIS_HYPOTHESES = {
+    "n-grpo-anneal": "D1, persistent perturbation: constant mixing keeps perturbing the rollouts "
+    "when the policy should sharpen (late rollouts less accurate, more zero-advantage groups); "
+    "annealing the mix rate to 0 closes most of the gap.",
+    "n-grpo-nograd": "D2, embedding drift: the gradient into every candidate row moves the input "
+    "table more than GRPO's (`embedding/drift`), degrading how numbers are read (OOD hit "
+    "hardest); without it the gap closes.",
+    "n-grpo-output": "D3, drifting neighbour table: neighbours searched in the trained input "
+    "table stop being synonyms (`rollout/neighbor_synonym_frac` falls); the output table keeps "
+    "them and closes the gap.",
+    "n-grpo-gate": "D4, the gate keeps mixing: surface-form positions stay uncertain, so ~10% of "
+    "positions mix all through training; a stricter gate (1.0 nats) mixes fewer and closes part "
+    "of the gap if D1 holds (a dose test of D1).",
+    "n-grpo-full": "The authors' full reading (output table, no candidate-row gradient, dual clip "
+    "3): closes the gap if D2 or D3 holds.",
+}
 PLOT_PANELS = (
     ("long_training", ("reward/accuracy", "diversity/zero_adv_frac", "reward/std_in_group",
                        "actor/entropy")),
@@ -219,6 +237,15 @@ def long_lines(summary: dict | None, labels: dict[str, str], settings: dict) -> 
             if m in DIAGNOSIS_METHODS
         )
         + ".",
+        "",
+        "**Hypotheses** (stated before the runs; D0, the null: the 3-seed gap may not hold at 10 "
+        "seeds):",
+        "",
+        *(
+            f"- {labels[m]}: {DIAGNOSIS_HYPOTHESES[m]}"
+            for m in methods
+            if m in DIAGNOSIS_HYPOTHESES
+        ),
         "",
         "Final mean@n (percent, mean [95% CI] over seeds):",
         "",
