@@ -374,7 +374,8 @@ def _header(results: dict, labels: dict[str, str]) -> list[str]:
         + " vs ".join(labels[m] for m in (results["methods"] or results.get("long_methods", {})))
         + " on the embedded task",
         "",
-        f"Seeds {seeds} · {settings['steps']} training steps per run · final evaluation: "
+        (f"Seeds {seeds}" if seeds else "Seeds: none of the 20-step comparison finished yet")
+        + f" · {settings['steps']} training steps per run · final evaluation: "
         f"{settings['final_limit']} problems per split, n = {settings['final_n']}, τ = 0.6, "
         f"top-p = 0.95, mixing off; the base model is evaluated once (sampling seed "
         f"{results['base']['eval_seed']}), each trained policy with its training seed.",
