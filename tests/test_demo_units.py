@@ -92,6 +92,7 @@ def test_report_only_reads_finished_units_and_lists_the_pending(tmp_path):
         _write_long(settings, "n-grpo", seed, _long_entry(n, 0.51))
     _write_long(settings, "n-grpo-anneal", 0, _long_entry(0.6, 0.55))
     _write_long(settings, "n-grpo-anneal", 2, _long_entry(0.6, 0.55))  # seed 1 missing
+    _write_long(settings, "n-grpo-full", 0, _long_entry(0.58, 0.55))
     stale = dataclasses.replace(settings, final_n=4)  # a unit of other settings is not re-used
     _, path, inputs = run_spec("n-grpo-nograd", 0, 100, stale, {"sha256": SHA})
     cached(path, inputs, lambda: _long_entry(0.9, 0.9))
@@ -105,13 +106,14 @@ def test_report_only_reads_finished_units_and_lists_the_pending(tmp_path):
     assert "n-grpo-nograd-100steps-seed0" in pending["diagnosis"]
     assert len(pending["main"]) == 5 * len(settings.methods) + 5 and "long" not in pending
     assert results["timings"]["long training"] == 6 * 200.0
-    assert results["timings"]["diagnosis training"] == 200.0
+    assert results["timings"]["diagnosis training"] == 2 * 200.0  # anneal seed 0, full seed 0
     gap = results["long_summary"]["diagnosis"]["gap"]
     assert gap["seeds"] == 3 and gap["difference"] == pytest.approx(-0.0467, abs=1e-4)
     assert gap["mde"] is not None
     report = (tmp_path / "study" / "report.md").read_text()
     assert "## Long training and diagnosis" in report and "## Pending" in report
     assert "No seed of the 20-step comparison has finished yet" in report
+    assert "- N-GRPO (full release) (`exploration.neighbor_table=output" in report
     assert "--report-only" in report and "long_accuracy.png" in report
 
 

@@ -21,7 +21,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from ngrpo.study.settings import DIAGNOSIS_METHODS, LONG_COMPARED
+from ngrpo.study.settings import DIAGNOSIS_METHODS, FULL_METHODS, LONG_COMPARED
 from ngrpo.study.stats import mean_ci, minimal_detectable_difference, paired_difference, paired_sd
 from ngrpo.study.stats import verdict as ci_verdict
 
@@ -229,24 +229,9 @@ def long_lines(summary: dict | None, labels: dict[str, str], settings: dict) -> 
         "final evaluation as in the main table; seeds per method in the table (each method's "
         "first finished seeds; comparisons pair the seeds both methods finished). Hypotheses and "
         "the decision rule were written before these runs: "
-        "[long_diagnosis.md](../long_diagnosis.md). Switches (one setting changed on top of "
-        "N-GRPO (release)): "
-        + "; ".join(
-            f"{labels[m]} = `{' '.join(DIAGNOSIS_METHODS[m].overrides[1:])}`"
-            for m in methods
-            if m in DIAGNOSIS_METHODS
-        )
-        + ".",
+        "[long_diagnosis.md](../long_diagnosis.md).",
         "",
-        "**Hypotheses** (stated before the runs; D0, the null: the 3-seed gap may not hold at 10 "
-        "seeds):",
-        "",
-        *(
-            f"- {labels[m]}: {DIAGNOSIS_HYPOTHESES[m]}"
-            for m in methods
-            if m in DIAGNOSIS_HYPOTHESES
-        ),
-        "",
+        *_switch_lines(methods, labels),
         "Final mean@n (percent, mean [95% CI] over seeds):",
         "",
         *_table(
@@ -306,6 +291,24 @@ def long_lines(summary: dict | None, labels: dict[str, str], settings: dict) -> 
             _pts(cells[k], 1.0, 3) if k in cells else "–" for k in keys)])  # fmt: skip
     lines += [*_table(["comparison", *(SERIES_NAMES[k] for k in keys)], rows), ""]
     return lines
+
+
+def _switch_lines(methods: dict, labels: dict[str, str]) -> list[str]:
+    """The diagnosis switches that have finished runs, each with its hypothesis."""
+    switches = [m for m in methods if m in DIAGNOSIS_HYPOTHESES]
+    every = {**FULL_METHODS, **DIAGNOSIS_METHODS}
+    if not switches:
+        return ["No diagnosis switch has a finished run yet (see Pending).", ""]
+    return [
+        "**Hypotheses** (stated before the runs; D0, the null: the 3-seed gap may not hold at 10 "
+        "seeds). Each switch changes one setting of N-GRPO (release) (the full release: three):",
+        "",
+        *(
+            f"- {labels[m]} (`{' '.join(every[m].overrides[1:])}`): {DIAGNOSIS_HYPOTHESES[m]}"
+            for m in switches
+        ),  # fmt: skip
+        "",
+    ]
 
 
 def long_plots(summary: dict | None, labels: dict[str, str], out: Path) -> dict[str, Path]:
