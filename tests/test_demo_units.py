@@ -168,6 +168,9 @@ def test_long_summary_pairs_the_seeds_both_methods_finished():
     drift = summary["methods"]["grpo"]
     assert drift["start"]["embedding/drift"][0] == pytest.approx(0.055)
     assert drift["end"]["embedding/drift"][0] == pytest.approx(0.075)
+    # the plotted series: each seed's trailing 10-step moving average
+    assert drift["series"]["embedding/drift"][1][0] == pytest.approx(0.015)
+    assert drift["series"]["embedding/drift"][11][0] == pytest.approx(0.075)
     long["n-grpo"][1]["seed"] = 5  # not the same leading seeds: refuse to pair
     with pytest.raises(ValueError, match="same leading seeds"):
         summarize_long(long)

@@ -6,8 +6,9 @@ have finished different numbers of seeds (a run continued across invocations); e
 is a prefix of the same seed order, so a comparison pairs the first `min(len(a), len(b))` seeds,
 which are the same seeds for both.
 
-- `summarize_long`: per method the per-step mean [95% CI] of every series, the ID curve, the
-  start / end window means of the diagnostics and the final mean@n per split; paired differences
+- `summarize_long`: per method the per-step mean [95% CI] over seeds of every series (each seed's
+  `WINDOW`-step trailing moving average: one step is 16 groups, too noisy to read), the ID curve,
+  the start / end window means of the diagnostics and the final mean@n per split; paired differences
   (with their minimal detectable difference, `ngrpo.study.stats`) of every method against GRPO and
   of every switch against N-GRPO (release) on final mean@n and on the end-window diagnostics; and
   the diagnosis verdict of each switch by the decision rule fixed before the runs
@@ -71,6 +72,15 @@ def _values(series: Sequence[float | None]) -> list[float]:
     return [v for v in series if v is not None]
 
 
+def _smooth(series: Sequence[float | None], width: int = WINDOW) -> list[float | None]:
+    """The trailing `width`-step moving average of a per-step series (None where no value)."""
+    out: list[float | None] = []
+    for i in range(len(series)):
+        values = _values(series[max(0, i + 1 - width) : i + 1])
+        out.append(statistics.fmean(values) if values else None)
+    return out
+
+
 def _window(entry: dict, key: str, end: bool) -> float | None:
     values = _values(entry["series"].get(key, []))
     if not values:
@@ -112,9 +122,9 @@ def summarize_long(long: dict[str, list[dict]]) -> dict | None:
     methods = {}
     for method, entries in long.items():
         keys = [k for k in entries[0]["series"] if all(k in e["series"] for e in entries)]
-        series = {}
+        series = {}  # per step: mean [CI] over seeds of each seed's WINDOW-step moving average
         for key in keys:
-            steps = zip(*(e["series"][key] for e in entries), strict=True)
+            steps = zip(*(_smooth(e["series"][key]) for e in entries), strict=True)
             series[key] = [
                 None if any(v is None for v in step) else mean_ci(step) for step in steps
             ]
@@ -340,6 +350,7 @@ def long_plots(summary: dict | None, labels: dict[str, str], out: Path) -> dict[
         if panels:
             paths[name] = plot_panels(
                 panels, out / f"{name}.png",
-                title="Long training: per-step means over seeds, 95% bands (training rollouts)",
+                title=f"Long training: {WINDOW}-step moving averages, mean over seeds with 95% "
+                "bands (training rollouts, mixing on)",
             )  # fmt: skip
     return paths
