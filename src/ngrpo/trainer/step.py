@@ -130,11 +130,15 @@ def _step_exploration(run: Run):
 
 
 def _embedding_drift(run: Run) -> float:
-    """‖E − E₀‖ / ‖E₀‖ of the input-embedding table, E₀ the table when this process's first step
-    began (a resumed run: at the resume). Kept on the embedded task only (a copy of the table)."""
+    """‖E − E₀‖ / ‖E₀‖ of the input-embedding table, E₀ the table the run started from: the frozen
+    KL reference's (`train.beta > 0`, no LoRA, one process), so a resumed run measures from the
+    same start; else a copy of the table when this process's first step began. Logged on the
+    embedded task only."""
     table = run.policy.get_input_embeddings().weight.detach()
     if run.embed_start is None:
-        run.embed_start = table.clone()
+        ref = run.ref_model
+        frozen = ref is not None and not run.cfg.model.lora.enabled and not run.sharded
+        run.embed_start = ref.get_input_embeddings().weight.detach() if frozen else table.clone()
     start = run.embed_start
     return float((table.float() - start.float()).norm() / start.float().norm().clamp_min(1e-12))
 
