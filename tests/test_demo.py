@@ -22,7 +22,13 @@ from ngrpo.study.report import (
     summarize,
     verdict_lines,
 )
-from ngrpo.study.settings import FULL_METHODS, FULL_SEEDS, METHODS, DemoSettings
+from ngrpo.study.settings import (
+    DIAGNOSIS_METHODS,
+    FULL_METHODS,
+    FULL_SEEDS,
+    METHODS,
+    DemoSettings,
+)
 from ngrpo.utils.errors import NgrpoError
 
 
@@ -71,7 +77,13 @@ def test_method_tables_of_the_default_and_full_runs():
     }
     full = DemoSettings.default(Path("o"), full=True)
     assert full.seeds == tuple(range(FULL_SEEDS)) and full.methods is FULL_METHODS
-    assert list(FULL_METHODS) == ["grpo", "n-grpo", "stht", "n-grpo-paper", "n-grpo-sampled"]
+    assert list(FULL_METHODS) == [
+        "grpo", "n-grpo", "stht", "n-grpo-paper", "n-grpo-sampled", "n-grpo-full",
+    ]  # fmt: skip
+    assert FULL_METHODS["n-grpo-full"].overrides == (
+        "exploration.neighbor_weights=release", "exploration.neighbor_table=output",
+        "train.soft_input_grad=none", "train.clip_ratio_c=3.0",
+    )  # fmt: skip
     paper = FULL_METHODS["n-grpo-paper"]
     assert (paper.label, paper.config) == ("N-GRPO (paper text)", "tiny_ngrpo")
     assert paper.overrides == ("exploration.neighbor_weights=policy",)
@@ -79,10 +91,18 @@ def test_method_tables_of_the_default_and_full_runs():
     assert sampled.overrides == (
         "exploration.neighbor_weights=release", "exploration.anchor=sampled",
     )  # fmt: skip
-    # --full: pass@k to k = 256 and the 100-step setting, on the first seeds; the default: neither
-    assert (full.passk_n, full.passk_seed_list) == (256, (0, 1, 2))
-    assert full.long_steps == 100 and full.long_seed_list == (0, 1, 2)
-    assert set(full.long_methods) <= set(FULL_METHODS) and "grpo" in full.long_methods
+    # --full: pass@k to k = 256 and the 100-step setting (GRPO, N-GRPO (release), the full
+    # release and the diagnosis switches, no large-k evaluation after it) on the first 10 seeds
+    assert (full.passk_n, full.passk_seed_list) == (256, tuple(range(10)))
+    assert full.long_steps == 100 and full.long_seed_list == tuple(range(10))
+    assert full.long_methods == (
+        "grpo", "n-grpo", "n-grpo-anneal", "n-grpo-nograd", "n-grpo-full", "n-grpo-output",
+        "n-grpo-gate",
+    ) and not full.long_passk  # fmt: skip
+    assert set(full.all_methods) == set(FULL_METHODS) | set(DIAGNOSIS_METHODS)
+    assert default.all_methods is METHODS and full.stages == ("long", "diagnosis", "main")
+    with pytest.raises(NgrpoError, match="--stages: unknown"):
+        dataclasses.replace(full, stages=("long", "later")).validate()
     assert default.passk_seed_list == () and default.long_seed_list == ()
     assert default.probe_seed_list == (0, 1, 2) and full.probe_seed_list == (0, 1, 2, 3, 4)
     assert DemoSettings.default(Path("o"), (7, 8, 9), full=False).seeds == (7, 8, 9)
@@ -98,10 +118,20 @@ def test_method_tables_of_the_default_and_full_runs():
         dataclasses.replace(full, long_steps=full.steps).validate()
 
 
-@pytest.mark.parametrize("key", list(FULL_METHODS))
+# the settings outside `exploration` a method may change (the released reading's learner)
+LEARNER_SWITCHES = {
+    "n-grpo-full": {"soft_input_grad": "none", "clip_ratio_c": 3.0},
+    "n-grpo-nograd": {"soft_input_grad": "none"},
+}
+
+
+@pytest.mark.parametrize("key", [*FULL_METHODS, *DIAGNOSIS_METHODS])
 def test_every_method_config_loads_and_differs_only_in_exploration(key):
-    method = FULL_METHODS[key]
+    method = {**FULL_METHODS, **DIAGNOSIS_METHODS}[key]
     cfg = load_config(method.config, list(method.overrides))
+    for name, value in LEARNER_SWITCHES.get(key, {}).items():
+        assert getattr(cfg.train, name) == value
+        setattr(cfg.train, name, getattr(load_config("tiny_grpo").train, name))
     reference = load_config("tiny_grpo")
     strategy = {"grpo": "none", "stht": "gaussian"}.get(key, "neighbor")
     assert cfg.exploration.strategy == strategy
@@ -228,7 +258,8 @@ def test_report_states_effect_sizes_verdicts_and_how_to_reproduce():
     assert "**N-GRPO (release) vs STHT-style**: ID mean@2 +6.3 points" in report
     assert "better, CI excludes 0" in report
     assert "Seeds [7, 8, 9]" in report
-    assert "Wall time of the last invocation 412 s; compute per stage (training 300 s" in report
+    assert "Wall time of the last invocation 412 s; compute per stage (seconds of" in report
+    assert "inflates them: training 300 s" in report
     assert "Reproduce: `ngrpo demo --seeds 7,8,9`" in report
     assert "| N-GRPO (release) − GRPO | +1.3 [" in report
     one = render_report(_results(seeds=(0,)))

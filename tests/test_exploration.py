@@ -14,6 +14,7 @@ from ngrpo.method.exploration import (
     answer_start_ids,
     entropy,
     mixing_gate,
+    scheduled_mix_rate,
 )
 from ngrpo.method.neighbors import NeighborIndex, bruteforce_neighbors
 from ngrpo.rollout import warp_logits
@@ -157,6 +158,10 @@ def test_entropy_matches_naive():
         ({"noise_scale": -1.0}, "noise_scale"),
         ({"entropy_threshold": -1.0}, "entropy_threshold"),
         ({"strategy": "neighbor", "answer_start": " "}, "answer_start"),
+        (
+            {"mix_rate_schedule": "cosine"},
+            "mix_rate_schedule: unknown schedule 'cosine'; choose one of constant, linear",
+        ),
     ],
 )
 def test_config_errors_name_the_key_and_choices(overrides, message):
@@ -174,3 +179,13 @@ def test_valid_config_and_answer_marker_tokenisation():
     for marker in ("", "   "):
         with pytest.raises(NgrpoError, match="tokenises to nothing"):
             answer_start_ids(tokenizer, marker)
+
+
+def test_mix_rate_schedules():
+    constant = ExplorationConfig(mix_rate=0.2)
+    linear = ExplorationConfig(mix_rate=0.2, mix_rate_schedule="linear")
+    assert [scheduled_mix_rate(constant, s, 4) for s in range(5)] == [0.2] * 5
+    # the full rate at the first step, mix_rate / steps at the last, 0 from `steps` on
+    got = [scheduled_mix_rate(linear, s, 4) for s in range(6)]
+    assert got == pytest.approx([0.2, 0.15, 0.1, 0.05, 0.0, 0.0])
+    assert scheduled_mix_rate(linear, 3, 0) == 0.2  # no length known: as constant

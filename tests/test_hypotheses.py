@@ -8,9 +8,9 @@ import math
 import pytest
 
 from ngrpo.study import hypotheses
-from ngrpo.study.demo import _cached
 from ngrpo.study.report import analyse, render_report
 from ngrpo.study.stats import minimal_detectable_difference
+from ngrpo.study.units import cached as _cached
 
 KEYS = ("diversity/canonical_paths", "diversity/rephrase_pairs", "reward/accuracy")
 

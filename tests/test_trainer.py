@@ -311,3 +311,22 @@ def test_cli_data_errors(base_model_dir, tmp_path, capsys):
     _assert_one_error_line(capsys.readouterr().err, f"{data}:2: invalid JSON")
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
     _assert_one_error_line(capsys.readouterr().err, "is not a run directory")
+
+
+def test_linear_mix_rate_schedule_reaches_the_rollouts_and_the_table_drift_is_logged(
+    base_model_dir, tmp_path
+):
+    def rows(name: str, *extra: str) -> list[dict]:
+        cfg = _cfg(base_model_dir, tmp_path / name, 3, "logging.save_every=0", *extra)
+        return [r for r in read_metrics(train(cfg)) if r["type"] == "train"]
+
+    constant = rows("constant", "exploration.mix_rate=1.0", "exploration.entropy_threshold=null")
+    linear = rows("linear", "exploration.mix_rate=1.0", "exploration.entropy_threshold=null",
+                  "exploration.mix_rate_schedule=linear")  # fmt: skip
+    assert [r["exploration/mix_rate"] for r in constant] == [1.0, 1.0, 1.0]
+    assert [r["exploration/mix_rate"] for r in linear] == pytest.approx([1.0, 2 / 3, 1 / 3])
+    # rate 1 with no entropy gate mixes every eligible position; the schedule lowers it
+    assert constant[0]["rollout/mixed_frac"] == linear[0]["rollout/mixed_frac"] == 1.0
+    assert linear[2]["rollout/mixed_frac"] < 1.0 == constant[2]["rollout/mixed_frac"]
+    drift = [r["embedding/drift"] for r in constant]  # relative to the table at step 1's start
+    assert 0.0 < drift[0] < drift[2]

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ngrpo.cli._common import parse_seeds
+from ngrpo.utils.errors import NgrpoError
 
 
 def register(subparsers) -> None:
@@ -40,6 +41,17 @@ def register(subparsers) -> None:
         help="runs trained at once, each on one CPU thread (default: the CPU count, at most 4); "
         "the results do not depend on it",
     )  # fmt: skip
+    parser.add_argument(
+        "--stages", default=None,
+        help="which stages compute their missing units, in this order (comma-separated from "
+        "long, diagnosis, main; default all, in that order): long = the 100-step GRPO and "
+        "N-GRPO (release), diagnosis = the 100-step switches, main = the 20-step comparison",
+    )  # fmt: skip
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="compute nothing: write the report from the finished units in --out (the missing "
+        "ones are listed as pending)",
+    )  # fmt: skip
     parser.set_defaults(func=handler)
 
 
@@ -50,6 +62,8 @@ def default_jobs() -> int:
 
 
 def handler(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from rich.console import Console
     from rich.table import Table
 
@@ -61,19 +75,29 @@ def handler(args: argparse.Namespace) -> int:
     preset = DemoSettings.quick if args.quick else DemoSettings.default
     seeds = None if args.seeds is None else parse_seeds(args.seeds)
     settings = preset(args.out, seeds, full=args.full)
+    if args.report_only:
+        settings = dataclasses.replace(settings, stages=())
+    elif args.stages is not None:
+        stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+        if not stages:
+            raise NgrpoError("--stages: none given (or use --report-only)")
+        settings = dataclasses.replace(settings, stages=stages)
     settings.validate()  # before anything is built
     with progress_bar() as update:
         results = run_demo(settings, progress=update, jobs=args.jobs or default_jobs())
-    rows = main_table(results)
-    table = Table(title=f"ngrpo demo ({results['wall_seconds']:.0f} s) — percent, mixing off")
-    for i, column in enumerate(rows[0]):
-        table.add_column(column, justify="left" if i == 0 else "right")
-    for row in rows[1:]:
-        table.add_row(*row)
     console = Console()
-    console.print(table)
-    for line in verdict_lines(results):
-        console.print(line.removeprefix("- ").replace("**", ""), markup=False)
+    if results.get("summary"):  # the 20-step comparison has at least one finished seed
+        rows = main_table(results)
+        table = Table(title=f"ngrpo demo ({results['wall_seconds']:.0f} s) — percent, mixing off")
+        for i, column in enumerate(rows[0]):
+            table.add_column(column, justify="left" if i == 0 else "right")
+        for row in rows[1:]:
+            table.add_row(*row)
+        console.print(table)
+        for line in verdict_lines(results):
+            console.print(line.removeprefix("- ").replace("**", ""), markup=False)
+    for stage, names in results["pending"].items():
+        console.print(f"pending ({stage}): {len(names)} units", markup=False)
     console.print(f"report: {args.out / 'report.md'}")
     if (args.out / "view.html").is_file():
         console.print(f"page: {args.out / 'view.html'} (curves and completions, opens offline)")

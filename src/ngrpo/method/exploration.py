@@ -60,6 +60,7 @@ from ngrpo.utils.errors import NgrpoError
 ANCHORS = ("greedy", "sampled")
 NEIGHBOR_WEIGHTS = ("policy", "release")
 NEIGHBOR_TABLES = ("input", "output")
+MIX_RATE_SCHEDULES = ("constant", "linear")
 
 
 @dataclass
@@ -69,6 +70,9 @@ class ExplorationConfig:
     strategy: str = "none"  # a key of STRATEGIES: none, neighbor, gaussian, topk, ...
     mix_top_k: int = 2  # candidates per mixed input, anchor included
     mix_rate: float = 0.1  # per-sequence, per-step probability that a position is mixed
+    # constant: mix_rate at every training step | linear: mix_rate · (1 − s / steps) at the step
+    # that follows s finished steps, decaying to ~0 over `train.steps` (`scheduled_mix_rate`)
+    mix_rate_schedule: str = "constant"
     # if set: only positions with entropy(p_t) >= this can mix, each with probability mix_rate
     # (mix_rate = 1: every such position, a pure entropy gate)
     entropy_threshold: float | None = None
@@ -98,6 +102,7 @@ class ExplorationConfig:
             ("anchor", "anchor", self.anchor, ANCHORS),
             ("neighbor_weights", "value", self.neighbor_weights, NEIGHBOR_WEIGHTS),
             ("neighbor_table", "value", self.neighbor_table, NEIGHBOR_TABLES),
+            ("mix_rate_schedule", "schedule", self.mix_rate_schedule, MIX_RATE_SCHEDULES),
         ):
             if value not in allowed:
                 raise NgrpoError(
@@ -130,6 +135,15 @@ class ExplorationConfig:
             raise NgrpoError(
                 "exploration.answer_start must be a non-empty marker (e.g. '</think>')"
             )
+
+
+def scheduled_mix_rate(cfg: ExplorationConfig, done_steps: int, total_steps: int) -> float:
+    """The mix rate of the training step that follows `done_steps` finished steps of
+    `total_steps`: `mix_rate` (schedule `constant`), or `mix_rate · (1 − done / total)` (`linear`:
+    the full rate at the first step, `mix_rate / total` at the last, 0 from `total` on)."""
+    if cfg.mix_rate_schedule == "constant" or total_steps <= 0:
+        return cfg.mix_rate
+    return cfg.mix_rate * max(0.0, 1.0 - done_steps / total_steps)
 
 
 def answer_start_ids(tokenizer, marker: str) -> list[int]:

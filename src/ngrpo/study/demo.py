@@ -11,8 +11,10 @@ seed (the seed changes its sampling; the first `probe_seeds` seeds), and writes 
 Methods: the default run compares GRPO, N-GRPO with the authors' released weighting
 (`exploration.neighbor_weights=release`) and the STHT-style Gaussian baseline; `full` adds N-GRPO
 with the paper text's weighting (`policy`) and with the sampled token as anchor (the control for
-mixing around the argmax), pass@k up to k = `passk_n` (256) on a fixed problem subset for the base
-and every method, and a long-training setting (`long_steps`, 100) for `long_methods`. Adding a
+mixing around the argmax) and the authors' full released reading, pass@k up to k = `passk_n` (256)
+on a fixed problem subset for the base and every method, and a long-training setting
+(`long_steps`, 100) for `long_methods`: GRPO, N-GRPO (release), the full release and the diagnosis
+switches (`DIAGNOSIS_METHODS`; `ngrpo.study.long_study`). Adding a
 method is one line of `METHODS` / `FULL_METHODS` (`ngrpo.study.settings`, with the evaluation
 protocol and the budgets).
 
@@ -24,12 +26,16 @@ across seeds, so the "vs base" intervals add it in quadrature
 (`ngrpo.study.stats.paired_difference`). Each trained policy is evaluated with its training seed
 as sampling seed.
 
-Finished work is kept: every unit (the base evaluation, one method and seed, one probe seed, one
-long run) writes its results next to the settings they depend on (`<unit>.json` under `DIR/runs/`),
-and a later run into the same directory re-uses a unit whose settings match instead of computing
-it again, so an interrupted demo continues where it stopped and adding seeds costs only the new
-ones. (Code changes are not part of those settings: delete `DIR` to start over.) The stage times
-in the report are the compute times of the units, whichever invocation ran them.
+Finished work is kept (`ngrpo.study.units`): every unit (the base evaluation, one method and seed,
+one probe seed, one long run) writes its results next to the settings they depend on
+(`<unit>.json` under `DIR/runs/`), and a later run into the same directory re-uses a unit whose
+settings match instead of computing it again, so an interrupted demo continues where it stopped
+and adding seeds costs only the new ones. (Code changes are not part of those settings: delete
+`DIR` to start over.) `settings.stages` says which stages compute their missing units, in order
+(long, diagnosis, main by default: the most informative first); the report always covers every
+finished unit and lists the others as pending, so `stages=()` (`--report-only`) only writes the
+report. The stage times in the report are the compute times of the units, whichever invocation
+ran them.
 
 Statistics (`ngrpo.study.stats`): every number over seeds is a mean with a 95% Student-t interval,
 seeds as the unit; a difference between two methods is paired by seed and called "within noise" when
@@ -59,46 +65,26 @@ from ngrpo.study.settings import (
     DemoSettings,
 )
 from ngrpo.study.stats import sampling_se
+from ngrpo.study.units import (
+    FINAL_BATCH,
+    PASSK_BATCH,
+    Unit,
+    base_spec,
+    cached,
+    complete_prefix,
+    finished,
+    finished_base,
+    probe_spec,
+    run_spec,
+    timings,
+    to_compute,
+)
 from ngrpo.utils.environment import environment
 from ngrpo.utils.errors import NgrpoError
-from ngrpo.utils.io import write_text_atomically
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int, str], None]
-# Sequences decoded together in the final evaluation (16 problems x 16) and the large-k one (4 x
-# 256): larger batches decode faster on a CPU. (The samples depend on the batch: each chunk of
-# problems is seeded from its first problem's index.)
-FINAL_BATCH, PASSK_BATCH = 256, 1024
-
-
-def _cached(path: Path, inputs: dict, compute: Callable[[], dict]) -> dict:
-    """`compute()`, or the result saved at `path` by an earlier call with equal `inputs`; either
-    way as it reads back from JSON (tuples become lists), so a re-used unit equals a fresh one."""
-    inputs = json.loads(json.dumps(inputs))  # as it reads back (tuples become lists)
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            saved = {}
-        if saved.get("inputs") == inputs:
-            log.info("re-using %s", path)
-            return saved["result"]
-    result = json.loads(json.dumps(compute()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, json.dumps({"inputs": inputs, "result": result}) + "\n")
-    return result
-
-
-def _eval_inputs(settings: DemoSettings, passk: bool) -> dict:
-    """The evaluation settings a unit's results depend on."""
-    return {
-        "splits": EVAL_SPLITS, "final_limit": settings.final_limit, "final_n": settings.final_n,
-        "batches": [FINAL_BATCH, PASSK_BATCH],
-        "curve_limit": settings.curve_limit, "curve_n": CURVE_N,
-        "sampling": [EVAL_TEMPERATURE, EVAL_TOP_P, EVAL_MAX_NEW_TOKENS],
-        "passk": [PASSK_SPLITS, settings.passk_n, settings.passk_limit] if passk else None,
-    }  # fmt: skip
 
 
 def _train_one(
@@ -108,7 +94,7 @@ def _train_one(
     from ngrpo.config import load_config
     from ngrpo.trainer import train
 
-    method = settings.methods[key]
+    method = settings.all_methods[key]
     eval_every = settings.eval_every if steps == settings.steps else max(1, steps // 4)
     overrides = [
         *method.overrides,
@@ -201,14 +187,9 @@ def _run_unit(
     from ngrpo.models.load import load_model_and_tokenizer
     from ngrpo.trainer import checkpoint_dirs
 
-    name = f"{key}-seed{seed}" if steps == settings.steps else f"{key}-{steps}steps-seed{seed}"
+    name, path, inputs = run_spec(key, seed, steps, settings, base)
     run_dir = settings.out / "runs" / name
-    passk = seed in settings.passk_seed_list
-    inputs = {
-        "method": asdict(settings.methods[key]), "seed": seed, "steps": steps,
-        "eval_every": settings.eval_every, "base": base["sha256"],
-        **_eval_inputs(settings, passk),
-    }  # fmt: skip
+    passk = inputs["passk"] is not None
 
     def compute() -> dict:
         started = time.time()
@@ -229,12 +210,12 @@ def _run_unit(
             entry["series"] = {k: [r.get(k) for r in rows] for k in LONG_SERIES_KEYS}
         return entry
 
-    return _cached(settings.out / "runs" / f"{name}.json", inputs, compute)
+    return cached(path, inputs, compute)
 
 
 def _base_unit(model, tokenizer, settings: DemoSettings, sha256: str, pool) -> dict:
-    passk = bool(settings.passk_seed_list)
-    inputs = {"base": sha256, "eval_seed": settings.base_seed, **_eval_inputs(settings, passk)}
+    path, inputs = base_spec(settings, sha256)
+    passk = inputs["passk"] is not None
 
     def compute() -> dict:
         started = time.time()
@@ -245,17 +226,14 @@ def _base_unit(model, tokenizer, settings: DemoSettings, sha256: str, pool) -> d
         base.update(eval_seed=settings.base_seed, seconds={"evaluation": time.time() - started})
         return base
 
-    return {**_cached(settings.out / "runs" / "base.json", inputs, compute), "sha256": sha256}
+    return {**cached(path, inputs, compute), "sha256": sha256}
 
 
 def _probe_unit(model, tokenizer, settings: DemoSettings, seed: int, sha256: str, pool, progress):
     from ngrpo.study.probe import run_probe
     from ngrpo.tasks import generate
 
-    inputs = {
-        "base": sha256, "seed": seed, "problems": settings.probe_problems, "n": settings.probe_n,
-        "shifts": settings.probe_shifts,
-    }  # fmt: skip
+    path, inputs = probe_spec(settings, seed, sha256)
 
     def compute() -> dict:
         problems = generate("arith-id", settings.probe_problems, seed=1)
@@ -266,37 +244,7 @@ def _probe_unit(model, tokenizer, settings: DemoSettings, seed: int, sha256: str
             else (lambda s, d, t: progress(f"probe (seed {seed})", d, t, s)),
         )  # fmt: skip
 
-    return _cached(settings.out / "runs" / f"probe-seed{seed}.json", inputs, compute)
-
-
-def _timings(base: dict, per_seed: dict, long: dict, probes: list[dict]) -> dict[str, float]:
-    """Compute seconds per stage, summed over the units (whichever invocation ran them)."""
-    totals: dict[str, float] = {}
-    for stage, seconds in base["seconds"].items():
-        totals[stage] = totals.get(stage, 0.0) + seconds
-    for entries in (*per_seed.values(), *long.values()):
-        for entry in entries:
-            for stage, seconds in entry["seconds"].items():
-                label = stage if "series" not in entry else f"long {stage}"
-                totals[label] = totals.get(label, 0.0) + seconds
-    totals["probe"] = sum(p["seconds"] for p in probes)
-    return {stage: round(seconds, 1) for stage, seconds in totals.items()}
-
-
-Unit = tuple[str, str, int, int]  # ("run", method, seed, steps) | ("probe", "", seed, 0)
-
-
-def _units(settings: DemoSettings) -> list[Unit]:
-    """Every unit after the base evaluation, in the order they start: the long runs first (the
-    longest units, so that parallel workers finish together), then seed by seed."""
-    units: list[Unit] = []
-    for seed in settings.long_seed_list:
-        units += [("run", key, seed, settings.long_steps) for key in settings.long_methods]
-    for seed in settings.seeds:
-        units += [("run", key, seed, settings.steps) for key in settings.methods]
-        if seed in settings.probe_seed_list:
-            units.append(("probe", "", seed, 0))
-    return units
+    return cached(path, inputs, compute)
 
 
 def _do_unit(unit: Unit, settings: DemoSettings, base: dict, pool, progress=None) -> dict:
@@ -377,28 +325,45 @@ def run_demo(settings: DemoSettings, progress: Progress | None = None, jobs: int
         with GradingPool() as pool:
             if progress is not None:
                 progress("final evaluation", 0, 1, f"base (sampling seed {settings.base_seed})")
-            model, tokenizer = load_model_and_tokenizer(base_dir)
-            base = _base_unit(model, tokenizer, settings, sha256, pool)
-            units = _units(settings)
-            done = _run_units(units, settings, base, pool, jobs, progress)
+            if settings.stages:
+                model, tokenizer = load_model_and_tokenizer(base_dir)
+                base = _base_unit(model, tokenizer, settings, sha256, pool)
+                _run_units(to_compute(settings), settings, base, pool, jobs, progress)
+            else:  # the report from the finished units only
+                base = finished_base(settings, sha256)
     finally:
         torch.set_num_threads(threads)
-    per_seed = {key: [done[("run", key, s, settings.steps)] for s in settings.seeds]
-                for key in settings.methods}  # fmt: skip
-    long = {key: [done[("run", key, s, settings.long_steps)] for s in settings.long_seed_list]
-            for key in settings.long_methods}  # fmt: skip
-    probes = [done[("probe", "", s, 0)] for s in settings.probe_seed_list]
+    done, pending = finished(settings, base)
+    steps, long_steps = settings.steps, settings.long_steps
+    seeds = complete_prefix(
+        settings.seeds, lambda s: all(("run", k, s, steps) in done for k in settings.methods)
+    )
+    per_seed = {k: [done[("run", k, s, steps)] for s in seeds] for k in settings.methods}
+    long = {}
+    for key in settings.long_methods:
+        found = complete_prefix(
+            settings.long_seed_list, lambda s, k=key: ("run", k, s, long_steps) in done
+        )
+        if found:
+            long[key] = [{**done[("run", key, s, long_steps)], "seed": s} for s in found]
+    probes = [
+        done[("probe", "", s, 0)] for s in settings.probe_seed_list if ("probe", "", s, 0) in done
+    ]
     build = json.loads((base_dir / BUILD_INFO).read_text())
+    passk_seeds = len([s for s in seeds if s in settings.passk_seed_list])
     results = {
-        "settings": {**asdict(settings), "out": str(settings.out)},
-        "seeds": list(settings.seeds),
-        "methods": {key: asdict(method) for key, method in settings.methods.items()},
+        "settings": {**asdict(settings), "out": str(settings.out), "passk_seeds": passk_seeds},
+        "seeds": seeds,
+        "methods": {key: asdict(method) for key, method in settings.methods.items()}
+        if seeds else {},
+        "long_methods": {key: asdict(settings.all_methods[key]) for key in settings.long_methods},
         "base": base,
-        "per_seed": per_seed,
+        "per_seed": per_seed if seeds else {},
         "long": long,
-        "probe": aggregate_probe(probes),
+        "pending": pending,
+        "probe": aggregate_probe(probes) if probes else None,
         "environment": environment(),
-        "timings": _timings(base, per_seed, long, probes),
+        "timings": timings(base, per_seed if seeds else {}, long, probes),
         "wall_seconds": round(time.time() - started, 1),
         "jobs": jobs,
         "base_model": {

@@ -11,8 +11,9 @@ when every part of it does.
 - **H2, exploration at large k** (`passk`): on a fixed problem subset sampled `passk_n` times,
   N-GRPO's pass@k at the largest k exceeds GRPO's; the crossover k, where the base model's pass@k
   reaches a method's (`crossover`), is reported for every method, from the means and from the
-  intervals. The long-training setting (`long`) repeats the comparison where GRPO's entropy and
-  group variance have fallen.
+  intervals. The long-training setting repeats the comparison where it ran with `long_passk`
+  (`ngrpo.study.long_study` holds the rest of that setting).
+  Every difference row carries its `mde` (80% power, two-sided 5%).
 - **H3, out-of-distribution generalisation** (`ood`): N-GRPO − GRPO mean@n > 0 on `arith-ood`
   (larger start values) and on `arith-long` (longer chains than training saw).
 
@@ -65,11 +66,14 @@ HYPOTHESES = {
 def _difference(a: Sequence[float], b: Sequence[float], extra_se: float = 0.0) -> dict:
     """A paired difference as a row: mean, 95% CI, seeds and verdict."""
     mean, low, high = paired_difference(a, b, extra_se)
+    seeds = len(a)
+    mde = minimal_detectable_difference(paired_sd(a, b, extra_se), seeds) if seeds >= 2 else None
     return {
         "difference": mean,
         "ci": [low, high],
-        "seeds": len(a),
-        "verdict": verdict(low, high, len(a)),
+        "seeds": seeds,
+        "verdict": verdict(low, high, seeds),
+        "mde": mde,  # the smallest true difference these seeds detect with 80% power
     }
 
 
@@ -184,45 +188,6 @@ def passk(base: dict, per_seed: dict[str, list[dict]]) -> dict | None:
             "vs_grpo": versus,
         }
     return out
-
-
-def _mean_or_none(values: Sequence[float | None]) -> float | None:
-    return None if any(v is None for v in values) else statistics.fmean(values)
-
-
-def long_summary(base: dict, long: dict[str, list[dict]]) -> dict | None:
-    """The long-training setting: per method the mean per-step series (entropy, group variance,
-    ...), the final mean@n per split and, when evaluated, H2's large-k comparison."""
-    if not any(long.values()):
-        return None
-    methods = {}
-    for method, entries in long.items():
-        series = {
-            key: [
-                _mean_or_none(step)
-                for step in zip(*(e["series"][key] for e in entries), strict=True)
-            ]
-            for key in entries[0]["series"]
-        }
-        methods[method] = {
-            "seeds": len(entries),
-            "series": series,
-            "final": {
-                split: mean_ci([e["final"][split]["mean@n"] for e in entries])
-                for split in entries[0]["final"]
-            },
-        }
-    versus = {}
-    for method in _present(long):
-        if "grpo" in long:
-            versus[method] = {
-                split: _difference(
-                    [e["final"][split]["mean@n"] for e in long[method]],
-                    [e["final"][split]["mean@n"] for e in long["grpo"]],
-                )
-                for split in long["grpo"][0]["final"]
-            }
-    return {"methods": methods, "mean_vs_grpo": versus, "passk": passk(base, long)}
 
 
 # ------------------------------------------------------------------------------------------ H3

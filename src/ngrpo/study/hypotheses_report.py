@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 
 from ngrpo.study.hypotheses import HYPOTHESES, h2_verdict
@@ -123,9 +122,14 @@ def h2_lines(results: dict, labels: dict[str, str]) -> list[str]:
         "",
     ]
     lines += _passk_tables(passk_results, labels)
-    long = results.get("long_summary")
-    if long:
-        lines += _long_lines(long, labels, settings)
+    long = results.get("long_summary") or {}
+    if long.get("passk"):
+        lines += [
+            f"Large-k pass@k after the long training ({settings['long_steps']} steps; section "
+            '"Long training and diagnosis"):',
+            "",
+            *_passk_tables(long["passk"], labels),
+        ]
     return lines
 
 
@@ -169,56 +173,11 @@ def _passk_tables(passk_results: dict, labels: dict[str, str]) -> list[str]:
         for method, row in info["vs_grpo"].items():
             lines.append(
                 f"- {labels[method]} − GRPO, pass@{info['k_max']} on {split}: "
-                f"{_pts(row)} points ({row['verdict']})."
+                f"{_pts(row)} points ({row['verdict']}; {row['seeds']} seeds"
+                + ("" if row.get("mde") is None else f", MDE {100 * row['mde']:.1f} points")
+                + ")."
             )
         lines.append("")
-    return lines
-
-
-def _long_lines(long: dict, labels: dict[str, str], settings: dict) -> list[str]:
-    lines = [
-        f"**Long training** ({settings['long_steps']} steps, the first {settings['long_seeds']} "
-        "seeds): per-step means over seeds at the start (first 10 steps) and the end (last 10 "
-        "steps) of training, and the final mean@n (percent).",
-        "",
-    ]
-    names = {
-        "actor/entropy": "entropy",
-        "reward/std_in_group": "reward std in group",
-        "diversity/zero_adv_frac": "zero-advantage groups",
-        "diversity/canonical_paths": "canonical paths",
-        "reward/accuracy": "rollout acc.",
-    }
-    series_keys = [k for k in names if k in next(iter(long["methods"].values()))["series"]]
-    splits = list(next(iter(long["methods"].values()))["final"])
-    rows = []
-    for method, info in long["methods"].items():
-        cells = []
-        for key in series_keys:
-            values = [v for v in info["series"][key] if v is not None]
-            cells.append(
-                f"{statistics.fmean(values[:10]):.3f} → {statistics.fmean(values[-10:]):.3f}"
-                if values
-                else "–"
-            )
-        rows.append([labels[method], *cells, *(_triple(info["final"][s], 100, 1) for s in splits)])
-    lines += _table(
-        ["method", *(names[k] for k in series_keys), *(f"{s} mean@n" for s in splits)], rows
-    )
-    lines.append("")
-    for method, by_split in long["mean_vs_grpo"].items():
-        parts = "; ".join(f"{s} {_pts(r)} ({r['verdict']})" for s, r in by_split.items())
-        lines.append(
-            f"- {labels[method]} − GRPO after {settings['long_steps']} steps, mean@n "
-            f"points: {parts}."
-        )
-    lines.append("")
-    if long.get("passk"):
-        lines += [
-            "Large-k pass@k after the long training:",
-            "",
-            *_passk_tables(long["passk"], labels),
-        ]
     return lines
 
 

@@ -30,6 +30,11 @@ COLORS = {
     "n-grpo (release)": "#d62728",
     "n-grpo (paper text)": "#9467bd",
     "n-grpo (sampled anchor)": "#ff7f0e",
+    "n-grpo (full release)": "#8c564b",
+    "n-grpo (release), mix rate annealed": "#e377c2",
+    "n-grpo (release), no candidate-row gradient": "#17becf",
+    "n-grpo (release), output-table neighbours": "#bcbd22",
+    "n-grpo (release), strict gate (entropy >= 1.0)": "#000000",
 }
 # Probe perturbations: the matched-shift pair, and N-GRPO's own mixing as a reference point.
 PROBE_COLORS = {

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ngrpo.study import hypotheses, hypotheses_report
+from ngrpo.study.long_study import long_lines, long_plots, summarize_long
 from ngrpo.study.settings import BASELINES, DIVERSITY_KEYS, EVAL_SPLITS, DemoSettings
 from ngrpo.study.stats import Z_975, mean_ci, paired_difference, verdict
 from ngrpo.utils.environment import LIBRARIES
@@ -110,37 +111,50 @@ def compare(base: dict, per_seed: dict[str, list[dict]], n: int) -> list[dict]:
 
 
 def analyse(results: dict) -> dict:
-    """The derived parts of `results.json`: summary, comparisons, H1-H3 and power."""
+    """The derived parts of `results.json`: summary, comparisons, H1-H3, power and the long
+    setting (`ngrpo.study.long_study`). Without a finished 20-step seed (`per_seed` empty) only
+    the long setting's."""
     base, per_seed, n = results["base"], results["per_seed"], results["settings"]["final_n"]
+    long = results.get("long", {})
+    long_summary = summarize_long(long)
+    if long_summary and any("passk" in e for es in long.values() for e in es):
+        long_summary["passk"] = hypotheses.passk(base, long)
+    if not per_seed:
+        return {"long_summary": long_summary}
     comparisons = compare(base, per_seed, n)
     return {
         "summary": summarize(base, per_seed),
         "comparisons": comparisons,
         "semantic": hypotheses.semantic(per_seed),
         "passk": hypotheses.passk(base, per_seed),
-        "long_summary": hypotheses.long_summary(base, results.get("long", {})),
+        "long_summary": long_summary,
         "ood": hypotheses.ood(comparisons),
         "power": hypotheses.power(base, per_seed, comparisons),
     }
 
 
 def _labels(results: dict) -> dict[str, str]:
-    return {"base": "base", **{k: m["label"] for k, m in results["methods"].items()}}
+    methods = {**results.get("long_methods", {}), **results["methods"]}
+    return {"base": "base", **{k: m["label"] for k, m in methods.items()}}
 
 
 def write_plots(results: dict, out: Path) -> dict[str, str]:
     from ngrpo.study.plots import (
         plot_accuracy_over_steps,
         plot_diversity,
-        plot_panels,
         plot_pass_at_k,
         plot_probe,
     )
 
-    summary, labels = results["summary"], _labels(results)
-    methods = list(results["methods"])
-    semantic = results.get("semantic") or {"means": {}}
+    labels = _labels(results)
     paths = {
+        name: Path(p) for name, p in long_plots(results.get("long_summary"), labels, out).items()
+    }
+    if "summary" not in results:  # no finished 20-step seed: the long setting's plots only
+        return {name: str(p.name) for name, p in paths.items()}
+    summary, methods = results["summary"], list(results["methods"])
+    semantic = results.get("semantic") or {"means": {}}
+    paths |= {
         "accuracy": plot_accuracy_over_steps(
             {labels[m]: summary[m]["curve"] for m in methods}, out / "accuracy_over_steps.png",
             title="ID accuracy during training (mean@4, mixing off)", ylabel="arith-id mean@4",
@@ -149,8 +163,9 @@ def write_plots(results: dict, out: Path) -> dict[str, str]:
             {labels[m]: summary[m]["diversity"] for m in methods}, out / "diversity.png",
             title="Rollout diversity during training (mean over steps)",
         ),
-        "probe": plot_probe(results["probe"], out / "probe.png"),
     }  # fmt: skip
+    if results.get("probe"):
+        paths["probe"] = plot_probe(results["probe"], out / "probe.png")
     if semantic["means"]:
         paths["semantic"] = plot_diversity(
             {labels[m]: v for m, v in semantic["means"].items()}, out / "semantic_diversity.png",
@@ -171,18 +186,6 @@ def write_plots(results: dict, out: Path) -> dict[str, str]:
         paths[f"pass_at_k_{split}"] = plot_pass_at_k(
             {name: {int(k): v for k, v in curve.items()} for name, curve in curves.items()},
             out / f"pass_at_k_{split}.png", title=title,
-        )  # fmt: skip
-    long = results.get("long_summary")
-    if long:
-        panels = {}
-        for key in next(iter(long["methods"].values()))["series"]:
-            panels[key] = {
-                labels[m]: [(i + 1, v) for i, v in enumerate(info["series"][key]) if v is not None]
-                for m, info in long["methods"].items()
-            }  # fmt: skip
-        paths["long"] = plot_panels(
-            panels, out / "long_training.png",
-            title="Long training: per-step means over seeds (mixing on, training rollouts)",
         )  # fmt: skip
     return {name: str(Path(p).name) for name, p in paths.items()}
 
@@ -341,22 +344,45 @@ def _base_lines(results: dict) -> list[str]:
             f"{env['cpus']} cores).", ""]  # fmt: skip
 
 
-def render_report(results: dict) -> str:
-    settings, env, seeds = results["settings"], results["environment"], results["seeds"]
-    labels = _labels(results)
-    timings = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in results["timings"].items())
+def pending_lines(results: dict) -> list[str]:
+    """What is not finished yet, by stage, and the command that continues it."""
+    pending = results.get("pending") or {}
+    if not any(pending.values()):
+        return []
     lines = [
+        "## Pending (not finished yet)",
+        "",
+        "Only finished units are reported above; the 20-step comparison uses the leading seeds "
+        "every method finished, the long setting each method's leading finished seeds. "
+        f"Continue with `{reproduce_command(results['settings'])}` (finished units are re-used; "
+        "`--stages` picks and orders the stages), or rewrite this report from the finished units "
+        "with the same command plus `--report-only`.",
+        "",
+    ]
+    for stage, names in pending.items():
+        shown = ", ".join(names[:12]) + (f", … ({len(names) - 12} more)" if len(names) > 12 else "")
+        lines.append(f"- **{stage}**: {len(names)} units missing ({shown}).")
+    return [*lines, ""]
+
+
+def _header(results: dict, labels: dict[str, str]) -> list[str]:
+    settings, env, seeds = results["settings"], results["environment"], results["seeds"]
+    timings = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in results["timings"].items())
+    methods = {**results["methods"], **results.get("long_methods", {})}
+    return [
         "# ngrpo demo: "
-        + " vs ".join(labels[m] for m in results["methods"])
+        + " vs ".join(labels[m] for m in (results["methods"] or results.get("long_methods", {})))
         + " on the embedded task",
         "",
-        f"Seeds {seeds} · {settings['steps']} training steps per run · final evaluation: "
+        (f"Seeds {seeds}" if seeds else "Seeds: none of the 20-step comparison finished yet")
+        + f" · {settings['steps']} training steps per run · final evaluation: "
         f"{settings['final_limit']} problems per split, n = {settings['final_n']}, τ = 0.6, "
         f"top-p = 0.95, mixing off; the base model is evaluated once (sampling seed "
         f"{results['base']['eval_seed']}), each trained policy with its training seed.",
         "",
         f"Wall time of the last invocation {results['wall_seconds']:.0f} s; compute per stage "
-        f"({timings}).",
+        f"(seconds of the finished units, each on one CPU thread, summed; wall time of each unit, "
+        f"so contention on a shared machine inflates them: {timings}).",
         "",
         f"Reproduce: `{reproduce_command(settings)}`; every number below follows from the seeds.",
         "",
@@ -368,10 +394,25 @@ def render_report(results: dict) -> str:
         "Methods: "
         + "; ".join(
             f"{m['label']} = `{m['config']}`" + "".join(f" `{o}`" for o in m["overrides"])
-            for m in results["methods"].values()
+            for m in methods.values()
         )
         + ".",
         "",
+    ]
+
+
+def render_report(results: dict) -> str:
+    settings, labels = results["settings"], _labels(results)
+    lines = _header(results, labels)
+    long = long_lines(results.get("long_summary"), labels, settings) if settings.get(
+        "long_steps") else []  # fmt: skip
+    if "summary" not in results:  # no finished seed of the 20-step comparison
+        return "\n".join([
+            *lines, "No seed of the 20-step comparison has finished yet (see Pending).", "",
+            *long, *pending_lines(results), "## Plots", "",
+            *(f"![{name}]({path})" for name, path in results["plots"].items()), "",
+        ])  # fmt: skip
+    lines += [
         "## The hypotheses in one line each (details below)",
         "",
         *hypotheses_report.summary_lines(results, labels),
@@ -394,6 +435,7 @@ def render_report(results: dict) -> str:
         *hypotheses_report.h2_lines(results, labels),
         *hypotheses_report.h3_lines(results, labels),
         *hypotheses_report.power_lines(results, labels),
+        *long,
         "## Rollout diversity during training (mean over steps)",
         "",
         "| method | " + " | ".join(k.split("/")[-1] for k in DIVERSITY_KEYS) + " |",
@@ -405,11 +447,12 @@ def render_report(results: dict) -> str:
             f"{div[k][0]:.3f}" if k in div else "–" for k in DIVERSITY_KEYS) + " |")  # fmt: skip
     lines += [
         "",
+        *pending_lines(results),
         "## Plots",
         "",
         *(f"![{name}]({path})" for name, path in results["plots"].items()),
         "",
-        *_probe_lines(results["probe"]),
+        *(_probe_lines(results["probe"]) if results.get("probe") else []),
         "",
     ]
     return "\n".join(lines)

@@ -87,6 +87,7 @@ class Run:
     decoders: object | None = None  # ngrpo.rollout.DecoderPool: the decoder kept between steps
     waits: object | None = None  # the group waits for rank 0's work use (ngrpo.trainer.waits)
     completions: list | None = None  # the last step's completion rows, when they were due
+    embed_start: torch.Tensor | None = None  # embedded task: the input table at the first step
 
     @property
     def sharded(self) -> bool:

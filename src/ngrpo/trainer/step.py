@@ -144,6 +144,7 @@ def _rollout_round(
     cfg, acc = run.cfg, run.accelerator
     # the tokenizer's EOS and the generation config's (a chat model's end of turn), as evaluation
     eos = eos_token_ids(run.policy, run.tokenizer)
+    exploration = _step_exploration(run)
     first = list(range(len(indices))) if slots is None else slots
     parts = []
     batches = generation_batches(
@@ -163,7 +164,7 @@ def _rollout_round(
                     max_new_tokens=cfg.rollout.max_completion_length,
                 ),
                 eos_token_id=eos, pad_token_id=run.tokenizer.pad_token_id,
-                exploration=cfg.exploration, answer_start_ids=run.answer_start_ids,
+                exploration=exploration, answer_start_ids=run.answer_start_ids,
                 training=True, seed=rollout_seed(cfg.seed, run.step, round_, first[start]),
                 batch_size=cfg.rollout.generation_batch_size, neighbor_index=run.neighbor_index,
                 engine=engine_options(cfg),
@@ -182,6 +183,31 @@ def _rollout_round(
     points.check("rewards")  # on every process: a stop request anywhere abandons the step here
     reward_metrics.append(metrics)
     return batch, texts, torch.tensor(totals)  # (N,)
+
+
+def _step_exploration(run: Run):
+    """`cfg.exploration` with this step's mix rate (`exploration.mix_rate_schedule`)."""
+    import dataclasses
+
+    from ngrpo.method.exploration import scheduled_mix_rate
+
+    cfg = run.cfg.exploration
+    rate = scheduled_mix_rate(cfg, run.step, run.cfg.train.steps)
+    return cfg if rate == cfg.mix_rate else dataclasses.replace(cfg, mix_rate=rate)
+
+
+def _embedding_drift(run: Run) -> float:
+    """‖E − E₀‖ / ‖E₀‖ of the input-embedding table, E₀ the table the run started from: the frozen
+    KL reference's (`train.beta > 0`, no LoRA, one process), so a resumed run measures from the
+    same start; else a copy of the table when this process's first step began. Logged on the
+    embedded task only."""
+    table = run.policy.get_input_embeddings().weight.detach()
+    if run.embed_start is None:
+        ref = run.ref_model
+        frozen = ref is not None and not run.cfg.model.lora.enabled and not run.sharded
+        run.embed_start = ref.get_input_embeddings().weight.detach() if frozen else table.clone()
+    start = run.embed_start
+    return float((table.float() - start.float()).norm() / start.float().norm().clamp_min(1e-12))
 
 
 def _merge_round_metrics(rounds: list[dict[str, float]]) -> dict[str, float]:
@@ -257,6 +283,8 @@ def _train_step(run: Run, points: SafePoints = NO_STOP) -> dict[str, float]:
     # 1-2. this process's slice of each mini-batch of the step's prompts (the same global order
     # for every process),
     # rollouts with exploration on and their rewards (dynamic sampling: several rounds)
+    if run.canonicalize is not None and run.embed_start is None:
+        _embedding_drift(run)  # the embedded task: keep the table the drift is measured from
     started, round_metrics, reward_values = time.perf_counter(), [], {}
     if cfg.train.dynamic_sampling:  # (per-function reward values are not kept across rounds)
         batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run, round_metrics, points)
@@ -310,6 +338,10 @@ def _train_step(run: Run, points: SafePoints = NO_STOP) -> dict[str, float]:
         "train/lr": run.scheduler.get_last_lr()[0],
         "memory/peak_bytes": float(peak_bytes(acc.device)),
     }
+    if cfg.exploration.enabled:
+        metrics["exploration/mix_rate"] = _step_exploration(run).mix_rate
+    if run.canonicalize is not None:  # the embedded task
+        metrics["embedding/drift"] = _embedding_drift(run)
     if run.variant_classes is not None:
         response_ids = batch.soft_inputs.ids[:, batch.prompt_ids.shape[1] :]  # (N, T, K)
         metrics["rollout/neighbor_synonym_frac"] = neighbor_synonym_frac(
