@@ -222,7 +222,8 @@ def test_plan_cli_json_for_the_7b_config_on_eight_gpus(capsys):
     assert report["peak_bytes"] == max(report["phase_bytes"].values())
 
 
-def test_plan_cli_table_lora_and_overrides(capsys):
+def test_plan_cli_table_lora_and_overrides(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")  # rich's width: no cell wraps a phrase checked below
     argv = ["plan", "--config", "r1_distill_qwen_1.5b_grpo", "--lora-r", "16", "--device", "cuda",
             "rollout.generation_batch_size=32"]  # fmt: skip
     assert main(argv) == 0
