@@ -78,6 +78,12 @@ def _cell(value: Any) -> Any:
     return value if plain else json.dumps(value)
 
 
+def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """(columns, data rows) of `rows` for a tracker's table type."""
+    columns = _columns(rows)
+    return columns, [[_cell(row.get(c)) for c in columns] for row in rows]
+
+
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
@@ -149,8 +155,7 @@ class WandbBackend:
         self.run.log(metrics, step=step)
 
     def log_table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
-        columns = _columns(rows)
-        data = [[_cell(row.get(c)) for c in columns] for row in rows]
+        columns, data = _table(rows)
         self.run.log({name: self.wandb.Table(columns=columns, data=data)}, step=step)
 
     def summary(self, metrics: dict[str, Any]) -> None:
@@ -182,8 +187,7 @@ class TrackioBackend:
         self.run.log(metrics, step=step)
 
     def log_table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
-        columns = _columns(rows)
-        data = [[_cell(row.get(c)) for c in columns] for row in rows]
+        columns, data = _table(rows)
         self.run.log({name: self.trackio.Table(columns=columns, data=data)}, step=step)
 
     def summary(self, metrics: dict[str, Any]) -> None:
