@@ -10,22 +10,22 @@ import sys
 from pathlib import Path
 
 
-def test_processes_with_different_micro_batch_counts_stay_in_step():
-    script = Path(__file__).with_name("ddp_learner_check.py")
+def _two_processes(script: str) -> subprocess.CompletedProcess:
+    """`tests/SCRIPT` under torchrun with two processes (one CPU thread each)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", str(script)]  # fmt: skip
+               "--nproc_per_node", "2", str(Path(__file__).with_name(script))]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+
+
+def test_processes_with_different_micro_batch_counts_stay_in_step():
+    done = _two_processes("ddp_learner_check.py")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0: ok, 1 micro-batches" in done.stdout
     assert "rank 1: ok, 2 micro-batches" in done.stdout
 
 
 def test_ratio_extremes_and_weighted_means_combine_over_two_processes():
-    script = Path(__file__).with_name("ddp_metrics_check.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", str(script)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    done = _two_processes("ddp_metrics_check.py")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "rank 0: ok" in done.stdout and "rank 1: ok" in done.stdout
