@@ -32,7 +32,7 @@ def test_stages_order_units_by_value_and_can_be_chosen():
     ]  # fmt: skip
     # diagnosis: method by method (a finished method is a complete answer), in long_methods order
     assert [u[1:3] for u in by_stage["diagnosis"][:4]] == [
-        ("n-grpo-anneal", 0), ("n-grpo-anneal", 1), ("n-grpo-nograd", 0), ("n-grpo-nograd", 1),
+        ("n-grpo-anneal", 0), ("n-grpo-anneal", 1), ("n-grpo-full", 0), ("n-grpo-full", 1),
     ]  # fmt: skip
     assert len(by_stage["diagnosis"]) == 5 * 2
     # main: every 20-step method seed by seed, the probe on its seeds
