@@ -11,7 +11,7 @@ import pytest
 from ngrpo.cli import main
 from ngrpo.models.base_model import SHIPPED_SHA256
 from ngrpo.study.demo import run_demo
-from ngrpo.study.long_study import diagnose, summarize_long
+from ngrpo.study.long_study import diagnose, long_lines, summarize_long
 from ngrpo.study.settings import DemoSettings
 from ngrpo.study.units import base_spec, cached, run_spec, to_compute, units_by_stage
 
@@ -174,3 +174,42 @@ def test_long_summary_pairs_the_seeds_both_methods_finished():
     long["n-grpo"][1]["seed"] = 5  # not the same leading seeds: refuse to pair
     with pytest.raises(ValueError, match="same leading seeds"):
         summarize_long(long)
+
+
+def _series_entry(seed: int, drift_end: float, synonym: tuple[float, float], acc: float) -> dict:
+    """A 20-step long run whose first and last 10 steps hold constant diagnostics."""
+    entry = {**_long_entry(0.6, acc, steps=20), "seed": seed}
+    entry["series"] = {
+        **entry["series"],
+        "embedding/drift": [0.01] * 10 + [drift_end] * 10,
+        "rollout/neighbor_synonym_frac": [synonym[0]] * 10 + [synonym[1]] * 10,
+        "diversity/zero_adv_frac": [0.2] * 10 + [0.3 if acc > 0.53 else 0.4] * 10,
+    }
+    return entry
+
+
+@pytest.mark.parametrize("refuted", [True, False])
+def test_premise_checks_follow_the_rules_written_with_the_hypotheses(refuted):
+    jitter = (0.0, 0.004, -0.003, 0.002)  # per-seed noise, so the paired intervals have width
+    long = {
+        "grpo": [_series_entry(s, 0.04 + j, (0.9, 0.9), 0.56 + j) for s, j in enumerate(jitter)],
+        "n-grpo": [
+            # refuted: drift as GRPO's and synonyms rising; else more drift and falling synonyms
+            _series_entry(s, (0.04 if refuted else 0.08) + j,
+                          (0.91, (0.94 if refuted else 0.80) + j), 0.50 + j)
+            for s, j in enumerate(reversed(jitter))
+        ],
+    }  # fmt: skip
+    summary = summarize_long(long)
+    premises = summary["premises"]
+    status = "refuted by the logs" if refuted else "holds"
+    assert premises["D2"]["status"] == status and premises["D3"]["status"] == status
+    synonym = premises["D3"]["evidence"]["synonym fraction end − start, N-GRPO (release)"]
+    assert synonym["difference"] == pytest.approx((0.03 if refuted else -0.11) + sum(jitter) / 4)
+    # D1: rollout accuracy 6 points below GRPO and zero-advantage groups 10 points above: seen
+    assert premises["D1"]["status"] == "holds"
+    assert premises["D4"]["evidence"]["mixed fraction end"] == pytest.approx(0.1)
+    lines = "\n".join(long_lines(summary, {"grpo": "GRPO", "n-grpo": "N-GRPO (release)"},
+                                  {"long_steps": 20}))  # fmt: skip
+    assert f"**D2's premise** ({status})" in lines and f"**D3's premise** ({status})" in lines
+    assert "**D0** (no real gap) is not rejected" in lines  # equal final accuracy: no gap

@@ -164,7 +164,75 @@ def summarize_long(long: dict[str, list[dict]]) -> dict | None:
         "comparisons": comparisons,
         "mechanism": mechanism,
         "diagnosis": diagnose(comparisons),
+        "premises": premise_checks(long, mechanism),
     }
+
+
+def premise_checks(long: dict[str, list[dict]], mechanism: list[dict]) -> dict[str, dict]:
+    """What the per-step logs say of each hypothesis's premise, by the checks written with the
+    hypotheses (`docs/results/long_diagnosis.md`), so a switch's verdict can be read against them:
+
+    - D2 is refuted by the logs when N-GRPO (release)'s end-window `embedding/drift` is not larger
+      than GRPO's (paired CI not above 0);
+    - D3 is refuted by the logs when N-GRPO (release)'s `rollout/neighbor_synonym_frac` does not
+      fall over training (its end − start window means, paired by seed, CI not below 0);
+    - D1's predicted signs (end-window rollout accuracy below GRPO's, zero-advantage groups above)
+      and D4's premise (the gate still mixes at the end) are reported, not judged: no refutation
+      rule was stated for them.
+    Each entry: `status` (`holds`, `refuted by the logs`, `not resolved` or `reported`), the
+    evidence rows and a one-line `text`. Methods or series that did not run are left out."""
+
+    def row(a: str, b: str, key: str) -> dict | None:
+        return next((r for r in mechanism if (r["a"], r["b"], r["key"]) == (a, b, key)), None)
+
+    out: dict[str, dict] = {}
+    drift = row("n-grpo", "grpo", "embedding/drift")
+    if drift is not None:
+        larger = drift["ci"][0] > 0
+        out["D2"] = {
+            "status": "holds" if larger else "refuted by the logs",
+            "evidence": {"drift N-GRPO (release) − GRPO": drift},
+            "text": f"table drift, N-GRPO (release) − GRPO: {_pts(drift, 1.0, 3)} "
+            f"({'larger' if larger else 'not larger'} under N-GRPO)",
+        }
+    entries = long.get("n-grpo", [])
+    key = "rollout/neighbor_synonym_frac"
+    starts = [_window(e, key, False) for e in entries]
+    ends = [_window(e, key, True) for e in entries]
+    if len(entries) >= 2 and None not in (*starts, *ends):
+        change = _paired(ends, starts)
+        falls = change["ci"][1] < 0
+        out["D3"] = {
+            "status": "holds" if falls else "refuted by the logs",
+            "evidence": {"synonym fraction end − start, N-GRPO (release)": change},
+            "text": f"synonym fraction of N-GRPO (release), end − start of training: "
+            f"{_pts(change, 1.0, 3)} ({'falls' if falls else 'does not fall'})",
+        }
+    accuracy = row("n-grpo", "grpo", "reward/accuracy")
+    zero_adv = row("n-grpo", "grpo", "diversity/zero_adv_frac")
+    if accuracy is not None and zero_adv is not None:
+        seen = accuracy["ci"][1] < 0 and zero_adv["ci"][0] > 0
+        out["D1"] = {
+            "status": "holds" if seen else "not resolved",
+            "evidence": {"rollout accuracy": accuracy, "zero-advantage groups": zero_adv},
+            "text": f"end-window N-GRPO (release) − GRPO: rollout accuracy {_pts(accuracy)} "
+            f"points, zero-advantage groups {_pts(zero_adv)} points (predicted: below, above"
+            f"{'; both seen' if seen else '; not both outside noise'})",
+        }
+    mixed = (long.get("n-grpo") or None) and [
+        (_window(e, "rollout/mixed_frac", False), _window(e, "rollout/mixed_frac", True))
+        for e in long["n-grpo"]
+    ]
+    if mixed and all(None not in pair for pair in mixed):
+        start = statistics.fmean(p[0] for p in mixed)
+        end = statistics.fmean(p[1] for p in mixed)
+        out["D4"] = {
+            "status": "reported",
+            "evidence": {"mixed fraction start": start, "mixed fraction end": end},
+            "text": f"mixed fraction of N-GRPO (release), start → end of training: {start:.3f} → "
+            f"{end:.3f}",
+        }
+    return out
 
 
 def _row(rows: list[dict], a: str, b: str, split: str) -> dict | None:
@@ -271,6 +339,15 @@ def long_lines(summary: dict | None, labels: dict[str, str], settings: dict) -> 
             f"- **The gap** (N-GRPO (release) − GRPO, {diagnosis['split']} mean@n, "
             f"{gap['seeds']} seeds): {_pts(gap)} points ({gap['verdict']}; MDE {_mde(gap)})."
         )
+        if gap["ci"][0] <= 0 <= gap["ci"][1]:
+            lines.append(
+                "- **D0** (no real gap) is not rejected: the interval contains 0, so no switch "
+                "can be said to close a gap (decision rule)."
+            )
+        else:
+            lines.append("- **D0** (no real gap) is rejected: the interval excludes 0.")
+    for name, check in sorted(summary.get("premises", {}).items()):
+        lines.append(f"- **{name}'s premise** ({check['status']}): {check['text']}.")
     for method, found in diagnosis["switches"].items():
         lines.append(
             f"- **{labels[method]}**: {found['verdict']} ({found['seeds']} seeds; decision rule "
