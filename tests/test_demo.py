@@ -12,6 +12,7 @@ import pytest
 from ngrpo.cli import main
 from ngrpo.cli._common import parse_seeds
 from ngrpo.config import load_config
+from ngrpo.study.recommendation import recommendation_lines
 from ngrpo.study.report import (
     compare,
     comparison_pairs,
@@ -29,6 +30,7 @@ from ngrpo.study.settings import (
     METHODS,
     DemoSettings,
 )
+from ngrpo.study.stats import verdict
 from ngrpo.utils.errors import NgrpoError
 
 
@@ -274,3 +276,39 @@ def test_reproduce_command():
     settings.update(seeds=[4], preset="quick", full=False, out="ngrpo-demo")
     assert reproduce_command(settings) == "ngrpo demo --quick --seeds 4,"
     assert parse_seeds("4,") == (4,)
+
+
+def _vs_grpo(method: str, split: str, d: float, low: float, high: float) -> dict:
+    return {"a": method, "b": "grpo", "split": split, "metric": "mean@n", "difference": d,
+            "ci": [low, high], "seeds": 20, "verdict": verdict(low, high, 20)}  # fmt: skip
+
+
+def test_recommendation_follows_its_rules():
+    comparisons = [
+        _vs_grpo("n-grpo", "arith-id", -0.014, -0.035, 0.007),
+        _vs_grpo("n-grpo", "arith-ood", 0.001, -0.017, 0.018),
+        _vs_grpo("n-grpo-sampled", "arith-id", 0.001, -0.023, 0.026),
+        _vs_grpo("n-grpo-sampled", "arith-ood", 0.03, 0.001, 0.059),
+        _vs_grpo("n-grpo-paper", "arith-id", -0.042, -0.063, -0.021),
+        _vs_grpo("n-grpo-paper", "arith-ood", -0.002, -0.02, 0.016),
+        _vs_grpo("stht", "arith-id", -0.1, -0.2, -0.05),  # not an N-GRPO method: not advised on
+    ]
+    labels = {"n-grpo": "REL", "n-grpo-sampled": "SAMPLED", "n-grpo-paper": "PAPER", "x": "X"}
+    gap = {"difference": -0.06, "ci": [-0.09, -0.03], "seeds": 10, "verdict": "worse", "mde": 0.05}
+    results = {
+        "settings": {"final_n": 16, "steps": 20, "long_steps": 100},
+        "comparisons": comparisons,
+        "long_summary": {"diagnosis": {"gap": gap, "switches": {}}},
+    }
+    text = "\n".join(recommendation_lines(results, labels))
+    # ordered by the ID difference; the paper text is worse on ID, so it is to avoid
+    assert "Use SAMPLED (ID mean@16 − GRPO +0.1 [-2.3, +2.6]), REL (" in text
+    assert "Avoid PAPER (worse on ID -4.2 [-6.3, -2.1])" in text
+    assert "Better than GRPO beyond noise: SAMPLED on OOD." in text and "stht" not in text
+    assert "no switch tested so far closes the gap: prefer GRPO" in text and "MDE 5.0" in text
+    # a switch that closes the gap is what to use for long training
+    results["long_summary"]["diagnosis"]["switches"] = {"x": {"verdict": "closes the gap"}}
+    assert "When training this long, use X." in "\n".join(recommendation_lines(results, labels))
+    # nothing finished: the short budget is pending, the expectation is still marked as such
+    text = "\n".join(recommendation_lines({"settings": {"final_n": 16, "steps": 20}}, labels))
+    assert "has not finished" in text and "*Expectation, not measured here:*" in text

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ngrpo.study import hypotheses, hypotheses_report
 from ngrpo.study.long_study import long_lines, long_plots, summarize_long
+from ngrpo.study.recommendation import recommendation_lines
 from ngrpo.study.settings import BASELINES, DIVERSITY_KEYS, EVAL_SPLITS, DemoSettings
 from ngrpo.study.stats import Z_975, mean_ci, paired_difference, verdict
 from ngrpo.utils.environment import LIBRARIES
@@ -409,7 +410,7 @@ def render_report(results: dict) -> str:
     if "summary" not in results:  # no finished seed of the 20-step comparison
         return "\n".join([
             *lines, "No seed of the 20-step comparison has finished yet (see Pending).", "",
-            *long, *pending_lines(results), "## Plots", "",
+            *long, *recommendation_lines(results, labels), *pending_lines(results), "## Plots", "",
             *(f"![{name}]({path})" for name, path in results["plots"].items()), "",
         ])  # fmt: skip
     lines += [
@@ -436,6 +437,7 @@ def render_report(results: dict) -> str:
         *hypotheses_report.h3_lines(results, labels),
         *hypotheses_report.power_lines(results, labels),
         *long,
+        *recommendation_lines(results, labels),
         "## Rollout diversity during training (mean over steps)",
         "",
         "| method | " + " | ".join(k.split("/")[-1] for k in DIVERSITY_KEYS) + " |",
