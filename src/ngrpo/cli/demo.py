@@ -17,7 +17,7 @@ def register(subparsers) -> None:
             "Start from the base model shipped with ngrpo, train GRPO, N-GRPO (released weights) "
             "and the STHT-style Gaussian baseline with identical budgets and seeds, evaluate them "
             "on the ID split and two OOD splits (larger start values, longer chains) with mixing "
-            "off, run the semantic-consistency probe, and write report.md (effect sizes with 95%% "
+            "off, run the semantic-consistency probe, and write report.md (effect sizes with 95% "
             "CIs and verdicts, the hypotheses H1-H3, power), results.json and PNG plots. --full "
             "adds N-GRPO with the paper text's weights and with the sampled anchor, pass@k up to "
             "k = 256 and a 100-step setting, on 20 seeds. Finished runs in --out are re-used."
