@@ -22,7 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from tracked_runs import GROUP, PROJECT, PROMPTS
+from tracked_runs import GROUP, PROJECT, PROMPTS, tracked_overrides
 
 from ngrpo.cli import main
 from ngrpo.config import load_config
@@ -340,3 +340,15 @@ def test_completion_rows_from_a_hand_made_batch(embedded_tokenizer):
     flat = table_rows(rows)
     assert flat[0]["mixed_count"] == 1 and flat[0]["reward/math"] == 1.0
     assert json.loads(flat[0]["mixing"]) == first["mixed"] and "tokens" not in flat[0]
+
+
+def test_no_completion_files_when_completions_every_is_0(tmp_path):
+    overrides = [
+        *tracked_overrides(tmp_path / "run", 1, "logging.completions_every=0", "eval.at_start=true",
+                           "eval.every=1"),
+        "logging.report_to=[]",
+    ]  # fmt: skip
+    assert main(["train", "--config", "tiny_ngrpo", *overrides]) == 0
+    kinds = [json.loads(line)["type"] for line in (tmp_path / "run/metrics.jsonl").open()]
+    assert kinds.count("eval") == 2 and "train" in kinds  # evaluated at start and after step 1
+    assert not (tmp_path / "run/completions").exists()

@@ -52,7 +52,8 @@ Progress = Callable[[str, int, int, dict], None]
 
 
 def _evaluate(run: Run) -> tuple[dict[str, float], list[dict]]:
-    """Evaluation metrics, and completion rows of the first problems of each set."""
+    """Evaluation metrics, and completion rows of the first problems of each set (none when
+    `logging.completions_every` is 0)."""
     from ngrpo.evaluation import eval_metrics, evaluate
 
     cfg, metrics, rows = run.cfg, {}, []
@@ -65,7 +66,8 @@ def _evaluate(run: Run) -> tuple[dict[str, float], list[dict]]:
                 engine=engine_options(cfg), decoders=run.decoders,  # the kept decoder, if any
             )  # fmt: skip
             metrics.update(eval_metrics(name, result.summary))
-            rows += eval_rows(run.step, name, examples, result.samples)
+            if cfg.logging.completions_every:  # the rows only feed the completion files
+                rows += eval_rows(run.step, name, examples, result.samples)
     return metrics, rows
 
 
@@ -166,7 +168,7 @@ def _maybe_eval(run: Run, tracker, progress: Progress | None) -> None:
         except PhaseOutOfMemory as err:
             raise oom_error(run, err, f"after step {run.step}") from None
         _log(run, {"step": run.step, "type": "eval", **metrics}, tracker)
-        if run.cfg.logging.completions_every:
+        if rows:
             report_completions(run, tracker, rows, kind="eval")
         if progress is not None:
             progress("eval", run.step, cfg.train.steps, metrics)
