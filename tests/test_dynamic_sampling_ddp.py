@@ -3,16 +3,10 @@ groups kept, the same weights as one process, and exact resume."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from test_trainer_fsdp import _max_diff, _weights
+from launch import cut_after, max_diff, run_ngrpo, weights_at
 
-from ngrpo.trainer import checkpoint_dirs, read_metrics
+from ngrpo.trainer import read_metrics
 
 # One prompt's group per generation batch: both world sizes generate the same batches with the
 # same seeds. Two mini-batches of 2 prompts: each process learns from its half of each.
@@ -23,18 +17,10 @@ COMMON = [
     "train.max_sampling_rounds=6", "eval.at_start=false", "eval.every=0", "logging.save_every=1",
     "logging.keep_last=3",
 ]  # fmt: skip
-CHECK = Path(__file__).with_name("ddp_train_check.py")
 
 
 def _run(args: list[str], processes: int) -> None:
-    if processes == 1:
-        command = [sys.executable, "-m", "ngrpo", *args]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc_per_node", str(processes), str(CHECK), *args]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=400,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_ngrpo(args, processes, "ddp_train_check.py", timeout=400)
 
 
 @pytest.mark.numerics
@@ -55,15 +41,11 @@ def test_two_processes_keep_the_groups_of_one_and_resume_exactly(base_model_dir,
             assert a[key] == b[key], key
         assert abs(a["loss/pg"] - b["loss/pg"]) < 1e-5
     # same math, another summation order (the gradient all-reduce): the FSDP test's bound
-    assert _max_diff(_weights(double, 2), _weights(single, 2)) < 1e-5
-    assert _max_diff(_weights(double, 2), _weights(double, 1)) > 1e-5  # training moved them
+    assert max_diff(weights_at(double, 2), weights_at(single, 2)) < 1e-5
+    assert max_diff(weights_at(double, 2), weights_at(double, 1)) > 1e-5  # training moved them
     # resume from the step-1 checkpoint: step 2 again, as the straight run
-    again = tmp_path / "again"
-    shutil.copytree(double, again)
-    for ckpt in checkpoint_dirs(again):
-        if ckpt.name != "step-000001":
-            shutil.rmtree(ckpt)
+    again = cut_after(double, tmp_path / "again", 1)
     _run(["train", "--resume", str(again), "train.steps=2"], 2)
-    assert _max_diff(_weights(again, 2), _weights(double, 2)) == 0.0
+    assert max_diff(weights_at(again, 2), weights_at(double, 2)) == 0.0
     rows = [r for r in read_metrics(again) if r["type"] == "train"]
     assert [r["step"] for r in rows] == [1, 2]

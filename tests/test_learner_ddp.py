@@ -4,18 +4,14 @@ tests/ddp_learner_check.py, two CPU processes over gloo)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
+
+from launch import run, torchrun
 
 
 def _two_processes(script: str) -> subprocess.CompletedProcess:
     """`tests/SCRIPT` under torchrun with two processes (one CPU thread each)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", str(Path(__file__).with_name(script))]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    return run(torchrun(script), timeout=240)
 
 
 def test_processes_with_different_micro_batch_counts_stay_in_step():

@@ -6,15 +6,10 @@ inside an FSDP save resumes from the previous complete checkpoint."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
+from launch import cut_after, max_diff, run_ngrpo, weights_at
 
 from ngrpo.trainer import checkpoint_dirs, read_metrics
 
@@ -28,39 +23,11 @@ COMMON = [
     "eval.at_start=false", "eval.every=0", "logging.save_every=1", "logging.keep_last=3",
     "train.beta=0.05",  # a KL reference: sharded under FSDP, its log-probs enter the gradient
 ]  # fmt: skip
-CHECK = Path(__file__).with_name("fsdp_train_check.py")
+CHECK = "fsdp_train_check.py"
 
 
 def _run(args: list[str], processes: int, **env: str) -> subprocess.CompletedProcess:
-    """`ngrpo ARGS` in 1 process, or under torchrun; fails the test unless it succeeds (with
-    `env` added to the environment, it may fail: the caller checks)."""
-    if processes == 1:
-        command = [sys.executable, "-m", "ngrpo", *args]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc_per_node", str(processes), str(CHECK), *args]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})  # fmt: skip
-    assert env or done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
-def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "checkpoints" / f"step-{step:06d}" / "model.safetensors")
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    assert sorted(a) == sorted(b)
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
-
-
-def _cut(source: Path, target: Path, keep: int) -> Path:
-    """A copy of a run directory with checkpoints after step `keep` removed (as if killed)."""
-    shutil.copytree(source, target)
-    for ckpt in checkpoint_dirs(target):
-        if int(ckpt.name.split("-")[1]) > keep:
-            shutil.rmtree(ckpt)
-    return target
+    return run_ngrpo(args, processes, CHECK, **env)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +46,8 @@ def runs(base_model_dir, tmp_path_factory):
 def test_fsdp_equals_one_process(runs):
     """Same global batch: weights within 1e-5 (fp32), reward exactly, losses within 1e-5."""
     _, single, sharded = runs
-    assert _max_diff(_weights(sharded, 2), _weights(single, 2)) < 1e-5
-    assert _max_diff(_weights(sharded, 2), _weights(single, 1)) > 1e-5  # training moved them
+    assert max_diff(weights_at(sharded, 2), weights_at(single, 2)) < 1e-5
+    assert max_diff(weights_at(sharded, 2), weights_at(single, 1)) > 1e-5  # training moved them
     one = [r for r in read_metrics(single) if r["type"] == "train"][:2]
     two = [r for r in read_metrics(sharded) if r["type"] == "train"]
     assert [r["train/world_size"] for r in two] == [2.0, 2.0]
@@ -100,18 +67,18 @@ def test_fsdp_resume_and_cross_loading(runs):
     """Step 3 resumed from a step-2 checkpoint equals 3 straight steps (1 process), whichever
     strategy wrote the checkpoint and whichever resumes it."""
     root, single, sharded = runs
-    straight = _weights(single, 3)
+    straight = weights_at(single, 3)
     # FSDP checkpoint resumed by FSDP
-    again = _cut(sharded, root / "fsdp_fsdp", 2)
+    again = cut_after(sharded, root / "fsdp_fsdp", 2)
     _run(["train", "--resume", str(again), "train.steps=3"], 2)
     # FSDP checkpoint resumed in one process
-    alone = _cut(sharded, root / "fsdp_single", 2)
+    alone = cut_after(sharded, root / "fsdp_single", 2)
     _run(["train", "--resume", str(alone), "train.steps=3", "train.strategy=ddp"], 1)
     # 1-process checkpoint resumed by FSDP
-    spread = _cut(single, root / "single_fsdp", 2)
+    spread = cut_after(single, root / "single_fsdp", 2)
     _run(["train", "--resume", str(spread), "train.steps=3", "train.strategy=fsdp"], 2)
     for run_dir in (again, alone, spread):
-        assert _max_diff(_weights(run_dir, 3), straight) < 1e-5, run_dir.name
+        assert max_diff(weights_at(run_dir, 3), straight) < 1e-5, run_dir.name
         rows = [r for r in read_metrics(run_dir) if r["type"] == "train"]
         assert [r["step"] for r in rows] == [1, 2, 3]
 
@@ -148,5 +115,5 @@ def test_a_kill_inside_an_fsdp_save_resumes_from_the_previous_checkpoint(runs, b
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == [
         "step-000001", "step-000002",
     ]  # fmt: skip
-    assert _max_diff(_weights(killed, 2), _weights(single, 2)) < 1e-5
+    assert max_diff(weights_at(killed, 2), weights_at(single, 2)) < 1e-5
     assert [r["step"] for r in read_metrics(killed) if r["type"] == "train"] == [1, 2]
