@@ -197,20 +197,27 @@ def test_masked_tokens_keep_their_place_in_the_normaliser_or_leave_the_loss_mask
 def test_ratio_extremes_are_the_extremes_over_micro_batches():
     averages = ngrpo.learner.averages.Averages()
     averages.add({"actor/ratio_min": 0.9, "actor/ratio_max": 1.1, "actor/ratio_mean": 1.0,
-                  "actor/ratio_tokens": 3.0, "loss/pg": 1.0})  # fmt: skip
+                  "actor/ratio_tokens": 3.0, "loss/pg": 1.0,
+                  "actor/clip_frac": 1 / 3, "actor/clip_frac_high": 0.0})  # fmt: skip
     averages.add({"actor/ratio_min": 0.7, "actor/ratio_max": 1.05, "actor/ratio_mean": 0.8,
-                  "actor/ratio_tokens": 1.0, "loss/pg": 3.0})  # fmt: skip
+                  "actor/ratio_tokens": 1.0, "loss/pg": 3.0,
+                  "actor/clip_frac": 1.0, "actor/clip_frac_high": 1.0})  # fmt: skip
     averages.add({"actor/ratio_min": 1.0, "actor/ratio_max": 1.0, "actor/ratio_mean": 1.0,
-                  "actor/ratio_tokens": 0.0, "loss/pg": 2.0})  # fmt: skip  # nothing scored
+                  "actor/ratio_tokens": 0.0, "loss/pg": 2.0,  # nothing scored
+                  "actor/clip_frac": 0.0, "actor/clip_frac_high": 0.0})  # fmt: skip
     result = averages.result()
     assert result["actor/ratio_min"] == 0.7 and result["actor/ratio_max"] == 1.1
     assert result["actor/ratio_mean"] == pytest.approx((3 * 1.0 + 0.8) / 4)  # token-weighted
+    # the clip fractions are token means too: 2 clipped tokens of the 4 scored
+    assert result["actor/clip_frac"] == pytest.approx(2 / 4)
+    assert result["actor/clip_frac_high"] == pytest.approx(1 / 4)
     assert result["actor/ratio_tokens"] == 4.0 and result["loss/pg"] == 2.0
     empty = ngrpo.learner.averages.Averages()
     empty.add({"actor/ratio_min": 1.0, "actor/ratio_max": 1.0, "actor/ratio_mean": 1.0,
-               "actor/ratio_tokens": 0.0})  # fmt: skip
+               "actor/ratio_tokens": 0.0, "actor/clip_frac": 0.0})  # fmt: skip
     assert empty.result() == {"actor/ratio_min": 1.0, "actor/ratio_max": 1.0,
-                              "actor/ratio_mean": 1.0, "actor/ratio_tokens": 0.0}  # fmt: skip
+                              "actor/ratio_mean": 1.0, "actor/ratio_tokens": 0.0,
+                              "actor/clip_frac": 0.0}  # fmt: skip
 
 
 @pytest.mark.numerics

@@ -58,6 +58,11 @@ MEAN_WEIGHTS = {  # each mean of `mismatch_metrics` -> the count it averages ove
 }
 """How `mismatch_metrics` from several processes (or batches) combine: each mean weighted by its
 count, the counts summed, the maxima maximal."""
+CORRECTION_TOKENS = "rollout_correction/tokens"  # the loss tokens `importance_weights` measured
+CORRECTION_WEIGHTS = {
+    f"rollout_correction/{key}": CORRECTION_TOKENS
+    for key in ("weight_mean", "truncated_frac", "masked_frac")
+}  # how `importance_weights`' metrics combine over processes, as MEAN_WEIGHTS
 
 
 MASKED = ("keep", "drop")  # what a masked token keeps: see the module docstring
@@ -94,7 +99,8 @@ def importance_weights(
     `none` gives weights of exactly 1 and no metrics. `cap` bounds the weights from above, `floor`
     (None: unbounded) from below. Metrics over masked tokens: `rollout_correction/weight_mean`
     (after truncation or masking) and `rollout_correction/truncated_frac` or
-    `rollout_correction/masked_frac` (the share of tokens whose weight was outside the bounds).
+    `rollout_correction/masked_frac` (the share of tokens whose weight was outside the bounds),
+    and their count `rollout_correction/tokens` (processes combine the two weighted by it).
     """
     check_correction(mode, cap, floor)
     if mode == "none":
@@ -115,6 +121,7 @@ def importance_weights(
         f"rollout_correction/{'truncated' if truncate else 'masked'}_frac": float(
             (outside.to(mask.dtype) * mask).sum() / tokens
         ),
+        CORRECTION_TOKENS: float(mask.sum()),
     }
     return weights, metrics
 

@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from ngrpo.learner.averages import TOKEN_MEANS
 from ngrpo.learner.update import MAX_KEYS, MIN_KEYS, RATIO_TOKENS, WEIGHTED_KEYS, update_policy
 from ngrpo.rollout.batch import WEIGHTED_STATS
 from ngrpo.trainer.oom import oom_retry
@@ -80,7 +81,7 @@ def _combine(keys: list[str], gathered: torch.Tensor) -> dict[str, float]:
             x = x[scored]  # a process without loss tokens has no ratio (it reports 1)
         if key in weighted and weighted[key] in column:
             weight, total = column[weighted[key]], float(column[weighted[key]].sum())
-            empty = 1.0 if key == "actor/ratio_mean" else 0.0  # nothing measured anywhere
+            empty = TOKEN_MEANS.get(key, 0.0)  # nothing measured anywhere
             out[key] = float((x * weight).sum()) / total if total > 0 else empty
         elif key in MAX_METRICS:
             out[key] = float(x.max())
