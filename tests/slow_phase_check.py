@@ -4,7 +4,8 @@ tests/test_trainer_ddp.py:
 
     SLOW_PHASE=rollout SLOW_CALL=2 SLOW_S=60 SLOW_MARKER=F python tests/slow_phase_check.py train
 
-SLOW_PHASE: `rollout` (`ngrpo.rollout.generate`: one call per step here), `reference`
+SLOW_PHASE: `evaluation` (`ngrpo.evaluation.evaluate`: one call per evaluation set and
+evaluation), `rollout` (`ngrpo.rollout.generate`: one call per step here), `reference`
 (`ngrpo.learner.update.reference_logprobs`: one per step) or `learner`
 (`ngrpo.learner.update._accumulate`: one per mini-batch). The SLOW_CALL-th call (from 1) first
 writes SLOW_MARKER (suffixed with the rank under torchrun), then sleeps SLOW_S seconds (a signal
@@ -19,11 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+import ngrpo.evaluation
 import ngrpo.learner.update
 import ngrpo.rollout
 from ngrpo.cli import main
 
 TARGETS = {
+    "evaluation": (ngrpo.evaluation, "evaluate"),
     "rollout": (ngrpo.rollout, "generate"),
     "reference": (ngrpo.learner.update, "reference_logprobs"),
     "learner": (ngrpo.learner.update, "_accumulate"),

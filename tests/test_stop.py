@@ -106,6 +106,37 @@ def test_a_stop_inside_a_step_drops_it_at_once_and_resume_is_exact(
     _resumed_equals_straight(out, straight)
 
 
+EVALUATED = ("eval.every=1", "data.eval_sets=arith-id", "eval.limit=2", "eval.n=2",
+             "eval.max_new_tokens=16", "logging.save_every=0")  # fmt: skip
+
+
+@pytest.mark.parametrize("step", [2, STEPS])  # an evaluation between steps, and the last one
+def test_a_stop_during_an_evaluation_cuts_it_and_resume_runs_it_first(
+    base_model_dir, tmp_path, step
+):
+    """SIGTERM while the evaluation after step `step` runs (held 120 s): exit 75 within seconds
+    with that step's checkpoint and no metrics line of the cut evaluation; `--resume` runs the
+    evaluation first and the run then equals an uninterrupted one bit for bit."""
+    from ngrpo.config import load_config
+
+    straight = train(load_config("tiny_ngrpo", _overrides(base_model_dir, tmp_path / "straight",
+                                                          STEPS, *EVALUATED)))  # fmt: skip
+    out = tmp_path / "run"
+    process = _start_slowed(base_model_dir, out, "evaluation", step, 120, *EVALUATED)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    assert time.monotonic() - signalled < 30, "the stop waited for the evaluation"
+    assert process.returncode == STOPPED_EXIT_CODE, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"stopped: after step {step} of {STEPS} (SIGTERM, "), last
+    assert f"(step {step}'s evaluation was cut short: `ngrpo train --resume {out}` runs it " in last
+    assert [p.name for p in checkpoint_dirs(out)] == [f"step-{step:06d}"]
+    rows = [(r["step"], r["type"]) for r in read_metrics(out)]
+    assert rows[-1] == (step, "train") and (step, "eval") not in rows
+    _resumed_equals_straight(out, straight)
+
+
 SLOW_REWARD = """
 import pathlib
 import time

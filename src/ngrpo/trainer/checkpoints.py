@@ -255,6 +255,8 @@ def resume_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
 
 BEST = "best"
 BEST_STEP = "best_step"  # optional in trainer_state.pt: the step whose evaluation set `best`
+# optional in trainer_state.pt: a stop cut this step's evaluation short; `--resume` runs it first
+EVAL_PENDING = "eval_pending"
 
 
 def _reconcile_best(
@@ -298,9 +300,10 @@ def _reconcile_best(
     return None, None
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines of steps after `step` (logged before an interruption; redone). The log is
-    rewritten atomically: a kill during the rewrite leaves it as it was."""
+def _truncate_metrics(path: Path, step: int, eval_pending: bool = False) -> None:
+    """Drop metric lines of steps after `step` (logged before an interruption; redone), and with
+    `eval_pending` the evaluation lines of `step` itself (the checkpoint's evaluation is run
+    again). The log is rewritten atomically: a kill during the rewrite leaves it as it was."""
     if not path.is_file():
         return
     keep = []
@@ -309,6 +312,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut off by the interruption
-        if row.get("step", 0) <= step:
+        redone = eval_pending and row.get("step") == step and row.get("type") == "eval"
+        if row.get("step", 0) <= step and not redone:
             keep.append(line if line.endswith("\n") else line + "\n")
     write_text_atomically(path, "".join(keep))

@@ -23,9 +23,11 @@ from ngrpo.config import TrainConfig, derived_values, resolve_defaults, save_con
 from ngrpo.trainer.checkpoints import (
     BEST_STEP,
     CHECKPOINTS,
+    EVAL_PENDING,
     OOM_BUDGET,
     _rng_state,
     _save_model,
+    _set_rng_state,
     checkpoint_dirs,
     save_checkpoint,
     save_sharded_checkpoint,
@@ -85,6 +87,7 @@ def _trainer_state(run: Run) -> dict:
         "optimizer": optimizer, "scheduler": run.scheduler.state_dict(),
         "sampler": run.sampler.state_dict(), "rng": _rng_state(),
         OOM_BUDGET: run.params.max_tokens_per_micro_batch, BEST_STEP: run.best_step,
+        EVAL_PENDING: run.eval_pending,
     }  # fmt: skip
 
 
@@ -131,7 +134,9 @@ def _stop(run: Run, stop: GracefulStop, saved: int, abandoned: str | None = None
         redo = f" (step {run.step + 1} was dropped: {resume} redoes it)"
     if run.step == 0:
         raise TrainingStopped(f"{where} ({_cause(stop)}); nothing to save: {resume} starts over")
-    if saved != run.step:
+    if run.eval_pending:
+        redo = f" (step {run.step}'s evaluation was cut short: {resume} runs it first)"
+    if saved != run.step:  # (a save after a cut evaluation already says it is due)
         _save(run)
     checkpoint = run.run_dir / CHECKPOINTS / f"step-{run.step:06d}"
     raise TrainingStopped(
@@ -151,22 +156,34 @@ def _log(run: Run, row: dict, tracker) -> None:
     tracker.log(row, row["step"])
 
 
-def _maybe_eval(run: Run, tracker, progress: Progress | None) -> None:
+def _maybe_eval(run: Run, tracker, progress: Progress | None, stop: GracefulStop) -> None:
+    """The evaluation due after `run.step` (rank 0; the other processes wait for it). A stop
+    request during it cuts it short: nothing of it is kept (no metrics row, no `best/`), the
+    random states are put back to where it began and `run.eval_pending` tells the checkpoint, so
+    `--resume` runs it first and the run goes on as an uninterrupted one (it runs no collective,
+    so rank 0 may leave it at once: `GracefulStop.abandonable`)."""
     cfg = run.cfg
     due = (run.step == 0 and cfg.eval.at_start) or (
         cfg.eval.every > 0 and run.step > 0
         and (run.step % cfg.eval.every == 0 or run.step == cfg.train.steps)
     )  # fmt: skip
+    run.eval_pending = False
     if not due or not cfg.data.eval_sets:
         return
     if run.accelerator.is_main_process:
         shape = (f"{len(run.eval_sets)} sets, {cfg.eval.n} samples per problem of up to "
                  f"{cfg.eval.max_new_tokens} new tokens")  # fmt: skip
+        rng = _rng_state()
         try:
-            with oom_phase("evaluation", shape):
+            with oom_phase("evaluation", shape), stop.abandonable("evaluation"):
                 metrics, rows = _evaluate(run)
         except PhaseOutOfMemory as err:
             raise oom_error(run, err, f"after step {run.step}") from None
+        except StepAbandoned:
+            _set_rng_state(rng)
+            run.eval_pending = True
+            wait_for_main(run.accelerator, run.waits)
+            return
         _log(run, {"step": run.step, "type": "eval", **metrics}, tracker)
         if rows:
             report_completions(run, tracker, rows, kind="eval")
@@ -257,8 +274,8 @@ def _loop(run: Run, stop: GracefulStop, progress: Progress | None, tracker) -> N
     saved = run.step  # the step of the newest checkpoint (a resumed run's, or none at 0)
     points = SafePoints(stop, run.accelerator)
     try:
-        if run.step == 0:
-            _maybe_eval(run, tracker, progress)
+        if run.step == 0 or run.eval_pending:  # at start, or the evaluation a stop cut short
+            _maybe_eval(run, tracker, progress, stop)
         while run.step < cfg.train.steps:
             if stop.requested(run.accelerator):
                 _stop(run, stop, saved)
@@ -279,11 +296,13 @@ def _loop(run: Run, stop: GracefulStop, progress: Progress | None, tracker) -> N
             report_completions(run, tracker, run.completions)
             if progress is not None:
                 progress("train", run.step, cfg.train.steps, metrics)
-            _maybe_eval(run, tracker, progress)
+            _maybe_eval(run, tracker, progress, stop)
             save_every = cfg.logging.save_every
             if run.step == cfg.train.steps or (save_every and run.step % save_every == 0):
                 _save(run)
                 saved = run.step
+        if stop.requested(run.accelerator):  # during the last evaluation: it is still to run
+            _stop(run, stop, saved)
     finally:
         tracker.close(summary=_summary(run.run_dir) if run.accelerator.is_main_process else None)
 

@@ -38,6 +38,7 @@ from ngrpo.learner.update import LearnerParams
 from ngrpo.rollout import DecoderPool
 from ngrpo.trainer.checkpoints import (
     BEST_STEP,
+    EVAL_PENDING,
     OOM_BUDGET,
     _reconcile_best,
     _recover_interrupted_writes,
@@ -81,6 +82,7 @@ class Run:
     step: int = 0
     best: float | None = None
     best_step: int | None = None  # the step whose evaluation gave `best` (best/ holds its model)
+    eval_pending: bool = False  # a stop cut this step's evaluation short (run again on resume)
     skipped_total: int = 0
     dropped_prompts: int = 0
     rollout_copy: object | None = None  # ngrpo.sharding.RolloutCopy under FSDP
@@ -148,7 +150,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, resume: bool, reward_funcs=None) -> 
     if resume and accelerator.is_main_process:
         # Lines logged after the checkpoint are redone; without one, everything is redone.
         resumed = run.step if latest is not None else -1
-        _truncate_metrics(run_dir / "metrics.jsonl", resumed)
+        _truncate_metrics(run_dir / "metrics.jsonl", resumed, run.eval_pending)
         run.best, run.best_step = _reconcile_best(run_dir, resumed, run.best, run.best_step)
     wait_for_main(accelerator, run.waits)
     return run
@@ -507,6 +509,7 @@ def _restore(run: Run, module: torch.nn.Module, latest: Path, state: dict) -> No
     _set_rng_state(state["rng"])
     run.step, run.best, run.skipped_total = state["step"], state["best"], state["skipped"]
     run.best_step = state.get(BEST_STEP)  # absent in checkpoints written before it was kept
+    run.eval_pending = bool(state.get(EVAL_PENDING, False))
     budget = state.get(OOM_BUDGET)  # a token budget `train.oom_retry` lowered (ngrpo.trainer.oom)
     if budget is not None and run.cfg.train.oom_retry:
         configured = run.params.max_tokens_per_micro_batch
