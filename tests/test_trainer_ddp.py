@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from ngrpo.tracking.completions import read_completions
 from ngrpo.trainer import checkpoint_dirs, read_metrics
 
 SCRIPT = Path(__file__).with_name("ddp_train_check.py")
@@ -49,6 +50,11 @@ def test_two_process_cpu_run(base_model_dir, tmp_path):
     assert all(math.isfinite(r["loss/pg"]) and math.isfinite(r["loss/total"]) for r in rows)
     assert rows[0]["rollout/tokens"] > 0 and any(r["actor/grad_norm"] > 0 for r in rows)
     assert [p.name for p in checkpoint_dirs(out)] == ["step-000001", "step-000002"]
+    # the last step's completion file holds both processes' rollouts: its groups and the mixed
+    # positions the step's (summed) metrics count
+    written = read_completions(out / "completions" / "step-000002.jsonl")
+    assert sorted((r["group"], r["sample"]) for r in written) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert sum(len(r["mixed"]) for r in written) == rows[-1]["rollout/mixed_tokens"]
 
 
 def _child_of_rank(launcher: int, rank: int) -> int:

@@ -349,11 +349,29 @@ def _train_step(run: Run, points: SafePoints = NO_STOP) -> dict[str, float]:
             response_ids, batch.mixed, run.variant_classes
         )
     run.completions = None
-    if completions_due(cfg, run.step + 1) and acc.is_main_process:  # only rank 0 writes them
+    if completions_due(cfg, run.step + 1):  # every process's rows, written by rank 0
         from ngrpo.tracking.completions import completion_rows
 
-        run.completions = completion_rows(
+        rows = completion_rows(
             batch, texts, rewards.tolist(), advantages.tolist(), run.tokenizer, run.step + 1,
             reward_values=reward_values, group_size=cfg.rollout.num_generations,
         )  # fmt: skip
+        run.completions = _gathered_rows(run, rows)
     return {**_reduce(run, metrics), "train/world_size": float(world)}
+
+
+def _gathered_rows(run: Run, rows: list[dict]) -> list[dict] | None:
+    """Every process's completion rows on rank 0 (None elsewhere), in rank order, their groups
+    numbered on across processes (one all-gather; every process calls it at the same step)."""
+    acc = run.accelerator
+    if acc.num_processes == 1:
+        return rows
+    parts: list = [None] * acc.num_processes
+    torch.distributed.all_gather_object(parts, rows)
+    if not acc.is_main_process:
+        return None
+    out, groups = [], 0
+    for part in parts:
+        out += [{**row, "group": row["group"] + groups} for row in part]
+        groups += 1 + max((row["group"] for row in part), default=-1)
+    return out
