@@ -219,10 +219,8 @@ def premise_checks(long: dict[str, list[dict]], mechanism: list[dict]) -> dict[s
             f"points, zero-advantage groups {_pts(zero_adv)} points (predicted: below, above"
             f"{'; both seen' if seen else '; not both outside noise'})",
         }
-    mixed = (long.get("n-grpo") or None) and [
-        (_window(e, "rollout/mixed_frac", False), _window(e, "rollout/mixed_frac", True))
-        for e in long["n-grpo"]
-    ]
+    key = "rollout/mixed_frac"
+    mixed = [(_window(e, key, False), _window(e, key, True)) for e in entries]
     if mixed and all(None not in pair for pair in mixed):
         start = statistics.fmean(p[0] for p in mixed)
         end = statistics.fmean(p[1] for p in mixed)

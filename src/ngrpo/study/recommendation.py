@@ -15,9 +15,8 @@ study measures it.
 
 from __future__ import annotations
 
-from ngrpo.study.settings import N_GRPO
+from ngrpo.study.settings import N_GRPO, SPLIT_NAMES
 
-SPLIT_NAMES = {"arith-id": "ID", "arith-ood": "OOD", "arith-long": "long"}
 EXPECTATION = (
     "*Expectation, not measured here:* on a real model a token's nearest neighbours are much less "
     "often pure surface variants than on this task (where ~0.9 of the mixed neighbours are "

@@ -26,12 +26,11 @@ from pathlib import Path
 from ngrpo.study import hypotheses, hypotheses_report
 from ngrpo.study.long_study import long_lines, long_plots, summarize_long
 from ngrpo.study.recommendation import recommendation_lines
-from ngrpo.study.settings import BASELINES, DIVERSITY_KEYS, EVAL_SPLITS, DemoSettings
+from ngrpo.study.settings import BASELINES, DIVERSITY_KEYS, EVAL_SPLITS, SPLIT_NAMES, DemoSettings
 from ngrpo.study.stats import Z_975, mean_ci, paired_difference, verdict
 from ngrpo.utils.environment import LIBRARIES
 
 EXTRA_PAIRS = (("n-grpo-paper", "n-grpo"), ("n-grpo-sampled", "n-grpo"))  # compared when both ran
-SPLIT_NAMES = {"arith-id": "ID", "arith-ood": "OOD", "arith-long": "long"}
 
 
 def _metric(evaluation: dict, split: str, metric: str) -> float:

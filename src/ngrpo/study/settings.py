@@ -82,6 +82,7 @@ N_GRPO = (
 # Final evaluation: in distribution, and the two out-of-distribution axes (larger start values;
 # longer chains than training ever saw).
 EVAL_SPLITS = ("arith-id", "arith-ood", "arith-long")
+SPLIT_NAMES = {"arith-id": "ID", "arith-ood": "OOD", "arith-long": "long"}  # their short names
 PASSK_SPLITS = ("arith-id", "arith-ood")  # the large-k pass@k evaluation (H2)
 # Sampling of every evaluation (final and training curves), as in the paper: mixing off.
 EVAL_TEMPERATURE, EVAL_TOP_P, EVAL_MAX_NEW_TOKENS = 0.6, 0.95, 64
