@@ -16,6 +16,7 @@ from ngrpo.learner.update import sequence_logprobs
 from ngrpo.method.exploration import ExplorationConfig
 from ngrpo.rollout import SamplingParams, generate
 from ngrpo.rollout.batch import concat_batches
+from ngrpo.tracking.completions import read_completions
 from ngrpo.trainer import load_run_config, read_metrics, train
 from ngrpo.trainer.dynamic_sampling import (
     cat_batches,
@@ -131,6 +132,10 @@ def test_dynamic_sampling_drops_equal_groups_draws_more_and_respects_the_cap(
     assert row["rollout/dynamic_sampling_rounds"] == 3.0
     assert row["rollout/groups_dropped"] == 3.0 and row["rollout/groups_kept"] == 2.0
     assert row["reward/mean"] == 0.5  # the kept groups: [1, 0] and [0, 1]
+    # the completion file holds the kept rows with each reward function's value (rounds 2, 3)
+    written = read_completions(out / "completions" / "step-000001.jsonl")
+    assert [r["rewards"] for r in written] == [{"math": v} for v in (1.0, 0.0, 0.0, 1.0)]
+    assert [r["reward"] for r in written] == [1.0, 0.0, 0.0, 1.0]
     # the cap: nothing ever varies; 2 rounds, then the step trains on the last round as drawn
     calls = _scripted_rewards(monkeypatch, [[1, 1, 1, 1]])
     out = train(load_config("tiny_ngrpo", _overrides(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from launch import cut_after, max_diff, run_ngrpo, weights_at
 
+from ngrpo.tracking.completions import read_completions
 from ngrpo.trainer import read_metrics
 
 # One prompt's group per generation batch: both world sizes generate the same batches with the
@@ -40,6 +41,13 @@ def test_two_processes_keep_the_groups_of_one_and_resume_exactly(base_model_dir,
                     "rollout/groups_kept", "rollout/tokens", "reward/mean"):  # fmt: skip
             assert a[key] == b[key], key
         assert abs(a["loss/pg"] - b["loss/pg"]) < 1e-5
+
+    # the completion files hold the same rows with the same per-function rewards
+    def completions(run):
+        rows = read_completions(run / "completions" / "step-000002.jsonl")
+        return sorted((r["prompt"], r["response"], r["reward"], r["rewards"]["math"]) for r in rows)
+
+    assert completions(double) == completions(single) and len(completions(single)) == 16
     # same math, another summation order (the gradient all-reduce): the FSDP test's bound
     assert max_diff(weights_at(double, 2), weights_at(single, 2)) < 1e-5
     assert max_diff(weights_at(double, 2), weights_at(double, 1)) > 1e-5  # training moved them

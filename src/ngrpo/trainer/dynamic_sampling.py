@@ -86,16 +86,19 @@ def _moved(batch: RolloutBatch, device) -> RolloutBatch:
     return RolloutBatch(**fields)
 
 
-def _whole_round(batch, texts, rewards, gather, pad_token_id):
+def _whole_round(batch, texts, rewards, values, gather, pad_token_id):
     """Every process's share of a round as one batch, in rank order (each process rolled out a
     contiguous share of the round's prompts, so rank order is the round's prompt order)."""
     device = batch.prompt_ids.device
-    parts = gather((_moved(batch, "cpu"), texts, rewards.cpu()))
-    whole = concat_batches([_moved(b, device) for b, _, _ in parts], pad_token_id)
+    parts = gather((_moved(batch, "cpu"), texts, rewards.cpu(), values))
+    whole = concat_batches([_moved(b, device) for b, *_ in parts], pad_token_id)
+    if values is not None:
+        values = {name: [v for *_, vs in parts for v in vs[name]] for name in values}
     return (
         whole,
-        [t for _, ts, _ in parts for t in ts],
-        torch.cat([r for *_, r in parts]).to(device),
+        [t for _, ts, _, _ in parts for t in ts],
+        torch.cat([r for _, _, r, _ in parts]).to(device),
+        values,
     )
 
 
@@ -108,11 +111,14 @@ def collect(
     max_rounds: int,
     pad_token_id: int,
     gather: Callable[[object], list] | None = None,
+    values: dict[str, list] | None = None,
 ) -> tuple[RolloutBatch, list[str], torch.Tensor, dict[str, float]]:
     """Rounds of `need` fresh prompts (`draw(need)` -> indices; `rollout(indices, round)` ->
     (batch, texts, rewards (N,))), keeping the groups whose rewards vary, until `need` are kept
     (the excess of the last round is dropped, as verl does) or `max_rounds` rounds ran; then the
     step trains on what it has, or on the last round as drawn if no group varied at all.
+    `values` (a dict): `rollout` returns a fourth item, each reward function's value per row, and
+    `values` receives them for the rows of the merged batch.
 
     Several processes: `gather(obj)` returns every process's `obj` in rank order, and `rollout`
     rolls out this process's contiguous share of the indices it is given. Each round's rollouts
@@ -124,14 +130,18 @@ def collect(
     `rollout/groups_dropped` (all-equal groups seen), `rollout/groups_kept`. The caller's sampler
     advances by every round, so a checkpointed position keeps resume exact."""
     kept, texts_kept, rewards_kept, stats, rows = [], [], [], [], []
+    values_kept: dict[str, list] = {}
     have = dropped = rounds = 0
     while have < need and rounds < max_rounds:
-        batch, texts, rewards = rollout(draw(need), rounds)
+        batch, texts, rewards, *extra = rollout(draw(need), rounds)
+        round_values = extra[0] if values is not None else None
         rounds += 1
         stats.append(batch.stats)
         rows.append(len(rewards))
         if gather is not None:
-            batch, texts, rewards = _whole_round(batch, texts, rewards, gather, pad_token_id)
+            batch, texts, rewards, round_values = _whole_round(
+                batch, texts, rewards, round_values, gather, pad_token_id
+            )
         keep = varied_groups(rewards.view(-1, group_size))  # (P,)
         dropped += int((~keep).sum())
         groups = keep.nonzero().flatten()[: need - have].tolist()
@@ -142,8 +152,13 @@ def collect(
         kept.append(batch.select(torch.tensor(picked, device=batch.prompt_ids.device)))
         texts_kept += [texts[i] for i in picked]
         rewards_kept.append(rewards[picked])
+        for name, per_row in (round_values or {}).items():
+            values_kept.setdefault(name, []).extend(per_row[i] for i in picked)
     if not kept:
         kept, texts_kept, rewards_kept = [batch], texts, [rewards]
+        values_kept = dict(round_values or {})
+    if values is not None:
+        values.update(values_kept)
     merged = renumbered(concat_batches(kept, pad_token_id))
     merged.stats = merge_stats(stats, rows)
     metrics = {

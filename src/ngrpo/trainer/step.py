@@ -221,35 +221,38 @@ def _merge_round_metrics(rounds: list[dict[str, float]]) -> dict[str, float]:
     return merged
 
 
-def _dynamic_rollouts(run: Run, reward_metrics: list[dict], points: SafePoints):
+def _dynamic_rollouts(
+    run: Run, reward_metrics: list[dict], points: SafePoints, reward_values: dict
+):
     """DAPO dynamic sampling: `ngrpo.trainer.dynamic_sampling.collect` with this run's sampler and
     rollouts. Several processes: each rolls out a contiguous share of every round's prompts, the
     rounds are gathered whole (every process chooses the groups one process would), and each
-    learns from its `learner_slots` of the merged groups."""
+    learns from its `learner_slots` of the merged groups. `reward_values` receives each reward
+    function's value per row of the returned batch."""
     from ngrpo.trainer.dynamic_sampling import collect, learner_slots
 
     cfg, acc = run.cfg, run.accelerator
     world, rank, need = acc.num_processes, acc.process_index, cfg.train.prompts_per_step
     group = cfg.rollout.num_generations
-    if world == 1:
-        rollout, gather = (lambda indices, round_: _rollout_round(
-            run, indices, round_, reward_metrics, None, points)), None  # fmt: skip
-    else:
-        share = list(range(rank * need // world, (rank + 1) * need // world))
+    share = list(range(rank * need // world, (rank + 1) * need // world))
 
-        def rollout(indices, round_):
-            return _rollout_round(run, [indices[i] for i in share], round_, reward_metrics,
-                                  slots=share, points=points)  # fmt: skip
+    def rollout(indices, round_):
+        values: dict = {}  # this round's per-function values, which `collect` selects from
+        batch, texts, rewards = _rollout_round(
+            run, [indices[i] for i in share], round_, reward_metrics,
+            slots=share, points=points, reward_values=values,
+        )  # fmt: skip
+        return batch, texts, rewards, values
 
-        def gather(obj) -> list:
-            out = [None] * world
-            torch.distributed.all_gather_object(out, obj)
-            return out
+    def gather(obj) -> list:
+        out = [None] * world
+        torch.distributed.all_gather_object(out, obj)
+        return out
 
     batch, texts, rewards, metrics = collect(
         run.sampler.take, rollout, need=need, group_size=group,
         max_rounds=cfg.train.max_sampling_rounds, pad_token_id=run.tokenizer.pad_token_id,
-        gather=gather,
+        gather=gather if world > 1 else None, values=reward_values,
     )  # fmt: skip
     if world == 1:
         return batch, texts, rewards, metrics
@@ -259,6 +262,8 @@ def _dynamic_rollouts(run: Run, reward_metrics: list[dict], points: SafePoints):
     # averaged gradient is the one-process one)
     slots = learner_slots(groups, cfg.train.mini_batch_prompts, world, rank) or list(range(groups))
     rows = [s * group + j for s in slots for j in range(group)]
+    for name, per_row in reward_values.items():
+        reward_values[name] = [per_row[r] for r in rows]
     stats = batch.stats
     batch = batch.select(torch.tensor(rows, device=batch.prompt_ids.device))
     batch.stats = stats
@@ -287,8 +292,10 @@ def _train_step(run: Run, points: SafePoints = NO_STOP) -> dict[str, float]:
     if run.canonicalize is not None and run.embed_start is None:
         _embedding_drift(run)  # the embedded task: keep the table the drift is measured from
     started, round_metrics, reward_values = time.perf_counter(), [], {}
-    if cfg.train.dynamic_sampling:  # (per-function reward values are not kept across rounds)
-        batch, texts, rewards, sampling_metrics = _dynamic_rollouts(run, round_metrics, points)
+    if cfg.train.dynamic_sampling:
+        batch, texts, rewards, sampling_metrics = _dynamic_rollouts(
+            run, round_metrics, points, reward_values
+        )
     else:
         indices = run.sampler.take(cfg.train.prompts_per_step)
         slots = process_prompt_slots(
