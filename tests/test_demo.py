@@ -98,8 +98,8 @@ def test_method_tables_of_the_default_and_full_runs():
     assert (full.passk_n, full.passk_seed_list) == (256, tuple(range(10)))
     assert full.long_steps == 100 and full.long_seed_list == tuple(range(10))
     assert full.long_methods == (
-        "grpo", "n-grpo", "n-grpo-anneal", "n-grpo-full", "n-grpo-nograd", "n-grpo-output",
-        "n-grpo-gate",
+        "grpo", "n-grpo", "n-grpo-anneal", "n-grpo-full", "n-grpo-gate", "n-grpo-nograd",
+        "n-grpo-output",
     ) and not full.long_passk  # fmt: skip
     assert set(full.all_methods) == set(FULL_METHODS) | set(DIAGNOSIS_METHODS)
     assert default.all_methods is METHODS and full.stages == ("long", "diagnosis", "main")

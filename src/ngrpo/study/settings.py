@@ -90,11 +90,12 @@ CURVE_N = 4  # samples per problem of the evaluations during training
 DEFAULT_SEEDS, FULL_MIN_SEEDS = 3, 5  # seeds of `ngrpo demo`; the least `--full` accepts
 FULL_SUBSET_SEEDS = 10  # seeds of the large-k evaluation and of the long setting in --full
 # The long setting: the two compared methods, then the diagnosis (one switch each, README). The
-# full release comes right after the first switch: the study reports it whatever the gap, while
-# the 10-seed logs already speak against D2 and D3 (long_diagnosis.md), the next two switches.
+# full release comes right after the first switch (the study reports it whatever the gap), then
+# the strict gate (D4, a dose test of D1); the 10-seed logs already speak against D2 and D3
+# (long_diagnosis.md), the last two switches.
 LONG_METHODS = (
-    "grpo", "n-grpo", "n-grpo-anneal", "n-grpo-full", "n-grpo-nograd", "n-grpo-output",
-    "n-grpo-gate",
+    "grpo", "n-grpo", "n-grpo-anneal", "n-grpo-full", "n-grpo-gate", "n-grpo-nograd",
+    "n-grpo-output",
 )  # fmt: skip
 # Stages in the order a run computes them (most informative first): `long` the long setting's
 # GRPO and N-GRPO (release), `diagnosis` its other methods, `main` the 20-step comparison (with
