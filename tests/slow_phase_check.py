@@ -4,7 +4,7 @@ tests/test_trainer_ddp.py:
 
     SLOW_PHASE=rollout SLOW_CALL=2 SLOW_S=60 SLOW_MARKER=F python tests/slow_phase_check.py train
 
-SLOW_PHASE: `evaluation` (`ngrpo.evaluation.evaluate`: one call per evaluation set and
+SLOW_PHASE: `evaluation` (`ngrpo.evaluation.sample_examples`: one call per evaluation set and
 evaluation), `rollout` (`ngrpo.rollout.generate`: one call per step here), `reference`
 (`ngrpo.learner.update.reference_logprobs`: one per step) or `learner`
 (`ngrpo.learner.update._accumulate`: one per mini-batch). The SLOW_CALL-th call (from 1) first
@@ -26,7 +26,7 @@ import ngrpo.rollout
 from ngrpo.cli import main
 
 TARGETS = {
-    "evaluation": (ngrpo.evaluation, "evaluate"),
+    "evaluation": (ngrpo.evaluation, "sample_examples"),
     "rollout": (ngrpo.rollout, "generate"),
     "reference": (ngrpo.learner.update, "reference_logprobs"),
     "learner": (ngrpo.learner.update, "_accumulate"),

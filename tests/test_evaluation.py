@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 from factories import tiny_qwen2
 
 import ngrpo.rollout
 from ngrpo.data import Example, load_benchmark
-from ngrpo.evaluation import SampleResult, build_prompts, eval_metrics, evaluate
+from ngrpo.evaluation import (
+    SampleResult,
+    build_prompts,
+    eval_metrics,
+    evaluate,
+    sample_examples,
+    summarize,
+)
 from ngrpo.evaluation.metrics import pass_at_k
 from ngrpo.models.tokenizer import build_tokenizer
 from ngrpo.rewards import GradingPool
@@ -44,6 +53,25 @@ def test_tiny_model_end_to_end(tiny_model, tokenizer, pool):
     assert summary["pass@k"]["1"] == pytest.approx(summary["mean@n"])
     again = evaluate(tiny_model, tokenizer, examples, **kwargs)
     assert [s.response for s in again.samples] == [s.response for s in result.samples]
+
+
+def test_the_shards_of_several_processes_are_one_processs_samples(tiny_model, tokenizer, pool):
+    """batch_size 4 with n = 2: 2 problems per chunk, 5 problems in 3 chunks, seeded by their first
+    problem's position; ranks 0 and 1 of 2 decode chunks {0, 2} and {1}, and together they are
+    exactly one process's samples, in any order."""
+    examples = load_benchmark("arith-id", limit=5).examples
+    kwargs = dict(n=2, max_new_tokens=6, batch_size=4, temperature=1.0, top_p=1.0, pool=pool)
+    whole = evaluate(tiny_model, tokenizer, examples, **kwargs)
+    shards = [sample_examples(tiny_model, tokenizer, examples, **kwargs, shard=(rank, 2))
+              for rank in (1, 0)]  # fmt: skip
+    ids = [e.id for e in examples]
+    assert {s.problem_id for s in shards[1]} == {*ids[:2], ids[4]}
+    assert {s.problem_id for s in shards[0]} == set(ids[2:4])
+    key = operator.attrgetter("problem_id", "sample")
+    assert sorted(shards[0] + shards[1], key=key) == sorted(whole.samples, key=key)
+    assert summarize(examples, shards[0] + shards[1], 2, pool=pool) == whole.summary
+    with pytest.raises(ValueError, match="shard"):
+        sample_examples(tiny_model, tokenizer, examples, **kwargs, shard=(2, 2))
 
 
 class ScriptedRollouts:
@@ -153,7 +181,8 @@ def test_a_training_runs_evaluation_decodes_on_its_kept_decoder(
     monkeypatch.setattr(ngrpo.rollout.decoders, "StaticDecoder", CountedDecoder)
     cfg = load_config("tiny_ngrpo", ["eval.n=2", "eval.max_new_tokens=6"])
     run = SimpleNamespace(
-        cfg=cfg, accelerator=SimpleNamespace(autocast=nullcontext), policy=tiny_model,
+        cfg=cfg, accelerator=SimpleNamespace(autocast=nullcontext, process_index=0,
+                                             num_processes=1), policy=tiny_model,
         tokenizer=tokenizer, pool=pool, decoders=DecoderPool(), step=0,
         eval_sets={"arith-id": load_benchmark("arith-id", limit=2).examples},
     )  # fmt: skip

@@ -73,8 +73,8 @@ def _inject(phase: str, monkeypatch) -> None:
         fail = _failing(torch.optim.AdamW.step, 3, torch.OutOfMemoryError(CUDA_OOM))
         monkeypatch.setattr(torch.optim.AdamW, "step", fail)
     else:  # the evaluation after step 2 (one per step)
-        fail = _failing(ngrpo.evaluation.evaluate, 2, MemoryError())
-        monkeypatch.setattr(ngrpo.evaluation, "evaluate", fail)
+        fail = _failing(ngrpo.evaluation.sample_examples, 2, MemoryError())
+        monkeypatch.setattr(ngrpo.evaluation, "sample_examples", fail)
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,8 @@ def _inject(phase: str, monkeypatch) -> None:
         ("learner", r"mini-batch 1 of 2, micro-batch 1 of 1: 2 rows × \(\d+ prompt \+ \d+ "
          r"response\) tokens; 2.00 GiB requested", "model.gradient_checkpointing=true"),
         ("optimizer", r"AdamW over [\d,]+ trainable parameters", "model.lora.r=16"),
-        ("evaluation", r"1 sets, 1 samples per problem of up to 64 new tokens", "eval.n (now 1)"),
+        ("evaluation", r"1 sets, 1 samples per problem of up to 64 new tokens",
+         "eval.batch_size=32 (now 64 rows); eval.n (now 1)"),
     ],
 )  # fmt: skip
 def test_out_of_memory_names_the_phase_shape_memory_and_settings(

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from ngrpo.data import load_benchmark
 from ngrpo.tracking.completions import read_completions
 from ngrpo.trainer import checkpoint_dirs, read_metrics
 
@@ -22,15 +23,17 @@ SLOWED = Path(__file__).with_name("slow_phase_check.py")
 
 def test_two_process_cpu_run(base_model_dir, tmp_path):
     """torchrun with 2 processes (gloo): world size 2, finite losses, identical weights on both
-    processes after every step (checked inside by tests/ddp_train_check.py), eval and
-    checkpoints on rank 0 without deadlock, also when rank 0's first evaluation and first save
-    outlast the process group's collective timeout (shortened to 20 s: NCCL's 10 minutes)."""
+    processes after every step (checked inside by tests/ddp_train_check.py), evaluation shared by
+    both processes and checkpoints on rank 0 without deadlock, also when rank 0's share of the
+    first evaluation and its first save outlast the process group's collective timeout
+    (shortened to 20 s: NCCL's 10 minutes)."""
     out = tmp_path / "ddp"
     overrides = [
         f"model.path={base_model_dir}", f"output_dir={out}", "train.steps=2",
         "train.prompts_per_step=2", "train.mini_batch_prompts=2", "rollout.num_generations=2",
         "rollout.max_completion_length=16", "train.entropy_coef=0.01", "exploration.mix_rate=0.3",
         "eval.every=1", "eval.at_start=true", "eval.limit=2", "eval.n=1", "eval.max_new_tokens=8",
+        "eval.batch_size=1",  # one problem per chunk: each process decodes one of the two
         "data.eval_sets=arith-id", "logging.save_every=1",
     ]  # fmt: skip
     command = [
@@ -50,6 +53,12 @@ def test_two_process_cpu_run(base_model_dir, tmp_path):
     assert all(math.isfinite(r["loss/pg"]) and math.isfinite(r["loss/total"]) for r in rows)
     assert rows[0]["rollout/tokens"] > 0 and any(r["actor/grad_norm"] > 0 for r in rows)
     assert [p.name for p in checkpoint_dirs(out)] == ["step-000001", "step-000002"]
+    # the evaluations gathered both processes' shares (a problem without its samples fails the
+    # summary): the start evaluation's completion file holds both problems
+    evaluated = read_completions(out / "completions" / "eval-step-000000.jsonl")
+    assert sorted(r["group"] for r in evaluated) == sorted(
+        e.id for e in load_benchmark("arith-id", limit=2).examples
+    )
     # the last step's completion file holds both processes' rollouts: its groups and the mixed
     # positions the step's (summed) metrics count
     written = read_completions(out / "completions" / "step-000002.jsonl")

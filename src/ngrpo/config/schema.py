@@ -259,6 +259,9 @@ class EvalConfig:
     """Nucleus threshold at evaluation."""
     max_new_tokens: int = 64
     """Maximum response tokens at evaluation."""
+    batch_size: int | None = None
+    """Sequences decoded together at evaluation (null: 64; at least `eval.n`, so a problem's
+    samples are decoded together). Lower it when an evaluation runs out of memory."""
     limit: int | None = 100
     """Problems per evaluation set (null: all)."""
     best_metric: str | None = None

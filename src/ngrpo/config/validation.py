@@ -276,6 +276,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _require(e.temperature > 0, f"eval.temperature must be > 0, got {e.temperature!r}")
     _check_range("eval.top_p", e.top_p, 0.0, 1.0, open_low=True)
     _check_int("eval.max_new_tokens", e.max_new_tokens, 1)
+    if e.batch_size is not None:
+        _check_int("eval.batch_size", e.batch_size, 1)
     if e.limit is not None:
         _check_int("eval.limit", e.limit, 1)
     evaluates = e.every > 0 or e.at_start  # with eval.every 0 and no start evaluation, none runs

@@ -148,6 +148,39 @@ def evaluate(
     The longest prompt plus `max_new_tokens` must fit in the model's positions
     (`ngrpo.models.limits`), else `NgrpoError` naming both numbers.
     """
+    samples = sample_examples(
+        model, tokenizer, examples, n=n, temperature=temperature, top_p=top_p, top_k=top_k,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, grader=grader,
+        pool=pool, completed=completed, on_chunk=on_chunk, engine=engine, decoders=decoders,
+    )  # fmt: skip
+    return EvalResult(samples=samples, summary=summarize(examples, samples, n, grader, pool))
+
+
+def sample_examples(
+    model,
+    tokenizer,
+    examples: Sequence[Example],
+    *,
+    n: int = 1,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    top_k: int = 0,
+    max_new_tokens: int = 512,
+    batch_size: int | None = None,
+    seed: int = 0,
+    grader: str = "math",
+    pool: GradingPool | None = None,
+    completed: Mapping[str, Sequence[SampleResult]] | None = None,
+    on_chunk: Callable[[list[SampleResult]], None] | None = None,
+    engine: EngineOptions | None = None,
+    decoders: DecoderPool | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> list[SampleResult]:
+    """`evaluate`'s graded samples without the summary. The examples are decoded in chunks of
+    `batch_size // n` problems, chunk i seeded with `seed` + its first problem's position, so a
+    problem's samples do not depend on which process decodes it: `shard=(rank, world)` decodes
+    only the chunks i with i % world == rank, and the shards of all ranks together are exactly the
+    samples of one process (`summarize` takes them in any order)."""
     from ngrpo.rollout import SamplingParams, generate
 
     if not examples:
@@ -155,6 +188,9 @@ def evaluate(
     ids = [example.id for example in examples]
     if len(set(ids)) != len(ids):
         raise NgrpoError("example ids must be unique (they key the per-sample results)")
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard {shard}: expected (rank, world) with 0 <= rank < world")
     sampling = SamplingParams(
         n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens
     )
@@ -173,7 +209,9 @@ def evaluate(
     )  # fmt: skip
 
     samples: list[SampleResult] = []
-    for start in range(0, len(examples), per_chunk):
+    for number, start in enumerate(range(0, len(examples), per_chunk)):
+        if number % world != rank:
+            continue
         chunk = examples[start : start + per_chunk]
         done = [e for e in chunk if len(completed.get(e.id, ())) == n]
         for example in done:
@@ -206,7 +244,7 @@ def evaluate(
         samples += new
         if on_chunk is not None:
             on_chunk(new)
-    return EvalResult(samples=samples, summary=summarize(examples, samples, n, grader, pool))
+    return samples
 
 
 def eval_metrics(name: str, summary: dict) -> dict[str, float]:

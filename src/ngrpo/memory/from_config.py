@@ -48,7 +48,8 @@ def inputs_from_config(
     `rollout.keep_decoder` when that is true or false; its `null` (decided at run time, see the
     trainer) is planned as not kept. CUDA graphs: `rollout.cuda_graphs` on or auto, on CUDA (the
     static decoder assumed). The evaluation (`data.eval_sets` with `eval.at_start` or
-    `eval.every`) decodes `max(eval.n, 64)` rows of prompt + `eval.max_new_tokens`."""
+    `eval.every`) decodes `max(eval.n, eval.batch_size or 64)` rows of prompt +
+    `eval.max_new_tokens`."""
     from ngrpo.method.exploration import NOISE_STRATEGIES
 
     if not isinstance(world_size, int) or world_size < 1:
@@ -79,7 +80,8 @@ def inputs_from_config(
     evaluates = evaluation is not None and bool(getattr(cfg.data, "eval_sets", None)) and (
         evaluation.at_start or evaluation.every > 0
     )  # fmt: skip
-    eval_rows = max(evaluation.n, 64) if evaluates else 0  # `ngrpo.evaluation.evaluate`'s rows
+    eval_batch = getattr(evaluation, "batch_size", None) or 64
+    eval_rows = max(evaluation.n, eval_batch) if evaluates else 0  # `evaluate`'s rows
     eval_tokens = prompt + evaluation.max_new_tokens if evaluates else 0
     return MemoryInputs(
         shape=shape, micro_rows=rows, micro_width=width, response_tokens=new,

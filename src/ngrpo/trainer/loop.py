@@ -5,10 +5,11 @@ directory back (`load_run_config`, `read_metrics`).
 Run directory parts written here: `config.yaml` (the resolved configuration), `metrics.jsonl`
 (one line per training step and per evaluation) and `best/` (the model with the best
 `eval.best_metric` so far, written atomically like checkpoints; under FSDP the rollout copy's
-weights, i.e. in the compute dtype). Only rank 0 evaluates and writes files (under FSDP every rank
-writes its optimizer shard); the others wait for it on a group of their own, outside the
-process group's collective timeout (`ngrpo.trainer.waits`: NCCL's 10 minutes would end a long
-evaluation or a slow checkpoint write).
+weights, i.e. in the compute dtype). Every process decodes its share of an evaluation and rank 0
+gathers the samples; only rank 0 writes files (under FSDP every rank writes its optimizer shard).
+The gather and the waits for rank 0 run on a group of their own, outside the process group's
+collective timeout (`ngrpo.trainer.waits`: NCCL's 10 minutes would end a long evaluation or a
+slow checkpoint write).
 """
 
 from __future__ import annotations
@@ -53,24 +54,55 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict], None]
 
 
-def _evaluate(run: Run) -> tuple[dict[str, float], list[dict]]:
-    """Evaluation metrics, and completion rows of the first problems of each set (none when
-    `logging.completions_every` is 0)."""
-    from ngrpo.evaluation import eval_metrics, evaluate
+def _evaluate(run: Run) -> dict[str, list]:
+    """This process's share of every evaluation set's graded samples (`ngrpo.evaluation.
+    sample_examples`: the shards of all processes together are one process's samples)."""
+    from ngrpo.evaluation import sample_examples
 
-    cfg, metrics, rows = run.cfg, {}, []
-    with run.accelerator.autocast():
+    cfg, acc, samples = run.cfg, run.accelerator, {}
+    with acc.autocast():
         for name, examples in run.eval_sets.items():
-            result = evaluate(
+            samples[name] = sample_examples(
                 run.policy, run.tokenizer, examples, n=cfg.eval.n,
                 temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-                max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed, pool=run.pool,
-                engine=engine_options(cfg), decoders=run.decoders,  # the kept decoder, if any
+                max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+                seed=cfg.seed, pool=run.pool, engine=engine_options(cfg),
+                decoders=run.decoders,  # the kept decoder, if any
+                shard=(acc.process_index, acc.num_processes),
             )  # fmt: skip
-            metrics.update(eval_metrics(name, result.summary))
-            if cfg.logging.completions_every:  # the rows only feed the completion files
-                rows += eval_rows(run.step, name, examples, result.samples)
+    return samples
+
+
+def _eval_results(run: Run, shards: list[dict[str, list]]) -> tuple[dict[str, float], list[dict]]:
+    """Evaluation metrics from every process's samples, and completion rows of the first problems
+    of each set (none when `logging.completions_every` is 0)."""
+    from ngrpo.evaluation import eval_metrics, summarize
+
+    cfg, metrics, rows = run.cfg, {}, []
+    for name, examples in run.eval_sets.items():
+        samples = [sample for shard in shards for sample in shard[name]]
+        metrics.update(eval_metrics(name, summarize(examples, samples, cfg.eval.n, pool=run.pool)))
+        if cfg.logging.completions_every:  # the rows only feed the completion files
+            rows += eval_rows(run.step, name, examples, samples)
     return metrics, rows
+
+
+def _gather_eval(run: Run, local: dict | None) -> tuple[bool, list[dict] | None]:
+    """(whether any process's evaluation was cut by a stop, every process's samples on rank 0)
+    after each process's share (`local`, None when cut). On the group the processes wait on
+    (`ngrpo.trainer.waits`): a slow share must not run into the collective timeout."""
+    import torch.distributed as dist
+
+    acc = run.accelerator
+    if acc.num_processes == 1:
+        return local is None, [local]
+    cut: list = [None] * acc.num_processes
+    dist.all_gather_object(cut, local is None, group=run.waits)
+    if any(cut):
+        return True, None
+    shards = [None] * acc.num_processes if acc.is_main_process else None
+    dist.gather_object(local, shards, dst=0, group=run.waits)
+    return False, shards
 
 
 def _saved_model(run: Run):
@@ -157,11 +189,13 @@ def _log(run: Run, row: dict, tracker) -> None:
 
 
 def _maybe_eval(run: Run, tracker, progress: Progress | None, stop: GracefulStop) -> None:
-    """The evaluation due after `run.step` (rank 0; the other processes wait for it). A stop
-    request during it cuts it short: nothing of it is kept (no metrics row, no `best/`), the
-    random states are put back to where it began and `run.eval_pending` tells the checkpoint, so
-    `--resume` runs it first and the run goes on as an uninterrupted one (it runs no collective,
-    so rank 0 may leave it at once: `GracefulStop.abandonable`)."""
+    """The evaluation due after `run.step`: every process decodes its share of the problems,
+    rank 0 gathers the samples, logs the metrics and writes `best/`. A stop request during it
+    cuts it short: nothing of it is kept (no metrics row, no `best/`), the random states are put
+    back to where it began and `run.eval_pending` tells the checkpoint, so `--resume` runs it
+    first and the run goes on as an uninterrupted one. The decoding runs no collective, so a
+    process may leave it at once (`GracefulStop.abandonable`); the processes agree on the cut
+    when they gather."""
     cfg = run.cfg
     due = (run.step == 0 and cfg.eval.at_start) or (
         cfg.eval.every > 0 and run.step > 0
@@ -170,20 +204,24 @@ def _maybe_eval(run: Run, tracker, progress: Progress | None, stop: GracefulStop
     run.eval_pending = False
     if not due or not cfg.data.eval_sets:
         return
+    shape = (f"{len(run.eval_sets)} sets, {cfg.eval.n} samples per problem of up to "
+             f"{cfg.eval.max_new_tokens} new tokens")  # fmt: skip
+    rng = _rng_state()
+    try:
+        with oom_phase("evaluation", shape), stop.abandonable("evaluation"):
+            local = _evaluate(run)
+    except PhaseOutOfMemory as err:
+        raise oom_error(run, err, f"after step {run.step}") from None
+    except StepAbandoned:
+        _set_rng_state(rng)
+        local = None
+    cut, shards = _gather_eval(run, local)
+    if cut:
+        _set_rng_state(rng)
+        run.eval_pending = True
+        return
     if run.accelerator.is_main_process:
-        shape = (f"{len(run.eval_sets)} sets, {cfg.eval.n} samples per problem of up to "
-                 f"{cfg.eval.max_new_tokens} new tokens")  # fmt: skip
-        rng = _rng_state()
-        try:
-            with oom_phase("evaluation", shape), stop.abandonable("evaluation"):
-                metrics, rows = _evaluate(run)
-        except PhaseOutOfMemory as err:
-            raise oom_error(run, err, f"after step {run.step}") from None
-        except StepAbandoned:
-            _set_rng_state(rng)
-            run.eval_pending = True
-            wait_for_main(run.accelerator, run.waits)
-            return
+        metrics, rows = _eval_results(run, shards)
         _log(run, {"step": run.step, "type": "eval", **metrics}, tracker)
         if rows:
             report_completions(run, tracker, rows, kind="eval")

@@ -122,6 +122,9 @@ def remedies(cfg, err: PhaseOutOfMemory, world: int) -> list[str]:
         found.append(f"rollout.generation_batch_size={half} (now {now})")
         found.append(f"rollout.max_completion_length (now {r.max_completion_length})")
     if err.phase == "evaluation":
+        rows = max(cfg.eval.n, cfg.eval.batch_size or 64)
+        if rows > cfg.eval.n:
+            found.append(f"eval.batch_size={max(cfg.eval.n, rows // 2)} (now {rows} rows)")
         found.append(f"eval.n (now {cfg.eval.n}), eval.max_new_tokens (now "
                      f"{cfg.eval.max_new_tokens})")  # fmt: skip
     if err.phase != "evaluation" and not m.lora.enabled:

@@ -1,7 +1,8 @@
-"""Waiting for work only rank 0 does (evaluation, `best/`, checkpoint files), without the process
-group's collective timeout.
+"""Waiting for work some processes do while others idle (evaluation shares, rank 0's `best/` and
+checkpoint files), without the process group's collective timeout.
 
-Under several processes rank 0 alone evaluates and writes files while the others wait. A plain
+Under several processes rank 0 alone writes files while the others wait, and the evaluation's
+samples are gathered (a process may finish its share long before another). A plain
 barrier on the training process group is a collective under its timeout (NCCL's default is 10
 minutes, gloo's 30): an evaluation of a large benchmark or a slow checkpoint write outlasts it and
 the watchdog ends the job. So the trainer waits on a separate gloo group made for that purpose
@@ -17,7 +18,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 MAIN_WORK_TIMEOUT = timedelta(hours=24)
-"""How long the other processes wait for rank 0's evaluation or checkpoint writes."""
+"""How long the processes wait for each other's evaluation shares or rank 0's writes."""
 
 
 def wait_group(world: int):
