@@ -88,7 +88,7 @@ def _inject(phase: str, monkeypatch) -> None:
          r"response\) tokens; 2.00 GiB requested", "model.gradient_checkpointing=true"),
         ("optimizer", r"AdamW over [\d,]+ trainable parameters", "model.lora.r=16"),
         ("evaluation", r"1 sets, 1 samples per problem of up to 64 new tokens",
-         "eval.batch_size=32 (now 64 rows); eval.n (now 1)"),
+         "eval.batch_size=32 (now 64 rows), eval.n (now 1)"),
     ],
 )  # fmt: skip
 def test_out_of_memory_names_the_phase_shape_memory_and_settings(
