@@ -85,11 +85,15 @@ def test_fsdp_resume_and_cross_loading(runs):
 
 def test_fsdp_recomputed_old_logprobs_give_ratios_of_exactly_one(base_model_dir, tmp_path):
     # π_old by the sharded policy's own forward (no gradients, the update's micro-batches, root
-    # resharded after); one mini-batch, so every ratio is taken before any optimizer step.
+    # resharded after); one mini-batch, so every ratio is taken before any optimizer step. The
+    # evaluation after the step: each process decodes one of the two problems on its rollout copy.
     run_dir = tmp_path / "recompute"
     _run(["train", *COMMON, f"model.path={base_model_dir}", "train.steps=1",
           "train.mini_batch_prompts=4", "train.old_logprobs=recompute", "train.strategy=fsdp",
-          f"output_dir={run_dir}"], 2)  # fmt: skip
+          f"output_dir={run_dir}", "data.eval_sets=arith-id", "eval.every=1", "eval.limit=2",
+          "eval.n=1", "eval.batch_size=1", "eval.max_new_tokens=8"], 2)  # fmt: skip
+    (evaluated,) = [r for r in read_metrics(run_dir) if r["type"] == "eval"]
+    assert evaluated["step"] == 1 and 0.0 <= evaluated["eval/arith-id/mean@n"] <= 1.0
     row = [r for r in read_metrics(run_dir) if r["type"] == "train"][0]
     assert row["train/world_size"] == 2.0
     assert row["actor/ratio_min"] == 1.0 and row["actor/ratio_max"] == 1.0
