@@ -339,7 +339,7 @@ def _loop(run: Run, stop: GracefulStop, progress: Progress | None, tracker) -> N
             if run.step == cfg.train.steps or (save_every and run.step % save_every == 0):
                 _save(run)
                 saved = run.step
-        if stop.requested(run.accelerator):  # during the last evaluation: it is still to run
+        if run.eval_pending:  # a stop cut the last evaluation (every process knows): still due
             _stop(run, stop, saved)
     finally:
         tracker.close(summary=_summary(run.run_dir) if run.accelerator.is_main_process else None)
