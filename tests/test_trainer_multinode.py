@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_trainer_fsdp import _max_diff, _weights
+from launch import max_diff, weights_at
 
 from ngrpo.trainer import checkpoint_dirs, read_metrics
 
@@ -81,8 +81,8 @@ def test_two_nodes_equal_one_process_and_resume_in_one(base_model_dir, tmp_path)
     _one_process(["train", *COMMON, model, "train.steps=2", f"output_dir={single}"])
     _two_nodes(["train", *COMMON, model, "train.steps=2", f"output_dir={nodes}"])
 
-    assert _max_diff(_weights(nodes, 2), _weights(single, 2)) < 1e-5
-    assert _max_diff(_weights(nodes, 2), _weights(single, 1)) > 1e-5  # training moved them
+    assert max_diff(weights_at(nodes, 2), weights_at(single, 2)) < 1e-5
+    assert max_diff(weights_at(nodes, 2), weights_at(single, 1)) > 1e-5  # training moved them
     one = [r for r in read_metrics(single) if r["type"] == "train"]
     two = [r for r in read_metrics(nodes) if r["type"] == "train"]  # rank 0 alone writes
     assert [r["train/world_size"] for r in two] == [2.0, 2.0]
@@ -97,7 +97,7 @@ def test_two_nodes_equal_one_process_and_resume_in_one(base_model_dir, tmp_path)
     shutil.rmtree(resumed / "checkpoints" / "step-000002")
     _one_process(["train", "--resume", str(resumed), "train.steps=2"])
     assert [p.name for p in checkpoint_dirs(resumed)] == ["step-000001", "step-000002"]
-    assert _max_diff(_weights(resumed, 2), _weights(single, 2)) < 1e-5
+    assert max_diff(weights_at(resumed, 2), weights_at(single, 2)) < 1e-5
     assert [r["train/world_size"] for r in read_metrics(resumed) if r["type"] == "train"] == [
         2.0, 1.0,
     ]  # fmt: skip
