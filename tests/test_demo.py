@@ -302,7 +302,7 @@ def test_recommendation_follows_its_rules():
     }
     text = "\n".join(recommendation_lines(results, labels))
     # ordered by the ID difference; the paper text is worse on ID, so it is to avoid
-    assert "Use SAMPLED (ID mean@16 − GRPO +0.1 [-2.3, +2.6]), REL (" in text
+    assert "best ID difference first: SAMPLED (ID mean@16 − GRPO +0.1 [-2.3, +2.6]), REL (" in text
     assert "Avoid PAPER (worse on ID -4.2 [-6.3, -2.1])" in text
     assert "Better than GRPO beyond noise: SAMPLED on OOD." in text and "stht" not in text
     assert "no switch tested so far closes the gap: prefer GRPO" in text and "MDE 5.0" in text

@@ -55,7 +55,7 @@ def _short_budget_line(methods: dict[str, dict], labels: dict[str, str], steps: 
         listed = ", ".join(
             f"{labels[m]} (ID mean@{n} − GRPO {_pts(methods[m]['rows']['arith-id'])})" for m in use
         )
-        parts.append(f"Use {listed}: worse than GRPO on no split.")
+        parts.append(f"Worse than GRPO on no split, best ID difference first: {listed}.")
     else:
         parts.append("Every N-GRPO setting is worse than GRPO on some split.")
     avoid = [
