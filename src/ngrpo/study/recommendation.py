@@ -3,8 +3,8 @@ read off the comparisons by fixed rules, so it is regenerated with the numbers (
 
 Rules (20-step table, mean@n paired with GRPO by seed, 95% CIs):
 - a method is **worse** on a split when its CI against GRPO lies below 0, **better** when above;
-- the methods to **use** are those worse on no split, ordered by their ID difference; the methods
-  to **avoid** are worse on some split;
+- the methods a user can take are those worse on no split, listed best ID difference first; the
+  methods to **avoid** are worse on some split;
 - at large k (pass@k_max against GRPO) and after the long training (the gap and the diagnosis
   verdicts of `ngrpo.study.long_study`) the verdicts are quoted, not turned into advice beyond
   "a switch that closes the gap is what to use when training longer".
