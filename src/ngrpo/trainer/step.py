@@ -369,13 +369,14 @@ def _train_step(run: Run, points: SafePoints = NO_STOP) -> dict[str, float]:
 
 def _gathered_rows(run: Run, rows: list[dict]) -> list[dict] | None:
     """Every process's completion rows on rank 0 (None elsewhere), in rank order, their groups
-    numbered on across processes (one all-gather; every process calls it at the same step)."""
+    numbered on across processes (one gather to rank 0 on the wait group, as the evaluation's;
+    every process calls it at the same step)."""
     acc = run.accelerator
     if acc.num_processes == 1:
         return rows
-    parts: list = [None] * acc.num_processes
-    torch.distributed.all_gather_object(parts, rows)
-    if not acc.is_main_process:
+    parts: list | None = [None] * acc.num_processes if acc.is_main_process else None
+    torch.distributed.gather_object(rows, parts, dst=0, group=run.waits)
+    if parts is None:
         return None
     out, groups = [], 0
     for part in parts:
